@@ -1,0 +1,142 @@
+//! Adapter choice: which backend and which GPU, from the environment.
+//!
+//! `CMAE_BACKEND` (vulkan|metal|dx12|gl) restricts the backend and
+//! `CMAE_ADAPTER` picks an adapter by a case-insensitive name substring.
+//! Without `CMAE_BACKEND` only the primary backends are considered: a machine
+//! whose only adapter is OpenGL gets an error that says so instead of silently
+//! running on a slower, less capable backend.
+
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterRequest {
+    pub backend: Option<wgpu::Backends>,
+    pub name_contains: Option<String>,
+}
+
+impl AdapterRequest {
+    /// Reads `CMAE_BACKEND` and `CMAE_ADAPTER`.
+    pub fn from_env() -> Result<Self> {
+        let backend = match std::env::var("CMAE_BACKEND") {
+            Ok(name) if !name.trim().is_empty() => Some(parse_backend(&name)?),
+            _ => None,
+        };
+        let name_contains = std::env::var("CMAE_ADAPTER")
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        Ok(Self {
+            backend,
+            name_contains,
+        })
+    }
+}
+
+fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        other => Err(Error::NoAdapter(format!(
+            "CMAE_BACKEND={other:?} is not a backend: use vulkan, metal, dx12 or gl"
+        ))),
+    }
+}
+
+/// How to get an adapter on this platform, for error messages.
+fn install_hint() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "install a Vulkan driver (on Debian/Ubuntu without a GPU: `apt-get install -y mesa-vulkan-drivers libvulkan1` gives the lavapipe software driver)"
+    } else if cfg!(target_os = "windows") {
+        "install or update your GPU driver (DX12 or Vulkan)"
+    } else {
+        "update the operating system's GPU driver (Metal or Vulkan)"
+    }
+}
+
+/// Higher is better: a discrete GPU over an integrated one over software.
+fn preference(info: &wgpu::AdapterInfo) -> u8 {
+    match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    }
+}
+
+/// Enumerates adapters and picks the best one that matches `req`.
+pub fn choose(instance: &wgpu::Instance, req: &AdapterRequest) -> Result<wgpu::Adapter> {
+    let backends = req.backend.unwrap_or(wgpu::Backends::PRIMARY);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let matching: Vec<wgpu::Adapter> = adapters
+        .into_iter()
+        .filter(|a| match &req.name_contains {
+            Some(want) => a
+                .get_info()
+                .name
+                .to_lowercase()
+                .contains(&want.to_lowercase()),
+            None => true,
+        })
+        .collect();
+    if let Some(best) = matching
+        .into_iter()
+        .max_by_key(|a| preference(&a.get_info()))
+    {
+        return Ok(best);
+    }
+
+    let all: Vec<String> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        })
+        .collect();
+    let msg = match (&req.name_contains, req.backend) {
+        (Some(want), _) if !all.is_empty() => format!(
+            "no GPU adapter name contains CMAE_ADAPTER={want:?}; available: {}",
+            all.join(", ")
+        ),
+        (None, None) if !all.is_empty() => format!(
+            "no Vulkan, Metal or DX12 adapter found, only {}; set CMAE_BACKEND=gl to use it, or {}",
+            all.join(", "),
+            install_hint()
+        ),
+        (_, Some(b)) if !all.is_empty() => format!(
+            "no adapter for backend {b:?}; available: {}; unset CMAE_BACKEND or {}",
+            all.join(", "),
+            install_hint()
+        ),
+        _ => format!("no GPU adapter found: {}", install_hint()),
+    };
+    Err(Error::NoAdapter(msg))
+}
+
+/// The optional features the engine uses when the adapter has them.
+pub fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    let wanted = wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    adapter.features() & wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_backend("Vulkan").unwrap(), wgpu::Backends::VULKAN);
+        assert_eq!(parse_backend("dx12").unwrap(), wgpu::Backends::DX12);
+        let err = parse_backend("cuda").unwrap_err().to_string();
+        assert!(
+            err.contains("\"cuda\"") && err.contains("vulkan, metal, dx12 or gl"),
+            "{err}"
+        );
+    }
+}

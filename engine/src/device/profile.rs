@@ -1,0 +1,136 @@
+//! Per-kernel GPU timing with timestamp queries.
+//!
+//! With TIMESTAMP_QUERY_INSIDE_PASSES a timestamp is written around each
+//! dispatch inside the shared pass; without it each dispatch gets a pass of its
+//! own with begin/end timestamps. Either way profiling makes every batch wait
+//! for the GPU, so it is for `--profile` runs only.
+
+use std::collections::HashMap;
+
+use super::Device;
+use crate::error::{Error, Result};
+
+const QUERY_CAPACITY: u32 = 4096;
+
+/// Total GPU time spent in one kernel label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    pub label: String,
+    pub dispatches: u64,
+    pub total_ms: f64,
+}
+
+pub(super) struct Profiler {
+    pub query_set: wgpu::QuerySet,
+    pub inside_passes: bool,
+    resolve_buf: wgpu::Buffer,
+    read_buf: wgpu::Buffer,
+    labels: Vec<&'static str>,
+    period_ns: f64,
+    totals: HashMap<&'static str, (u64, f64)>,
+}
+
+impl Profiler {
+    pub fn new(dev: &Device) -> Result<Self> {
+        let features = dev.features();
+        if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Limit(format!(
+                "adapter {} has no timestamp queries, so kernels cannot be profiled",
+                dev.info().name
+            )));
+        }
+        let device = dev.wgpu_device();
+        let bytes = u64::from(QUERY_CAPACITY) * 8;
+        Ok(Self {
+            query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("cmae profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: QUERY_CAPACITY,
+            }),
+            inside_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            resolve_buf: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("cmae profile resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            read_buf: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("cmae profile read"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            labels: Vec::new(),
+            period_ns: f64::from(dev.wgpu_queue().get_timestamp_period()),
+            totals: HashMap::new(),
+        })
+    }
+
+    pub fn full(&self) -> bool {
+        (self.labels.len() as u32 + 1) * 2 > QUERY_CAPACITY
+    }
+
+    /// Reserves the begin/end query indices for the next dispatch.
+    pub fn next_pair(&mut self, label: &'static str) -> u32 {
+        self.labels.push(label);
+        (self.labels.len() as u32 - 1) * 2
+    }
+
+    pub fn resolve(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        let n = self.labels.len() as u32 * 2;
+        if n == 0 {
+            return;
+        }
+        encoder.resolve_query_set(&self.query_set, 0..n, &self.resolve_buf, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve_buf, 0, &self.read_buf, 0, u64::from(n) * 8);
+    }
+
+    /// Reads the resolved timestamps of the batch that was just waited for.
+    pub fn collect(&mut self, dev: &Device) -> Result<()> {
+        if self.labels.is_empty() {
+            return Ok(());
+        }
+        let n = self.labels.len() as u64 * 2;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.read_buf
+            .map_async(wgpu::MapMode::Read, ..n * 8, move |r| {
+                let _ = tx.send(r);
+            });
+        dev.wgpu_device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for timestamps: {e}")))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+        {
+            let view = self
+                .read_buf
+                .get_mapped_range(..n * 8)
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            let ticks: &[u64] = bytemuck::cast_slice(&view);
+            for (i, label) in self.labels.iter().enumerate() {
+                let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns;
+                let entry = self.totals.entry(label).or_insert((0, 0.0));
+                entry.0 += 1;
+                entry.1 += dt * 1e-6;
+            }
+        }
+        self.read_buf.unmap();
+        self.labels.clear();
+        Ok(())
+    }
+
+    pub fn take(&mut self) -> Vec<KernelTime> {
+        let mut out: Vec<KernelTime> = self
+            .totals
+            .drain()
+            .map(|(label, (dispatches, total_ms))| KernelTime {
+                label: label.to_string(),
+                dispatches,
+                total_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        out
+    }
+}

@@ -1,0 +1,132 @@
+//! Per-row losses and their gradients (`shaders/loss.wgsl`).
+
+use super::{grid, rows_cols, same_shape, u32_of};
+use crate::device::{Device, KernelSpec};
+use crate::error::{Result, shape_err};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+}
+
+fn spec(entry: &'static str) -> KernelSpec<'static> {
+    KernelSpec {
+        shader: &shaders::LOSS,
+        entry,
+        constants: &[],
+        label: entry,
+    }
+}
+
+fn params(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<(Params, usize, usize)> {
+    same_shape(op, pred, target)?;
+    let (rows, cols) = rows_cols(op, pred)?;
+    Ok((
+        Params {
+            rows: u32_of(op, rows)?,
+            cols: u32_of(op, cols)?,
+            _pad: [0; 2],
+        },
+        rows,
+        cols,
+    ))
+}
+
+fn check_weights(op: &'static str, w: &Tensor, rows: usize) -> Result<()> {
+    if w.numel() != rows {
+        return Err(shape_err(
+            op,
+            format!("{} row weights for {rows} rows", w.numel()),
+        ));
+    }
+    Ok(())
+}
+
+/// Mean squared error of each row (last axis): shape `[rows]`.
+pub fn mse_rows(dev: &Device, pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (p, rows, _) = params("mse_rows", pred, target)?;
+    let out = Tensor::uninit(dev, &[rows], DType::F32)?;
+    dev.dispatch(
+        spec("mse_rows"),
+        &p,
+        &[(1, pred), (2, target), (3, &out)],
+        grid(rows, 64),
+    )?;
+    Ok(out)
+}
+
+/// Gradient of `g · Σ_r w_r · mse_rows(pred, target)_r` w.r.t. `pred`; `g` is a 1-element tensor.
+pub fn mse_rows_backward(
+    dev: &Device,
+    pred: &Tensor,
+    target: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let (p, rows, cols) = params("mse_rows_backward", pred, target)?;
+    check_weights("mse_rows_backward", w, rows)?;
+    let out = Tensor::uninit(dev, pred.shape(), DType::F32)?;
+    dev.dispatch(
+        spec("mse_rows_backward"),
+        &p,
+        &[(1, pred), (2, target), (3, &out), (4, w), (5, g)],
+        grid(rows * cols, 256),
+    )?;
+    Ok(out)
+}
+
+/// Softmax cross-entropy of each row against soft targets: shape `[rows]`.
+pub fn xent_rows(dev: &Device, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (p, rows, _) = params("xent_rows", logits, target)?;
+    let out = Tensor::uninit(dev, &[rows], DType::F32)?;
+    dev.dispatch(
+        spec("xent_rows"),
+        &p,
+        &[(1, logits), (2, target), (3, &out)],
+        grid(rows, 64),
+    )?;
+    Ok(out)
+}
+
+/// Gradient of `g · Σ_r w_r · xent_rows(logits, target)_r` w.r.t. `logits`.
+pub fn xent_rows_backward(
+    dev: &Device,
+    logits: &Tensor,
+    target: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let (p, rows, _) = params("xent_rows_backward", logits, target)?;
+    check_weights("xent_rows_backward", w, rows)?;
+    let out = Tensor::uninit(dev, logits.shape(), DType::F32)?;
+    dev.dispatch(
+        spec("xent_rows_backward"),
+        &p,
+        &[(1, logits), (2, target), (3, &out), (4, w), (5, g)],
+        grid(rows, 64),
+    )?;
+    Ok(out)
+}
+
+/// Soft targets for hard labels with label smoothing ε: `1 − ε + ε/C` on the
+/// label, `ε/C` elsewhere (PyTorch's `CrossEntropyLoss(label_smoothing=ε)`).
+pub fn smoothed_targets(labels: &[u32], classes: usize, smoothing: f32) -> Result<Vec<f32>> {
+    let off = smoothing / classes as f32;
+    let mut t = vec![off; labels.len() * classes];
+    for (r, &l) in labels.iter().enumerate() {
+        let l = l as usize;
+        if l >= classes {
+            return Err(shape_err(
+                "smoothed_targets",
+                format!("label {l} with {classes} classes"),
+            ));
+        }
+        t[r * classes + l] += 1.0 - smoothing;
+    }
+    Ok(t)
+}

@@ -1,0 +1,334 @@
+//! Batched matmul with transposed-operand variants and an optional fused bias.
+//! Kernels: `shaders/matmul_register.wgsl` (CPU adapters), `shaders/matmul_tiled.wgsl` (GPUs).
+
+use crate::device::{Device, KernelSpec, MatmulKind};
+use crate::error::{Result, shape_err};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// A strided matrix inside a tensor: batch `z = outer·heads + inner` starts at
+/// `off + outer·b0 + inner·b1`, rows are `row` elements apart. This addresses
+/// one head of a `[B, T, 3D]` qkv tensor without copying it.
+#[derive(Debug, Clone, Copy)]
+pub struct MatView<'a> {
+    pub t: &'a Tensor,
+    pub off: usize,
+    pub row: usize,
+    pub b0: usize,
+    pub b1: usize,
+}
+
+impl<'a> MatView<'a> {
+    /// A contiguous `[rows, row]` matrix per batch, batches one after another.
+    pub fn contiguous(t: &'a Tensor, row: usize, batch_stride: usize) -> Self {
+        Self {
+            t,
+            off: 0,
+            row,
+            b0: batch_stride,
+            b1: 0,
+        }
+    }
+}
+
+/// One matmul: `C = alpha·op(A)·op(B) (+ bias)`, shapes `[m, k]·[k, n]` per batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Matmul<'a> {
+    pub a: MatView<'a>,
+    pub b: MatView<'a>,
+    pub c: MatView<'a>,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Batch count is `outer·heads`.
+    pub outer: usize,
+    pub heads: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub bias: Option<&'a Tensor>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    heads: u32,
+    a: [u32; 4],
+    b: [u32; 4],
+    c: [u32; 4],
+    alpha: f32,
+    has_bias: u32,
+    bias_off: u32,
+    _pad: u32,
+}
+
+/// Largest flat index a view touches, or None for an empty matrix.
+fn last_index(
+    v: &MatView<'_>,
+    rows: usize,
+    cols: usize,
+    outer: usize,
+    heads: usize,
+) -> Option<usize> {
+    if rows == 0 || cols == 0 || outer == 0 || heads == 0 {
+        return None;
+    }
+    Some(v.off + (outer - 1) * v.b0 + (heads - 1) * v.b1 + (rows - 1) * v.row + cols - 1)
+}
+
+fn check_view(
+    op: &'static str,
+    name: &str,
+    v: &MatView<'_>,
+    rows: usize,
+    cols: usize,
+    mm: &Matmul<'_>,
+) -> Result<()> {
+    if v.t.dtype() != DType::F32 {
+        return Err(shape_err(
+            op,
+            format!("{name} must be f32, got {:?}", v.t.dtype()),
+        ));
+    }
+    if let Some(last) = last_index(v, rows, cols, mm.outer, mm.heads)
+        && last >= v.t.numel()
+    {
+        return Err(shape_err(
+            op,
+            format!(
+                "{name} as {} batches of [{rows}, {cols}] (row stride {}) does not fit in tensor {:?}",
+                mm.outer * mm.heads,
+                v.row,
+                v.t.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn aligned(vals: &[usize]) -> bool {
+    vals.iter().all(|v| v % 4 == 0)
+}
+
+impl Matmul<'_> {
+    /// Checks shapes and records the dispatch.
+    pub fn run(&self, dev: &Device) -> Result<()> {
+        let op = "matmul";
+        // Stored extents of A and B ([rows, cols] as laid out in memory).
+        let (a_rows, a_cols) = if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (b_rows, b_cols) = if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        check_view(op, "A", &self.a, a_rows, a_cols, self)?;
+        check_view(op, "B", &self.b, b_rows, b_cols, self)?;
+        check_view(op, "C", &self.c, self.m, self.n, self)?;
+        if self.a.row < a_cols || self.b.row < b_cols || self.c.row < self.n {
+            return Err(shape_err(
+                op,
+                "a row stride is smaller than the row it holds",
+            ));
+        }
+        if let Some(bias) = self.bias
+            && bias.numel() != self.n
+        {
+            return Err(shape_err(
+                op,
+                format!(
+                    "bias {:?} for an output of {} columns",
+                    bias.shape(),
+                    self.n
+                ),
+            ));
+        }
+        if self.m == 0 || self.n == 0 || self.outer * self.heads == 0 {
+            return Ok(());
+        }
+        let to_u32 = |v: usize| -> Result<u32> {
+            u32::try_from(v).map_err(|_| shape_err(op, format!("extent {v} exceeds u32 indexing")))
+        };
+        for v in [&self.a, &self.b, &self.c] {
+            to_u32(v.t.numel())?;
+        }
+        let view = |v: &MatView<'_>| -> Result<[u32; 4]> {
+            Ok([to_u32(v.off)?, to_u32(v.row)?, to_u32(v.b0)?, to_u32(v.b1)?])
+        };
+        let params = MatmulParams {
+            m: to_u32(self.m)?,
+            n: to_u32(self.n)?,
+            k: to_u32(self.k)?,
+            heads: to_u32(self.heads)?,
+            a: view(&self.a)?,
+            b: view(&self.b)?,
+            c: view(&self.c)?,
+            alpha: self.alpha,
+            has_bias: u32::from(self.bias.is_some()),
+            bias_off: 0,
+            _pad: 0,
+        };
+        let bias = self.bias.unwrap_or(self.b.t);
+        let batches = to_u32(self.outer * self.heads)?;
+        let bindings = [(1, self.a.t), (2, self.b.t), (3, bias), (4, self.c.t)];
+        let trans_consts = [
+            ("TRANS_A", f64::from(u8::from(self.trans_a))),
+            ("TRANS_B", f64::from(u8::from(self.trans_b))),
+        ];
+        match dev.matmul_kind() {
+            MatmulKind::Register => {
+                let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
+                    && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
+                let constants = [
+                    trans_consts[0],
+                    trans_consts[1],
+                    ("VEC", f64::from(u8::from(vec_ok))),
+                ];
+                let spec = KernelSpec {
+                    shader: &shaders::MATMUL_REGISTER,
+                    entry: "main",
+                    constants: &constants,
+                    label: label(self.trans_a, self.trans_b),
+                };
+                let groups = [params.n.div_ceil(128), params.m.div_ceil(64), batches];
+                dev.dispatch(spec, &params, &bindings, groups)
+            }
+            MatmulKind::Tiled => {
+                let spec = KernelSpec {
+                    shader: &shaders::MATMUL_TILED,
+                    entry: "main",
+                    constants: &trans_consts,
+                    label: label(self.trans_a, self.trans_b),
+                };
+                let groups = [params.n.div_ceil(64), params.m.div_ceil(64), batches];
+                dev.dispatch(spec, &params, &bindings, groups)
+            }
+        }
+    }
+}
+
+fn label(trans_a: bool, trans_b: bool) -> &'static str {
+    match (trans_a, trans_b) {
+        (false, false) => "matmul_nn",
+        (false, true) => "matmul_nt",
+        (true, false) => "matmul_tn",
+        (true, true) => "matmul_tt",
+    }
+}
+
+/// `op(a)·op(b)` for 2-D tensors, or batched 3-D tensors `[batch, ·, ·]`.
+pub fn matmul(
+    dev: &Device,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
+    let op = "matmul";
+    let (batch, a2, b2) = match (a.shape(), b.shape()) {
+        ([r, c], [r2, c2]) => (1, [*r, *c], [*r2, *c2]),
+        ([n, r, c], [n2, r2, c2]) if n == n2 => (*n, [*r, *c], [*r2, *c2]),
+        (sa, sb) => {
+            return Err(shape_err(
+                op,
+                format!("A {sa:?} and B {sb:?} must both be 2-D or 3-D with the same batch"),
+            ));
+        }
+    };
+    let (m, ka) = if trans_a {
+        (a2[1], a2[0])
+    } else {
+        (a2[0], a2[1])
+    };
+    let (kb, n) = if trans_b {
+        (b2[1], b2[0])
+    } else {
+        (b2[0], b2[1])
+    };
+    if ka != kb {
+        return Err(shape_err(
+            op,
+            format!(
+                "A {:?}{} and B {:?}{} disagree on the inner size ({ka} vs {kb})",
+                a.shape(),
+                t(trans_a),
+                b.shape(),
+                t(trans_b)
+            ),
+        ));
+    }
+    let shape = if a.shape().len() == 3 {
+        vec![batch, m, n]
+    } else {
+        vec![m, n]
+    };
+    let c = Tensor::uninit(dev, &shape, DType::F32)?;
+    Matmul {
+        a: MatView::contiguous(a, a2[1], a2[0] * a2[1]),
+        b: MatView::contiguous(b, b2[1], b2[0] * b2[1]),
+        c: MatView::contiguous(&c, n, m * n),
+        m,
+        n,
+        k: ka,
+        outer: batch,
+        heads: 1,
+        trans_a,
+        trans_b,
+        alpha: 1.0,
+        bias: None,
+    }
+    .run(dev)?;
+    Ok(c)
+}
+
+fn t(trans: bool) -> &'static str {
+    if trans { "ᵀ" } else { "" }
+}
+
+/// `x·Wᵀ + b` over the last axis: x `[.., k]`, W `[n, k]` (PyTorch layout), b `[n]`.
+pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let op = "linear";
+    let k = x.dim(-1);
+    let [n, wk] = w.shape() else {
+        return Err(shape_err(
+            op,
+            format!("weight {:?} must be 2-D [out, in]", w.shape()),
+        ));
+    };
+    if *wk != k {
+        return Err(shape_err(
+            op,
+            format!(
+                "input {:?} does not match weight {:?} (in = {wk})",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    let rows = x.numel() / k.max(1);
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("x has an axis") = *n;
+    let y = Tensor::uninit(dev, &shape, DType::F32)?;
+    Matmul {
+        a: MatView::contiguous(x, k, 0),
+        b: MatView::contiguous(w, k, 0),
+        c: MatView::contiguous(&y, *n, 0),
+        m: rows,
+        n: *n,
+        k,
+        outer: 1,
+        heads: 1,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        bias: b,
+    }
+    .run(dev)?;
+    Ok(y)
+}

@@ -1,0 +1,51 @@
+//! Typed wrappers around the WGSL kernels: each checks shapes (an `Err` naming
+//! both shapes, never a GPU validation failure) and records one or more dispatches.
+
+pub mod elementwise;
+pub mod gather;
+pub mod gelu;
+pub mod layernorm;
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod patch;
+pub mod reduce;
+pub mod softmax;
+
+use crate::error::{Result, shape_err};
+use crate::tensor::{DType, Tensor};
+
+/// Upper bound on workgroups for grid-stride kernels: enough to fill any GPU,
+/// few enough that CPU adapters do not pay per-workgroup overhead.
+const MAX_GROUPS: usize = 16384;
+
+/// Workgroups for a grid-stride loop over `n` items, `per_group` at a time.
+pub(crate) fn grid(n: usize, per_group: usize) -> [u32; 3] {
+    [n.div_ceil(per_group).min(MAX_GROUPS) as u32, 1, 1]
+}
+
+pub(crate) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| shape_err(op, format!("extent {v} exceeds u32 indexing")))
+}
+
+pub(crate) fn expect_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(shape_err(op, format!("{name} {:?} must be f32", t.shape())));
+    }
+    Ok(())
+}
+
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(shape_err(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+/// Splits `[.., d]` into (rows, d).
+pub(crate) fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
+    let Some(&d) = t.shape().last() else {
+        return Err(shape_err(op, "a scalar has no rows"));
+    };
+    Ok((if d == 0 { 0 } else { t.numel() / d }, d))
+}

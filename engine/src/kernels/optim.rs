@@ -1,0 +1,76 @@
+//! Optimizer update kernels (`shaders/optim.wgsl`).
+
+use super::{grid, same_shape, u32_of};
+use crate::device::{Device, KernelSpec};
+use crate::error::Result;
+use crate::shaders;
+use crate::tensor::Tensor;
+
+/// AdamW hyper-parameters for one update of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for the bias corrections.
+    pub step: u64,
+    /// Multiplies the gradient first (e.g. 1/accumulation steps).
+    pub grad_scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    _pad: [u32; 3],
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_c1: f32,
+    bias_c2_sqrt: f32,
+    grad_scale: f32,
+}
+
+/// Updates `param`, `m` and `v` in place.
+pub fn adamw(
+    dev: &Device,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: AdamWStep,
+) -> Result<()> {
+    for t in [grad, m, v] {
+        same_shape("adamw", param, t)?;
+    }
+    // Bias corrections in f64 so late steps keep full precision.
+    let step = s.step.max(1) as f64;
+    let p = Params {
+        n: u32_of("adamw", param.numel())?,
+        _pad: [0; 3],
+        lr: s.lr,
+        beta1: s.beta1,
+        beta2: s.beta2,
+        eps: s.eps,
+        weight_decay: s.weight_decay,
+        bias_c1: (1.0 - f64::from(s.beta1).powf(step)) as f32,
+        bias_c2_sqrt: (1.0 - f64::from(s.beta2).powf(step)).sqrt() as f32,
+        grad_scale: s.grad_scale,
+    };
+    let spec = KernelSpec {
+        shader: &shaders::OPTIM,
+        entry: "adamw",
+        constants: &[],
+        label: "adamw",
+    };
+    dev.dispatch(
+        spec,
+        &p,
+        &[(1, grad), (2, param), (3, m), (4, v)],
+        grid(param.numel(), 256),
+    )
+}

@@ -1,0 +1,158 @@
+//! Fixed-order reductions (`shaders/reduce.wgsl`).
+
+use super::{grid, u32_of};
+use crate::device::{Device, KernelSpec};
+use crate::error::{Result, shape_err};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    chunk: u32,
+    stride: u32,
+    offset: u32,
+    weighted: u32,
+    _pad: [u32; 2],
+}
+
+/// Rows summed per invocation in one pass; passes repeat until one row is left.
+const CHUNK: usize = 64;
+
+/// Rows `r` of a strided view of `x`: element `(r, j)` at `offset + r·stride + j`.
+#[derive(Debug, Clone, Copy)]
+pub struct RowView<'a> {
+    pub t: &'a Tensor,
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl<'a> RowView<'a> {
+    /// All rows of a tensor viewed as `[numel / cols, cols]`.
+    pub fn of(t: &'a Tensor, cols: usize) -> Self {
+        Self {
+            t,
+            rows: t.numel() / cols.max(1),
+            cols,
+            stride: cols,
+            offset: 0,
+        }
+    }
+}
+
+/// `out[j] = Σ_r w_r · x(r, j)` (w = 1 when `weights` is None), shape `[cols]`.
+pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Result<Tensor> {
+    let op = "sum_rows";
+    if x.rows > 0 && x.offset + (x.rows - 1) * x.stride + x.cols > x.t.numel() {
+        return Err(shape_err(
+            op,
+            format!(
+                "{} rows of {} (stride {}) exceed {:?}",
+                x.rows,
+                x.cols,
+                x.stride,
+                x.t.shape()
+            ),
+        ));
+    }
+    if let Some(w) = weights
+        && w.numel() != x.rows
+    {
+        return Err(shape_err(
+            op,
+            format!("{} row weights for {} rows", w.numel(), x.rows),
+        ));
+    }
+    if x.rows == 0 {
+        return super::elementwise::full(dev, &[x.cols], 0.0);
+    }
+    let mut cur = pass(dev, x, weights)?;
+    while cur.dim(0) > 1 {
+        let rows = cur.dim(0);
+        cur = pass(
+            dev,
+            RowView {
+                t: &cur,
+                rows,
+                cols: x.cols,
+                stride: x.cols,
+                offset: 0,
+            },
+            None,
+        )?;
+    }
+    cur.reshape(&[x.cols])
+}
+
+fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Result<Tensor> {
+    let op = "sum_rows";
+    let chunks = x.rows.div_ceil(CHUNK);
+    let out = Tensor::uninit(dev, &[chunks, x.cols], DType::F32)?;
+    let p = Params {
+        rows: u32_of(op, x.rows)?,
+        cols: u32_of(op, x.cols)?,
+        chunk: CHUNK as u32,
+        stride: u32_of(op, x.stride)?,
+        offset: u32_of(op, x.offset)?,
+        weighted: u32::from(weights.is_some()),
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec {
+        shader: &shaders::REDUCE,
+        entry: "sum_rows",
+        constants: &[],
+        label: "sum_rows",
+    };
+    dev.dispatch(
+        spec,
+        &p,
+        &[(1, x.t), (2, weights.unwrap_or(x.t)), (3, &out)],
+        grid(chunks * x.cols, 64),
+    )?;
+    Ok(out)
+}
+
+/// `out[s] = Σ_i w[s, i] · x[i]` for weights `[S, n]` and `x` of n elements.
+pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let op = "weighted_sums";
+    let n = x.numel();
+    let [s, wn] = w.shape() else {
+        return Err(shape_err(
+            op,
+            format!("weights {:?} must be [sums, n]", w.shape()),
+        ));
+    };
+    if *wn != n {
+        return Err(shape_err(
+            op,
+            format!("weights {:?} for {n} values {:?}", w.shape(), x.shape()),
+        ));
+    }
+    let out = Tensor::uninit(dev, &[*s], DType::F32)?;
+    let p = Params {
+        rows: u32_of(op, n)?,
+        cols: u32_of(op, *s)?,
+        chunk: 0,
+        stride: 0,
+        offset: 0,
+        weighted: 1,
+        _pad: [0; 2],
+    };
+    let spec = KernelSpec {
+        shader: &shaders::REDUCE,
+        entry: "weighted_sums",
+        constants: &[],
+        label: "weighted_sums",
+    };
+    dev.dispatch(
+        spec,
+        &p,
+        &[(1, x), (2, w), (3, &out)],
+        [u32_of(op, *s)?, 1, 1],
+    )?;
+    Ok(out)
+}

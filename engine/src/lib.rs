@@ -1,0 +1,13 @@
+//! cmae-engine: GPU tensors, WGSL compute kernels and a tape-based reverse-mode
+//! autodiff on wgpu, for training vision transformers on any GPU (Vulkan,
+//! Metal, DX12) and on software Vulkan (lavapipe) in CI.
+
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod shaders;
+pub mod tensor;
+
+pub use device::{Device, MatmulKind, MemoryStats, PendingRead};
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

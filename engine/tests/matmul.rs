@@ -1,0 +1,208 @@
+//! Matmul against an f64 CPU reference, on awkward shapes, for every transpose
+//! variant and both kernel families (register-blocked and tiled), plus strided
+//! batched views as attention uses them.
+
+mod common;
+
+use cmae_engine::kernels::matmul::{MatView, Matmul, linear, matmul};
+use cmae_engine::{Device, MatmulKind, Tensor};
+use common::{assert_close, rand_vec};
+
+/// f32 products summed over k ≤ 200 terms of size ≤ 1: the rounding error of
+/// a length-k f32 dot product is about k·2⁻²⁴·Σ|aᵢbᵢ| ≲ 1e-5 here, so 1e-4
+/// absolute plus 1e-4 relative is a bound with margin, not a fudge.
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 1e-4;
+
+fn device(kind: MatmulKind) -> Device {
+    let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
+    dev.set_matmul_kind(kind);
+    dev
+}
+
+/// C = op(A)·op(B) in f64 from row-major stored A and B.
+fn reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for kk in 0..k {
+                let av = if ta { a[kk * m + i] } else { a[i * k + kk] };
+                let bv = if tb { b[j * k + kk] } else { b[kk * n + j] };
+                acc += f64::from(av) * f64::from(bv);
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
+
+fn check_all_shapes(kind: MatmulKind) {
+    let dev = device(kind);
+    let dims = [1usize, 3, 4, 17, 65, 197];
+    let mut seed = 0;
+    for &m in &dims {
+        for &n in &dims {
+            for &k in &[1usize, 3, 16, 17, 65] {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    seed += 1;
+                    let a = rand_vec(m * k, seed);
+                    let b = rand_vec(k * n, seed + 1000);
+                    let ash = if ta { [k, m] } else { [m, k] };
+                    let bsh = if tb { [n, k] } else { [k, n] };
+                    let at = Tensor::from_f32(&dev, &a, &ash).unwrap();
+                    let bt = Tensor::from_f32(&dev, &b, &bsh).unwrap();
+                    let c = matmul(&dev, &at, &bt, ta, tb).unwrap();
+                    assert_eq!(c.shape(), &[m, n]);
+                    let got = c.to_vec_f32(&dev).unwrap();
+                    let want = reference(&a, &b, m, n, k, ta, tb);
+                    assert_close(
+                        &format!("{kind:?} m={m} n={n} k={k} ta={ta} tb={tb}"),
+                        &got,
+                        &want,
+                        ATOL,
+                        RTOL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn register_kernel_matches_f64_on_awkward_shapes() {
+    check_all_shapes(MatmulKind::Register);
+}
+
+#[test]
+fn tiled_kernel_matches_f64_on_awkward_shapes() {
+    check_all_shapes(MatmulKind::Tiled);
+}
+
+#[test]
+fn linear_with_fused_bias_matches_f64() {
+    for kind in [MatmulKind::Register, MatmulKind::Tiled] {
+        let dev = device(kind);
+        for (rows, inp, out) in [(1088, 192, 576), (65, 17, 3), (130, 48, 192)] {
+            let x = rand_vec(rows * inp, 1);
+            let w = rand_vec(out * inp, 2);
+            let b = rand_vec(out, 3);
+            let xt = Tensor::from_f32(&dev, &x, &[2, rows / 2, inp])
+                .unwrap_or_else(|_| Tensor::from_f32(&dev, &x, &[rows, inp]).unwrap());
+            let y = linear(
+                &dev,
+                &xt,
+                &Tensor::from_f32(&dev, &w, &[out, inp]).unwrap(),
+                Some(&Tensor::from_f32(&dev, &b, &[out]).unwrap()),
+            )
+            .unwrap();
+            let mut want = reference(&x, &w, rows, out, inp, false, true);
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += f64::from(b[i % out]);
+            }
+            assert_close(
+                &format!("{kind:?} linear {rows}x{inp}->{out}"),
+                &y.to_vec_f32(&dev).unwrap(),
+                &want,
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}
+
+/// Q·Kᵀ per (batch, head) straight out of a packed `[B, T, 3·H·hd]` qkv tensor,
+/// written with a row stride into a wider output: the views attention uses.
+#[test]
+fn strided_batched_views_address_heads_inside_qkv() {
+    for kind in [MatmulKind::Register, MatmulKind::Tiled] {
+        let dev = device(kind);
+        let (b, t, h, hd) = (3, 17, 3, 8);
+        let d = h * hd;
+        let qkv = rand_vec(b * t * 3 * d, 7);
+        let qkv_t = Tensor::from_f32(&dev, &qkv, &[b, t, 3 * d]).unwrap();
+        let scores = Tensor::zeros(&dev, &[b * h, t, t]).unwrap();
+        Matmul {
+            a: MatView {
+                t: &qkv_t,
+                off: 0,
+                row: 3 * d,
+                b0: t * 3 * d,
+                b1: hd,
+            },
+            b: MatView {
+                t: &qkv_t,
+                off: d,
+                row: 3 * d,
+                b0: t * 3 * d,
+                b1: hd,
+            },
+            c: MatView {
+                t: &scores,
+                off: 0,
+                row: t,
+                b0: h * t * t,
+                b1: t * t,
+            },
+            m: t,
+            n: t,
+            k: hd,
+            outer: b,
+            heads: h,
+            trans_a: false,
+            trans_b: true,
+            alpha: 0.5,
+            bias: None,
+        }
+        .run(&dev)
+        .unwrap();
+        let got = scores.to_vec_f32(&dev).unwrap();
+        let mut want = vec![0.0f64; b * h * t * t];
+        for bi in 0..b {
+            for hi in 0..h {
+                for i in 0..t {
+                    for j in 0..t {
+                        let mut acc = 0.0;
+                        for c in 0..hd {
+                            let q = qkv[(bi * t + i) * 3 * d + hi * hd + c];
+                            let k = qkv[(bi * t + j) * 3 * d + d + hi * hd + c];
+                            acc += f64::from(q) * f64::from(k);
+                        }
+                        want[((bi * h + hi) * t + i) * t + j] = 0.5 * acc;
+                    }
+                }
+            }
+        }
+        assert_close(&format!("{kind:?} strided QKᵀ"), &got, &want, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors_naming_both_shapes() {
+    let dev = device(MatmulKind::Register);
+    let a = Tensor::zeros(&dev, &[4, 5]).unwrap();
+    let b = Tensor::zeros(&dev, &[6, 7]).unwrap();
+    let err = matmul(&dev, &a, &b, false, false).unwrap_err().to_string();
+    assert!(err.contains("[4, 5]") && err.contains("[6, 7]"), "{err}");
+    let w = Tensor::zeros(&dev, &[3, 4]).unwrap();
+    let err = linear(&dev, &a, &w, None).unwrap_err().to_string();
+    assert!(err.contains("[4, 5]") && err.contains("[3, 4]"), "{err}");
+    let view_err = Matmul {
+        a: MatView::contiguous(&a, 5, 0),
+        b: MatView::contiguous(&a, 5, 0),
+        c: MatView::contiguous(&b, 7, 0),
+        m: 4,
+        n: 4,
+        k: 9,
+        outer: 1,
+        heads: 1,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        bias: None,
+    }
+    .run(&dev)
+    .unwrap_err()
+    .to_string();
+    assert!(view_err.contains("[4, 5]"), "{view_err}");
+}

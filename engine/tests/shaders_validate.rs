@@ -1,0 +1,32 @@
+//! Every WGSL file in shaders/ parses and validates with naga, so a broken
+//! shader fails `cargo test` before it reaches a GPU.
+
+use cmae_engine::shaders::ALL;
+
+#[test]
+fn every_shader_validates_with_naga() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
+    on_disk.sort();
+    let mut registered: Vec<String> = ALL.iter().map(|s| s.name.to_string()).collect();
+    registered.sort();
+    assert_eq!(
+        on_disk, registered,
+        "every file in shaders/ is registered in engine/src/shaders.rs"
+    );
+
+    for shader in ALL {
+        let module = naga::front::wgsl::parse_str(shader.source)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+    }
+}
