@@ -6,6 +6,9 @@
 //               out[b, idx[b, k], :] += src[b, src_off + k, :]       (add == 1)
 //               (the gather's backward; the decoder's un-shuffle)
 //
+// copy_rows:    out[b, out_off + k, :] = src[b, src_off + k, :]          (no indices:
+//               prepend a token, drop it again in the backward)
+//
 // Indices must be distinct within a sample. Masking indices always are, which
 // is what lets the scatter-add run without atomics and stay deterministic.
 
@@ -43,5 +46,17 @@ fn scatter_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let dst = (b * p.n_out + idx[bk]) * p.d + j;
         let v = src[(b * p.n_src + p.src_off + k) * p.d + j];
         if (p.add != 0u) { out[dst] += v; } else { out[dst] = v; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn copy_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let total = p.batch * p.k * p.d;
+    for (var e = gid.x; e < total; e += nwg.x * 256u) {
+        let j = e % p.d;
+        let bk = e / p.d;
+        let b = bk / p.k;
+        let k = bk % p.k;
+        out[(b * p.n_out + p.out_off + k) * p.d + j] = src[(b * p.n_src + p.src_off + k) * p.d + j];
     }
 }

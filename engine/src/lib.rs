@@ -2,12 +2,14 @@
 //! autodiff on wgpu, for training vision transformers on any GPU (Vulkan,
 //! Metal, DX12) and on software Vulkan (lavapipe) in CI.
 
+pub mod autodiff;
 pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod shaders;
 pub mod tensor;
 
+pub use autodiff::{Gradients, Tape, Var};
 pub use device::{Device, MatmulKind, MemoryStats, PendingRead};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

@@ -239,7 +239,7 @@ impl Device {
         if groups.contains(&0) {
             return Ok(());
         }
-        let max_binding = u64::from(self.inner.limits.max_storage_buffer_binding_size);
+        let max_binding = self.inner.limits.max_storage_buffer_binding_size;
         for (_, t) in tensors {
             if t.byte_len() > max_binding {
                 return Err(Error::Limit(format!(
@@ -380,7 +380,7 @@ impl Device {
 
     /// Copies `bytes` from one tensor's start into another's start.
     pub fn copy(&self, src: &Tensor, dst: &Tensor, bytes: u64) -> Result<()> {
-        if bytes > src.byte_len() || bytes > dst.byte_len() || bytes % 4 != 0 {
+        if bytes > src.byte_len() || bytes > dst.byte_len() || !bytes.is_multiple_of(4) {
             return Err(crate::error::shape_err(
                 "copy",
                 format!(

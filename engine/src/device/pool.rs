@@ -84,7 +84,7 @@ mod tests {
             123_456_789,
         ] {
             let c = size_class(bytes);
-            assert!(c >= bytes && c % 16 == 0, "{bytes} -> {c}");
+            assert!(c >= bytes && c.is_multiple_of(16), "{bytes} -> {c}");
             if bytes >= 128 {
                 assert!(c as f64 <= bytes as f64 * 1.125 + 16.0, "{bytes} -> {c}");
             }

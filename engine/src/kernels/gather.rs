@@ -160,3 +160,45 @@ pub fn scatter_add_rows(dev: &Device, dy: &Tensor, idx: &Tensor, rows: usize) ->
     scatter_rows(dev, dy, 0, idx, &out, true)?;
     Ok(out)
 }
+
+/// `out[b, out_off + k, :] = src[b, src_off + k, :]` for k < count, in place.
+pub fn copy_rows(
+    dev: &Device,
+    src: &Tensor,
+    src_off: usize,
+    out: &Tensor,
+    out_off: usize,
+    count: usize,
+) -> Result<()> {
+    let op = "copy_rows";
+    expect_f32(op, "source", src)?;
+    let [b, n, d] = dims3(op, "source", src)?;
+    let [ob, on, od] = dims3(op, "output", out)?;
+    if ob != b || od != d || src_off + count > n || out_off + count > on {
+        return Err(shape_err(
+            op,
+            format!(
+                "{count} rows from row {src_off} of {:?} to row {out_off} of {:?}",
+                src.shape(),
+                out.shape()
+            ),
+        ));
+    }
+    let p = Params {
+        batch: u32_of(op, b)?,
+        k: u32_of(op, count)?,
+        d: u32_of(op, d)?,
+        n_src: u32_of(op, n)?,
+        n_out: u32_of(op, on)?,
+        src_off: u32_of(op, src_off)?,
+        out_off: u32_of(op, out_off)?,
+        add: 0,
+    };
+    let spec = KernelSpec {
+        shader: &shaders::GATHER,
+        entry: "copy_rows",
+        constants: &[],
+        label: op,
+    };
+    dev.dispatch(spec, &p, &[(1, src), (3, out)], grid(b * count * d, 256))
+}

@@ -1,6 +1,7 @@
 //! Typed wrappers around the WGSL kernels: each checks shapes (an `Err` naming
 //! both shapes, never a GPU validation failure) and records one or more dispatches.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gather;
 pub mod gelu;
@@ -47,5 +48,5 @@ pub(crate) fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> 
     let Some(&d) = t.shape().last() else {
         return Err(shape_err(op, "a scalar has no rows"));
     };
-    Ok((if d == 0 { 0 } else { t.numel() / d }, d))
+    Ok((t.numel().checked_div(d).unwrap_or(0), d))
 }

@@ -2,6 +2,9 @@
 //! random data and f64 comparisons.
 #![allow(dead_code)]
 
+pub mod gradcheck;
+pub mod reference;
+
 use std::sync::OnceLock;
 
 use cmae_engine::{Device, Tensor};
@@ -33,8 +36,13 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (f64::from(g) - w).abs() / (atol + rtol * w.abs());
-        if !(err <= worst.0) {
+        let diff = (f64::from(g) - w).abs();
+        let err = if diff == 0.0 {
+            0.0
+        } else {
+            diff / (atol + rtol * w.abs())
+        };
+        if err.is_nan() || err > worst.0 {
             worst = (err, i);
         }
     }

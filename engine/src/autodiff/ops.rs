@@ -1,0 +1,292 @@
+//! Differentiable ops: each runs its forward kernel(s) now and records a
+//! backward that runs the matching kernels later.
+
+use super::{Tape, Var};
+use crate::error::{Result, shape_err};
+use crate::kernels::reduce::{RowView, sum_rows, weighted_sums};
+use crate::kernels::{attention, elementwise, gather, gelu, layernorm, loss, matmul};
+use crate::tensor::{DType, Tensor};
+
+impl Tape {
+    /// `x·Wᵀ + b` over the last axis; W is `[out, in]`.
+    ///
+    /// dX = dY·W,  dW = dYᵀ·X,  db = Σ_rows dY
+    pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = matmul::linear(&self.dev, &x.value, &w.value, b.map(|b| &b.value))?;
+        let (xv, wv) = (x.value.clone(), w.value.clone());
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        Ok(self.record(y, &inputs, move |dev, dy, needs| {
+            let k = xv.dim(-1);
+            let n = wv.dim(0);
+            let dy2 = dy.reshape(&[dy.numel() / n, n])?;
+            let x2 = xv.reshape(&[xv.numel() / k, k])?;
+            let dx = if needs[0] {
+                Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?)
+            } else {
+                None
+            };
+            let dw = if needs[1] {
+                Some(matmul::matmul(dev, &dy2, &x2, true, false)?)
+            } else {
+                None
+            };
+            let mut out = vec![dx, dw];
+            if needs.len() == 3 {
+                out.push(if needs[2] {
+                    Some(sum_rows(dev, RowView::of(dy, n), None)?)
+                } else {
+                    None
+                });
+            }
+            Ok(out)
+        }))
+    }
+
+    /// `op(a)·op(b)` for 2-D or batched 3-D operands.
+    pub fn matmul(&self, a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+        let c = matmul::matmul(&self.dev, &a.value, &b.value, trans_a, trans_b)?;
+        let (av, bv) = (a.value.clone(), b.value.clone());
+        Ok(self.record(c, &[a, b], move |dev, dc, needs| {
+            let da = match (needs[0], trans_a) {
+                (false, _) => None,
+                (true, false) => Some(matmul::matmul(dev, dc, &bv, false, !trans_b)?),
+                (true, true) => Some(matmul::matmul(dev, &bv, dc, trans_b, true)?),
+            };
+            let db = match (needs[1], trans_b) {
+                (false, _) => None,
+                (true, false) => Some(matmul::matmul(dev, &av, dc, !trans_a, false)?),
+                (true, true) => Some(matmul::matmul(dev, dc, &av, true, trans_a)?),
+            };
+            Ok(vec![da, db])
+        }))
+    }
+
+    pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
+        let y = elementwise::add(&self.dev, &a.value, &b.value)?;
+        Ok(self.record(y, &[a, b], |_, dy, _| {
+            Ok(vec![Some(dy.clone()), Some(dy.clone())])
+        }))
+    }
+
+    /// `x + v` with `v` repeated over the leading axes (`v`'s shape is a suffix of `x`'s).
+    pub fn add_broadcast(&self, x: &Var, v: &Var) -> Result<Var> {
+        let y = elementwise::add_broadcast(&self.dev, &x.value, &v.value, 1.0)?;
+        let vshape = v.shape().to_vec();
+        Ok(self.record(y, &[x, v], move |dev, dy, needs| {
+            let dv = if needs[1] {
+                let n = vshape.iter().product();
+                Some(sum_rows(dev, RowView::of(dy, n), None)?.reshape(&vshape)?)
+            } else {
+                None
+            };
+            Ok(vec![Some(dy.clone()), dv])
+        }))
+    }
+
+    pub fn scale(&self, x: &Var, alpha: f32) -> Result<Var> {
+        let y = elementwise::scale(&self.dev, &x.value, alpha)?;
+        Ok(self.record(y, &[x], move |dev, dy, _| {
+            Ok(vec![Some(elementwise::scale(dev, dy, alpha)?)])
+        }))
+    }
+
+    pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
+        let y = elementwise::mul(&self.dev, &a.value, &b.value)?;
+        let (av, bv) = (a.value.clone(), b.value.clone());
+        Ok(self.record(y, &[a, b], move |dev, dy, needs| {
+            let da = if needs[0] {
+                Some(elementwise::mul(dev, dy, &bv)?)
+            } else {
+                None
+            };
+            let db = if needs[1] {
+                Some(elementwise::mul(dev, dy, &av)?)
+            } else {
+                None
+            };
+            Ok(vec![da, db])
+        }))
+    }
+
+    /// Multiplies sample `b` (leading axis) by the constant `s[b]` (drop path).
+    pub fn scale_rows(&self, x: &Var, s: &Tensor) -> Result<Var> {
+        let y = elementwise::scale_rows(&self.dev, &x.value, s)?;
+        let s = s.clone();
+        Ok(self.record(y, &[x], move |dev, dy, _| {
+            Ok(vec![Some(elementwise::scale_rows(dev, dy, &s)?)])
+        }))
+    }
+
+    pub fn gelu(&self, x: &Var) -> Result<Var> {
+        let y = gelu::gelu(&self.dev, &x.value)?;
+        let xv = x.value.clone();
+        Ok(self.record(y, &[x], move |dev, dy, _| {
+            Ok(vec![Some(gelu::gelu_backward(dev, &xv, dy)?)])
+        }))
+    }
+
+    pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let (y, stats) =
+            layernorm::layer_norm(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
+        let (xv, gv) = (x.value.clone(), gamma.value.clone());
+        Ok(self.record(y, &[x, gamma, beta], move |dev, dy, _| {
+            let (dx, dg, db) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy)?;
+            Ok(vec![Some(dx), Some(dg), Some(db)])
+        }))
+    }
+
+    /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`.
+    pub fn attention(&self, qkv: &Var, heads: usize) -> Result<Var> {
+        let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
+        let qv = qkv.value.clone();
+        Ok(self.record(out, &[qkv], move |dev, dout, _| {
+            Ok(vec![Some(attention::attention_backward(
+                dev, &qv, &probs, dout, heads,
+            )?)])
+        }))
+    }
+
+    /// Like [`Tape::attention`], also returning the probabilities `[B·H, T, T]`
+    /// (for attention maps; they carry no gradient).
+    pub fn attention_with_probs(&self, qkv: &Var, heads: usize) -> Result<(Var, Tensor)> {
+        let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
+        let (qv, saved) = (qkv.value.clone(), probs.clone());
+        let var = self.record(out, &[qkv], move |dev, dout, _| {
+            Ok(vec![Some(attention::attention_backward(
+                dev, &qv, &saved, dout, heads,
+            )?)])
+        });
+        Ok((var, probs))
+    }
+
+    /// Per-sample row gather `x[b, idx[b, k], :]`; backward scatter-adds.
+    pub fn gather_rows(&self, x: &Var, idx: &Tensor) -> Result<Var> {
+        let y = gather::gather_rows(&self.dev, &x.value, idx)?;
+        let (idx, rows) = (idx.clone(), x.value.dim(1));
+        Ok(self.record(y, &[x], move |dev, dy, _| {
+            Ok(vec![Some(gather::scatter_add_rows(dev, dy, &idx, rows)?)])
+        }))
+    }
+
+    /// `[tok; x[b]]` for every sample: `[B, n, D]` → `[B, n+1, D]` (the cls token).
+    pub fn prepend_token(&self, x: &Var, tok: &Var) -> Result<Var> {
+        let [b, n, d] = *x.shape() else {
+            return Err(shape_err(
+                "prepend_token",
+                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
+            ));
+        };
+        if tok.value.numel() != d {
+            return Err(shape_err(
+                "prepend_token",
+                format!("token {:?} for tokens {:?}", tok.shape(), x.shape()),
+            ));
+        }
+        let out = elementwise::broadcast(&self.dev, &tok.value.reshape(&[d])?, &[b, n + 1, d])?;
+        gather::copy_rows(&self.dev, &x.value, 0, &out, 1, n)?;
+        let tok_shape = tok.shape().to_vec();
+        Ok(self.record(out, &[x, tok], move |dev, dy, needs| {
+            let dx = if needs[0] {
+                let dx = Tensor::uninit(dev, &[b, n, d], DType::F32)?;
+                gather::copy_rows(dev, dy, 1, &dx, 0, n)?;
+                Some(dx)
+            } else {
+                None
+            };
+            let dtok = if needs[1] {
+                let rows = RowView {
+                    t: dy,
+                    rows: b,
+                    cols: d,
+                    stride: (n + 1) * d,
+                    offset: 0,
+                };
+                Some(sum_rows(dev, rows, None)?.reshape(&tok_shape)?)
+            } else {
+                None
+            };
+            Ok(vec![dx, dtok])
+        }))
+    }
+
+    /// Puts row k of `x [B, K, D]` at row `idx[b, k]` of a `[B, rows, D]`
+    /// output and fills every other row with `fill [D]` (the decoder's mask
+    /// token). `fill_rows` `[B·rows]` is 1 on the filled rows, 0 elsewhere: it
+    /// routes the fill token's gradient.
+    pub fn unshuffle(
+        &self,
+        x: &Var,
+        idx: &Tensor,
+        fill: &Var,
+        rows: usize,
+        fill_rows: &Tensor,
+    ) -> Result<Var> {
+        let [b, _, d] = *x.shape() else {
+            return Err(shape_err(
+                "unshuffle",
+                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
+            ));
+        };
+        if fill_rows.numel() != b * rows {
+            return Err(shape_err(
+                "unshuffle",
+                format!("fill mask {:?} for {b}×{rows} rows", fill_rows.shape()),
+            ));
+        }
+        let out = elementwise::broadcast(&self.dev, &fill.value.reshape(&[d])?, &[b, rows, d])?;
+        gather::scatter_rows(&self.dev, &x.value, 0, idx, &out, false)?;
+        let (idx, mask, fill_shape) = (idx.clone(), fill_rows.clone(), fill.shape().to_vec());
+        Ok(self.record(out, &[x, fill], move |dev, dy, needs| {
+            let dx = if needs[0] {
+                Some(gather::gather_rows(dev, dy, &idx)?)
+            } else {
+                None
+            };
+            let dfill = if needs[1] {
+                Some(sum_rows(dev, RowView::of(dy, d), Some(&mask))?.reshape(&fill_shape)?)
+            } else {
+                None
+            };
+            Ok(vec![dx, dfill])
+        }))
+    }
+
+    /// `Σ_r w_r · mean_j (pred[r, j] − target[r, j])²` over rows of the last
+    /// axis, as a one-element loss. Also returns the per-row losses `[rows]`
+    /// (per-shot reporting), which carry no gradient.
+    pub fn weighted_mse(&self, pred: &Var, target: &Tensor, w: &Tensor) -> Result<(Var, Tensor)> {
+        let rows_loss = loss::mse_rows(&self.dev, &pred.value, target)?;
+        let total = weighted_sums(&self.dev, &rows_loss, &w.reshape(&[1, w.numel()])?)?;
+        let (pv, tv, wv) = (pred.value.clone(), target.clone(), w.clone());
+        let var = self.record(total, &[pred], move |dev, g, _| {
+            Ok(vec![Some(loss::mse_rows_backward(dev, &pv, &tv, &wv, g)?)])
+        });
+        Ok((var, rows_loss))
+    }
+
+    /// `Σ_r w_r · CE(logits_r, target_r)` for soft targets `[rows, classes]`.
+    pub fn weighted_cross_entropy(&self, logits: &Var, target: &Tensor, w: &Tensor) -> Result<Var> {
+        let rows_loss = loss::xent_rows(&self.dev, &logits.value, target)?;
+        let total = weighted_sums(&self.dev, &rows_loss, &w.reshape(&[1, w.numel()])?)?;
+        let (lv, tv, wv) = (logits.value.clone(), target.clone(), w.clone());
+        Ok(self.record(total, &[logits], move |dev, g, _| {
+            Ok(vec![Some(loss::xent_rows_backward(dev, &lv, &tv, &wv, g)?)])
+        }))
+    }
+
+    /// Mean of all elements, as a one-element tensor.
+    pub fn mean(&self, x: &Var) -> Result<Var> {
+        let n = x.value.numel();
+        let w = elementwise::full(&self.dev, &[1, n], 1.0 / n as f32)?;
+        let y = weighted_sums(&self.dev, &x.value.reshape(&[n])?, &w)?;
+        let shape = x.shape().to_vec();
+        Ok(self.record(y, &[x], move |dev, g, _| {
+            let ones = elementwise::full(dev, &shape, 1.0 / n as f32)?;
+            let g1 = g.reshape(&[1])?;
+            Ok(vec![Some(
+                elementwise::scale_rows(dev, &ones.reshape(&[1, n])?, &g1)?.reshape(&shape)?,
+            )])
+        }))
+    }
+}

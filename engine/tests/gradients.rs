@@ -1,0 +1,253 @@
+//! Every differentiable op's backward against central finite differences.
+
+mod common;
+
+use cmae_engine::Tensor;
+use cmae_engine::kernels::loss::smoothed_targets;
+use common::gradcheck::{Input, check};
+use common::reference::{self as refr};
+use common::{dev, rand_vec};
+
+#[test]
+fn linear_backward() {
+    let (rows, inp, out) = (17, 12, 7);
+    check(
+        "linear",
+        &[
+            Input::random("x", &[rows, inp], 1),
+            Input::random("w", &[out, inp], 2),
+            Input::random("b", &[out], 3),
+        ],
+        |t, v| t.linear(&v[0], &v[1], Some(&v[2])).unwrap(),
+        |x| refr::linear(&x[0], &x[1], Some(&x[2]), rows, inp, out),
+    );
+}
+
+#[test]
+fn matmul_backward_all_transposes() {
+    let (m, n, k) = (5, 6, 7);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let ash = if ta { [k, m] } else { [m, k] };
+        let bsh = if tb { [n, k] } else { [k, n] };
+        check(
+            &format!("matmul ta={ta} tb={tb}"),
+            &[Input::random("a", &ash, 4), Input::random("b", &bsh, 5)],
+            |t, v| t.matmul(&v[0], &v[1], ta, tb).unwrap(),
+            |x| {
+                let mut c = vec![0.0; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        c[i * n + j] = (0..k)
+                            .map(|kk| {
+                                let a = if ta {
+                                    x[0][kk * m + i]
+                                } else {
+                                    x[0][i * k + kk]
+                                };
+                                let b = if tb {
+                                    x[1][j * k + kk]
+                                } else {
+                                    x[1][kk * n + j]
+                                };
+                                a * b
+                            })
+                            .sum();
+                    }
+                }
+                c
+            },
+        );
+    }
+}
+
+#[test]
+fn elementwise_backward() {
+    let (b, t, c) = (3, 4, 5);
+    check(
+        "add_broadcast",
+        &[
+            Input::random("x", &[b, t, c], 6),
+            Input::random("v", &[t, c], 7),
+        ],
+        |tp, v| tp.add_broadcast(&v[0], &v[1]).unwrap(),
+        |x| {
+            x[0].iter()
+                .enumerate()
+                .map(|(i, a)| a + x[1][i % (t * c)])
+                .collect()
+        },
+    );
+    check(
+        "mul+add+scale",
+        &[
+            Input::random("x", &[b, c], 8),
+            Input::random("y", &[b, c], 9),
+        ],
+        |tp, v| {
+            tp.scale(
+                &tp.add(&tp.mul(&v[0], &v[1]).unwrap(), &v[0]).unwrap(),
+                -1.5,
+            )
+            .unwrap()
+        },
+        |x| {
+            x[0].iter()
+                .zip(&x[1])
+                .map(|(a, b)| -1.5 * (a * b + a))
+                .collect()
+        },
+    );
+    let s = rand_vec(b, 10);
+    let st = Tensor::from_f32(dev(), &s, &[b]).unwrap();
+    check(
+        "scale_rows",
+        &[Input::random("x", &[b, t, c], 11)],
+        |tp, v| tp.scale_rows(&v[0], &st).unwrap(),
+        |x| {
+            x[0].iter()
+                .enumerate()
+                .map(|(i, a)| a * f64::from(s[i / (t * c)]))
+                .collect()
+        },
+    );
+}
+
+#[test]
+fn gelu_backward() {
+    let mut x = Input::random("x", &[9, 13], 12);
+    x.data.iter_mut().for_each(|v| *v *= 4.0);
+    check(
+        "gelu",
+        &[x],
+        |t, v| t.gelu(&v[0]).unwrap(),
+        |x| refr::gelu(&x[0]),
+    );
+}
+
+#[test]
+fn layer_norm_backward() {
+    for (rows, d) in [(3, 5), (17, 65), (130, 7)] {
+        check(
+            &format!("layer_norm {rows}x{d}"),
+            &[
+                Input::random("x", &[rows, d], 13),
+                Input::random("g", &[d], 14),
+                Input::random("b", &[d], 15),
+            ],
+            |t, v| t.layer_norm(&v[0], &v[1], &v[2], 1e-6).unwrap(),
+            |x| refr::layer_norm(&x[0], &x[1], &x[2], d, 1e-6),
+        );
+    }
+}
+
+#[test]
+fn attention_backward() {
+    for (b, t, d, heads) in [(2, 5, 12, 3), (1, 17, 8, 2), (2, 3, 4, 1)] {
+        check(
+            &format!("attention b{b} t{t} d{d} h{heads}"),
+            &[Input::random("qkv", &[b, t, 3 * d], 16)],
+            |tp, v| tp.attention(&v[0], heads).unwrap(),
+            |x| refr::attention(&x[0], b, t, d, heads),
+        );
+    }
+}
+
+#[test]
+fn gather_prepend_unshuffle_backward() {
+    let (b, n, k, d) = (2usize, 7usize, 4usize, 3usize);
+    let idx: Vec<u32> = vec![6, 0, 3, 2, 1, 5, 4, 0];
+    let it = Tensor::from_u32(dev(), &idx, &[b, k]).unwrap();
+    check(
+        "gather_rows",
+        &[Input::random("x", &[b, n, d], 17)],
+        |t, v| t.gather_rows(&v[0], &it).unwrap(),
+        |x| refr::gather_rows(&x[0], &idx, b, n, k, d),
+    );
+    check(
+        "prepend_token",
+        &[
+            Input::random("x", &[b, n, d], 18),
+            Input::random("tok", &[1, 1, d], 19),
+        ],
+        |t, v| t.prepend_token(&v[0], &v[1]).unwrap(),
+        |x| {
+            let mut out = Vec::new();
+            for bi in 0..b {
+                out.extend_from_slice(&x[1]);
+                out.extend_from_slice(&x[0][bi * n * d..(bi + 1) * n * d]);
+            }
+            out
+        },
+    );
+    // x [b, k, d] lands at rows idx of [b, n, d]; the rest is the fill token.
+    let mut fill = vec![1.0f32; b * n];
+    for bi in 0..b {
+        for ki in 0..k {
+            fill[bi * n + idx[bi * k + ki] as usize] = 0.0;
+        }
+    }
+    let ft = Tensor::from_f32(dev(), &fill, &[b * n]).unwrap();
+    check(
+        "unshuffle",
+        &[
+            Input::random("x", &[b, k, d], 20),
+            Input::random("mask", &[1, 1, d], 21),
+        ],
+        |t, v| t.unshuffle(&v[0], &it, &v[1], n, &ft).unwrap(),
+        |x| {
+            let mut out = vec![0.0; b * n * d];
+            for bi in 0..b {
+                for r in 0..n {
+                    out[(bi * n + r) * d..(bi * n + r + 1) * d].copy_from_slice(&x[1]);
+                }
+                for ki in 0..k {
+                    let r = idx[bi * k + ki] as usize;
+                    out[(bi * n + r) * d..(bi * n + r + 1) * d]
+                        .copy_from_slice(&x[0][(bi * k + ki) * d..(bi * k + ki + 1) * d]);
+                }
+            }
+            out
+        },
+    );
+}
+
+#[test]
+fn loss_backward() {
+    let (rows, cols) = (13, 6);
+    let target = rand_vec(rows * cols, 22);
+    let w = rand_vec(rows, 23);
+    let (tt, wt) = (
+        Tensor::from_f32(dev(), &target, &[rows, cols]).unwrap(),
+        Tensor::from_f32(dev(), &w, &[rows]).unwrap(),
+    );
+    check(
+        "weighted_mse",
+        &[Input::random("pred", &[rows, cols], 24)],
+        |t, v| t.weighted_mse(&v[0], &tt, &wt).unwrap().0,
+        |x| {
+            vec![refr::weighted_mse(
+                &x[0],
+                &refr::to64(&target),
+                &refr::to64(&w),
+                cols,
+            )]
+        },
+    );
+    let classes = 5;
+    let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes as u32).collect();
+    let soft = smoothed_targets(&labels, classes, 0.1).unwrap();
+    let st = Tensor::from_f32(dev(), &soft, &[rows, classes]).unwrap();
+    check(
+        "weighted_cross_entropy",
+        &[Input::random("logits", &[rows, classes], 25)],
+        |t, v| t.weighted_cross_entropy(&v[0], &st, &wt).unwrap(),
+        |x| {
+            vec![refr::weighted_xent(
+                &x[0],
+                &refr::to64(&soft),
+                &refr::to64(&w),
+                classes,
+            )]
+        },
+    );
+}

@@ -1,0 +1,418 @@
+//! Forward kernels against f64 CPU references on awkward shapes.
+
+mod common;
+
+use cmae_engine::kernels::attention::attention;
+use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
+use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
+use cmae_engine::kernels::{elementwise, gather, gelu, layernorm, loss, optim, softmax};
+use cmae_engine::{DType, Tensor};
+use common::reference::{self as refr, to64};
+use common::{assert_close, dev, download, rand_vec, upload};
+
+/// Elementwise results differ from f64 only by one f32 rounding (2⁻²⁴ ≈ 6e-8
+/// relative); 1e-6 relative plus 1e-6 absolute covers that with margin.
+const ELEM: (f64, f64) = (1e-6, 1e-6);
+/// Row reductions (means, variances, softmax sums) over ≤ 200 terms add up to
+/// ~200 roundings: 2e-5 absolute/relative bounds them.
+const ROWS: (f64, f64) = (2e-5, 2e-5);
+
+#[test]
+fn elementwise_ops_match() {
+    let d = dev();
+    for n in [1usize, 3, 17, 65, 1031] {
+        let x = rand_vec(n, 1);
+        let y = rand_vec(n, 2);
+        let (xt, yt) = (upload(&x, &[n]), upload(&y, &[n]));
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| 0.5 * f64::from(*a) - 2.0 * f64::from(*b))
+            .collect();
+        assert_close(
+            "axpby",
+            &download(&elementwise::axpby(d, 0.5, &xt, -2.0, &yt).unwrap()),
+            &want,
+            ELEM.0,
+            ELEM.1,
+        );
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .collect();
+        assert_close(
+            "mul",
+            &download(&elementwise::mul(d, &xt, &yt).unwrap()),
+            &want,
+            ELEM.0,
+            ELEM.1,
+        );
+        assert_close(
+            "fill",
+            &download(&elementwise::full(d, &[n], 0.25).unwrap()),
+            &vec![0.25; n],
+            0.0,
+            0.0,
+        );
+        let acc = upload(&x, &[n]);
+        elementwise::accumulate(d, &acc, &yt, 3.0).unwrap();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) + 3.0 * f64::from(*b))
+            .collect();
+        assert_close("accumulate", &download(&acc), &want, ELEM.0, ELEM.1);
+    }
+    // Broadcasts over leading axes.
+    let (b, t, c) = (3, 5, 7);
+    let x = rand_vec(b * t * c, 3);
+    let v = rand_vec(t * c, 4);
+    let got = download(
+        &elementwise::add_broadcast(d, &upload(&x, &[b, t, c]), &upload(&v, &[t, c]), 2.0).unwrap(),
+    );
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, a)| f64::from(*a) + 2.0 * f64::from(v[i % (t * c)]))
+        .collect();
+    assert_close("add_broadcast", &got, &want, ELEM.0, ELEM.1);
+    let got = download(&elementwise::broadcast(d, &upload(&v[..c], &[c]), &[b, t, c]).unwrap());
+    let want: Vec<f64> = (0..b * t * c).map(|i| f64::from(v[i % c])).collect();
+    assert_close("broadcast", &got, &want, 0.0, 0.0);
+    let s = rand_vec(b, 5);
+    let got =
+        download(&elementwise::scale_rows(d, &upload(&x, &[b, t, c]), &upload(&s, &[b])).unwrap());
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, a)| f64::from(*a) * f64::from(s[i / (t * c)]))
+        .collect();
+    assert_close("scale_rows", &got, &want, ELEM.0, ELEM.1);
+}
+
+#[test]
+fn gelu_is_exact_erf_gelu() {
+    let n = 4001;
+    // Spread over [-8, 8] to cover the tails where approximations drift.
+    let x: Vec<f32> = (0..n)
+        .map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32)
+        .collect();
+    let got = download(&gelu::gelu(dev(), &upload(&x, &[n])).unwrap());
+    // erfc's Chebyshev fit has fractional error < 1.2e-7, plus f32 rounding of
+    // x·Φ(x): 1e-6 relative and 1e-7 absolute.
+    assert_close("gelu", &got, &refr::gelu(&to64(&x)), 1e-7, 1e-6);
+}
+
+#[test]
+fn layer_norm_matches() {
+    for (rows, dim) in [(1usize, 3usize), (17, 65), (65, 192), (3, 197)] {
+        let x = rand_vec(rows * dim, 7);
+        let g = rand_vec(dim, 8);
+        let b = rand_vec(dim, 9);
+        let (y, stats) = layernorm::layer_norm(
+            dev(),
+            &upload(&x, &[rows, dim]),
+            &upload(&g, &[dim]),
+            &upload(&b, &[dim]),
+            1e-6,
+        )
+        .unwrap();
+        assert_eq!(stats.shape(), &[rows, 2]);
+        let want = refr::layer_norm(&to64(&x), &to64(&g), &to64(&b), dim, 1e-6);
+        assert_close(
+            &format!("layernorm {rows}x{dim}"),
+            &download(&y),
+            &want,
+            ROWS.0,
+            ROWS.1,
+        );
+    }
+}
+
+#[test]
+fn softmax_rows_match() {
+    for (rows, cols) in [(1usize, 1usize), (3, 17), (65, 65), (2, 197)] {
+        let x: Vec<f32> = rand_vec(rows * cols, 11).iter().map(|v| v * 20.0).collect();
+        let t = upload(&x, &[rows, cols]);
+        softmax::softmax_in_place(dev(), &t).unwrap();
+        assert_close(
+            &format!("softmax {rows}x{cols}"),
+            &download(&t),
+            &refr::softmax_rows(&to64(&x), cols),
+            1e-7,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn attention_forward_matches() {
+    for (b, t, d, heads) in [
+        (2usize, 17usize, 24usize, 3usize),
+        (1, 65, 32, 4),
+        (3, 5, 8, 1),
+    ] {
+        let qkv = rand_vec(b * t * 3 * d, 13);
+        let (out, probs) = attention(dev(), &upload(&qkv, &[b, t, 3 * d]), heads).unwrap();
+        assert_eq!(probs.shape(), &[b * heads, t, t]);
+        let want = refr::attention(&to64(&qkv), b, t, d, heads);
+        assert_close(
+            &format!("attention b{b} t{t} d{d} h{heads}"),
+            &download(&out),
+            &want,
+            ROWS.0,
+            ROWS.1,
+        );
+    }
+}
+
+#[test]
+fn gather_and_scatter_rows_match() {
+    let (b, n, k, dim) = (3usize, 17usize, 5usize, 7usize);
+    let x = rand_vec(b * n * dim, 17);
+    // Distinct indices per sample, in a scrambled order.
+    let idx: Vec<u32> = (0..b)
+        .flat_map(|bi| (0..k).map(move |ki| ((ki * 7 + bi * 3) % n) as u32))
+        .collect();
+    let xt = upload(&x, &[b, n, dim]);
+    let it = Tensor::from_u32(dev(), &idx, &[b, k]).unwrap();
+    let g = gather::gather_rows(dev(), &xt, &it).unwrap();
+    let want = refr::gather_rows(&to64(&x), &idx, b, n, k, dim);
+    assert_close("gather_rows", &download(&g), &want, 0.0, 0.0);
+    // Scatter-add back: the gathered rows return to their places, zeros elsewhere.
+    let back = download(&gather::scatter_add_rows(dev(), &g, &it, n).unwrap());
+    let mut want = vec![0.0; b * n * dim];
+    for bi in 0..b {
+        for ki in 0..k {
+            let r = idx[bi * k + ki] as usize;
+            for j in 0..dim {
+                want[(bi * n + r) * dim + j] = f64::from(x[(bi * n + r) * dim + j]);
+            }
+        }
+    }
+    assert_close("scatter_add_rows", &back, &want, 0.0, 0.0);
+    // copy_rows with offsets.
+    let out = Tensor::zeros(dev(), &[b, n + 2, dim]).unwrap();
+    gather::copy_rows(dev(), &xt, 3, &out, 2, 4).unwrap();
+    let got = download(&out);
+    for bi in 0..b {
+        for r in 0..4 {
+            for j in 0..dim {
+                assert_eq!(
+                    got[(bi * (n + 2) + 2 + r) * dim + j],
+                    x[(bi * n + 3 + r) * dim + j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn row_sums_match() {
+    for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3)] {
+        let x = rand_vec(rows * cols, 19);
+        let w = rand_vec(rows, 20);
+        let got = download(
+            &sum_rows(
+                dev(),
+                RowView::of(&upload(&x, &[rows, cols]), cols),
+                Some(&upload(&w, &[rows])),
+            )
+            .unwrap(),
+        );
+        let want: Vec<f64> = (0..cols)
+            .map(|j| {
+                (0..rows)
+                    .map(|r| f64::from(x[r * cols + j]) * f64::from(w[r]))
+                    .sum()
+            })
+            .collect();
+        // Up to 4160 terms: 1e-4 absolute is ~40 roundings of the largest partial sums.
+        assert_close(&format!("sum_rows {rows}x{cols}"), &got, &want, 1e-4, 1e-5);
+    }
+    let n = 1000;
+    let x = rand_vec(n, 21);
+    let w = rand_vec(3 * n, 22);
+    let got = download(&weighted_sums(dev(), &upload(&x, &[n]), &upload(&w, &[3, n])).unwrap());
+    let want: Vec<f64> = (0..3)
+        .map(|s| {
+            (0..n)
+                .map(|i| f64::from(w[s * n + i]) * f64::from(x[i]))
+                .sum()
+        })
+        .collect();
+    assert_close("weighted_sums", &got, &want, 1e-5, 1e-5);
+}
+
+#[test]
+fn patchify_orders_and_norm_pix_match() {
+    let (b, c, p, g) = (2usize, 3usize, 4usize, 3usize);
+    let side = p * g;
+    let imgs = rand_vec(b * c * side * side, 23);
+    let it = upload(&imgs, &[b, c, side, side]);
+    let px = |bi: usize, ch: usize, y: usize, x: usize| imgs[((bi * c + ch) * side + y) * side + x];
+    for order in [PatchOrder::ChannelFirst, PatchOrder::ChannelLast] {
+        let got = download(&patchify(dev(), &it, p, order).unwrap());
+        let mut want = Vec::new();
+        for bi in 0..b {
+            for i in 0..g * g {
+                let (gy, gx) = (i / g, i % g);
+                match order {
+                    PatchOrder::ChannelFirst => {
+                        for ch in 0..c {
+                            for py in 0..p {
+                                for pxx in 0..p {
+                                    want.push(f64::from(px(bi, ch, gy * p + py, gx * p + pxx)));
+                                }
+                            }
+                        }
+                    }
+                    PatchOrder::ChannelLast => {
+                        for py in 0..p {
+                            for pxx in 0..p {
+                                for ch in 0..c {
+                                    want.push(f64::from(px(bi, ch, gy * p + py, gx * p + pxx)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_close(&format!("patchify {order:?}"), &got, &want, 0.0, 0.0);
+    }
+    let cols = p * p * c;
+    let t = patchify(dev(), &it, p, PatchOrder::ChannelLast).unwrap();
+    let raw = to64(&download(&t));
+    norm_pix_in_place(dev(), &t).unwrap();
+    let want: Vec<f64> = raw
+        .chunks(cols)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f64>() / cols as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (cols - 1) as f64;
+            row.iter()
+                .map(move |v| (v - mean) / (var + 1e-6).sqrt())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_close("norm_pix", &download(&t), &want, ROWS.0, ROWS.1);
+}
+
+#[test]
+fn losses_match() {
+    let (rows, cols) = (65usize, 48usize);
+    let p = rand_vec(rows * cols, 29);
+    let t = rand_vec(rows * cols, 30);
+    let got = download(
+        &loss::mse_rows(
+            dev(),
+            &upload(&p, &[rows, cols]),
+            &upload(&t, &[rows, cols]),
+        )
+        .unwrap(),
+    );
+    let want: Vec<f64> = (0..rows)
+        .map(|r| {
+            refr::weighted_mse(
+                &to64(&p[r * cols..(r + 1) * cols]),
+                &to64(&t[r * cols..(r + 1) * cols]),
+                &[1.0],
+                cols,
+            )
+        })
+        .collect();
+    assert_close("mse_rows", &got, &want, ROWS.0, ROWS.1);
+
+    let (rows, classes) = (17usize, 10usize);
+    let z: Vec<f32> = rand_vec(rows * classes, 31)
+        .iter()
+        .map(|v| v * 5.0)
+        .collect();
+    let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes as u32).collect();
+    let targets = loss::smoothed_targets(&labels, classes, 0.1).unwrap();
+    let got = download(
+        &loss::xent_rows(
+            dev(),
+            &upload(&z, &[rows, classes]),
+            &upload(&targets, &[rows, classes]),
+        )
+        .unwrap(),
+    );
+    let want: Vec<f64> = (0..rows)
+        .map(|r| {
+            let s = r * classes..(r + 1) * classes;
+            refr::weighted_xent(&to64(&z[s.clone()]), &to64(&targets[s]), &[1.0], classes)
+        })
+        .collect();
+    assert_close("xent_rows", &got, &want, ROWS.0, ROWS.1);
+    // Smoothing puts 1 − ε + ε/C on the label and ε/C elsewhere, summing to 1.
+    assert!((targets[..classes].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!((targets[0] - (0.9 + 0.01)).abs() < 1e-7 && (targets[1] - 0.01).abs() < 1e-7);
+    assert!(loss::smoothed_targets(&[10], 10, 0.0).is_err());
+}
+
+#[test]
+fn adamw_matches_pytorch_formula_over_several_steps() {
+    let n = 1031;
+    let mut p = to64(&rand_vec(n, 37));
+    let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
+    let (pt, mt, vt) = (
+        upload(&rand_vec(n, 37), &[n]),
+        Tensor::zeros(dev(), &[n]).unwrap(),
+        Tensor::zeros(dev(), &[n]).unwrap(),
+    );
+    let (lr, b1, b2, eps, wd) = (1e-2f64, 0.9f64, 0.95f64, 1e-8f64, 0.05f64);
+    for step in 1..=5u64 {
+        let g = rand_vec(n, 100 + step);
+        let s = optim::AdamWStep {
+            lr: lr as f32,
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+            eps: eps as f32,
+            weight_decay: wd as f32,
+            step,
+            grad_scale: 0.5,
+        };
+        optim::adamw(dev(), &pt, &upload(&g, &[n]), &mt, &vt, s).unwrap();
+        for i in 0..n {
+            let gi = 0.5 * f64::from(g[i]);
+            p[i] *= 1.0 - lr * wd;
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let denom = (v[i] / (1.0 - b2.powi(step as i32))).sqrt() + eps;
+            p[i] -= lr / (1.0 - b1.powi(step as i32)) * m[i] / denom;
+        }
+    }
+    // Five f32 updates of size ≤ lr: 1e-6 absolute is well inside FIXTURES.md's 1e-5.
+    assert_close("adamw param", &download(&pt), &p, 1e-6, 0.0);
+    assert_close("adamw m", &download(&mt), &m, 1e-6, 1e-5);
+    assert_close("adamw v", &download(&vt), &v, 1e-7, 1e-5);
+}
+
+#[test]
+fn kernel_wrappers_reject_bad_shapes_with_both_shapes_named() {
+    let d = dev();
+    let a = Tensor::zeros(d, &[2, 3]).unwrap();
+    let b = Tensor::zeros(d, &[3, 2]).unwrap();
+    let msg = elementwise::add(d, &a, &b).unwrap_err().to_string();
+    assert!(msg.contains("[2, 3]") && msg.contains("[3, 2]"), "{msg}");
+    let g = Tensor::zeros(d, &[4]).unwrap();
+    let msg = layernorm::layer_norm(d, &a, &g, &g, 1e-6)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("[4]") && msg.contains("[2, 3]"), "{msg}");
+    let x = Tensor::zeros(d, &[2, 5, 4]).unwrap();
+    let idx = Tensor::from_u32(d, &[0, 1, 2], &[3, 1]).unwrap();
+    let msg = gather::gather_rows(d, &x, &idx).unwrap_err().to_string();
+    assert!(msg.contains("[3, 1]"), "{msg}");
+    let f = Tensor::uninit(d, &[2, 1], DType::F32).unwrap();
+    assert!(
+        gather::gather_rows(d, &x, &f).is_err(),
+        "f32 indices are rejected"
+    );
+    let msg = attention(d, &Tensor::zeros(d, &[2, 5, 10]).unwrap(), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("[2, 5, 10]"), "{msg}");
+}
