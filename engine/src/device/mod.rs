@@ -7,10 +7,12 @@
 //! nothing waits on the GPU until a caller asks to read a tensor.
 
 mod adapter;
+mod overhead;
 mod pool;
 mod profile;
 
 pub use adapter::AdapterRequest;
+pub use overhead::DispatchOverhead;
 pub use profile::KernelTime;
 
 use std::collections::HashMap;

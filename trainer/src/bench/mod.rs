@@ -1,0 +1,3 @@
+//! `cmae bench ...`: speed figures as JSON lines, medians after warm-up.
+
+pub mod kernels;

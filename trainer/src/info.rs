@@ -1,0 +1,56 @@
+//! `cmae info`: the adapter, its backend and driver, and the limits that matter.
+
+use cmae_engine::Device;
+use serde_json::json;
+
+/// Everything `cmae info` reports, as JSON.
+pub fn describe(dev: &Device) -> serde_json::Value {
+    let info = dev.info();
+    let l = dev.limits();
+    let features: Vec<String> = [
+        (wgpu::Features::SHADER_F16, "SHADER_F16"),
+        (wgpu::Features::SUBGROUP, "SUBGROUP"),
+        (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+        (wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "TIMESTAMP_QUERY_INSIDE_PASSES"),
+    ]
+    .iter()
+    .filter(|(f, _)| dev.features().contains(*f))
+    .map(|(_, n)| n.to_string())
+    .collect();
+    json!({
+        "adapter": info.name,
+        "backend": format!("{:?}", info.backend),
+        "device_type": format!("{:?}", info.device_type),
+        "driver": info.driver,
+        "driver_info": info.driver_info,
+        "vendor": format!("{:#06x}", info.vendor),
+        "matmul_kernel": format!("{:?}", dev.matmul_kind()),
+        "features": features,
+        "limits": {
+            "max_buffer_size": l.max_buffer_size,
+            "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+            "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+            "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+            "max_compute_workgroup_size": [l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z],
+            "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            "min_uniform_buffer_offset_alignment": l.min_uniform_buffer_offset_alignment,
+            "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+        },
+    })
+}
+
+/// Human-readable form of [`describe`].
+pub fn print(dev: &Device) {
+    let v = describe(dev);
+    println!("adapter:  {} ({}, {})", v["adapter"].as_str().unwrap_or(""), v["backend"].as_str().unwrap_or(""), v["device_type"].as_str().unwrap_or(""));
+    println!("driver:   {} {}", v["driver"].as_str().unwrap_or(""), v["driver_info"].as_str().unwrap_or(""));
+    println!("matmul:   {} kernel", v["matmul_kernel"].as_str().unwrap_or(""));
+    let feats: Vec<&str> = v["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+    println!("features: {}", if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") });
+    println!("limits:");
+    if let Some(limits) = v["limits"].as_object() {
+        for (k, val) in limits {
+            println!("  {k}: {val}");
+        }
+    }
+}
