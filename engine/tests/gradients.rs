@@ -179,6 +179,16 @@ fn gather_prepend_unshuffle_backward() {
             out
         },
     );
+    check(
+        "drop_first_token",
+        &[Input::random("x", &[b, n, d], 26)],
+        |t, v| t.drop_first_token(&v[0]).unwrap(),
+        |x| {
+            (0..b)
+                .flat_map(|bi| x[0][(bi * n + 1) * d..(bi + 1) * n * d].to_vec())
+                .collect()
+        },
+    );
     // x [b, k, d] lands at rows idx of [b, n, d]; the rest is the fill token.
     let mut fill = vec![1.0f32; b * n];
     for bi in 0..b {

@@ -1,5 +1,10 @@
 //! cmae: Conditional MAE pretraining, probing, fine-tuning and analysis on wgpu.
 
 pub mod bench;
+pub mod config;
+pub mod fixture;
 pub mod info;
+pub mod masking;
+pub mod model;
+pub mod safetensors_io;
 pub mod stats;

@@ -1,10 +1,11 @@
 //! The `cmae` command line.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmae::{bench, info};
+use cmae::{bench, fixture, info};
 use cmae_engine::Device;
 
 #[derive(Parser)]
@@ -21,6 +22,12 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Replay a cmae-fixture-v1 reference file on the GPU and compare
+    /// (exit 0: all pass, 1: a check failed, 2: unusable file).
+    CheckFixture {
+        /// The fixture (.safetensors).
+        file: PathBuf,
     },
     /// Speed benchmarks, one JSON line per case.
     Bench {
@@ -55,17 +62,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 info::print(&dev);
             }
         }
-        Command::Bench { what: BenchCommand::Kernels { filter, runs, warmup } } => {
+        Command::CheckFixture { file } => {
             let dev = Device::from_env()?;
-            let opts = bench::kernels::Options { filter, warmup, runs };
+            return Ok(check_fixture(&dev, &file));
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Kernels {
+                    filter,
+                    runs,
+                    warmup,
+                },
+        } => {
+            let dev = Device::from_env()?;
+            let opts = bench::kernels::Options {
+                filter,
+                warmup,
+                runs,
+            };
             bench::kernels::run(&dev, &opts, |line| println!("{line}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
+    match fixture::check(dev, file) {
+        Err(fixture::Unusable(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Ok(checks) => {
+            let failed = checks.iter().filter(|c| !c.passed()).count();
+            for c in &checks {
+                let verdict = if c.passed() { "ok" } else { "FAIL" };
+                println!(
+                    "{:<44} error {:<12.3e} bound {:<12.3e} {verdict}",
+                    c.name, c.error, c.bound
+                );
+            }
+            println!("{} passed, {failed} failed", checks.len() - failed);
+            ExitCode::from(u8::from(failed > 0))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

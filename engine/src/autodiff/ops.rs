@@ -290,3 +290,28 @@ impl Tape {
         }))
     }
 }
+
+impl Tape {
+    /// `x[:, 1:, :]`: drops the leading (cls) token of `[B, n, D]`.
+    pub fn drop_first_token(&self, x: &Var) -> Result<Var> {
+        let [b, n, d] = *x.shape() else {
+            return Err(shape_err(
+                "drop_first_token",
+                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
+            ));
+        };
+        if n == 0 {
+            return Err(shape_err(
+                "drop_first_token",
+                format!("tokens {:?} have no first token", x.shape()),
+            ));
+        }
+        let out = Tensor::uninit(&self.dev, &[b, n - 1, d], DType::F32)?;
+        gather::copy_rows(&self.dev, &x.value, 1, &out, 0, n - 1)?;
+        Ok(self.record(out, &[x], move |dev, dy, _| {
+            let dx = elementwise::full(dev, &[b, n, d], 0.0)?;
+            gather::copy_rows(dev, dy, 0, &dx, 1, n - 1)?;
+            Ok(vec![Some(dx)])
+        }))
+    }
+}

@@ -19,11 +19,19 @@ pub struct Options {
 fn filled(dev: &Device, shape: &[usize], seed: u32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     // Cheap deterministic values in [-1, 1): speed does not depend on them.
-    let data: Vec<f32> = (0..n as u32).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 8388608.0) - 1.0).collect();
+    let data: Vec<f32> = (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 8388608.0) - 1.0)
+        .collect();
     Ok(Tensor::from_f32(dev, &data, shape)?)
 }
 
-fn matmul_case(dev: &Device, opts: &Options, (m, n, k): (usize, usize, usize), trans_b: bool, shape: &str) -> Result<Value> {
+fn matmul_case(
+    dev: &Device,
+    opts: &Options,
+    (m, n, k): (usize, usize, usize),
+    trans_b: bool,
+    shape: &str,
+) -> Result<Value> {
     let a = filled(dev, &[m, k], 1)?;
     let b = filled(dev, &if trans_b { [n, k] } else { [k, n] }, 2)?;
     let ms = median_ms(opts.warmup, opts.runs, || {
@@ -31,11 +39,17 @@ fn matmul_case(dev: &Device, opts: &Options, (m, n, k): (usize, usize, usize), t
         Ok(dev.sync()?)
     })?;
     let flops = 2.0 * (m * n * k) as f64;
-    Ok(json!({"kernel": "matmul", "shape": shape, "m": m, "n": n, "k": k, "trans": if trans_b { "nt" } else { "nn" },
-        "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
+    Ok(
+        json!({"kernel": "matmul", "shape": shape, "m": m, "n": n, "k": k, "trans": if trans_b { "nt" } else { "nn" },
+        "ms": round(ms), "gflops": round(flops / ms / 1e6)}),
+    )
 }
 
-fn attention_case(dev: &Device, opts: &Options, (batch, heads, t, hd): (usize, usize, usize, usize)) -> Result<Value> {
+fn attention_case(
+    dev: &Device,
+    opts: &Options,
+    (batch, heads, t, hd): (usize, usize, usize, usize),
+) -> Result<Value> {
     let d = heads * hd;
     let qkv = filled(dev, &[batch, t, 3 * d], 3)?;
     let dout = filled(dev, &[batch, t, d], 4)?;
@@ -46,13 +60,21 @@ fn attention_case(dev: &Device, opts: &Options, (batch, heads, t, hd): (usize, u
     })?;
     // Forward: Q·Kᵀ and P·V; backward: four more products of the same size.
     let flops = 12.0 * (batch * heads * t * t * hd) as f64;
-    Ok(json!({"kernel": "attention_fwd_bwd", "bh": batch * heads, "t": t, "hd": hd,
-        "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
+    Ok(
+        json!({"kernel": "attention_fwd_bwd", "bh": batch * heads, "t": t, "hd": hd,
+        "ms": round(ms), "gflops": round(flops / ms / 1e6)}),
+    )
 }
 
-fn gather_cases(dev: &Device, opts: &Options, (b, n, k, d): (usize, usize, usize, usize)) -> Result<Vec<Value>> {
+fn gather_cases(
+    dev: &Device,
+    opts: &Options,
+    (b, n, k, d): (usize, usize, usize, usize),
+) -> Result<Vec<Value>> {
     let src = filled(dev, &[b, n, d], 5)?;
-    let idx: Vec<u32> = (0..b).flat_map(|s| (0..k).map(move |i| ((i * 7 + s) % n) as u32)).collect();
+    let idx: Vec<u32> = (0..b)
+        .flat_map(|s| (0..k).map(move |i| ((i * 7 + s) % n) as u32))
+        .collect();
     let idx = Tensor::from_u32(dev, &idx, &[b, k])?;
     let rows = filled(dev, &[b, k, d], 6)?;
     let bytes = (2 * b * k * d * 4) as f64;
@@ -107,8 +129,10 @@ pub fn run(dev: &Device, opts: &Options, mut emit: impl FnMut(Value)) -> Result<
     if want("dispatch") {
         let n = 1000;
         let o = dev.measure_dispatch_overhead(n)?;
-        out(json!({"kernel": "dispatch_overhead", "dispatches": n, "ms": round(o.engine_ms), "raw_ms": round(o.raw_ms),
-            "ratio": round(o.engine_ms / o.raw_ms)}));
+        out(
+            json!({"kernel": "dispatch_overhead", "dispatches": n, "ms": round(o.engine_ms), "raw_ms": round(o.raw_ms),
+            "ratio": round(o.engine_ms / o.raw_ms)}),
+        );
     }
     Ok(())
 }

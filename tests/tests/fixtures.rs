@@ -1,0 +1,88 @@
+//! Parity with PyTorch: every committed `cmae-fixture-v1` file (made by
+//! tools/make_fixtures.py with PyTorch + timm) passes every check of
+//! FIXTURES.md: loss, per-shot losses, prediction, all gradients, AdamW.
+
+use std::path::PathBuf;
+
+use cmae::fixture;
+use cmae_engine::Device;
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_committed_fixture_passes_every_check() {
+    let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
+    let files = fixtures();
+    assert!(
+        files.len() >= 5,
+        "the fixture suite is committed under tests/fixtures"
+    );
+    for file in files {
+        let checks =
+            fixture::check(&dev, &file).unwrap_or_else(|e| panic!("{}: {:#}", file.display(), e.0));
+        // Loss, prediction, one gradient and one AdamW result per trainable parameter at least.
+        assert!(
+            checks.len() > 100,
+            "{}: only {} checks",
+            file.display(),
+            checks.len()
+        );
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(|c| format!("{} error {:.3e} > bound {:.3e}", c.name, c.error, c.bound))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{}:\n{}",
+            file.display(),
+            failed.join("\n")
+        );
+        for name in [
+            "loss",
+            "pred",
+            "grad.cls_token",
+            "grad.decoder_pred.weight",
+            "adamw.mask_token",
+        ] {
+            assert!(
+                checks.iter().any(|c| c.name == name),
+                "{}: no {name} check",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupted_fixture_fails_its_checks() {
+    // Flip the sign of one gradient's reference: check-fixture must notice.
+    let dev = Device::from_env().unwrap();
+    let src = &fixtures()[0];
+    let mut file = cmae::safetensors_io::read(src).unwrap();
+    let name = "grad_f64.blocks.0.attn.qkv.weight";
+    if let Some(cmae::safetensors_io::HostTensor::F64(_, v)) = file.tensors.get_mut(name) {
+        v.iter_mut().for_each(|x| *x = -*x);
+    } else {
+        panic!("{name} is missing from {}", src.display());
+    }
+    let out = std::env::temp_dir().join(format!("cmae-corrupt-{}.safetensors", std::process::id()));
+    cmae::safetensors_io::write_host(&out, &file).unwrap();
+    let checks = fixture::check(&dev, &out).unwrap_or_else(|e| panic!("{:#}", e.0));
+    let _ = std::fs::remove_file(&out);
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failed, vec!["grad.blocks.0.attn.qkv.weight"]);
+}

@@ -1,0 +1,302 @@
+//! `cmae check-fixture`: replays a `cmae-fixture-v1` file (a Conditional MAE
+//! pass computed by PyTorch + timm) on the GPU and compares loss, per-shot
+//! losses, prediction, every gradient and one AdamW step against it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use cmae_engine::kernels::optim::{AdamWStep, adamw};
+use cmae_engine::{Device, Gradients, Tape, Tensor};
+use serde::Deserialize;
+
+use crate::config::{ModelConfig, Shot, validate_shots};
+use crate::masking::MaskPlan;
+use crate::model::params::Init;
+use crate::model::{Mae, ParamStore, decays, param_specs};
+use crate::safetensors_io::{self, HostTensor};
+
+/// One comparison: passes when `error ≤ bound`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub error: f64,
+    pub bound: f64,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.error <= self.bound
+    }
+}
+
+/// Why a fixture could not be checked at all (exit code 2).
+#[derive(Debug)]
+pub struct Unusable(pub anyhow::Error);
+
+#[derive(Deserialize)]
+struct FixtureConfig {
+    img_size: usize,
+    patch_size: usize,
+    in_chans: usize,
+    embed_dim: usize,
+    depth: usize,
+    num_heads: usize,
+    mlp_ratio: f64,
+    decoder_embed_dim: usize,
+    decoder_depth: usize,
+    decoder_num_heads: usize,
+    norm_pix_loss: bool,
+    shots: Vec<(usize, f64)>,
+    loss_weights: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+struct AdamWMeta {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+struct Fixture {
+    model: ModelConfig,
+    shots: Vec<Shot>,
+    adamw: Option<AdamWMeta>,
+    tensors: HashMap<String, HostTensor>,
+}
+
+fn parse(path: &Path) -> Result<Fixture> {
+    let file = safetensors_io::read(path)?;
+    match file.metadata.get("format").map(String::as_str) {
+        Some("cmae-fixture-v1") => {}
+        other => bail!(
+            "{} is not a cmae-fixture-v1 file (metadata format = {other:?})",
+            path.display()
+        ),
+    }
+    let cfg: FixtureConfig = serde_json::from_str(
+        file.metadata
+            .get("config")
+            .ok_or_else(|| anyhow!("metadata has no config"))?,
+    )
+    .context("metadata config")?;
+    let model = ModelConfig {
+        img_size: cfg.img_size,
+        patch_size: cfg.patch_size,
+        in_chans: cfg.in_chans,
+        embed_dim: cfg.embed_dim,
+        depth: cfg.depth,
+        num_heads: cfg.num_heads,
+        mlp_ratio: cfg.mlp_ratio,
+        decoder_embed_dim: cfg.decoder_embed_dim,
+        decoder_depth: cfg.decoder_depth,
+        decoder_num_heads: cfg.decoder_num_heads,
+        norm_pix_loss: cfg.norm_pix_loss,
+    };
+    model.validate().context("unsupported model config")?;
+    if let Some(w) = &cfg.loss_weights
+        && w.len() != cfg.shots.len()
+    {
+        bail!("{} loss weights for {} shots", w.len(), cfg.shots.len());
+    }
+    let shots: Vec<Shot> = cfg
+        .shots
+        .iter()
+        .enumerate()
+        .map(|(i, &(layer, ratio))| Shot {
+            layer,
+            ratio,
+            loss_weight: cfg.loss_weights.as_ref().map(|w| w[i]),
+        })
+        .collect();
+    validate_shots(&shots, &model).context("unsupported shots")?;
+    let adamw = match file.metadata.get("adamw") {
+        Some(text) => Some(serde_json::from_str(text).context("metadata adamw")?),
+        None => None,
+    };
+    Ok(Fixture {
+        model,
+        shots,
+        adamw,
+        tensors: file.tensors,
+    })
+}
+
+impl Fixture {
+    fn tensor(&self, name: &str) -> Result<&HostTensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("the fixture has no tensor {name}"))
+    }
+
+    fn f32s(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        match self.tensor(name)? {
+            HostTensor::F32(s, v) => Ok((s.clone(), v.clone())),
+            _ => bail!("tensor {name} must be f32"),
+        }
+    }
+
+    /// The reference for `name`: the f64 tensor `{f64_prefix}{name}` when present, else the f32 one.
+    fn reference(&self, f32_name: &str, f64_name: &str) -> Result<Vec<f64>> {
+        match self.tensors.get(f64_name) {
+            Some(t) => t.to_f64(),
+            None => self.tensor(f32_name)?.to_f64(),
+        }
+    }
+}
+
+fn rel_l2(got: &[f32], want: &[f64]) -> (f64, f64) {
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (f64::from(*g) - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+    (diff, 1e-3 * norm + 1e-7)
+}
+
+/// Runs every check of FIXTURES.md. `Err(Unusable)` when the file can't be used.
+pub fn check(dev: &Device, path: &Path) -> Result<Vec<Check>, Unusable> {
+    let fx = parse(path).map_err(Unusable)?;
+    run_checks(dev, &fx).map_err(|e| Unusable(e.context(format!("checking {}", path.display()))))
+}
+
+fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let specs = param_specs(&fx.model);
+    let mut host = HashMap::new();
+    for s in &specs {
+        host.insert(s.name.clone(), fx.f32s(&s.name)?);
+    }
+    // Our own position-embedding tables against the fixture's.
+    for s in &specs {
+        let Init::Fixed(ours) = &s.init else { continue };
+        let theirs = &host[&s.name].1;
+        let err = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        checks.push(Check {
+            name: format!("table {}", s.name),
+            error: f64::from(err),
+            bound: 1e-6,
+        });
+    }
+    let (params, _) = ParamStore::load(dev, &specs, host)?;
+    let mae = Mae::with_params(dev, &fx.model, params)?;
+
+    let (img_shape, imgs) = fx.f32s("input.imgs")?;
+    let batch = img_shape[0];
+    let mut ids = Vec::new();
+    for k in 0..fx.shots.len() {
+        match fx.tensor(&format!("shot.{k}.ids_keep"))? {
+            HostTensor::I64(_, v) => ids.push(
+                v.iter()
+                    .map(|&i| {
+                        u32::try_from(i).map_err(|_| anyhow!("shot {k}: index {i} out of range"))
+                    })
+                    .collect::<Result<Vec<u32>>>()?,
+            ),
+            _ => bail!("shot.{k}.ids_keep must be i64"),
+        }
+    }
+    let plan = MaskPlan::from_ids(&fx.shots, batch, fx.model.num_patches(), &ids)?;
+    let gpu_plan = plan.upload(dev, &fx.shots)?;
+    let imgs = Tensor::from_f32(dev, &imgs, &img_shape)?;
+
+    let tape = Tape::new(dev);
+    let out = mae.forward(&tape, &imgs, &gpu_plan, false)?;
+    let mut grads = Gradients::default();
+    tape.backward(&out.loss, &mut grads)?;
+
+    let loss = f64::from(out.loss.value().to_vec_f32(dev)?[0]);
+    let loss_ref = fx.reference("out.loss", "out.loss_f64")?[0];
+    checks.push(Check {
+        name: "loss".into(),
+        error: (loss - loss_ref).abs(),
+        bound: 1e-4 * loss_ref.abs().max(1.0),
+    });
+    let per_shot = out.per_shot.to_vec_f32(dev)?;
+    for (k, want) in fx.tensor("out.loss_per_shot")?.to_f64()?.iter().enumerate() {
+        if want.is_nan() {
+            continue;
+        }
+        let got = f64::from(per_shot[k]);
+        checks.push(Check {
+            name: format!("loss_per_shot.{k}"),
+            error: (got - want).abs(),
+            bound: 1e-4 * want.abs().max(1.0),
+        });
+    }
+    let pred = out.pred.value().to_vec_f32(dev)?;
+    let (error, bound) = rel_l2(&pred, &fx.tensor("out.pred")?.to_f64()?);
+    checks.push(Check {
+        name: "pred".into(),
+        error,
+        bound,
+    });
+
+    for s in specs.iter().filter(|s| s.trainable()) {
+        let g = grads
+            .get(&s.name)
+            .ok_or_else(|| anyhow!("no gradient reached {}", s.name))?
+            .to_vec_f32(dev)?;
+        let want = fx.reference(&format!("grad.{}", s.name), &format!("grad_f64.{}", s.name))?;
+        if want.len() != g.len() {
+            bail!(
+                "grad.{} has {} values, the parameter {}",
+                s.name,
+                want.len(),
+                g.len()
+            );
+        }
+        let (error, bound) = rel_l2(&g, &want);
+        checks.push(Check {
+            name: format!("grad.{}", s.name),
+            error,
+            bound,
+        });
+    }
+
+    if let Some(h) = &fx.adamw {
+        for s in specs
+            .iter()
+            .filter(|s| s.trainable() && fx.tensors.contains_key(&format!("adamw.{}", s.name)))
+        {
+            let p = Tensor::from_f32(dev, &fx.f32s(&s.name)?.1, &s.shape)?;
+            let g = Tensor::from_f32(dev, &fx.f32s(&format!("grad.{}", s.name))?.1, &s.shape)?;
+            let (m, v) = (Tensor::zeros(dev, &s.shape)?, Tensor::zeros(dev, &s.shape)?);
+            let step = AdamWStep {
+                lr: h.lr as f32,
+                beta1: h.beta1 as f32,
+                beta2: h.beta2 as f32,
+                eps: h.eps as f32,
+                weight_decay: if decays(&s.name, &s.shape) {
+                    h.weight_decay as f32
+                } else {
+                    0.0
+                },
+                step: 1,
+                grad_scale: 1.0,
+            };
+            adamw(dev, &p, &g, &m, &v, step)?;
+            let got = p.to_vec_f32(dev)?;
+            let want = fx.tensor(&format!("adamw.{}", s.name))?.to_f64()?;
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            checks.push(Check {
+                name: format!("adamw.{}", s.name),
+                error: err,
+                bound: 1e-5,
+            });
+        }
+    }
+    Ok(checks)
+}

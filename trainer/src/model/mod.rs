@@ -1,0 +1,8 @@
+//! Models: the Conditional MAE and its parameters.
+
+pub mod mae;
+pub mod params;
+pub mod posembed;
+
+pub use mae::{Mae, MaeOutput, param_specs};
+pub use params::{ParamSpec, ParamStore, decays};
