@@ -1,10 +1,13 @@
 //! cmae: Conditional MAE pretraining, probing, fine-tuning and analysis on wgpu.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod data;
 pub mod fixture;
 pub mod info;
 pub mod masking;
 pub mod model;
 pub mod safetensors_io;
 pub mod stats;
+pub mod train;

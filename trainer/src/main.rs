@@ -2,11 +2,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use cmae::cli::ConfigArgs;
+use cmae::config::{PretrainConfig, parse_shots, validate_shots};
+use cmae::data::augment::Transform;
+use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
+use cmae::masking::MaskPlan;
+use cmae::train::{checkpoint, pretrain, recon};
 use cmae::{bench, fixture, info};
 use cmae_engine::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
 #[command(name = "cmae", version, about = "Conditional MAE on any GPU (wgpu)")]
@@ -22,6 +32,39 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Pretrain a Conditional MAE (plain MAE with one shot).
+    Pretrain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Run directory (default: runs/<preset>-L<shots>-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in --out from its newest checkpoint, exactly.
+        #[arg(long, requires = "out")]
+        resume: bool,
+        /// No progress bar (CI logs).
+        #[arg(long)]
+        quiet: bool,
+        /// Stop after this optimizer step as if interrupted (checkpoint, then exit).
+        #[arg(long)]
+        stop_at: Option<u64>,
+    },
+    /// Render original | per-shot visible patches | reconstruction | error for any images.
+    Reconstruct {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// PNG or JPEG files.
+        #[arg(long, num_args = 1.., required = true)]
+        images: Vec<PathBuf>,
+        /// Shots to apply (default: the checkpoint's own).
+        #[arg(long)]
+        shots: Option<String>,
+        /// Seed of the random masks.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Replay a cmae-fixture-v1 reference file on the GPU and compare
     /// (exit 0: all pass, 1: a check failed, 2: unusable file).
@@ -52,38 +95,116 @@ enum BenchCommand {
     },
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Info { json } => {
-            let dev = Device::from_env()?;
-            if json {
-                println!("{}", info::describe(&dev));
-            } else {
-                info::print(&dev);
-            }
+/// Ctrl-C once: finish the step, checkpoint, exit. Twice: exit now.
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
         }
-        Command::CheckFixture { file } => {
-            let dev = Device::from_env()?;
-            return Ok(check_fixture(&dev, &file));
-        }
-        Command::Bench {
-            what:
-                BenchCommand::Kernels {
-                    filter,
-                    runs,
-                    warmup,
-                },
-        } => {
-            let dev = Device::from_env()?;
-            let opts = bench::kernels::Options {
-                filter,
-                warmup,
-                runs,
-            };
-            bench::kernels::run(&dev, &opts, |line| println!("{line}"))?;
-        }
+        eprintln!(
+            "\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+fn run_pretrain(
+    config: ConfigArgs,
+    out: Option<PathBuf>,
+    resume: bool,
+    quiet: bool,
+    stop_at: Option<u64>,
+) -> Result<()> {
+    let cfg = config.build()?;
+    let out = match out {
+        Some(o) => o,
+        None => config.default_out(&cfg)?,
+    };
+    let dev = Device::from_env()?;
+    let flag = interrupt_flag()?;
+    let opts = pretrain::Options {
+        out,
+        resume,
+        quiet,
+        stop_at,
+    };
+    let s = pretrain::pretrain(&dev, &cfg, &opts, &flag)?;
+    let verb = if s.interrupted { "stopped" } else { "finished" };
+    let loss = s.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
+    println!("{verb} at step {}/{} (loss {loss})", s.step, s.total_steps);
+    println!("checkpoint:      {}", s.checkpoint.display());
+    if let Some(r) = &s.recon {
+        println!("reconstructions: {}", r.display());
     }
-    Ok(ExitCode::SUCCESS)
+    println!("metrics:         {}", s.out.join("metrics.jsonl").display());
+    if s.interrupted {
+        println!(
+            "resume with:     cmae pretrain --out {} --resume (plus the same config flags)",
+            s.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_reconstruct(
+    checkpoint_path: &Path,
+    images: &[PathBuf],
+    shots: Option<String>,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
+    let dev = Device::from_env()?;
+    let loaded = checkpoint::load_model(&dev, checkpoint_path, None)?;
+    let cfg: PretrainConfig = loaded
+        .config
+        .expect("load_model always returns the config it used");
+    let shots = match shots {
+        Some(s) => parse_shots(&s)?,
+        None => cfg.shots.clone(),
+    };
+    validate_shots(&shots, &cfg.model)?;
+    let m = &cfg.model;
+    // Files are photos: ImageNet statistics, square centre crop, resize.
+    let t = Transform::new(
+        m.img_size,
+        m.in_chans,
+        (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
+        false,
+    );
+    let mut pixels = Vec::new();
+    for path in images {
+        let img = image::ImageReader::open(path)
+            .with_context(|| format!("cannot open image {}", path.display()))?
+            .with_guessed_format()?
+            .decode()
+            .with_context(|| {
+                format!(
+                    "cannot decode image {}: the file is corrupt or not PNG/JPEG",
+                    path.display()
+                )
+            })?;
+        let side = img.width().min(img.height());
+        let square = img.crop_imm(
+            (img.width() - side) / 2,
+            (img.height() - side) / 2,
+            side,
+            side,
+        );
+        pixels.extend(t.apply(&square, &mut ChaCha8Rng::seed_from_u64(0)));
+    }
+    let plan = MaskPlan::random(
+        &shots,
+        images.len(),
+        m.num_patches(),
+        &mut ChaCha8Rng::seed_from_u64(seed),
+    );
+    let r = recon::reconstruct(&dev, &loaded.mae, &pixels, images.len(), &shots, plan)?;
+    recon::save_png(&recon::render(&r, &loaded.mae, &t), out)?;
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
@@ -105,6 +226,65 @@ fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
             ExitCode::from(u8::from(failed > 0))
         }
     }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Info { json } => {
+            let dev = Device::from_env()?;
+            if json {
+                println!("{}", info::describe(&dev));
+            } else {
+                info::print(&dev);
+            }
+        }
+        Command::Pretrain {
+            config,
+            out,
+            resume,
+            quiet,
+            stop_at,
+        } => run_pretrain(config, out, resume, quiet, stop_at)?,
+        Command::Reconstruct {
+            checkpoint,
+            images,
+            shots,
+            seed,
+            out,
+        } => {
+            if images.is_empty() {
+                bail!("--images needs at least one file");
+            }
+            run_reconstruct(&checkpoint, &images, shots, seed, &out)?
+        }
+        Command::CheckFixture { file } => {
+            let dev = match Device::from_env() {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            return Ok(check_fixture(&dev, &file));
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Kernels {
+                    filter,
+                    runs,
+                    warmup,
+                },
+        } => {
+            let dev = Device::from_env()?;
+            let opts = bench::kernels::Options {
+                filter,
+                warmup,
+                runs,
+            };
+            bench::kernels::run(&dev, &opts, |line| println!("{line}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

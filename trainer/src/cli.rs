@@ -1,0 +1,101 @@
+//! Shared command-line pieces: building a config from the flags.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::config::{PretrainConfig, parse_shots, set_loss_weights, shots_to_string};
+
+/// Flags that choose and adjust a pretraining config.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// A shipped preset: tiny, fmnist, vit-s16, vit-b16, vit-l16.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// A RON config file (see trainer/presets/ for the format).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// synthetic, fmnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR or folder:DIR.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Masking shots LAYER:RATIO,... e.g. 0:0.75,10:0.1 for L(0,10; 0.75,0.1).
+    #[arg(long)]
+    pub shots: Option<String>,
+    /// Per-shot loss weights, e.g. 0.75,0.15 (default: one mean over all dropped patches).
+    #[arg(long)]
+    pub loss_weights: Option<String>,
+    /// Override any config field: --set train.blr=1e-3 --set model.depth=6.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<f64>,
+    /// Train for this many optimizer steps (the schedule is compressed to fit).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl ConfigArgs {
+    /// The config the flags describe (preset `tiny` when none is named).
+    pub fn build(&self) -> Result<PretrainConfig> {
+        let mut cfg = match (&self.preset, &self.config) {
+            (_, Some(path)) => PretrainConfig::load(path)?,
+            (Some(name), None) => PretrainConfig::preset(name)?,
+            (None, None) => PretrainConfig::preset("tiny")?,
+        };
+        for s in &self.set {
+            cfg.set(s)?;
+        }
+        if let Some(s) = &self.shots {
+            cfg.shots = parse_shots(s)?;
+        }
+        if let Some(w) = &self.loss_weights {
+            set_loss_weights(&mut cfg.shots, w)?;
+        }
+        if let Some(d) = &self.data {
+            cfg.data.spec = d.clone();
+        }
+        if let Some(e) = self.epochs {
+            cfg.train.epochs = e;
+            cfg.train.steps = None;
+        }
+        if let Some(s) = self.steps {
+            cfg.train.steps = Some(s);
+        }
+        if let Some(b) = self.batch {
+            cfg.train.batch = b;
+        }
+        if let Some(s) = self.seed {
+            cfg.train.seed = s;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A fresh run directory name: `runs/<preset>-L<shots>-<UTC time>`.
+    pub fn default_out(&self, cfg: &PretrainConfig) -> Result<PathBuf> {
+        let name = match (&self.preset, &self.config) {
+            (_, Some(p)) => p
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+            (Some(p), None) => p.clone(),
+            (None, None) => "tiny".into(),
+        };
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let stamp: String = stamp
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .collect::<String>()
+            .replace('T', "-");
+        let shots = shots_to_string(&cfg.shots).replace([':', ','], "_");
+        let dir = PathBuf::from("runs").join(format!("{name}-L{shots}-{stamp}"));
+        if dir.exists() {
+            bail!("{} already exists; pass --out", dir.display());
+        }
+        Ok(dir)
+    }
+}

@@ -1,0 +1,153 @@
+//! Datasets: IDX (MNIST / Fashion-MNIST), CIFAR binary batches, image
+//! folders (`root/<class>/*.png|jpg`, the ImageNet-100 layout) and a built-in
+//! synthetic set. Images come out as 8-bit `DynamicImage`s; augmentation and
+//! normalisation happen in [`augment`], batching on background threads in [`loader`].
+
+pub mod augment;
+pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use image::DynamicImage;
+
+/// Train or test split of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Channels of the stored images (1 or 3).
+    fn channels(&self) -> usize;
+    fn num_classes(&self) -> usize;
+    /// Per-channel normalisation statistics of the source.
+    fn mean_std(&self) -> (Vec<f32>, Vec<f32>);
+    /// Image `index` and its label. Errors name the file.
+    fn get(&self, index: usize) -> Result<(DynamicImage, u32)>;
+    /// Human-readable source of item `index` (a path), for error messages.
+    fn describe(&self, index: usize) -> String;
+}
+
+/// ImageNet statistics (torchvision, MAE).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A parsed `--data` spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSpec {
+    Synthetic,
+    Fmnist(PathBuf),
+    Mnist(PathBuf),
+    Cifar10(PathBuf),
+    Cifar100(PathBuf),
+    Folder(PathBuf),
+}
+
+impl DataSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec == "synthetic" {
+            return Ok(Self::Synthetic);
+        }
+        let Some((kind, dir)) = spec.split_once(':') else {
+            bail!(
+                "data spec {spec:?} must be synthetic, fmnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR or folder:DIR"
+            );
+        };
+        let dir = PathBuf::from(dir);
+        Ok(match kind {
+            "fmnist" => Self::Fmnist(dir),
+            "mnist" => Self::Mnist(dir),
+            "cifar10" => Self::Cifar10(dir),
+            "cifar100" => Self::Cifar100(dir),
+            "folder" => Self::Folder(dir),
+            other => bail!(
+                "unknown data kind {other:?} in {spec:?}: use synthetic, fmnist, mnist, cifar10, cifar100 or folder"
+            ),
+        })
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        match self {
+            Self::Synthetic => None,
+            Self::Fmnist(d)
+            | Self::Mnist(d)
+            | Self::Cifar10(d)
+            | Self::Cifar100(d)
+            | Self::Folder(d) => Some(d),
+        }
+    }
+}
+
+/// Opens a dataset split. `synthetic` is sized by `synthetic_len` and drawn at `img_size`.
+pub fn open(
+    spec: &DataSpec,
+    split: Split,
+    synthetic_len: usize,
+    img_size: usize,
+) -> Result<Arc<dyn Dataset>> {
+    if let Some(dir) = spec.dir()
+        && !dir.is_dir()
+    {
+        bail!(
+            "data directory {} does not exist; check the path in --data",
+            dir.display()
+        );
+    }
+    Ok(match spec {
+        DataSpec::Synthetic => {
+            let len = if split == Split::Train {
+                synthetic_len
+            } else {
+                (synthetic_len / 5).max(1)
+            };
+            Arc::new(synthetic::Synthetic::new(len, img_size.max(8), split))
+        }
+        DataSpec::Fmnist(dir) => Arc::new(idx::Idx::open(dir, split, idx::Kind::FashionMnist)?),
+        DataSpec::Mnist(dir) => Arc::new(idx::Idx::open(dir, split, idx::Kind::Mnist)?),
+        DataSpec::Cifar10(dir) => Arc::new(cifar::Cifar::open(dir, split, cifar::Kind::Cifar10)?),
+        DataSpec::Cifar100(dir) => Arc::new(cifar::Cifar::open(dir, split, cifar::Kind::Cifar100)?),
+        DataSpec::Folder(dir) => Arc::new(folder::Folder::open(dir, split)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_is_valid() {
+        assert_eq!(DataSpec::parse("synthetic").unwrap(), DataSpec::Synthetic);
+        assert_eq!(
+            DataSpec::parse("fmnist:/a/b").unwrap(),
+            DataSpec::Fmnist("/a/b".into())
+        );
+        let err = DataSpec::parse("imagenet:/x").unwrap_err().to_string();
+        assert!(err.contains("imagenet") && err.contains("folder"), "{err}");
+        let err = DataSpec::parse("cifar10").unwrap_err().to_string();
+        assert!(err.contains("cifar10:DIR"), "{err}");
+        let err = open(
+            &DataSpec::Folder("/no/such/dir".into()),
+            Split::Train,
+            1,
+            32,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("/no/such/dir") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Training machinery: schedules, AdamW, checkpoints, metrics, reconstruction
+//! grids and the pretraining loop.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optimizer;
+pub mod pretrain;
+pub mod recon;
+pub mod schedule;

@@ -1,0 +1,122 @@
+//! AdamW over a model's named parameters, with its state kept on the GPU.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow, bail};
+use cmae_engine::kernels::optim::{AdamWStep, adamw};
+use cmae_engine::{Device, Gradients, Tensor};
+
+use crate::model::{ParamStore, decays};
+
+/// AdamW hyper-parameters (MAE: β = (0.9, 0.95), eps 1e-8, decay 0.05).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    /// Optimizer steps taken.
+    pub step: u64,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+}
+
+impl AdamW {
+    pub fn new(dev: &Device, params: &ParamStore, cfg: AdamWConfig) -> Result<Self> {
+        let mut m = HashMap::new();
+        let mut v = HashMap::new();
+        for (name, t) in params.trainable() {
+            m.insert(name.to_string(), Tensor::zeros(dev, t.shape())?);
+            v.insert(name.to_string(), Tensor::zeros(dev, t.shape())?);
+        }
+        Ok(Self { cfg, step: 0, m, v })
+    }
+
+    /// One update of every trainable parameter. `lr_scale(name)` scales the
+    /// learning rate per tensor (layer-wise decay; 1 for pretraining).
+    pub fn update(
+        &mut self,
+        dev: &Device,
+        params: &ParamStore,
+        grads: &Gradients,
+        lr: f64,
+        grad_scale: f32,
+        lr_scale: impl Fn(&str) -> f64,
+    ) -> Result<()> {
+        self.step += 1;
+        for (name, p) in params.trainable() {
+            let g = grads
+                .get(name)
+                .ok_or_else(|| anyhow!("no gradient for parameter {name}"))?;
+            // The patch embedding's gradient comes back in its linear view [D, C·p·p].
+            let g = g.reshape(p.shape())?;
+            let step = AdamWStep {
+                lr: (lr * lr_scale(name)) as f32,
+                beta1: self.cfg.beta1 as f32,
+                beta2: self.cfg.beta2 as f32,
+                eps: self.cfg.eps as f32,
+                weight_decay: if decays(name, p.shape()) {
+                    self.cfg.weight_decay as f32
+                } else {
+                    0.0
+                },
+                step: self.step,
+                grad_scale,
+            };
+            adamw(dev, p, &g, &self.m[name], &self.v[name], step)?;
+        }
+        Ok(())
+    }
+
+    /// `(exp_avg.NAME | exp_avg_sq.NAME, shape, values)` for a checkpoint.
+    pub fn state_to_host(
+        &self,
+        dev: &Device,
+        params: &ParamStore,
+    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for (name, p) in params.trainable() {
+            out.push((
+                format!("exp_avg.{name}"),
+                p.shape().to_vec(),
+                self.m[name].to_vec_f32(dev)?,
+            ));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                p.shape().to_vec(),
+                self.v[name].to_vec_f32(dev)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Restores the state written by [`AdamW::state_to_host`].
+    pub fn load_state(
+        &mut self,
+        dev: &Device,
+        step: u64,
+        mut host: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<()> {
+        for (slot, prefix) in [(&mut self.m, "exp_avg"), (&mut self.v, "exp_avg_sq")] {
+            for (name, t) in slot.iter_mut() {
+                let key = format!("{prefix}.{name}");
+                let (shape, data) = host
+                    .remove(&key)
+                    .ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
+                if shape != t.shape() {
+                    bail!(
+                        "optimizer state {key} has shape {shape:?}, the parameter {:?}",
+                        t.shape()
+                    );
+                }
+                *t = Tensor::from_f32(dev, &data, &shape)?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! Reconstruction grids: per image, the original | what each shot left
+//! visible (dropped patches grey) | the reconstruction (visible patches from
+//! the image, dropped ones predicted) | the per-patch error as a heat map.
+
+use std::path::Path;
+
+use anyhow::Result;
+use cmae_engine::{Device, Tape, Tensor};
+use image::{Rgb, RgbImage};
+
+use crate::config::Shot;
+use crate::data::augment::Transform;
+use crate::masking::MaskPlan;
+use crate::model::Mae;
+use crate::safetensors_io::write_atomic;
+
+/// Host copies of one no-grad pass, for drawing.
+pub struct Reconstruction {
+    pub batch: usize,
+    /// Normalised input images `[B, C, H, W]`.
+    pub images: Vec<f32>,
+    /// Prediction in image space, `[B, C, H, W]` normalised like `images`
+    /// (norm-pix predictions are mapped back with each patch's statistics).
+    pub predicted: Vec<f32>,
+    /// `[B·L]` per-patch MSE of the model's loss.
+    pub patch_loss: Vec<f32>,
+    pub plan: MaskPlan,
+}
+
+/// Runs the model without gradients on `images` (`[B, C, H, W]`, normalised).
+pub fn reconstruct(
+    dev: &Device,
+    mae: &Mae,
+    images: &[f32],
+    batch: usize,
+    shots: &[Shot],
+    plan: MaskPlan,
+) -> Result<Reconstruction> {
+    let c = &mae.cfg;
+    let imgs = Tensor::from_f32(dev, images, &[batch, c.in_chans, c.img_size, c.img_size])?;
+    let tape = Tape::no_grad(dev);
+    let out = mae.forward(&tape, &imgs, &plan.upload(dev, shots)?, false)?;
+    let mut pred = out.pred.value().to_vec_f32(dev)?;
+    let patch_loss = out.patch_loss.to_vec_f32(dev)?;
+    let pd = c.patch_dim();
+    if c.norm_pix_loss {
+        // Undo norm-pix with the statistics of the true patch (MAE's visualisation).
+        let raw = cmae_engine::kernels::patch::patchify(
+            dev,
+            &imgs,
+            c.patch_size,
+            cmae_engine::kernels::patch::PatchOrder::ChannelLast,
+        )?
+        .to_vec_f32(dev)?;
+        for (p, t) in pred.chunks_mut(pd).zip(raw.chunks(pd)) {
+            let mean = t.iter().sum::<f32>() / pd as f32;
+            let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (pd.max(2) - 1) as f32;
+            let std = (var + 1e-6).sqrt();
+            p.iter_mut().for_each(|v| *v = *v * std + mean);
+        }
+    }
+    Ok(Reconstruction {
+        batch,
+        images: images.to_vec(),
+        predicted: unpatchify(&pred, batch, c.in_chans, c.patch_size, c.grid()),
+        patch_loss,
+        plan,
+    })
+}
+
+/// `[B, L, p·p·C]` (row, col, channel order) → `[B, C, H, W]`.
+pub fn unpatchify(patches: &[f32], batch: usize, chans: usize, p: usize, grid: usize) -> Vec<f32> {
+    let side = grid * p;
+    let mut out = vec![0.0; batch * chans * side * side];
+    for b in 0..batch {
+        for i in 0..grid * grid {
+            for py in 0..p {
+                for px in 0..p {
+                    for c in 0..chans {
+                        let v = patches[((b * grid * grid + i) * p * p + py * p + px) * chans + c];
+                        let (y, x) = ((i / grid) * p + py, (i % grid) * p + px);
+                        out[((b * chans + c) * side + y) * side + x] = v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A black → red → yellow → white ramp for t in [0, 1].
+fn heat(t: f32) -> [u8; 3] {
+    let t = t.clamp(0.0, 1.0) * 3.0;
+    let r = t.min(1.0);
+    let g = (t - 1.0).clamp(0.0, 1.0);
+    let b = (t - 2.0).clamp(0.0, 1.0);
+    [(r * 255.0) as u8, (g * 255.0) as u8, (b * 255.0) as u8]
+}
+
+/// Draws the grid: one row per image, columns original | shot 1..S | reconstruction | error.
+pub fn render(r: &Reconstruction, mae: &Mae, t: &Transform) -> RgbImage {
+    let c = &mae.cfg;
+    let (side, grid, p, chans) = (c.img_size, c.grid(), c.patch_size, c.in_chans);
+    let plane = chans * side * side;
+    let scale = (96 / side).max(1);
+    let cell = side * scale;
+    let gap = 2;
+    let cols = 3 + r.plan.shots.len();
+    let mut img = RgbImage::from_pixel(
+        (cols * (cell + gap) + gap) as u32,
+        (r.batch * (cell + gap) + gap) as u32,
+        Rgb([255, 255, 255]),
+    );
+    let dropped_by = r.plan.dropped_by();
+    let max_err = r
+        .patch_loss
+        .iter()
+        .zip(&dropped_by)
+        .filter(|(_, d)| d.is_some())
+        .map(|(e, _)| *e)
+        .fold(1e-12f32, f32::max);
+    for b in 0..r.batch {
+        let orig = t.to_pixels(&r.images[b * plane..(b + 1) * plane]);
+        let pred = t.to_pixels(&r.predicted[b * plane..(b + 1) * plane]);
+        let patch_of = |x: usize, y: usize| (y / p) * grid + x / p;
+        let rgb = |px: &[u8], x: usize, y: usize| -> [u8; 3] {
+            let i = (y * side + x) * chans;
+            if chans == 1 {
+                [px[i]; 3]
+            } else {
+                [px[i], px[i + 1], px[i + 2]]
+            }
+        };
+        for col in 0..cols {
+            for y in 0..side {
+                for x in 0..side {
+                    let patch = patch_of(x, y);
+                    let dropped = dropped_by[b * grid * grid + patch];
+                    let color = match col {
+                        0 => rgb(&orig, x, y),
+                        k if k <= r.plan.shots.len() => match dropped {
+                            Some(s) if s < k => [128, 128, 128],
+                            _ => rgb(&orig, x, y),
+                        },
+                        k if k == cols - 2 => match dropped {
+                            Some(_) => rgb(&pred, x, y),
+                            None => rgb(&orig, x, y),
+                        },
+                        _ => match dropped {
+                            Some(_) => heat(r.patch_loss[b * grid * grid + patch] / max_err),
+                            None => [0, 0, 0],
+                        },
+                    };
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let px = gap + col * (cell + gap) + x * scale + dx;
+                            let py = gap + b * (cell + gap) + y * scale + dy;
+                            img.put_pixel(px as u32, py as u32, Rgb(color));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    img
+}
+
+/// Writes a PNG atomically.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpatchify_inverts_mae_patchify() {
+        let (b, c, p, g) = (2, 3, 2, 3);
+        let side = p * g;
+        let imgs: Vec<f32> = (0..b * c * side * side).map(|i| i as f32).collect();
+        // MAE patchify on the host: (row, col, channel) inside each patch.
+        let mut patches = Vec::new();
+        for bi in 0..b {
+            for i in 0..g * g {
+                for py in 0..p {
+                    for px in 0..p {
+                        for ch in 0..c {
+                            patches.push(
+                                imgs[((bi * c + ch) * side + (i / g) * p + py) * side
+                                    + (i % g) * p
+                                    + px],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(unpatchify(&patches, b, c, p, g), imgs);
+        assert_eq!(heat(0.0), [0, 0, 0]);
+        assert_eq!(heat(1.0), [255, 255, 255]);
+    }
+}
