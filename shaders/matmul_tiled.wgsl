@@ -17,7 +17,7 @@ struct Params {
     a_off: u32, a_row: u32, a_b0: u32, a_b1: u32,
     b_off: u32, b_row: u32, b_b0: u32, b_b1: u32,
     c_off: u32, c_row: u32, c_b0: u32, c_b1: u32,
-    alpha: f32, has_bias: u32, bias_off: u32, _pad: u32,
+    alpha: f32, has_bias: u32, bias_off: u32, batches: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

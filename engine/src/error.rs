@@ -25,8 +25,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for a shape error naming the operation and both shapes.
 pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> Error {
-    Error::Shape {
-        op,
-        detail: detail.into(),
-    }
+    Error::Shape { op, detail: detail.into() }
 }

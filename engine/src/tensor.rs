@@ -48,10 +48,7 @@ impl Tensor {
         let bytes = (shape.iter().product::<usize>() * 4) as u64;
         let buffer = dev.alloc(bytes)?;
         Ok(Self {
-            storage: Arc::new(Storage {
-                buffer: Some(buffer),
-                owner: dev.downgrade(),
-            }),
+            storage: Arc::new(Storage { buffer: Some(buffer), owner: dev.downgrade() }),
             shape: shape.to_vec(),
             dtype,
         })
@@ -89,29 +86,18 @@ impl Tensor {
 
     /// Size of one axis; negative counts from the end.
     pub fn dim(&self, axis: isize) -> usize {
-        let i = if axis < 0 {
-            self.shape.len() as isize + axis
-        } else {
-            axis
-        };
+        let i = if axis < 0 { self.shape.len() as isize + axis } else { axis };
         self.shape[i as usize]
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
-        self.storage
-            .buffer
-            .as_ref()
-            .expect("buffer lives until drop")
+        self.storage.buffer.as_ref().expect("buffer lives until drop")
     }
 
     /// The same data under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
         check_len("reshape", self.numel(), shape)?;
-        Ok(Self {
-            storage: self.storage.clone(),
-            shape: shape.to_vec(),
-            dtype: self.dtype,
-        })
+        Ok(Self { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
     /// True when both tensors share one buffer.
@@ -131,10 +117,7 @@ impl Tensor {
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
     let want: usize = shape.iter().product();
     if want != len {
-        return Err(shape_err(
-            op,
-            format!("{len} elements do not fill shape {shape:?} ({want})"),
-        ));
+        return Err(shape_err(op, format!("{len} elements do not fill shape {shape:?} ({want})")));
     }
     Ok(())
 }

@@ -12,8 +12,7 @@ fn reads_see_all_recorded_work_in_order() {
     let x = Tensor::from_f32(d, &[1.0, 2.0, 3.0], &[3]).unwrap();
     // Overwrite a tensor after a kernel read it: the kernel must see the old data.
     let y = elementwise::scale(d, &x, 2.0).unwrap();
-    d.write(&x, bytemuck::cast_slice(&[10.0f32, 20.0, 30.0]))
-        .unwrap();
+    d.write(&x, bytemuck::cast_slice(&[10.0f32, 20.0, 30.0])).unwrap();
     let z = elementwise::add(d, &x, &y).unwrap();
     assert_eq!(y.to_vec_f32(d).unwrap(), vec![2.0, 4.0, 6.0]);
     assert_eq!(z.to_vec_f32(d).unwrap(), vec![12.0, 24.0, 36.0]);
@@ -53,39 +52,21 @@ fn steady_state_steps_reuse_pooled_buffers() {
     for _ in 0..20 {
         assert_eq!(step(&d), 4.0);
     }
-    assert_eq!(
-        d.memory(),
-        after_first,
-        "no allocation growth in steady state"
-    );
-    assert_eq!(
-        after_first.in_use_bytes, 0,
-        "every tensor went back to the pool"
-    );
+    assert_eq!(d.memory(), after_first, "no allocation growth in steady state");
+    assert_eq!(after_first.in_use_bytes, 0, "every tensor went back to the pool");
 }
 
 #[test]
 fn oversized_tensors_are_clear_errors() {
     let d = dev();
     let too_big = (d.limits().max_buffer_size / 4 + 1) as usize;
-    let err = Tensor::uninit(d, &[too_big], DType::F32)
-        .unwrap_err()
-        .to_string();
+    let err = Tensor::uninit(d, &[too_big], DType::F32).unwrap_err().to_string();
     assert!(err.contains("exceeds") && err.contains("--batch"), "{err}");
 }
 
 #[test]
 fn bad_backend_name_is_a_clear_error() {
-    let req = cmae_engine::device::AdapterRequest {
-        backend: None,
-        name_contains: Some("no-such-gpu-anywhere".into()),
-    };
-    let err = Device::open(&req)
-        .err()
-        .expect("no adapter matches")
-        .to_string();
-    assert!(
-        err.contains("no-such-gpu-anywhere") && err.contains("available"),
-        "{err}"
-    );
+    let req = cmae_engine::device::AdapterRequest { backend: None, name_contains: Some("no-such-gpu-anywhere".into()) };
+    let err = Device::open(&req).err().expect("no adapter matches").to_string();
+    assert!(err.contains("no-such-gpu-anywhere") && err.contains("available"), "{err}");
 }

@@ -13,11 +13,7 @@ fn linear_backward() {
     let (rows, inp, out) = (17, 12, 7);
     check(
         "linear",
-        &[
-            Input::random("x", &[rows, inp], 1),
-            Input::random("w", &[out, inp], 2),
-            Input::random("b", &[out], 3),
-        ],
+        &[Input::random("x", &[rows, inp], 1), Input::random("w", &[out, inp], 2), Input::random("b", &[out], 3)],
         |t, v| t.linear(&v[0], &v[1], Some(&v[2])).unwrap(),
         |x| refr::linear(&x[0], &x[1], Some(&x[2]), rows, inp, out),
     );
@@ -39,16 +35,8 @@ fn matmul_backward_all_transposes() {
                     for j in 0..n {
                         c[i * n + j] = (0..k)
                             .map(|kk| {
-                                let a = if ta {
-                                    x[0][kk * m + i]
-                                } else {
-                                    x[0][i * k + kk]
-                                };
-                                let b = if tb {
-                                    x[1][j * k + kk]
-                                } else {
-                                    x[1][kk * n + j]
-                                };
+                                let a = if ta { x[0][kk * m + i] } else { x[0][i * k + kk] };
+                                let b = if tb { x[1][j * k + kk] } else { x[1][kk * n + j] };
                                 a * b
                             })
                             .sum();
@@ -65,37 +53,15 @@ fn elementwise_backward() {
     let (b, t, c) = (3, 4, 5);
     check(
         "add_broadcast",
-        &[
-            Input::random("x", &[b, t, c], 6),
-            Input::random("v", &[t, c], 7),
-        ],
+        &[Input::random("x", &[b, t, c], 6), Input::random("v", &[t, c], 7)],
         |tp, v| tp.add_broadcast(&v[0], &v[1]).unwrap(),
-        |x| {
-            x[0].iter()
-                .enumerate()
-                .map(|(i, a)| a + x[1][i % (t * c)])
-                .collect()
-        },
+        |x| x[0].iter().enumerate().map(|(i, a)| a + x[1][i % (t * c)]).collect(),
     );
     check(
         "mul+add+scale",
-        &[
-            Input::random("x", &[b, c], 8),
-            Input::random("y", &[b, c], 9),
-        ],
-        |tp, v| {
-            tp.scale(
-                &tp.add(&tp.mul(&v[0], &v[1]).unwrap(), &v[0]).unwrap(),
-                -1.5,
-            )
-            .unwrap()
-        },
-        |x| {
-            x[0].iter()
-                .zip(&x[1])
-                .map(|(a, b)| -1.5 * (a * b + a))
-                .collect()
-        },
+        &[Input::random("x", &[b, c], 8), Input::random("y", &[b, c], 9)],
+        |tp, v| tp.scale(&tp.add(&tp.mul(&v[0], &v[1]).unwrap(), &v[0]).unwrap(), -1.5).unwrap(),
+        |x| x[0].iter().zip(&x[1]).map(|(a, b)| -1.5 * (a * b + a)).collect(),
     );
     let s = rand_vec(b, 10);
     let st = Tensor::from_f32(dev(), &s, &[b]).unwrap();
@@ -103,12 +69,7 @@ fn elementwise_backward() {
         "scale_rows",
         &[Input::random("x", &[b, t, c], 11)],
         |tp, v| tp.scale_rows(&v[0], &st).unwrap(),
-        |x| {
-            x[0].iter()
-                .enumerate()
-                .map(|(i, a)| a * f64::from(s[i / (t * c)]))
-                .collect()
-        },
+        |x| x[0].iter().enumerate().map(|(i, a)| a * f64::from(s[i / (t * c)])).collect(),
     );
 }
 
@@ -116,12 +77,7 @@ fn elementwise_backward() {
 fn gelu_backward() {
     let mut x = Input::random("x", &[9, 13], 12);
     x.data.iter_mut().for_each(|v| *v *= 4.0);
-    check(
-        "gelu",
-        &[x],
-        |t, v| t.gelu(&v[0]).unwrap(),
-        |x| refr::gelu(&x[0]),
-    );
+    check("gelu", &[x], |t, v| t.gelu(&v[0]).unwrap(), |x| refr::gelu(&x[0]));
 }
 
 #[test]
@@ -129,11 +85,7 @@ fn layer_norm_backward() {
     for (rows, d) in [(3, 5), (17, 65), (130, 7)] {
         check(
             &format!("layer_norm {rows}x{d}"),
-            &[
-                Input::random("x", &[rows, d], 13),
-                Input::random("g", &[d], 14),
-                Input::random("b", &[d], 15),
-            ],
+            &[Input::random("x", &[rows, d], 13), Input::random("g", &[d], 14), Input::random("b", &[d], 15)],
             |t, v| t.layer_norm(&v[0], &v[1], &v[2], 1e-6).unwrap(),
             |x| refr::layer_norm(&x[0], &x[1], &x[2], d, 1e-6),
         );
@@ -165,10 +117,7 @@ fn gather_prepend_unshuffle_backward() {
     );
     check(
         "prepend_token",
-        &[
-            Input::random("x", &[b, n, d], 18),
-            Input::random("tok", &[1, 1, d], 19),
-        ],
+        &[Input::random("x", &[b, n, d], 18), Input::random("tok", &[1, 1, d], 19)],
         |t, v| t.prepend_token(&v[0], &v[1]).unwrap(),
         |x| {
             let mut out = Vec::new();
@@ -183,11 +132,7 @@ fn gather_prepend_unshuffle_backward() {
         "drop_first_token",
         &[Input::random("x", &[b, n, d], 26)],
         |t, v| t.drop_first_token(&v[0]).unwrap(),
-        |x| {
-            (0..b)
-                .flat_map(|bi| x[0][(bi * n + 1) * d..(bi + 1) * n * d].to_vec())
-                .collect()
-        },
+        |x| (0..b).flat_map(|bi| x[0][(bi * n + 1) * d..(bi + 1) * n * d].to_vec()).collect(),
     );
     // x [b, k, d] lands at rows idx of [b, n, d]; the rest is the fill token.
     let mut fill = vec![1.0f32; b * n];
@@ -199,10 +144,7 @@ fn gather_prepend_unshuffle_backward() {
     let ft = Tensor::from_f32(dev(), &fill, &[b * n]).unwrap();
     check(
         "unshuffle",
-        &[
-            Input::random("x", &[b, k, d], 20),
-            Input::random("mask", &[1, 1, d], 21),
-        ],
+        &[Input::random("x", &[b, k, d], 20), Input::random("mask", &[1, 1, d], 21)],
         |t, v| t.unshuffle(&v[0], &it, &v[1], n, &ft).unwrap(),
         |x| {
             let mut out = vec![0.0; b * n * d];
@@ -226,22 +168,13 @@ fn loss_backward() {
     let (rows, cols) = (13, 6);
     let target = rand_vec(rows * cols, 22);
     let w = rand_vec(rows, 23);
-    let (tt, wt) = (
-        Tensor::from_f32(dev(), &target, &[rows, cols]).unwrap(),
-        Tensor::from_f32(dev(), &w, &[rows]).unwrap(),
-    );
+    let (tt, wt) =
+        (Tensor::from_f32(dev(), &target, &[rows, cols]).unwrap(), Tensor::from_f32(dev(), &w, &[rows]).unwrap());
     check(
         "weighted_mse",
         &[Input::random("pred", &[rows, cols], 24)],
         |t, v| t.weighted_mse(&v[0], &tt, &wt).unwrap().0,
-        |x| {
-            vec![refr::weighted_mse(
-                &x[0],
-                &refr::to64(&target),
-                &refr::to64(&w),
-                cols,
-            )]
-        },
+        |x| vec![refr::weighted_mse(&x[0], &refr::to64(&target), &refr::to64(&w), cols)],
     );
     let classes = 5;
     let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes as u32).collect();
@@ -251,13 +184,6 @@ fn loss_backward() {
         "weighted_cross_entropy",
         &[Input::random("logits", &[rows, classes], 25)],
         |t, v| t.weighted_cross_entropy(&v[0], &st, &wt).unwrap(),
-        |x| {
-            vec![refr::weighted_xent(
-                &x[0],
-                &refr::to64(&soft),
-                &refr::to64(&w),
-                classes,
-            )]
-        },
+        |x| vec![refr::weighted_xent(&x[0], &refr::to64(&soft), &refr::to64(&w), classes)],
     );
 }

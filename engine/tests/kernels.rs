@@ -24,70 +24,29 @@ fn elementwise_ops_match() {
         let x = rand_vec(n, 1);
         let y = rand_vec(n, 2);
         let (xt, yt) = (upload(&x, &[n]), upload(&y, &[n]));
-        let want: Vec<f64> = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| 0.5 * f64::from(*a) - 2.0 * f64::from(*b))
-            .collect();
-        assert_close(
-            "axpby",
-            &download(&elementwise::axpby(d, 0.5, &xt, -2.0, &yt).unwrap()),
-            &want,
-            ELEM.0,
-            ELEM.1,
-        );
-        let want: Vec<f64> = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-            .collect();
-        assert_close(
-            "mul",
-            &download(&elementwise::mul(d, &xt, &yt).unwrap()),
-            &want,
-            ELEM.0,
-            ELEM.1,
-        );
-        assert_close(
-            "fill",
-            &download(&elementwise::full(d, &[n], 0.25).unwrap()),
-            &vec![0.25; n],
-            0.0,
-            0.0,
-        );
+        let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| 0.5 * f64::from(*a) - 2.0 * f64::from(*b)).collect();
+        assert_close("axpby", &download(&elementwise::axpby(d, 0.5, &xt, -2.0, &yt).unwrap()), &want, ELEM.0, ELEM.1);
+        let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a) * f64::from(*b)).collect();
+        assert_close("mul", &download(&elementwise::mul(d, &xt, &yt).unwrap()), &want, ELEM.0, ELEM.1);
+        assert_close("fill", &download(&elementwise::full(d, &[n], 0.25).unwrap()), &vec![0.25; n], 0.0, 0.0);
         let acc = upload(&x, &[n]);
         elementwise::accumulate(d, &acc, &yt, 3.0).unwrap();
-        let want: Vec<f64> = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| f64::from(*a) + 3.0 * f64::from(*b))
-            .collect();
+        let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a) + 3.0 * f64::from(*b)).collect();
         assert_close("accumulate", &download(&acc), &want, ELEM.0, ELEM.1);
     }
     // Broadcasts over leading axes.
     let (b, t, c) = (3, 5, 7);
     let x = rand_vec(b * t * c, 3);
     let v = rand_vec(t * c, 4);
-    let got = download(
-        &elementwise::add_broadcast(d, &upload(&x, &[b, t, c]), &upload(&v, &[t, c]), 2.0).unwrap(),
-    );
-    let want: Vec<f64> = x
-        .iter()
-        .enumerate()
-        .map(|(i, a)| f64::from(*a) + 2.0 * f64::from(v[i % (t * c)]))
-        .collect();
+    let got = download(&elementwise::add_broadcast(d, &upload(&x, &[b, t, c]), &upload(&v, &[t, c]), 2.0).unwrap());
+    let want: Vec<f64> = x.iter().enumerate().map(|(i, a)| f64::from(*a) + 2.0 * f64::from(v[i % (t * c)])).collect();
     assert_close("add_broadcast", &got, &want, ELEM.0, ELEM.1);
     let got = download(&elementwise::broadcast(d, &upload(&v[..c], &[c]), &[b, t, c]).unwrap());
     let want: Vec<f64> = (0..b * t * c).map(|i| f64::from(v[i % c])).collect();
     assert_close("broadcast", &got, &want, 0.0, 0.0);
     let s = rand_vec(b, 5);
-    let got =
-        download(&elementwise::scale_rows(d, &upload(&x, &[b, t, c]), &upload(&s, &[b])).unwrap());
-    let want: Vec<f64> = x
-        .iter()
-        .enumerate()
-        .map(|(i, a)| f64::from(*a) * f64::from(s[i / (t * c)]))
-        .collect();
+    let got = download(&elementwise::scale_rows(d, &upload(&x, &[b, t, c]), &upload(&s, &[b])).unwrap());
+    let want: Vec<f64> = x.iter().enumerate().map(|(i, a)| f64::from(*a) * f64::from(s[i / (t * c)])).collect();
     assert_close("scale_rows", &got, &want, ELEM.0, ELEM.1);
 }
 
@@ -95,9 +54,7 @@ fn elementwise_ops_match() {
 fn gelu_is_exact_erf_gelu() {
     let n = 4001;
     // Spread over [-8, 8] to cover the tails where approximations drift.
-    let x: Vec<f32> = (0..n)
-        .map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32)
-        .collect();
+    let x: Vec<f32> = (0..n).map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32).collect();
     let got = download(&gelu::gelu(dev(), &upload(&x, &[n])).unwrap());
     // erfc's Chebyshev fit has fractional error < 1.2e-7, plus f32 rounding of
     // x·Φ(x): 1e-6 relative and 1e-7 absolute.
@@ -110,23 +67,12 @@ fn layer_norm_matches() {
         let x = rand_vec(rows * dim, 7);
         let g = rand_vec(dim, 8);
         let b = rand_vec(dim, 9);
-        let (y, stats) = layernorm::layer_norm(
-            dev(),
-            &upload(&x, &[rows, dim]),
-            &upload(&g, &[dim]),
-            &upload(&b, &[dim]),
-            1e-6,
-        )
-        .unwrap();
+        let (y, stats) =
+            layernorm::layer_norm(dev(), &upload(&x, &[rows, dim]), &upload(&g, &[dim]), &upload(&b, &[dim]), 1e-6)
+                .unwrap();
         assert_eq!(stats.shape(), &[rows, 2]);
         let want = refr::layer_norm(&to64(&x), &to64(&g), &to64(&b), dim, 1e-6);
-        assert_close(
-            &format!("layernorm {rows}x{dim}"),
-            &download(&y),
-            &want,
-            ROWS.0,
-            ROWS.1,
-        );
+        assert_close(&format!("layernorm {rows}x{dim}"), &download(&y), &want, ROWS.0, ROWS.1);
     }
 }
 
@@ -148,22 +94,12 @@ fn softmax_rows_match() {
 
 #[test]
 fn attention_forward_matches() {
-    for (b, t, d, heads) in [
-        (2usize, 17usize, 24usize, 3usize),
-        (1, 65, 32, 4),
-        (3, 5, 8, 1),
-    ] {
+    for (b, t, d, heads) in [(2usize, 17usize, 24usize, 3usize), (1, 65, 32, 4), (3, 5, 8, 1)] {
         let qkv = rand_vec(b * t * 3 * d, 13);
         let (out, probs) = attention(dev(), &upload(&qkv, &[b, t, 3 * d]), heads).unwrap();
         assert_eq!(probs.shape(), &[b * heads, t, t]);
         let want = refr::attention(&to64(&qkv), b, t, d, heads);
-        assert_close(
-            &format!("attention b{b} t{t} d{d} h{heads}"),
-            &download(&out),
-            &want,
-            ROWS.0,
-            ROWS.1,
-        );
+        assert_close(&format!("attention b{b} t{t} d{d} h{heads}"), &download(&out), &want, ROWS.0, ROWS.1);
     }
 }
 
@@ -172,9 +108,7 @@ fn gather_and_scatter_rows_match() {
     let (b, n, k, dim) = (3usize, 17usize, 5usize, 7usize);
     let x = rand_vec(b * n * dim, 17);
     // Distinct indices per sample, in a scrambled order.
-    let idx: Vec<u32> = (0..b)
-        .flat_map(|bi| (0..k).map(move |ki| ((ki * 7 + bi * 3) % n) as u32))
-        .collect();
+    let idx: Vec<u32> = (0..b).flat_map(|bi| (0..k).map(move |ki| ((ki * 7 + bi * 3) % n) as u32)).collect();
     let xt = upload(&x, &[b, n, dim]);
     let it = Tensor::from_u32(dev(), &idx, &[b, k]).unwrap();
     let g = gather::gather_rows(dev(), &xt, &it).unwrap();
@@ -199,10 +133,7 @@ fn gather_and_scatter_rows_match() {
     for bi in 0..b {
         for r in 0..4 {
             for j in 0..dim {
-                assert_eq!(
-                    got[(bi * (n + 2) + 2 + r) * dim + j],
-                    x[(bi * n + 3 + r) * dim + j]
-                );
+                assert_eq!(got[(bi * (n + 2) + 2 + r) * dim + j], x[(bi * n + 3 + r) * dim + j]);
             }
         }
     }
@@ -214,20 +145,10 @@ fn row_sums_match() {
         let x = rand_vec(rows * cols, 19);
         let w = rand_vec(rows, 20);
         let got = download(
-            &sum_rows(
-                dev(),
-                RowView::of(&upload(&x, &[rows, cols]), cols),
-                Some(&upload(&w, &[rows])),
-            )
-            .unwrap(),
+            &sum_rows(dev(), RowView::of(&upload(&x, &[rows, cols]), cols), Some(&upload(&w, &[rows]))).unwrap(),
         );
-        let want: Vec<f64> = (0..cols)
-            .map(|j| {
-                (0..rows)
-                    .map(|r| f64::from(x[r * cols + j]) * f64::from(w[r]))
-                    .sum()
-            })
-            .collect();
+        let want: Vec<f64> =
+            (0..cols).map(|j| (0..rows).map(|r| f64::from(x[r * cols + j]) * f64::from(w[r])).sum()).collect();
         // Up to 4160 terms: 1e-4 absolute is ~40 roundings of the largest partial sums.
         assert_close(&format!("sum_rows {rows}x{cols}"), &got, &want, 1e-4, 1e-5);
     }
@@ -235,13 +156,7 @@ fn row_sums_match() {
     let x = rand_vec(n, 21);
     let w = rand_vec(3 * n, 22);
     let got = download(&weighted_sums(dev(), &upload(&x, &[n]), &upload(&w, &[3, n])).unwrap());
-    let want: Vec<f64> = (0..3)
-        .map(|s| {
-            (0..n)
-                .map(|i| f64::from(w[s * n + i]) * f64::from(x[i]))
-                .sum()
-        })
-        .collect();
+    let want: Vec<f64> = (0..3).map(|s| (0..n).map(|i| f64::from(w[s * n + i]) * f64::from(x[i])).sum()).collect();
     assert_close("weighted_sums", &got, &want, 1e-5, 1e-5);
 }
 
@@ -291,9 +206,7 @@ fn patchify_orders_and_norm_pix_match() {
         .flat_map(|row| {
             let mean = row.iter().sum::<f64>() / cols as f64;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (cols - 1) as f64;
-            row.iter()
-                .map(move |v| (v - mean) / (var + 1e-6).sqrt())
-                .collect::<Vec<_>>()
+            row.iter().map(move |v| (v - mean) / (var + 1e-6).sqrt()).collect::<Vec<_>>()
         })
         .collect();
     assert_close("norm_pix", &download(&t), &want, ROWS.0, ROWS.1);
@@ -304,41 +217,20 @@ fn losses_match() {
     let (rows, cols) = (65usize, 48usize);
     let p = rand_vec(rows * cols, 29);
     let t = rand_vec(rows * cols, 30);
-    let got = download(
-        &loss::mse_rows(
-            dev(),
-            &upload(&p, &[rows, cols]),
-            &upload(&t, &[rows, cols]),
-        )
-        .unwrap(),
-    );
+    let got = download(&loss::mse_rows(dev(), &upload(&p, &[rows, cols]), &upload(&t, &[rows, cols])).unwrap());
     let want: Vec<f64> = (0..rows)
         .map(|r| {
-            refr::weighted_mse(
-                &to64(&p[r * cols..(r + 1) * cols]),
-                &to64(&t[r * cols..(r + 1) * cols]),
-                &[1.0],
-                cols,
-            )
+            refr::weighted_mse(&to64(&p[r * cols..(r + 1) * cols]), &to64(&t[r * cols..(r + 1) * cols]), &[1.0], cols)
         })
         .collect();
     assert_close("mse_rows", &got, &want, ROWS.0, ROWS.1);
 
     let (rows, classes) = (17usize, 10usize);
-    let z: Vec<f32> = rand_vec(rows * classes, 31)
-        .iter()
-        .map(|v| v * 5.0)
-        .collect();
+    let z: Vec<f32> = rand_vec(rows * classes, 31).iter().map(|v| v * 5.0).collect();
     let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes as u32).collect();
     let targets = loss::smoothed_targets(&labels, classes, 0.1).unwrap();
-    let got = download(
-        &loss::xent_rows(
-            dev(),
-            &upload(&z, &[rows, classes]),
-            &upload(&targets, &[rows, classes]),
-        )
-        .unwrap(),
-    );
+    let got =
+        download(&loss::xent_rows(dev(), &upload(&z, &[rows, classes]), &upload(&targets, &[rows, classes])).unwrap());
     let want: Vec<f64> = (0..rows)
         .map(|r| {
             let s = r * classes..(r + 1) * classes;
@@ -357,11 +249,8 @@ fn adamw_matches_pytorch_formula_over_several_steps() {
     let n = 1031;
     let mut p = to64(&rand_vec(n, 37));
     let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
-    let (pt, mt, vt) = (
-        upload(&rand_vec(n, 37), &[n]),
-        Tensor::zeros(dev(), &[n]).unwrap(),
-        Tensor::zeros(dev(), &[n]).unwrap(),
-    );
+    let (pt, mt, vt) =
+        (upload(&rand_vec(n, 37), &[n]), Tensor::zeros(dev(), &[n]).unwrap(), Tensor::zeros(dev(), &[n]).unwrap());
     let (lr, b1, b2, eps, wd) = (1e-2f64, 0.9f64, 0.95f64, 1e-8f64, 0.05f64);
     for step in 1..=5u64 {
         let g = rand_vec(n, 100 + step);
@@ -398,21 +287,14 @@ fn kernel_wrappers_reject_bad_shapes_with_both_shapes_named() {
     let msg = elementwise::add(d, &a, &b).unwrap_err().to_string();
     assert!(msg.contains("[2, 3]") && msg.contains("[3, 2]"), "{msg}");
     let g = Tensor::zeros(d, &[4]).unwrap();
-    let msg = layernorm::layer_norm(d, &a, &g, &g, 1e-6)
-        .unwrap_err()
-        .to_string();
+    let msg = layernorm::layer_norm(d, &a, &g, &g, 1e-6).unwrap_err().to_string();
     assert!(msg.contains("[4]") && msg.contains("[2, 3]"), "{msg}");
     let x = Tensor::zeros(d, &[2, 5, 4]).unwrap();
     let idx = Tensor::from_u32(d, &[0, 1, 2], &[3, 1]).unwrap();
     let msg = gather::gather_rows(d, &x, &idx).unwrap_err().to_string();
     assert!(msg.contains("[3, 1]"), "{msg}");
     let f = Tensor::uninit(d, &[2, 1], DType::F32).unwrap();
-    assert!(
-        gather::gather_rows(d, &x, &f).is_err(),
-        "f32 indices are rejected"
-    );
-    let msg = attention(d, &Tensor::zeros(d, &[2, 5, 10]).unwrap(), 3)
-        .unwrap_err()
-        .to_string();
+    assert!(gather::gather_rows(d, &x, &f).is_err(), "f32 indices are rejected");
+    let msg = attention(d, &Tensor::zeros(d, &[2, 5, 10]).unwrap(), 3).unwrap_err().to_string();
     assert!(msg.contains("[2, 5, 10]"), "{msg}");
 }

@@ -56,13 +56,7 @@ fn check_all_shapes(kind: MatmulKind) {
                     assert_eq!(c.shape(), &[m, n]);
                     let got = c.to_vec_f32(&dev).unwrap();
                     let want = reference(&a, &b, m, n, k, ta, tb);
-                    assert_close(
-                        &format!("{kind:?} m={m} n={n} k={k} ta={ta} tb={tb}"),
-                        &got,
-                        &want,
-                        ATOL,
-                        RTOL,
-                    );
+                    assert_close(&format!("{kind:?} m={m} n={n} k={k} ta={ta} tb={tb}"), &got, &want, ATOL, RTOL);
                 }
             }
         }
@@ -123,27 +117,9 @@ fn strided_batched_views_address_heads_inside_qkv() {
         let qkv_t = Tensor::from_f32(&dev, &qkv, &[b, t, 3 * d]).unwrap();
         let scores = Tensor::zeros(&dev, &[b * h, t, t]).unwrap();
         Matmul {
-            a: MatView {
-                t: &qkv_t,
-                off: 0,
-                row: 3 * d,
-                b0: t * 3 * d,
-                b1: hd,
-            },
-            b: MatView {
-                t: &qkv_t,
-                off: d,
-                row: 3 * d,
-                b0: t * 3 * d,
-                b1: hd,
-            },
-            c: MatView {
-                t: &scores,
-                off: 0,
-                row: t,
-                b0: h * t * t,
-                b1: t * t,
-            },
+            a: MatView { t: &qkv_t, off: 0, row: 3 * d, b0: t * 3 * d, b1: hd },
+            b: MatView { t: &qkv_t, off: d, row: 3 * d, b0: t * 3 * d, b1: hd },
+            c: MatView { t: &scores, off: 0, row: t, b0: h * t * t, b1: t * t },
             m: t,
             n: t,
             k: hd,
@@ -153,6 +129,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
             trans_b: true,
             alpha: 0.5,
             bias: None,
+            label: None,
         }
         .run(&dev)
         .unwrap();
@@ -200,6 +177,7 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
         trans_b: true,
         alpha: 1.0,
         bias: None,
+        label: None,
     }
     .run(&dev)
     .unwrap_err()

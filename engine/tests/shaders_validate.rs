@@ -14,19 +14,13 @@ fn every_shader_validates_with_naga() {
     on_disk.sort();
     let mut registered: Vec<String> = ALL.iter().map(|s| s.name.to_string()).collect();
     registered.sort();
-    assert_eq!(
-        on_disk, registered,
-        "every file in shaders/ is registered in engine/src/shaders.rs"
-    );
+    assert_eq!(on_disk, registered, "every file in shaders/ is registered in engine/src/shaders.rs");
 
     for shader in ALL {
         let module = naga::front::wgsl::parse_str(shader.source)
             .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::all(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
     }
 }

@@ -22,43 +22,19 @@ fn fixtures() -> Vec<PathBuf> {
 fn every_committed_fixture_passes_every_check() {
     let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
     let files = fixtures();
-    assert!(
-        files.len() >= 5,
-        "the fixture suite is committed under tests/fixtures"
-    );
+    assert!(files.len() >= 5, "the fixture suite is committed under tests/fixtures");
     for file in files {
-        let checks =
-            fixture::check(&dev, &file).unwrap_or_else(|e| panic!("{}: {:#}", file.display(), e.0));
+        let checks = fixture::check(&dev, &file).unwrap_or_else(|e| panic!("{}: {:#}", file.display(), e.0));
         // Loss, prediction, one gradient and one AdamW result per trainable parameter at least.
-        assert!(
-            checks.len() > 100,
-            "{}: only {} checks",
-            file.display(),
-            checks.len()
-        );
+        assert!(checks.len() > 100, "{}: only {} checks", file.display(), checks.len());
         let failed: Vec<String> = checks
             .iter()
             .filter(|c| !c.passed())
             .map(|c| format!("{} error {:.3e} > bound {:.3e}", c.name, c.error, c.bound))
             .collect();
-        assert!(
-            failed.is_empty(),
-            "{}:\n{}",
-            file.display(),
-            failed.join("\n")
-        );
-        for name in [
-            "loss",
-            "pred",
-            "grad.cls_token",
-            "grad.decoder_pred.weight",
-            "adamw.mask_token",
-        ] {
-            assert!(
-                checks.iter().any(|c| c.name == name),
-                "{}: no {name} check",
-                file.display()
-            );
+        assert!(failed.is_empty(), "{}:\n{}", file.display(), failed.join("\n"));
+        for name in ["loss", "pred", "grad.cls_token", "grad.decoder_pred.weight", "adamw.mask_token"] {
+            assert!(checks.iter().any(|c| c.name == name), "{}: no {name} check", file.display());
         }
     }
 }
@@ -79,10 +55,6 @@ fn a_corrupted_fixture_fails_its_checks() {
     cmae::safetensors_io::write_host(&out, &file).unwrap();
     let checks = fixture::check(&dev, &out).unwrap_or_else(|e| panic!("{:#}", e.0));
     let _ = std::fs::remove_file(&out);
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.passed())
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name.as_str()).collect();
     assert_eq!(failed, vec!["grad.blocks.0.attn.qkv.weight"]);
 }

@@ -79,18 +79,13 @@ impl ConfigArgs {
     /// A fresh run directory name: `runs/<preset>-L<shots>-<UTC time>`.
     pub fn default_out(&self, cfg: &PretrainConfig) -> Result<PathBuf> {
         let name = match (&self.preset, &self.config) {
-            (_, Some(p)) => p
-                .file_stem()
-                .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+            (_, Some(p)) => p.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned()),
             (Some(p), None) => p.clone(),
             (None, None) => "tiny".into(),
         };
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let stamp: String = stamp
-            .chars()
-            .filter(|c| c.is_ascii_digit() || *c == 'T')
-            .collect::<String>()
-            .replace('T', "-");
+        let stamp: String =
+            stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().replace('T', "-");
         let shots = shots_to_string(&cfg.shots).replace([':', ','], "_");
         let dir = PathBuf::from("runs").join(format!("{name}-L{shots}-{stamp}"));
         if dir.exists() {

@@ -49,23 +49,15 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<()> {
         let m = self;
-        if m.patch_size == 0 || m.img_size == 0 || m.img_size % m.patch_size != 0 {
-            bail!(
-                "model.img_size {} must be a positive multiple of model.patch_size {}",
-                m.img_size,
-                m.patch_size
-            );
+        if m.patch_size == 0 || m.img_size == 0 || !m.img_size.is_multiple_of(m.patch_size) {
+            bail!("model.img_size {} must be a positive multiple of model.patch_size {}", m.img_size, m.patch_size);
         }
         if m.in_chans == 0 || m.depth == 0 || m.mlp_ratio <= 0.0 {
             bail!("model.in_chans, model.depth and model.mlp_ratio must be positive");
         }
         for (what, dim, heads) in [
             ("model.embed_dim", m.embed_dim, m.num_heads),
-            (
-                "model.decoder_embed_dim",
-                m.decoder_embed_dim,
-                m.decoder_num_heads,
-            ),
+            ("model.decoder_embed_dim", m.decoder_embed_dim, m.decoder_num_heads),
         ] {
             if heads == 0 || dim == 0 || dim % heads != 0 {
                 bail!("{what} {dim} must be a positive multiple of its head count {heads}");
@@ -92,11 +84,7 @@ pub struct Shot {
 
 /// Writes shots the way `--shots` takes them: `0:0.75,10:0.1`.
 pub fn shots_to_string(shots: &[Shot]) -> String {
-    shots
-        .iter()
-        .map(|s| format!("{}:{}", s.layer, s.ratio))
-        .collect::<Vec<_>>()
-        .join(",")
+    shots.iter().map(|s| format!("{}:{}", s.layer, s.ratio)).collect::<Vec<_>>().join(",")
 }
 
 /// Parses `--shots 0:0.75,10:0.1`.
@@ -104,22 +92,15 @@ pub fn parse_shots(text: &str) -> Result<Vec<Shot>> {
     text.split(',')
         .enumerate()
         .map(|(i, part)| {
-            let (layer, ratio) = part.trim().split_once(':').ok_or_else(|| {
-                anyhow!("--shots: shot {i} {part:?} must be LAYER:RATIO, e.g. 0:0.75,10:0.1")
-            })?;
-            let layer = layer
+            let (layer, ratio) = part
                 .trim()
-                .parse()
-                .map_err(|_| anyhow!("--shots: shot {i} layer {layer:?} is not a whole number"))?;
-            let ratio = ratio
-                .trim()
-                .parse()
-                .map_err(|_| anyhow!("--shots: shot {i} ratio {ratio:?} is not a number"))?;
-            Ok(Shot {
-                layer,
-                ratio,
-                loss_weight: None,
-            })
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--shots: shot {i} {part:?} must be LAYER:RATIO, e.g. 0:0.75,10:0.1"))?;
+            let layer =
+                layer.trim().parse().map_err(|_| anyhow!("--shots: shot {i} layer {layer:?} is not a whole number"))?;
+            let ratio =
+                ratio.trim().parse().map_err(|_| anyhow!("--shots: shot {i} ratio {ratio:?} is not a number"))?;
+            Ok(Shot { layer, ratio, loss_weight: None })
         })
         .collect()
 }
@@ -128,18 +109,10 @@ pub fn parse_shots(text: &str) -> Result<Vec<Shot>> {
 pub fn set_loss_weights(shots: &mut [Shot], text: &str) -> Result<()> {
     let weights: Vec<f64> = text
         .split(',')
-        .map(|w| {
-            w.trim()
-                .parse()
-                .map_err(|_| anyhow!("--loss-weights: {w:?} is not a number"))
-        })
+        .map(|w| w.trim().parse().map_err(|_| anyhow!("--loss-weights: {w:?} is not a number")))
         .collect::<Result<_>>()?;
     if weights.len() != shots.len() {
-        bail!(
-            "--loss-weights gives {} weights for {} shots; give one per shot",
-            weights.len(),
-            shots.len()
-        );
+        bail!("--loss-weights gives {} weights for {} shots; give one per shot", weights.len(), shots.len());
     }
     for (s, w) in shots.iter_mut().zip(weights) {
         s.loss_weight = Some(w);
@@ -153,27 +126,16 @@ pub fn validate_shots(shots: &[Shot], model: &ModelConfig) -> Result<()> {
         bail!("at least one shot is needed, e.g. --shots 0:0.75 (plain MAE)");
     };
     if first.layer != 0 {
-        bail!(
-            "shot 0 must be at layer 0 (the input masking), not layer {}",
-            first.layer
-        );
+        bail!("shot 0 must be at layer 0 (the input masking), not layer {}", first.layer);
     }
     let mut visible = model.num_patches();
     let weighted = shots.iter().filter(|s| s.loss_weight.is_some()).count();
     if weighted != 0 && weighted != shots.len() {
-        bail!(
-            "either every shot has a loss weight or none does ({weighted} of {} have one)",
-            shots.len()
-        );
+        bail!("either every shot has a loss weight or none does ({weighted} of {} have one)", shots.len());
     }
     for (i, s) in shots.iter().enumerate() {
         if i > 0 && s.layer <= shots[i - 1].layer {
-            bail!(
-                "shot {i} layer {} must be greater than shot {}'s layer {}",
-                s.layer,
-                i - 1,
-                shots[i - 1].layer
-            );
+            bail!("shot {i} layer {} must be greater than shot {}'s layer {}", s.layer, i - 1, shots[i - 1].layer);
         }
         if s.layer > model.depth {
             bail!(
@@ -193,10 +155,7 @@ pub fn validate_shots(shots: &[Shot], model: &ModelConfig) -> Result<()> {
         }
         let keep = keep_count(visible, s.ratio);
         if keep == 0 {
-            bail!(
-                "shot {i} keeps no token: floor({visible}·(1−{})) = 0; lower its ratio",
-                s.ratio
-            );
+            bail!("shot {i} keeps no token: floor({visible}·(1−{})) = 0; lower its ratio", s.ratio);
         }
         visible = keep;
     }
@@ -292,39 +251,33 @@ impl PretrainConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         Self::from_ron(&text).with_context(|| format!("config {}", path.display()))
     }
 
     pub fn to_ron(&self) -> String {
-        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default())
-            .expect("configs always serialise")
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).expect("configs always serialise")
     }
 
     /// Applies `key=value` with a dotted key (`train.blr=1e-3`, `model.depth=6`).
     /// The value is read as JSON when it parses (numbers, booleans, null) and
     /// as a string otherwise.
     pub fn set(&mut self, assignment: &str) -> Result<()> {
-        let (key, value) = assignment.split_once('=').ok_or_else(|| {
-            anyhow!("--set {assignment:?} must be KEY=VALUE, e.g. train.blr=1e-3")
-        })?;
-        let value: serde_json::Value = serde_json::from_str(value.trim())
-            .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--set {assignment:?} must be KEY=VALUE, e.g. train.blr=1e-3"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
         let mut tree = serde_json::to_value(&*self)?;
         let mut node = &mut tree;
         let parts: Vec<&str> = key.trim().split('.').collect();
         for (i, part) in parts.iter().enumerate() {
-            let obj = node
-                .as_object_mut()
-                .ok_or_else(|| anyhow!("--set {key}: {:?} has no fields", parts[..i].join(".")))?;
+            let obj =
+                node.as_object_mut().ok_or_else(|| anyhow!("--set {key}: {:?} has no fields", parts[..i].join(".")))?;
             if !obj.contains_key(*part) {
                 let known: Vec<&String> = obj.keys().collect();
                 let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-                bail!(
-                    "unknown config key {key:?}: {part:?} is not one of {}",
-                    known.join(", ")
-                );
+                bail!("unknown config key {key:?}: {part:?} is not one of {}", known.join(", "));
             }
             node = obj.get_mut(*part).expect("checked above");
         }
@@ -348,9 +301,7 @@ impl PretrainConfig {
         }
         let o = &self.output;
         if o.log_every == 0 || o.checkpoint_every == 0 || o.recon_every == 0 {
-            bail!(
-                "output.log_every, output.checkpoint_every and output.recon_every must be at least 1"
-            );
+            bail!("output.log_every, output.checkpoint_every and output.recon_every must be at least 1");
         }
         Ok(())
     }
@@ -370,11 +321,7 @@ mod tests {
         for (name, _) in PRESETS {
             let c = PretrainConfig::preset(name).unwrap();
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(
-                shots_to_string(&c.shots),
-                "0:0.75",
-                "{name} defaults to L(0; 0.75)"
-            );
+            assert_eq!(shots_to_string(&c.shots), "0:0.75", "{name} defaults to L(0; 0.75)");
             let back = PretrainConfig::from_ron(&c.to_ron()).unwrap();
             assert_eq!(back, c);
         }
@@ -386,17 +333,13 @@ mod tests {
         c.set("train.blr=0.002").unwrap();
         c.set("model.depth=6").unwrap();
         c.set("data.spec=fmnist:/tmp/x").unwrap();
-        assert_eq!(
-            (c.train.blr, c.model.depth, c.data.spec.as_str()),
-            (0.002, 6, "fmnist:/tmp/x")
-        );
+        assert_eq!((c.train.blr, c.model.depth, c.data.spec.as_str()), (0.002, 6, "fmnist:/tmp/x"));
         let err = c.set("model.dept=6").unwrap_err().to_string();
         assert!(err.contains("model.dept") && err.contains("depth"), "{err}");
         let err = c.set("model.depth=six").unwrap_err().to_string();
         assert!(err.contains("model.depth"), "{err}");
-        let err = PretrainConfig::from_ron(&c.to_ron().replace("norm_pix_loss", "norm_pixel_loss"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            PretrainConfig::from_ron(&c.to_ron().replace("norm_pix_loss", "norm_pixel_loss")).unwrap_err().to_string();
         assert!(err.contains("norm_pixel_loss"), "{err}");
     }
 
@@ -407,12 +350,7 @@ mod tests {
         validate_shots(&shots, &model).unwrap();
         set_loss_weights(&mut shots, "0.75,0.15").unwrap();
         assert_eq!(shots[1].loss_weight, Some(0.15));
-        assert!(
-            set_loss_weights(&mut shots, "1")
-                .unwrap_err()
-                .to_string()
-                .contains("2 shots")
-        );
+        assert!(set_loss_weights(&mut shots, "1").unwrap_err().to_string().contains("2 shots"));
         let cases = [
             ("1:0.75", "shot 0 must be at layer 0"),
             ("0:0.75,3:0.1,3:0.1", "shot 2 layer 3 must be greater"),
@@ -421,17 +359,10 @@ mod tests {
             ("0:0.75,2:0.95", "shot 1 keeps no token"),
         ];
         for (text, want) in cases {
-            let err = validate_shots(&parse_shots(text).unwrap(), &model)
-                .unwrap_err()
-                .to_string();
+            let err = validate_shots(&parse_shots(text).unwrap(), &model).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
-        assert!(
-            parse_shots("0-0.75")
-                .unwrap_err()
-                .to_string()
-                .contains("LAYER:RATIO")
-        );
+        assert!(parse_shots("0-0.75").unwrap_err().to_string().contains("LAYER:RATIO"));
         assert_eq!(keep_count(16, 0.1), 14);
         assert_eq!(keep_count(196, 0.75), 49);
     }

@@ -71,17 +71,11 @@ fn parse(path: &Path) -> Result<Fixture> {
     let file = safetensors_io::read(path)?;
     match file.metadata.get("format").map(String::as_str) {
         Some("cmae-fixture-v1") => {}
-        other => bail!(
-            "{} is not a cmae-fixture-v1 file (metadata format = {other:?})",
-            path.display()
-        ),
+        other => bail!("{} is not a cmae-fixture-v1 file (metadata format = {other:?})", path.display()),
     }
-    let cfg: FixtureConfig = serde_json::from_str(
-        file.metadata
-            .get("config")
-            .ok_or_else(|| anyhow!("metadata has no config"))?,
-    )
-    .context("metadata config")?;
+    let cfg: FixtureConfig =
+        serde_json::from_str(file.metadata.get("config").ok_or_else(|| anyhow!("metadata has no config"))?)
+            .context("metadata config")?;
     let model = ModelConfig {
         img_size: cfg.img_size,
         patch_size: cfg.patch_size,
@@ -105,30 +99,19 @@ fn parse(path: &Path) -> Result<Fixture> {
         .shots
         .iter()
         .enumerate()
-        .map(|(i, &(layer, ratio))| Shot {
-            layer,
-            ratio,
-            loss_weight: cfg.loss_weights.as_ref().map(|w| w[i]),
-        })
+        .map(|(i, &(layer, ratio))| Shot { layer, ratio, loss_weight: cfg.loss_weights.as_ref().map(|w| w[i]) })
         .collect();
     validate_shots(&shots, &model).context("unsupported shots")?;
     let adamw = match file.metadata.get("adamw") {
         Some(text) => Some(serde_json::from_str(text).context("metadata adamw")?),
         None => None,
     };
-    Ok(Fixture {
-        model,
-        shots,
-        adamw,
-        tensors: file.tensors,
-    })
+    Ok(Fixture { model, shots, adamw, tensors: file.tensors })
 }
 
 impl Fixture {
     fn tensor(&self, name: &str) -> Result<&HostTensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| anyhow!("the fixture has no tensor {name}"))
+        self.tensors.get(name).ok_or_else(|| anyhow!("the fixture has no tensor {name}"))
     }
 
     fn f32s(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -148,12 +131,7 @@ impl Fixture {
 }
 
 fn rel_l2(got: &[f32], want: &[f64]) -> (f64, f64) {
-    let diff: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (f64::from(*g) - w).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - w).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     (diff, 1e-3 * norm + 1e-7)
 }
@@ -175,16 +153,8 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
     for s in &specs {
         let Init::Fixed(ours) = &s.init else { continue };
         let theirs = &host[&s.name].1;
-        let err = ours
-            .iter()
-            .zip(theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        checks.push(Check {
-            name: format!("table {}", s.name),
-            error: f64::from(err),
-            bound: 1e-6,
-        });
+        let err = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        checks.push(Check { name: format!("table {}", s.name), error: f64::from(err), bound: 1e-6 });
     }
     let (params, _) = ParamStore::load(dev, &specs, host)?;
     let mae = Mae::with_params(dev, &fx.model, params)?;
@@ -196,9 +166,7 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
         match fx.tensor(&format!("shot.{k}.ids_keep"))? {
             HostTensor::I64(_, v) => ids.push(
                 v.iter()
-                    .map(|&i| {
-                        u32::try_from(i).map_err(|_| anyhow!("shot {k}: index {i} out of range"))
-                    })
+                    .map(|&i| u32::try_from(i).map_err(|_| anyhow!("shot {k}: index {i} out of range")))
                     .collect::<Result<Vec<u32>>>()?,
             ),
             _ => bail!("shot.{k}.ids_keep must be i64"),
@@ -215,11 +183,7 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
 
     let loss = f64::from(out.loss.value().to_vec_f32(dev)?[0]);
     let loss_ref = fx.reference("out.loss", "out.loss_f64")?[0];
-    checks.push(Check {
-        name: "loss".into(),
-        error: (loss - loss_ref).abs(),
-        bound: 1e-4 * loss_ref.abs().max(1.0),
-    });
+    checks.push(Check { name: "loss".into(), error: (loss - loss_ref).abs(), bound: 1e-4 * loss_ref.abs().max(1.0) });
     let per_shot = out.per_shot.to_vec_f32(dev)?;
     for (k, want) in fx.tensor("out.loss_per_shot")?.to_f64()?.iter().enumerate() {
         if want.is_nan() {
@@ -234,39 +198,20 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
     }
     let pred = out.pred.value().to_vec_f32(dev)?;
     let (error, bound) = rel_l2(&pred, &fx.tensor("out.pred")?.to_f64()?);
-    checks.push(Check {
-        name: "pred".into(),
-        error,
-        bound,
-    });
+    checks.push(Check { name: "pred".into(), error, bound });
 
     for s in specs.iter().filter(|s| s.trainable()) {
-        let g = grads
-            .get(&s.name)
-            .ok_or_else(|| anyhow!("no gradient reached {}", s.name))?
-            .to_vec_f32(dev)?;
+        let g = grads.get(&s.name).ok_or_else(|| anyhow!("no gradient reached {}", s.name))?.to_vec_f32(dev)?;
         let want = fx.reference(&format!("grad.{}", s.name), &format!("grad_f64.{}", s.name))?;
         if want.len() != g.len() {
-            bail!(
-                "grad.{} has {} values, the parameter {}",
-                s.name,
-                want.len(),
-                g.len()
-            );
+            bail!("grad.{} has {} values, the parameter {}", s.name, want.len(), g.len());
         }
         let (error, bound) = rel_l2(&g, &want);
-        checks.push(Check {
-            name: format!("grad.{}", s.name),
-            error,
-            bound,
-        });
+        checks.push(Check { name: format!("grad.{}", s.name), error, bound });
     }
 
     if let Some(h) = &fx.adamw {
-        for s in specs
-            .iter()
-            .filter(|s| s.trainable() && fx.tensors.contains_key(&format!("adamw.{}", s.name)))
-        {
+        for s in specs.iter().filter(|s| s.trainable() && fx.tensors.contains_key(&format!("adamw.{}", s.name))) {
             let p = Tensor::from_f32(dev, &fx.f32s(&s.name)?.1, &s.shape)?;
             let g = Tensor::from_f32(dev, &fx.f32s(&format!("grad.{}", s.name))?.1, &s.shape)?;
             let (m, v) = (Tensor::zeros(dev, &s.shape)?, Tensor::zeros(dev, &s.shape)?);
@@ -275,27 +220,15 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
                 beta1: h.beta1 as f32,
                 beta2: h.beta2 as f32,
                 eps: h.eps as f32,
-                weight_decay: if decays(&s.name, &s.shape) {
-                    h.weight_decay as f32
-                } else {
-                    0.0
-                },
+                weight_decay: if decays(&s.name, &s.shape) { h.weight_decay as f32 } else { 0.0 },
                 step: 1,
                 grad_scale: 1.0,
             };
             adamw(dev, &p, &g, &m, &v, step)?;
             let got = p.to_vec_f32(dev)?;
             let want = fx.tensor(&format!("adamw.{}", s.name))?.to_f64()?;
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (f64::from(*a) - b).abs())
-                .fold(0.0, f64::max);
-            checks.push(Check {
-                name: format!("adamw.{}", s.name),
-                error: err,
-                bound: 1e-5,
-            });
+            let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+            checks.push(Check { name: format!("adamw.{}", s.name), error: err, bound: 1e-5 });
         }
     }
     Ok(checks)

@@ -11,10 +11,7 @@ pub fn describe(dev: &Device) -> serde_json::Value {
         (wgpu::Features::SHADER_F16, "SHADER_F16"),
         (wgpu::Features::SUBGROUP, "SUBGROUP"),
         (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
-        (
-            wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-            "TIMESTAMP_QUERY_INSIDE_PASSES",
-        ),
+        (wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "TIMESTAMP_QUERY_INSIDE_PASSES"),
     ]
     .iter()
     .filter(|(f, _)| dev.features().contains(*f))
@@ -51,29 +48,10 @@ pub fn print(dev: &Device) {
         v["backend"].as_str().unwrap_or(""),
         v["device_type"].as_str().unwrap_or("")
     );
-    println!(
-        "driver:   {} {}",
-        v["driver"].as_str().unwrap_or(""),
-        v["driver_info"].as_str().unwrap_or("")
-    );
-    println!(
-        "matmul:   {} kernel",
-        v["matmul_kernel"].as_str().unwrap_or("")
-    );
-    let feats: Vec<&str> = v["features"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f.as_str())
-        .collect();
-    println!(
-        "features: {}",
-        if feats.is_empty() {
-            "none of the optional ones".to_string()
-        } else {
-            feats.join(", ")
-        }
-    );
+    println!("driver:   {} {}", v["driver"].as_str().unwrap_or(""), v["driver_info"].as_str().unwrap_or(""));
+    println!("matmul:   {} kernel", v["matmul_kernel"].as_str().unwrap_or(""));
+    let feats: Vec<&str> = v["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+    println!("features: {}", if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") });
     println!("limits:");
     if let Some(limits) = v["limits"].as_object() {
         for (k, val) in limits {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -93,6 +94,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// ms per training step and images/s for several masking settings.
+    Pretrain {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long)]
+        batch: Option<usize>,
+        /// A masking setting to time (repeatable), e.g. --shots 0:0.75,10:0.1.
+        /// Default: L(0;0.75), L(0,d-2;0.75,0.1), L(0,d-2,d-1;0.75,0.1,0.1).
+        #[arg(long = "shots")]
+        settings: Vec<String>,
+        /// Timed steps per setting (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Untimed steps per setting first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Also print where the GPU time goes, per kernel (timestamp queries).
+        #[arg(long)]
+        profile: bool,
+    },
 }
 
 /// Ctrl-C once: finish the step, checkpoint, exit. Twice: exit now.
@@ -103,9 +124,7 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!(
-            "\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
-        );
+        eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(flag)
@@ -125,12 +144,7 @@ fn run_pretrain(
     };
     let dev = Device::from_env()?;
     let flag = interrupt_flag()?;
-    let opts = pretrain::Options {
-        out,
-        resume,
-        quiet,
-        stop_at,
-    };
+    let opts = pretrain::Options { out, resume, quiet, stop_at };
     let s = pretrain::pretrain(&dev, &cfg, &opts, &flag)?;
     let verb = if s.interrupted { "stopped" } else { "finished" };
     let loss = s.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
@@ -141,10 +155,7 @@ fn run_pretrain(
     }
     println!("metrics:         {}", s.out.join("metrics.jsonl").display());
     if s.interrupted {
-        println!(
-            "resume with:     cmae pretrain --out {} --resume (plus the same config flags)",
-            s.out.display()
-        );
+        println!("resume with:     cmae pretrain --out {} --resume (plus the same config flags)", s.out.display());
     }
     Ok(())
 }
@@ -158,9 +169,7 @@ fn run_reconstruct(
 ) -> Result<()> {
     let dev = Device::from_env()?;
     let loaded = checkpoint::load_model(&dev, checkpoint_path, None)?;
-    let cfg: PretrainConfig = loaded
-        .config
-        .expect("load_model always returns the config it used");
+    let cfg: PretrainConfig = loaded.config.expect("load_model always returns the config it used");
     let shots = match shots {
         Some(s) => parse_shots(&s)?,
         None => cfg.shots.clone(),
@@ -168,39 +177,19 @@ fn run_reconstruct(
     validate_shots(&shots, &cfg.model)?;
     let m = &cfg.model;
     // Files are photos: ImageNet statistics, square centre crop, resize.
-    let t = Transform::new(
-        m.img_size,
-        m.in_chans,
-        (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
-        false,
-    );
+    let t = Transform::new(m.img_size, m.in_chans, (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()), false);
     let mut pixels = Vec::new();
     for path in images {
         let img = image::ImageReader::open(path)
             .with_context(|| format!("cannot open image {}", path.display()))?
             .with_guessed_format()?
             .decode()
-            .with_context(|| {
-                format!(
-                    "cannot decode image {}: the file is corrupt or not PNG/JPEG",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display()))?;
         let side = img.width().min(img.height());
-        let square = img.crop_imm(
-            (img.width() - side) / 2,
-            (img.height() - side) / 2,
-            side,
-            side,
-        );
+        let square = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side);
         pixels.extend(t.apply(&square, &mut ChaCha8Rng::seed_from_u64(0)));
     }
-    let plan = MaskPlan::random(
-        &shots,
-        images.len(),
-        m.num_patches(),
-        &mut ChaCha8Rng::seed_from_u64(seed),
-    );
+    let plan = MaskPlan::random(&shots, images.len(), m.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
     let r = recon::reconstruct(&dev, &loaded.mae, &pixels, images.len(), &shots, plan)?;
     recon::save_png(&recon::render(&r, &loaded.mae, &t), out)?;
     println!("wrote {}", out.display());
@@ -217,10 +206,7 @@ fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
             let failed = checks.iter().filter(|c| !c.passed()).count();
             for c in &checks {
                 let verdict = if c.passed() { "ok" } else { "FAIL" };
-                println!(
-                    "{:<44} error {:<12.3e} bound {:<12.3e} {verdict}",
-                    c.name, c.error, c.bound
-                );
+                println!("{:<44} error {:<12.3e} bound {:<12.3e} {verdict}", c.name, c.error, c.bound);
             }
             println!("{} passed, {failed} failed", checks.len() - failed);
             ExitCode::from(u8::from(failed > 0))
@@ -228,7 +214,7 @@ fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
     match cli.command {
         Command::Info { json } => {
             let dev = Device::from_env()?;
@@ -238,20 +224,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 info::print(&dev);
             }
         }
-        Command::Pretrain {
-            config,
-            out,
-            resume,
-            quiet,
-            stop_at,
-        } => run_pretrain(config, out, resume, quiet, stop_at)?,
-        Command::Reconstruct {
-            checkpoint,
-            images,
-            shots,
-            seed,
-            out,
-        } => {
+        Command::Pretrain { config, out, resume, quiet, stop_at } => run_pretrain(config, out, resume, quiet, stop_at)?,
+        Command::Reconstruct { checkpoint, images, shots, seed, out } => {
             if images.is_empty() {
                 bail!("--images needs at least one file");
             }
@@ -267,31 +241,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             return Ok(check_fixture(&dev, &file));
         }
-        Command::Bench {
-            what:
-                BenchCommand::Kernels {
-                    filter,
-                    runs,
-                    warmup,
-                },
-        } => {
+        Command::Bench { what: BenchCommand::Kernels { filter, runs, warmup } } => {
             let dev = Device::from_env()?;
-            let opts = bench::kernels::Options {
-                filter,
-                warmup,
-                runs,
-            };
+            let opts = bench::kernels::Options { filter, warmup, runs };
             bench::kernels::run(&dev, &opts, |line| println!("{line}"))?;
+        }
+        Command::Bench { what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile } } => {
+            let dev = Device::from_env()?;
+            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile };
+            bench::pretrain::run(&dev, &opts, started, |line| println!("{line}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
-    match run(Cli::parse()) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
+    let started = Instant::now();
+    match run(Cli::parse(), started) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

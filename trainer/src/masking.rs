@@ -50,32 +50,20 @@ impl MaskPlan {
         let mut visible = num_patches;
         for s in shots {
             let keep = keep_count(visible, s.ratio);
-            ids.push(
-                (0..batch)
-                    .flat_map(|_| random_keep(visible, keep, rng))
-                    .collect::<Vec<u32>>(),
-            );
+            ids.push((0..batch).flat_map(|_| random_keep(visible, keep, rng)).collect::<Vec<u32>>());
             visible = keep;
         }
-        Self::from_ids(shots, batch, num_patches, &ids)
-            .expect("random plans are valid by construction")
+        Self::from_ids(shots, batch, num_patches, &ids).expect("random plans are valid by construction")
     }
 
     /// A plan from given kept indices (e.g. a reference fixture), checked:
     /// the right counts, in range, no index twice within a sample.
-    pub fn from_ids(
-        shots: &[Shot],
-        batch: usize,
-        num_patches: usize,
-        ids: &[Vec<u32>],
-    ) -> Result<Self> {
+    pub fn from_ids(shots: &[Shot], batch: usize, num_patches: usize, ids: &[Vec<u32>]) -> Result<Self> {
         if ids.len() != shots.len() {
             bail!("{} index lists for {} shots", ids.len(), shots.len());
         }
         // current[b] = original patch ids of the visible tokens of sample b, in order.
-        let mut current: Vec<Vec<u32>> = (0..batch)
-            .map(|_| (0..num_patches as u32).collect())
-            .collect();
+        let mut current: Vec<Vec<u32>> = (0..batch).map(|_| (0..num_patches as u32).collect()).collect();
         let mut out = Vec::with_capacity(shots.len());
         for (k, (s, ids_k)) in shots.iter().zip(ids).enumerate() {
             let visible = current[0].len();
@@ -97,20 +85,12 @@ impl MaskPlan {
                 for &i in row {
                     let i = i as usize;
                     if i >= visible || taken[i] {
-                        bail!(
-                            "shot {k} sample {b}: index {i} is out of range (< {visible}) or repeated"
-                        );
+                        bail!("shot {k} sample {b}: index {i} is out of range (< {visible}) or repeated");
                     }
                     taken[i] = true;
                 }
                 let kept: Vec<u32> = row.iter().map(|&i| current[b][i as usize]).collect();
-                dropped_patches.extend(
-                    current[b]
-                        .iter()
-                        .zip(&taken)
-                        .filter(|(_, t)| !**t)
-                        .map(|(p, _)| *p),
-                );
+                dropped_patches.extend(current[b].iter().zip(&taken).filter(|(_, t)| !**t).map(|(p, _)| *p));
                 kept_patches.extend_from_slice(&kept);
                 current[b] = kept;
             }
@@ -123,11 +103,7 @@ impl MaskPlan {
                 dropped_patches,
             });
         }
-        Ok(Self {
-            batch,
-            num_patches,
-            shots: out,
-        })
+        Ok(Self { batch, num_patches, shots: out })
     }
 
     /// Tokens that reach the decoder (kept by every shot), per sample.
@@ -151,10 +127,7 @@ impl MaskPlan {
 
     /// Patches each shot dropped over the whole batch.
     pub fn dropped_counts(&self) -> Vec<usize> {
-        self.shots
-            .iter()
-            .map(|s| self.batch * (s.visible - s.keep))
-            .collect()
+        self.shots.iter().map(|s| self.batch * (s.visible - s.keep)).collect()
     }
 
     /// Per-patch loss weights `[batch·num_patches]`: the union mean of every
@@ -198,11 +171,7 @@ impl MaskPlan {
             // cls stays at position 0; token i of the visible sequence is row 1 + i.
             let with_cls: Vec<u32> = (0..b)
                 .flat_map(|bi| {
-                    std::iter::once(0).chain(
-                        s.ids_keep[bi * s.keep..(bi + 1) * s.keep]
-                            .iter()
-                            .map(|i| i + 1),
-                    )
+                    std::iter::once(0).chain(s.ids_keep[bi * s.keep..(bi + 1) * s.keep].iter().map(|i| i + 1))
                 })
                 .collect();
             later.push((s.layer, Tensor::from_u32(dev, &with_cls, &[b, 1 + s.keep])?));
@@ -210,11 +179,7 @@ impl MaskPlan {
         let last = self.shots.last().expect("at least one shot");
         let restore: Vec<u32> = (0..b)
             .flat_map(|bi| {
-                std::iter::once(0).chain(
-                    last.kept_patches[bi * last.keep..(bi + 1) * last.keep]
-                        .iter()
-                        .map(|p| p + 1),
-                )
+                std::iter::once(0).chain(last.kept_patches[bi * last.keep..(bi + 1) * last.keep].iter().map(|p| p + 1))
             })
             .collect();
         let mut fill = vec![1.0f32; b * (1 + l)];
@@ -230,11 +195,7 @@ impl MaskPlan {
             restore: Tensor::from_u32(dev, &restore, &[b, 1 + last.keep])?,
             mask_rows: Tensor::from_f32(dev, &fill, &[b * (1 + l)])?,
             loss_weights: Tensor::from_f32(dev, &self.loss_weights(shots), &[b * l])?,
-            shot_weights: Tensor::from_f32(
-                dev,
-                &self.shot_mean_weights(),
-                &[self.shots.len(), b * l],
-            )?,
+            shot_weights: Tensor::from_f32(dev, &self.shot_mean_weights(), &[self.shots.len(), b * l])?,
             dropped_counts: self.dropped_counts(),
         })
     }
@@ -267,29 +228,17 @@ mod tests {
 
     fn shots_strategy() -> impl Strategy<Value = (Vec<Shot>, usize, usize)> {
         // (grid side, batch, up to 3 shots at increasing layers with ratios that keep ≥ 1).
-        (
-            2usize..9,
-            1usize..5,
-            proptest::collection::vec((1usize..4, 0.0f64..0.9), 0..3),
-            0.0f64..0.9,
-        )
-            .prop_map(|(g, batch, later, r0)| {
-                let mut shots = vec![Shot {
-                    layer: 0,
-                    ratio: r0,
-                    loss_weight: None,
-                }];
+        (2usize..9, 1usize..5, proptest::collection::vec((1usize..4, 0.0f64..0.9), 0..3), 0.0f64..0.9).prop_map(
+            |(g, batch, later, r0)| {
+                let mut shots = vec![Shot { layer: 0, ratio: r0, loss_weight: None }];
                 let mut layer = 0;
                 for (step, r) in later {
                     layer += step;
-                    shots.push(Shot {
-                        layer,
-                        ratio: r,
-                        loss_weight: None,
-                    });
+                    shots.push(Shot { layer, ratio: r, loss_weight: None });
                 }
                 (shots, g * g, batch)
-            })
+            },
+        )
     }
 
     proptest! {
@@ -351,27 +300,10 @@ mod tests {
         assert_eq!(plan.shots[1].dropped_patches, vec![3]);
         assert_eq!(plan.shots[0].dropped_patches, vec![0, 2]);
         let g = plan.upload(&dev, &shots).unwrap();
-        assert_eq!(
-            g.later[0].1.to_vec_u32(&dev).unwrap(),
-            vec![0, 2],
-            "cls row 0, then visible token 1 at row 2"
-        );
-        assert_eq!(
-            g.restore.to_vec_u32(&dev).unwrap(),
-            vec![0, 2],
-            "cls → row 0, patch 1 → row 2"
-        );
-        assert_eq!(
-            g.mask_rows.to_vec_f32(&dev).unwrap(),
-            vec![0.0, 1.0, 0.0, 1.0, 1.0]
-        );
-        assert!(
-            MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 3], vec![1]]).is_err(),
-            "repeated index"
-        );
-        assert!(
-            MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 4], vec![1]]).is_err(),
-            "out of range"
-        );
+        assert_eq!(g.later[0].1.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls row 0, then visible token 1 at row 2");
+        assert_eq!(g.restore.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls → row 0, patch 1 → row 2");
+        assert_eq!(g.mask_rows.to_vec_f32(&dev).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
+        assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 3], vec![1]]).is_err(), "repeated index");
+        assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 4], vec![1]]).is_err(), "out of range");
     }
 }

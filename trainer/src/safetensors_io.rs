@@ -9,6 +9,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::{SafeTensors, serialize};
 
+/// A named f32 tensor on the host: `(name, shape, values)`.
+pub type NamedF32 = (String, Vec<usize>, Vec<f32>);
+/// f32 tensors by name: `name → (shape, values)`.
+pub type F32Map = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// A tensor read from a file, converted to a host type.
 #[derive(Debug, Clone)]
 pub enum HostTensor {
@@ -42,10 +47,10 @@ pub struct SafetensorsFile {
 
 pub fn read(path: &Path) -> Result<SafetensorsFile> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
@@ -54,17 +59,11 @@ pub fn read(path: &Path) -> Result<SafetensorsFile> {
             Dtype::F32 => HostTensor::F32(shape, bytemuck::pod_collect_to_vec(data)),
             Dtype::F64 => HostTensor::F64(shape, bytemuck::pod_collect_to_vec(data)),
             Dtype::I64 => HostTensor::I64(shape, bytemuck::pod_collect_to_vec(data)),
-            other => bail!(
-                "{}: tensor {name} has unsupported dtype {other:?}",
-                path.display()
-            ),
+            other => bail!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
         };
         tensors.insert(name, t);
     }
-    Ok(SafetensorsFile {
-        tensors,
-        metadata: meta.metadata().clone().unwrap_or_default(),
-    })
+    Ok(SafetensorsFile { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
 }
 
 /// f32 tensors and string metadata, written atomically.
@@ -81,28 +80,20 @@ pub fn write_f32(
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    let bytes = serialize(views, Some(metadata))
-        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    let bytes = serialize(views, Some(metadata)).map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
     write_atomic(path, &bytes)
 }
 
 /// Writes to `path.tmp`, syncs, renames over `path`: a reader (or a crash)
 /// sees the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -119,12 +110,11 @@ pub fn write_host(path: &Path, file: &SafetensorsFile) -> Result<()> {
                 HostTensor::F64(_, v) => (Dtype::F64, bytemuck::cast_slice(v)),
                 HostTensor::I64(_, v) => (Dtype::I64, bytemuck::cast_slice(v)),
             };
-            let view = TensorView::new(dtype, t.shape().to_vec(), bytes)
-                .map_err(|e| anyhow!("tensor {name}: {e}"))?;
+            let view = TensorView::new(dtype, t.shape().to_vec(), bytes).map_err(|e| anyhow!("tensor {name}: {e}"))?;
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    let bytes = serialize(views, Some(file.metadata.clone()))
-        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    let bytes =
+        serialize(views, Some(file.metadata.clone())).map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
     write_atomic(path, &bytes)
 }

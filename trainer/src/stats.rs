@@ -3,11 +3,7 @@
 use std::time::Instant;
 
 /// Median wall time in milliseconds of `runs` calls after `warmup` calls.
-pub fn median_ms(
-    warmup: usize,
-    runs: usize,
-    mut f: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
+pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..warmup {
         f()?;
     }

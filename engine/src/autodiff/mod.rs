@@ -108,20 +108,12 @@ impl Gradients {
 impl Tape {
     /// A tape that records (training).
     pub fn new(dev: &Device) -> Self {
-        Self {
-            dev: dev.clone(),
-            grad_enabled: true,
-            inner: RefCell::default(),
-        }
+        Self { dev: dev.clone(), grad_enabled: true, inner: RefCell::default() }
     }
 
     /// A tape that records nothing (evaluation).
     pub fn no_grad(dev: &Device) -> Self {
-        Self {
-            dev: dev.clone(),
-            grad_enabled: false,
-            inner: RefCell::default(),
-        }
+        Self { dev: dev.clone(), grad_enabled: false, inner: RefCell::default() }
     }
 
     pub fn device(&self) -> &Device {
@@ -140,11 +132,7 @@ impl Tape {
 
     /// A value that needs no gradient (images, fixed position embeddings).
     pub fn constant(&self, value: Tensor) -> Var {
-        Var {
-            id: self.next_id(),
-            value,
-            requires_grad: false,
-        }
+        Var { id: self.next_id(), value, requires_grad: false }
     }
 
     /// A named trainable leaf.
@@ -153,11 +141,7 @@ impl Tape {
         if self.grad_enabled {
             self.inner.borrow_mut().params.insert(id, name.to_string());
         }
-        Var {
-            id,
-            value: value.clone(),
-            requires_grad: self.grad_enabled,
-        }
+        Var { id, value: value.clone(), requires_grad: self.grad_enabled }
     }
 
     /// Records an op's result. The backward is kept only when grad is on and
@@ -179,33 +163,21 @@ impl Tape {
                 backward: Box::new(backward),
             });
         }
-        Var {
-            id,
-            value,
-            requires_grad,
-        }
+        Var { id, value, requires_grad }
     }
 
     /// Back-propagates from a one-element `loss`, adding parameter gradients
     /// into `grads`. Consumes the recorded nodes.
     pub fn backward(&self, loss: &Var, grads: &mut Gradients) -> Result<()> {
         if loss.value.numel() != 1 {
-            return Err(Error::Autodiff(format!(
-                "backward needs a scalar loss, got shape {:?}",
-                loss.shape()
-            )));
+            return Err(Error::Autodiff(format!("backward needs a scalar loss, got shape {:?}", loss.shape())));
         }
         if !loss.requires_grad {
-            return Err(Error::Autodiff(
-                "the loss does not depend on any parameter (or grad is disabled)".into(),
-            ));
+            return Err(Error::Autodiff("the loss does not depend on any parameter (or grad is disabled)".into()));
         }
         let (nodes, params) = {
             let mut inner = self.inner.borrow_mut();
-            (
-                std::mem::take(&mut inner.nodes),
-                std::mem::take(&mut inner.params),
-            )
+            (std::mem::take(&mut inner.nodes), std::mem::take(&mut inner.params))
         };
         let mut pending: HashMap<usize, Tensor> = HashMap::new();
         pending.insert(loss.id, elementwise::full(&self.dev, loss.shape(), 1.0)?);
@@ -215,9 +187,7 @@ impl Tape {
             };
             let grads_in = (node.backward)(&self.dev, &grad_out, &node.needs)?;
             if grads_in.len() != node.inputs.len() {
-                return Err(Error::Autodiff(
-                    "an op returned the wrong number of gradients".into(),
-                ));
+                return Err(Error::Autodiff("an op returned the wrong number of gradients".into()));
             }
             for ((input, need), g) in node.inputs.iter().zip(&node.needs).zip(grads_in) {
                 let Some(g) = g.filter(|_| *need) else {

@@ -21,23 +21,12 @@ impl Tape {
             let n = wv.dim(0);
             let dy2 = dy.reshape(&[dy.numel() / n, n])?;
             let x2 = xv.reshape(&[xv.numel() / k, k])?;
-            let dx = if needs[0] {
-                Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?)
-            } else {
-                None
-            };
-            let dw = if needs[1] {
-                Some(matmul::matmul(dev, &dy2, &x2, true, false)?)
-            } else {
-                None
-            };
+            let dx =
+                if needs[0] { Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?) } else { None };
+            let dw = if needs[1] { Some(matmul::matmul(dev, &dy2, &x2, true, false)?) } else { None };
             let mut out = vec![dx, dw];
             if needs.len() == 3 {
-                out.push(if needs[2] {
-                    Some(sum_rows(dev, RowView::of(dy, n), None)?)
-                } else {
-                    None
-                });
+                out.push(if needs[2] { Some(sum_rows(dev, RowView::of(dy, n), None)?) } else { None });
             }
             Ok(out)
         }))
@@ -64,9 +53,7 @@ impl Tape {
 
     pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
         let y = elementwise::add(&self.dev, &a.value, &b.value)?;
-        Ok(self.record(y, &[a, b], |_, dy, _| {
-            Ok(vec![Some(dy.clone()), Some(dy.clone())])
-        }))
+        Ok(self.record(y, &[a, b], |_, dy, _| Ok(vec![Some(dy.clone()), Some(dy.clone())])))
     }
 
     /// `x + v` with `v` repeated over the leading axes (`v`'s shape is a suffix of `x`'s).
@@ -86,25 +73,15 @@ impl Tape {
 
     pub fn scale(&self, x: &Var, alpha: f32) -> Result<Var> {
         let y = elementwise::scale(&self.dev, &x.value, alpha)?;
-        Ok(self.record(y, &[x], move |dev, dy, _| {
-            Ok(vec![Some(elementwise::scale(dev, dy, alpha)?)])
-        }))
+        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(elementwise::scale(dev, dy, alpha)?)])))
     }
 
     pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
         let y = elementwise::mul(&self.dev, &a.value, &b.value)?;
         let (av, bv) = (a.value.clone(), b.value.clone());
         Ok(self.record(y, &[a, b], move |dev, dy, needs| {
-            let da = if needs[0] {
-                Some(elementwise::mul(dev, dy, &bv)?)
-            } else {
-                None
-            };
-            let db = if needs[1] {
-                Some(elementwise::mul(dev, dy, &av)?)
-            } else {
-                None
-            };
+            let da = if needs[0] { Some(elementwise::mul(dev, dy, &bv)?) } else { None };
+            let db = if needs[1] { Some(elementwise::mul(dev, dy, &av)?) } else { None };
             Ok(vec![da, db])
         }))
     }
@@ -113,22 +90,17 @@ impl Tape {
     pub fn scale_rows(&self, x: &Var, s: &Tensor) -> Result<Var> {
         let y = elementwise::scale_rows(&self.dev, &x.value, s)?;
         let s = s.clone();
-        Ok(self.record(y, &[x], move |dev, dy, _| {
-            Ok(vec![Some(elementwise::scale_rows(dev, dy, &s)?)])
-        }))
+        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(elementwise::scale_rows(dev, dy, &s)?)])))
     }
 
     pub fn gelu(&self, x: &Var) -> Result<Var> {
         let y = gelu::gelu(&self.dev, &x.value)?;
         let xv = x.value.clone();
-        Ok(self.record(y, &[x], move |dev, dy, _| {
-            Ok(vec![Some(gelu::gelu_backward(dev, &xv, dy)?)])
-        }))
+        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(gelu::gelu_backward(dev, &xv, dy)?)])))
     }
 
     pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
-        let (y, stats) =
-            layernorm::layer_norm(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
+        let (y, stats) = layernorm::layer_norm(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
         let (xv, gv) = (x.value.clone(), gamma.value.clone());
         Ok(self.record(y, &[x, gamma, beta], move |dev, dy, _| {
             let (dx, dg, db) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy)?;
@@ -141,9 +113,7 @@ impl Tape {
         let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
         let qv = qkv.value.clone();
         Ok(self.record(out, &[qkv], move |dev, dout, _| {
-            Ok(vec![Some(attention::attention_backward(
-                dev, &qv, &probs, dout, heads,
-            )?)])
+            Ok(vec![Some(attention::attention_backward(dev, &qv, &probs, dout, heads)?)])
         }))
     }
 
@@ -153,9 +123,7 @@ impl Tape {
         let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
         let (qv, saved) = (qkv.value.clone(), probs.clone());
         let var = self.record(out, &[qkv], move |dev, dout, _| {
-            Ok(vec![Some(attention::attention_backward(
-                dev, &qv, &saved, dout, heads,
-            )?)])
+            Ok(vec![Some(attention::attention_backward(dev, &qv, &saved, dout, heads)?)])
         });
         Ok((var, probs))
     }
@@ -164,24 +132,16 @@ impl Tape {
     pub fn gather_rows(&self, x: &Var, idx: &Tensor) -> Result<Var> {
         let y = gather::gather_rows(&self.dev, &x.value, idx)?;
         let (idx, rows) = (idx.clone(), x.value.dim(1));
-        Ok(self.record(y, &[x], move |dev, dy, _| {
-            Ok(vec![Some(gather::scatter_add_rows(dev, dy, &idx, rows)?)])
-        }))
+        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(gather::scatter_add_rows(dev, dy, &idx, rows)?)])))
     }
 
     /// `[tok; x[b]]` for every sample: `[B, n, D]` → `[B, n+1, D]` (the cls token).
     pub fn prepend_token(&self, x: &Var, tok: &Var) -> Result<Var> {
         let [b, n, d] = *x.shape() else {
-            return Err(shape_err(
-                "prepend_token",
-                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
-            ));
+            return Err(shape_err("prepend_token", format!("tokens {:?} must be [batch, n, dim]", x.shape())));
         };
         if tok.value.numel() != d {
-            return Err(shape_err(
-                "prepend_token",
-                format!("token {:?} for tokens {:?}", tok.shape(), x.shape()),
-            ));
+            return Err(shape_err("prepend_token", format!("token {:?} for tokens {:?}", tok.shape(), x.shape())));
         }
         let out = elementwise::broadcast(&self.dev, &tok.value.reshape(&[d])?, &[b, n + 1, d])?;
         gather::copy_rows(&self.dev, &x.value, 0, &out, 1, n)?;
@@ -195,13 +155,7 @@ impl Tape {
                 None
             };
             let dtok = if needs[1] {
-                let rows = RowView {
-                    t: dy,
-                    rows: b,
-                    cols: d,
-                    stride: (n + 1) * d,
-                    offset: 0,
-                };
+                let rows = RowView { t: dy, rows: b, cols: d, stride: (n + 1) * d, offset: 0 };
                 Some(sum_rows(dev, rows, None)?.reshape(&tok_shape)?)
             } else {
                 None
@@ -214,35 +168,18 @@ impl Tape {
     /// output and fills every other row with `fill [D]` (the decoder's mask
     /// token). `fill_rows` `[B·rows]` is 1 on the filled rows, 0 elsewhere: it
     /// routes the fill token's gradient.
-    pub fn unshuffle(
-        &self,
-        x: &Var,
-        idx: &Tensor,
-        fill: &Var,
-        rows: usize,
-        fill_rows: &Tensor,
-    ) -> Result<Var> {
+    pub fn unshuffle(&self, x: &Var, idx: &Tensor, fill: &Var, rows: usize, fill_rows: &Tensor) -> Result<Var> {
         let [b, _, d] = *x.shape() else {
-            return Err(shape_err(
-                "unshuffle",
-                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
-            ));
+            return Err(shape_err("unshuffle", format!("tokens {:?} must be [batch, n, dim]", x.shape())));
         };
         if fill_rows.numel() != b * rows {
-            return Err(shape_err(
-                "unshuffle",
-                format!("fill mask {:?} for {b}×{rows} rows", fill_rows.shape()),
-            ));
+            return Err(shape_err("unshuffle", format!("fill mask {:?} for {b}×{rows} rows", fill_rows.shape())));
         }
         let out = elementwise::broadcast(&self.dev, &fill.value.reshape(&[d])?, &[b, rows, d])?;
         gather::scatter_rows(&self.dev, &x.value, 0, idx, &out, false)?;
         let (idx, mask, fill_shape) = (idx.clone(), fill_rows.clone(), fill.shape().to_vec());
         Ok(self.record(out, &[x, fill], move |dev, dy, needs| {
-            let dx = if needs[0] {
-                Some(gather::gather_rows(dev, dy, &idx)?)
-            } else {
-                None
-            };
+            let dx = if needs[0] { Some(gather::gather_rows(dev, dy, &idx)?) } else { None };
             let dfill = if needs[1] {
                 Some(sum_rows(dev, RowView::of(dy, d), Some(&mask))?.reshape(&fill_shape)?)
             } else {
@@ -259,9 +196,8 @@ impl Tape {
         let rows_loss = loss::mse_rows(&self.dev, &pred.value, target)?;
         let total = weighted_sums(&self.dev, &rows_loss, &w.reshape(&[1, w.numel()])?)?;
         let (pv, tv, wv) = (pred.value.clone(), target.clone(), w.clone());
-        let var = self.record(total, &[pred], move |dev, g, _| {
-            Ok(vec![Some(loss::mse_rows_backward(dev, &pv, &tv, &wv, g)?)])
-        });
+        let var = self
+            .record(total, &[pred], move |dev, g, _| Ok(vec![Some(loss::mse_rows_backward(dev, &pv, &tv, &wv, g)?)]));
         Ok((var, rows_loss))
     }
 
@@ -284,9 +220,7 @@ impl Tape {
         Ok(self.record(y, &[x], move |dev, g, _| {
             let ones = elementwise::full(dev, &shape, 1.0 / n as f32)?;
             let g1 = g.reshape(&[1])?;
-            Ok(vec![Some(
-                elementwise::scale_rows(dev, &ones.reshape(&[1, n])?, &g1)?.reshape(&shape)?,
-            )])
+            Ok(vec![Some(elementwise::scale_rows(dev, &ones.reshape(&[1, n])?, &g1)?.reshape(&shape)?)])
         }))
     }
 }
@@ -295,16 +229,10 @@ impl Tape {
     /// `x[:, 1:, :]`: drops the leading (cls) token of `[B, n, D]`.
     pub fn drop_first_token(&self, x: &Var) -> Result<Var> {
         let [b, n, d] = *x.shape() else {
-            return Err(shape_err(
-                "drop_first_token",
-                format!("tokens {:?} must be [batch, n, dim]", x.shape()),
-            ));
+            return Err(shape_err("drop_first_token", format!("tokens {:?} must be [batch, n, dim]", x.shape())));
         };
         if n == 0 {
-            return Err(shape_err(
-                "drop_first_token",
-                format!("tokens {:?} have no first token", x.shape()),
-            ));
+            return Err(shape_err("drop_first_token", format!("tokens {:?} have no first token", x.shape())));
         }
         let out = Tensor::uninit(&self.dev, &[b, n - 1, d], DType::F32)?;
         gather::copy_rows(&self.dev, &x.value, 1, &out, 0, n - 1)?;

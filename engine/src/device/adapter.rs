@@ -22,13 +22,8 @@ impl AdapterRequest {
             Ok(name) if !name.trim().is_empty() => Some(parse_backend(&name)?),
             _ => None,
         };
-        let name_contains = std::env::var("CMAE_ADAPTER")
-            .ok()
-            .filter(|s| !s.trim().is_empty());
-        Ok(Self {
-            backend,
-            name_contains,
-        })
+        let name_contains = std::env::var("CMAE_ADAPTER").ok().filter(|s| !s.trim().is_empty());
+        Ok(Self { backend, name_contains })
     }
 }
 
@@ -38,9 +33,9 @@ fn parse_backend(name: &str) -> Result<wgpu::Backends> {
         "metal" | "mtl" => Ok(wgpu::Backends::METAL),
         "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
         "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
-        other => Err(Error::NoAdapter(format!(
-            "CMAE_BACKEND={other:?} is not a backend: use vulkan, metal, dx12 or gl"
-        ))),
+        other => {
+            Err(Error::NoAdapter(format!("CMAE_BACKEND={other:?} is not a backend: use vulkan, metal, dx12 or gl")))
+        }
     }
 }
 
@@ -73,18 +68,11 @@ pub fn choose(instance: &wgpu::Instance, req: &AdapterRequest) -> Result<wgpu::A
     let matching: Vec<wgpu::Adapter> = adapters
         .into_iter()
         .filter(|a| match &req.name_contains {
-            Some(want) => a
-                .get_info()
-                .name
-                .to_lowercase()
-                .contains(&want.to_lowercase()),
+            Some(want) => a.get_info().name.to_lowercase().contains(&want.to_lowercase()),
             None => true,
         })
         .collect();
-    if let Some(best) = matching
-        .into_iter()
-        .max_by_key(|a| preference(&a.get_info()))
-    {
+    if let Some(best) = matching.into_iter().max_by_key(|a| preference(&a.get_info())) {
         return Ok(best);
     }
 
@@ -96,10 +84,9 @@ pub fn choose(instance: &wgpu::Instance, req: &AdapterRequest) -> Result<wgpu::A
         })
         .collect();
     let msg = match (&req.name_contains, req.backend) {
-        (Some(want), _) if !all.is_empty() => format!(
-            "no GPU adapter name contains CMAE_ADAPTER={want:?}; available: {}",
-            all.join(", ")
-        ),
+        (Some(want), _) if !all.is_empty() => {
+            format!("no GPU adapter name contains CMAE_ADAPTER={want:?}; available: {}", all.join(", "))
+        }
         (None, None) if !all.is_empty() => format!(
             "no Vulkan, Metal or DX12 adapter found, only {}; set CMAE_BACKEND=gl to use it, or {}",
             all.join(", "),
@@ -134,9 +121,6 @@ mod tests {
         assert_eq!(parse_backend("Vulkan").unwrap(), wgpu::Backends::VULKAN);
         assert_eq!(parse_backend("dx12").unwrap(), wgpu::Backends::DX12);
         let err = parse_backend("cuda").unwrap_err().to_string();
-        assert!(
-            err.contains("\"cuda\"") && err.contains("vulkan, metal, dx12 or gl"),
-            "{err}"
-        );
+        assert!(err.contains("\"cuda\"") && err.contains("vulkan, metal, dx12 or gl"), "{err}");
     }
 }

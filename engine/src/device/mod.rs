@@ -26,7 +26,8 @@ use profile::Profiler;
 /// Which matmul kernel family runs on this adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKind {
-    /// Register-blocked, no shared memory: fastest on CPU rasterisers (lavapipe).
+    /// Register-blocked straight from storage buffers, no shared memory:
+    /// fastest on CPU rasterisers (lavapipe), where shared memory does not pay.
     Register,
     /// Shared-memory tiles: fastest on real GPUs.
     Tiled,
@@ -194,10 +195,7 @@ impl Device {
 
     pub fn memory(&self) -> MemoryStats {
         let pool = lock(&self.inner.pool);
-        MemoryStats {
-            in_use_bytes: pool.in_use,
-            pooled_bytes: pool.pooled,
-        }
+        MemoryStats { in_use_bytes: pool.in_use, pooled_bytes: pool.pooled }
     }
 
     /// Releases pooled buffers back to the driver.
@@ -260,8 +258,7 @@ impl Device {
 
         let mut rec = lock(&self.inner.recorder);
         let offset = rec.reserve(self, param_size, align)?;
-        rec.arena[offset as usize..offset as usize + param_bytes.len()]
-            .copy_from_slice(param_bytes);
+        rec.arena[offset as usize..offset as usize + param_bytes.len()].copy_from_slice(param_bytes);
 
         let layout = pipeline.get_bind_group_layout(0);
         let mut entries = Vec::with_capacity(tensors.len() + 1);
@@ -283,14 +280,11 @@ impl Device {
                 }),
             });
         }
-        let bind_group = self
-            .inner
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(spec.label),
-                layout: &layout,
-                entries: &entries,
-            });
+        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.label),
+            layout: &layout,
+            entries: &entries,
+        });
         rec.record_dispatch(self, spec.label, &pipeline, &bind_group, groups)
     }
 
@@ -298,11 +292,7 @@ impl Device {
         let key = PipelineKey {
             shader: spec.shader.name,
             entry: spec.entry,
-            constants: spec
-                .constants
-                .iter()
-                .map(|&(n, v)| (n, v.to_bits()))
-                .collect(),
+            constants: spec.constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
         };
         if let Some(p) = lock(&self.inner.pipelines).get(&key) {
             return Ok(p.clone());
@@ -312,29 +302,24 @@ impl Device {
             modules
                 .entry(spec.shader.name)
                 .or_insert_with(|| {
-                    self.inner
-                        .device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(spec.shader.name),
-                            source: wgpu::ShaderSource::Wgsl(spec.shader.source.into()),
-                        })
+                    self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(spec.shader.name),
+                        source: wgpu::ShaderSource::Wgsl(spec.shader.source.into()),
+                    })
                 })
                 .clone()
         };
-        let pipeline =
-            self.inner
-                .device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(spec.label),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(spec.entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: spec.constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                });
+        let pipeline = self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(spec.label),
+            layout: None,
+            module: &module,
+            entry_point: Some(spec.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: spec.constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
         self.check_gpu_error()?;
         let pipeline = Arc::new(pipeline);
         lock(&self.inner.pipelines).insert(key, pipeline.clone());
@@ -354,12 +339,7 @@ impl Device {
         if data.len() as u64 != t.byte_len() {
             return Err(crate::error::shape_err(
                 "write",
-                format!(
-                    "{} bytes for a tensor of shape {:?} ({} bytes)",
-                    data.len(),
-                    t.shape(),
-                    t.byte_len()
-                ),
+                format!("{} bytes for a tensor of shape {:?} ({} bytes)", data.len(), t.shape(), t.byte_len()),
             ));
         }
         if data.is_empty() {
@@ -370,13 +350,7 @@ impl Device {
         rec.arena[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         rec.close_pass();
         let arena_buf = rec.arena_buf.clone();
-        rec.encoder(self).copy_buffer_to_buffer(
-            &arena_buf,
-            offset,
-            t.buffer(),
-            0,
-            data.len() as u64,
-        );
+        rec.encoder(self).copy_buffer_to_buffer(&arena_buf, offset, t.buffer(), 0, data.len() as u64);
         Ok(())
     }
 
@@ -385,17 +359,12 @@ impl Device {
         if bytes > src.byte_len() || bytes > dst.byte_len() || !bytes.is_multiple_of(4) {
             return Err(crate::error::shape_err(
                 "copy",
-                format!(
-                    "{bytes} bytes from {:?} into {:?}",
-                    src.shape(),
-                    dst.shape()
-                ),
+                format!("{bytes} bytes from {:?} into {:?}", src.shape(), dst.shape()),
             ));
         }
         let mut rec = lock(&self.inner.recorder);
         rec.close_pass();
-        rec.encoder(self)
-            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+        rec.encoder(self).copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
         Ok(())
     }
 
@@ -436,33 +405,22 @@ impl Device {
     pub fn read_later(&self, t: &Tensor) -> Result<PendingRead> {
         let bytes = t.byte_len().next_multiple_of(4).max(4);
         let class = pool::size_class(bytes);
-        let buffer = lock(&self.inner.readback_pool)
-            .get_mut(&class)
-            .and_then(Vec::pop)
-            .unwrap_or_else(|| {
-                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("cmae readback"),
-                    size: class,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            });
-        let slot = Arc::new(ReadSlot {
-            buffer,
-            len: t.byte_len(),
-            state: Mutex::new(MapState::Recorded),
+        let buffer = lock(&self.inner.readback_pool).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("cmae readback"),
+                size: class,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
+        let slot = Arc::new(ReadSlot { buffer, len: t.byte_len(), state: Mutex::new(MapState::Recorded) });
         let mut rec = lock(&self.inner.recorder);
         rec.close_pass();
         if t.byte_len() > 0 {
-            rec.encoder(self)
-                .copy_buffer_to_buffer(t.buffer(), 0, &slot.buffer, 0, bytes);
+            rec.encoder(self).copy_buffer_to_buffer(t.buffer(), 0, &slot.buffer, 0, bytes);
         }
         rec.to_map.push(slot.clone());
-        Ok(PendingRead {
-            device: self.clone(),
-            slot: Some(slot),
-        })
+        Ok(PendingRead { device: self.clone(), slot: Some(slot) })
     }
 
     /// Turns per-dispatch GPU timing on or off (needs TIMESTAMP_QUERY).
@@ -477,11 +435,7 @@ impl Device {
     pub fn take_profile(&self) -> Result<Vec<KernelTime>> {
         let mut rec = lock(&self.inner.recorder);
         rec.submit(self)?;
-        Ok(rec
-            .profiler
-            .as_mut()
-            .map(Profiler::take)
-            .unwrap_or_default())
+        Ok(rec.profiler.as_mut().map(Profiler::take).unwrap_or_default())
     }
 }
 
@@ -489,9 +443,7 @@ fn make_arena(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("cmae params+uploads"),
         size,
-        usage: wgpu::BufferUsages::UNIFORM
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
 }
@@ -503,11 +455,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Recorder {
     fn encoder(&mut self, dev: &Device) -> &mut wgpu::CommandEncoder {
         self.encoder.get_or_insert_with(|| {
-            dev.inner
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("cmae batch"),
-                })
+            dev.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cmae batch") })
         })
     }
 
@@ -546,10 +494,7 @@ impl Recorder {
         if !inside_pass {
             // Timestamps only at pass boundaries: give this dispatch a pass of its own.
             self.close_pass();
-            let (qs, first) = (
-                self.profiler.as_ref().unwrap().query_set.clone(),
-                query_pair.unwrap(),
-            );
+            let (qs, first) = (self.profiler.as_ref().unwrap().query_set.clone(), query_pair.unwrap());
             let encoder = self.encoder(dev);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(label),
@@ -566,10 +511,8 @@ impl Recorder {
         }
         if self.pass.is_none() {
             let encoder = self.encoder(dev);
-            let pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("cmae"),
-                timestamp_writes: None,
-            });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cmae"), timestamp_writes: None });
             self.pass = Some(pass.forget_lifetime());
         }
         let qs = self.profiler.as_ref().map(|p| p.query_set.clone());
@@ -593,18 +536,12 @@ impl Recorder {
         }
         if let Some(profiler) = self.profiler.as_mut() {
             let encoder = self.encoder.get_or_insert_with(|| {
-                dev.inner
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("cmae batch"),
-                    })
+                dev.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cmae batch") })
             });
             profiler.resolve(encoder);
         }
         if !self.arena.is_empty() {
-            dev.inner
-                .queue
-                .write_buffer(&self.arena_buf, 0, &self.arena);
+            dev.inner.queue.write_buffer(&self.arena_buf, 0, &self.arena);
             self.arena.clear();
         }
         let commands = self.encoder.take().map(|e| e.finish());
@@ -655,10 +592,7 @@ impl PendingRead {
 
     /// Blocks until the bytes are available (submitting the batch if needed).
     pub fn wait(mut self) -> Result<Vec<u8>> {
-        let recorded = self
-            .slot
-            .as_ref()
-            .is_some_and(|s| matches!(*lock(&s.state), MapState::Recorded));
+        let recorded = self.slot.as_ref().is_some_and(|s| matches!(*lock(&s.state), MapState::Recorded));
         if recorded {
             self.device.flush()?;
         }
@@ -686,20 +620,15 @@ impl PendingRead {
             }
         }
         let bytes = {
-            let view = slot
-                .buffer
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("reading a tensor back: {e}")))?;
+            let view =
+                slot.buffer.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading a tensor back: {e}")))?;
             view[..slot.len as usize].to_vec()
         };
         slot.buffer.unmap();
         let slot = self.slot.take().expect("checked above");
         if let Ok(slot) = Arc::try_unwrap(slot) {
             let class = slot.buffer.size();
-            lock(&self.device.inner.readback_pool)
-                .entry(class)
-                .or_default()
-                .push(slot.buffer);
+            lock(&self.device.inner.readback_pool).entry(class).or_default().push(slot.buffer);
         }
         Ok(Some(bytes))
     }

@@ -30,12 +30,7 @@ impl Device {
             Ok(start.elapsed().as_secs_f64() * 1e3)
         };
 
-        let spec = KernelSpec {
-            shader: &shaders::ELEMENTWISE,
-            entry: "fill",
-            constants: &[],
-            label: "fill",
-        };
+        let spec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "fill", constants: &[], label: "fill" };
         let pipeline = self.pipeline(&spec)?;
         let out = Tensor::uninit(self, &[ELEMS], crate::tensor::DType::F32)?;
         let params = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
@@ -45,32 +40,18 @@ impl Device {
             mapped_at_creation: false,
         });
         let words: [u32; 4] = [ELEMS as u32, 1, 1.0f32.to_bits(), 0];
-        self.inner
-            .queue
-            .write_buffer(&params, 0, bytemuck::cast_slice(&words));
-        let bind_group = self
-            .inner
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("overhead"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: out.buffer().as_entire_binding(),
-                    },
-                ],
-            });
+        self.inner.queue.write_buffer(&params, 0, bytemuck::cast_slice(&words));
+        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("overhead"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: out.buffer().as_entire_binding() },
+            ],
+        });
         let raw = || -> Result<f64> {
             let start = Instant::now();
-            let mut encoder = self
-                .inner
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            let mut encoder = self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                 pass.set_pipeline(&pipeline);
@@ -92,10 +73,7 @@ impl Device {
             engine_runs.push(engine()?);
             raw_runs.push(raw()?);
         }
-        Ok(DispatchOverhead {
-            engine_ms: median(&mut engine_runs),
-            raw_ms: median(&mut raw_runs),
-        })
+        Ok(DispatchOverhead { engine_ms: median(&mut engine_runs), raw_ms: median(&mut raw_runs) })
     }
 }
 

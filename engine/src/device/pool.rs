@@ -14,7 +14,7 @@ use std::collections::HashMap;
 /// The rounded size a request of `bytes` is served with.
 pub fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(16);
-    let octave = bytes.next_power_of_two();
+    let octave = 1u64 << bytes.ilog2();
     let step = (octave / 8).max(16);
     bytes.div_ceil(step) * step
 }
@@ -40,9 +40,7 @@ impl Pool {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("cmae tensor"),
             size: class,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -67,22 +65,7 @@ mod tests {
 
     #[test]
     fn classes_cover_the_request_and_waste_at_most_an_eighth() {
-        for bytes in [
-            1u64,
-            4,
-            15,
-            16,
-            17,
-            100,
-            255,
-            256,
-            257,
-            1000,
-            4097,
-            1 << 20,
-            (1 << 20) + 1,
-            123_456_789,
-        ] {
+        for bytes in [1u64, 4, 15, 16, 17, 100, 255, 256, 257, 1000, 4097, 1 << 20, (1 << 20) + 1, 123_456_789] {
             let c = size_class(bytes);
             assert!(c >= bytes && c.is_multiple_of(16), "{bytes} -> {c}");
             if bytes >= 128 {

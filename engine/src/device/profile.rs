@@ -92,10 +92,9 @@ impl Profiler {
         }
         let n = self.labels.len() as u64 * 2;
         let (tx, rx) = std::sync::mpsc::channel();
-        self.read_buf
-            .map_async(wgpu::MapMode::Read, ..n * 8, move |r| {
-                let _ = tx.send(r);
-            });
+        self.read_buf.map_async(wgpu::MapMode::Read, ..n * 8, move |r| {
+            let _ = tx.send(r);
+        });
         dev.wgpu_device()
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for timestamps: {e}")))?;
@@ -103,10 +102,7 @@ impl Profiler {
             .map_err(|e| Error::Gpu(e.to_string()))?
             .map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
         {
-            let view = self
-                .read_buf
-                .get_mapped_range(..n * 8)
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+            let view = self.read_buf.get_mapped_range(..n * 8).map_err(|e| Error::Gpu(e.to_string()))?;
             let ticks: &[u64] = bytemuck::cast_slice(&view);
             for (i, label) in self.labels.iter().enumerate() {
                 let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns;
@@ -124,11 +120,7 @@ impl Profiler {
         let mut out: Vec<KernelTime> = self
             .totals
             .drain()
-            .map(|(label, (dispatches, total_ms))| KernelTime {
-                label: label.to_string(),
-                dispatches,
-                total_ms,
-            })
+            .map(|(label, (dispatches, total_ms))| KernelTime { label: label.to_string(), dispatches, total_ms })
             .collect();
         out.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         out

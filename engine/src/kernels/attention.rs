@@ -26,93 +26,46 @@ struct Dims {
 fn dims(qkv: &Tensor, heads: usize) -> Result<Dims> {
     let op = "attention";
     let [b, t, d3] = qkv.shape() else {
-        return Err(shape_err(
-            op,
-            format!("qkv {:?} must be [batch, tokens, 3·dim]", qkv.shape()),
-        ));
+        return Err(shape_err(op, format!("qkv {:?} must be [batch, tokens, 3·dim]", qkv.shape())));
     };
     if heads == 0 || d3 % (3 * heads) != 0 {
-        return Err(shape_err(
-            op,
-            format!(
-                "qkv {:?} does not split into q, k, v of {heads} heads",
-                qkv.shape()
-            ),
-        ));
+        return Err(shape_err(op, format!("qkv {:?} does not split into q, k, v of {heads} heads", qkv.shape())));
     }
     let d = d3 / 3;
-    Ok(Dims {
-        b: *b,
-        t: *t,
-        d,
-        heads,
-        hd: d / heads,
-    })
+    Ok(Dims { b: *b, t: *t, d, heads, hd: d / heads })
 }
 
 impl Dims {
     /// Head h of part `part` (0 q, 1 k, 2 v) of the packed qkv tensor.
     fn qkv_view<'a>(&self, qkv: &'a Tensor, part: usize) -> MatView<'a> {
-        MatView {
-            t: qkv,
-            off: part * self.d,
-            row: 3 * self.d,
-            b0: self.t * 3 * self.d,
-            b1: self.hd,
-        }
+        MatView { t: qkv, off: part * self.d, row: 3 * self.d, b0: self.t * 3 * self.d, b1: self.hd }
     }
 
     /// Head h of a `[B, T, D]` tensor.
     fn head_view<'a>(&self, x: &'a Tensor) -> MatView<'a> {
-        MatView {
-            t: x,
-            off: 0,
-            row: self.d,
-            b0: self.t * self.d,
-            b1: self.hd,
-        }
+        MatView { t: x, off: 0, row: self.d, b0: self.t * self.d, b1: self.hd }
     }
 
     /// One `[T, T]` matrix per (batch, head) of a `[B·H, T, T]` tensor.
     fn scores_view<'a>(&self, s: &'a Tensor) -> MatView<'a> {
-        MatView {
-            t: s,
-            off: 0,
-            row: self.t,
-            b0: self.heads * self.t * self.t,
-            b1: self.t * self.t,
-        }
+        MatView { t: s, off: 0, row: self.t, b0: self.heads * self.t * self.t, b1: self.t * self.t }
     }
 
     fn scale(&self) -> f32 {
         (self.hd as f32).powf(-0.5)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One batched product over every (batch, head): `c = alpha·op(a)·op(b)`.
     fn matmul<'a>(
         &self,
-        a: MatView<'a>,
-        b: MatView<'a>,
-        c: MatView<'a>,
+        label: &'static str,
+        [a, b, c]: [MatView<'a>; 3],
         (m, n, k): (usize, usize, usize),
-        trans_a: bool,
-        trans_b: bool,
+        (trans_a, trans_b): (bool, bool),
         alpha: f32,
     ) -> Matmul<'a> {
-        Matmul {
-            a,
-            b,
-            c,
-            m,
-            n,
-            k,
-            outer: self.b,
-            heads: self.heads,
-            trans_a,
-            trans_b,
-            alpha,
-            bias: None,
-        }
+        let (outer, heads) = (self.b, self.heads);
+        Matmul { a, b, c, m, n, k, outer, heads, trans_a, trans_b, alpha, bias: None, label: Some(label) }
     }
 }
 
@@ -120,96 +73,35 @@ impl Dims {
 pub fn attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let s = dims(qkv, heads)?;
     let probs = Tensor::uninit(dev, &[s.b * s.heads, s.t, s.t], DType::F32)?;
-    s.matmul(
-        s.qkv_view(qkv, 0),
-        s.qkv_view(qkv, 1),
-        s.scores_view(&probs),
-        (s.t, s.t, s.hd),
-        false,
-        true,
-        s.scale(),
-    )
-    .run(dev)?;
+    let views = [s.qkv_view(qkv, 0), s.qkv_view(qkv, 1), s.scores_view(&probs)];
+    s.matmul("attn_qk", views, (s.t, s.t, s.hd), (false, true), s.scale()).run(dev)?;
     softmax_in_place(dev, &probs)?;
     let out = Tensor::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
-    s.matmul(
-        s.scores_view(&probs),
-        s.qkv_view(qkv, 2),
-        s.head_view(&out),
-        (s.t, s.hd, s.t),
-        false,
-        false,
-        1.0,
-    )
-    .run(dev)?;
+    let views = [s.scores_view(&probs), s.qkv_view(qkv, 2), s.head_view(&out)];
+    s.matmul("attn_pv", views, (s.t, s.hd, s.t), (false, false), 1.0).run(dev)?;
     Ok((out, probs))
 }
 
 /// Gradient w.r.t. the packed qkv, given the forward's `probs` and `dout`.
 ///
 /// dP = dO·Vᵀ,  dS = softmax′(P, dP),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dO
-pub fn attention_backward(
-    dev: &Device,
-    qkv: &Tensor,
-    probs: &Tensor,
-    dout: &Tensor,
-    heads: usize,
-) -> Result<Tensor> {
+pub fn attention_backward(dev: &Device, qkv: &Tensor, probs: &Tensor, dout: &Tensor, heads: usize) -> Result<Tensor> {
     let s = dims(qkv, heads)?;
     if dout.shape() != [s.b, s.t, s.d] || probs.shape() != [s.b * s.heads, s.t, s.t] {
-        return Err(shape_err(
-            "attention_backward",
-            format!(
-                "dout {:?} / probs {:?} for qkv {:?}",
-                dout.shape(),
-                probs.shape(),
-                qkv.shape()
-            ),
-        ));
+        let detail = format!("dout {:?} / probs {:?} for qkv {:?}", dout.shape(), probs.shape(), qkv.shape());
+        return Err(shape_err("attention_backward", detail));
     }
     let ds = Tensor::uninit(dev, probs.shape(), DType::F32)?;
-    s.matmul(
-        s.head_view(dout),
-        s.qkv_view(qkv, 2),
-        s.scores_view(&ds),
-        (s.t, s.t, s.hd),
-        false,
-        true,
-        1.0,
-    )
-    .run(dev)?;
+    let views = [s.head_view(dout), s.qkv_view(qkv, 2), s.scores_view(&ds)];
+    s.matmul("attn_dp", views, (s.t, s.t, s.hd), (false, true), 1.0).run(dev)?;
     softmax_backward_in_place(dev, probs, &ds)?;
     let dqkv = Tensor::uninit(dev, qkv.shape(), DType::F32)?;
     let scale = s.scale();
-    s.matmul(
-        s.scores_view(&ds),
-        s.qkv_view(qkv, 1),
-        s.qkv_view(&dqkv, 0),
-        (s.t, s.hd, s.t),
-        false,
-        false,
-        scale,
-    )
-    .run(dev)?;
-    s.matmul(
-        s.scores_view(&ds),
-        s.qkv_view(qkv, 0),
-        s.qkv_view(&dqkv, 1),
-        (s.t, s.hd, s.t),
-        true,
-        false,
-        scale,
-    )
-    .run(dev)?;
-    s.matmul(
-        s.scores_view(probs),
-        s.head_view(dout),
-        s.qkv_view(&dqkv, 2),
-        (s.t, s.hd, s.t),
-        true,
-        false,
-        1.0,
-    )
-    .run(dev)?;
+    let views = [s.scores_view(&ds), s.qkv_view(qkv, 1), s.qkv_view(&dqkv, 0)];
+    s.matmul("attn_dq", views, (s.t, s.hd, s.t), (false, false), scale).run(dev)?;
+    let views = [s.scores_view(&ds), s.qkv_view(qkv, 0), s.qkv_view(&dqkv, 1)];
+    s.matmul("attn_dk", views, (s.t, s.hd, s.t), (true, false), scale).run(dev)?;
+    let views = [s.scores_view(probs), s.head_view(dout), s.qkv_view(&dqkv, 2)];
+    s.matmul("attn_dv", views, (s.t, s.hd, s.t), (true, false), 1.0).run(dev)?;
     Ok(dqkv)
 }

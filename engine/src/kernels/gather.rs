@@ -22,36 +22,21 @@ struct Params {
 fn dims3(op: &'static str, name: &str, t: &Tensor) -> Result<[usize; 3]> {
     match t.shape() {
         [b, n, d] => Ok([*b, *n, *d]),
-        s => Err(shape_err(
-            op,
-            format!("{name} {s:?} must be [batch, rows, dim]"),
-        )),
+        s => Err(shape_err(op, format!("{name} {s:?} must be [batch, rows, dim]"))),
     }
 }
 
 fn index_dims(op: &'static str, idx: &Tensor, batch: usize) -> Result<usize> {
     match idx.shape() {
         [b, k] if *b == batch && idx.dtype() == DType::U32 => Ok(*k),
-        s => Err(shape_err(
-            op,
-            format!(
-                "indices {s:?} ({:?}) must be u32 [{batch}, keep]",
-                idx.dtype()
-            ),
-        )),
+        s => Err(shape_err(op, format!("indices {s:?} ({:?}) must be u32 [{batch}, keep]", idx.dtype()))),
     }
 }
 
 /// `out[b, out_off + k, :] = src[b, idx[b, k], :]` into an existing `out`.
 /// Index values must be `< src rows`; the wrapper cannot see them, so the
 /// masking code that builds them guarantees it.
-pub fn gather_rows_into(
-    dev: &Device,
-    src: &Tensor,
-    idx: &Tensor,
-    out: &Tensor,
-    out_off: usize,
-) -> Result<()> {
+pub fn gather_rows_into(dev: &Device, src: &Tensor, idx: &Tensor, out: &Tensor, out_off: usize) -> Result<()> {
     let op = "gather_rows";
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
@@ -60,11 +45,7 @@ pub fn gather_rows_into(
     if ob != b || od != d || out_off + k > on {
         return Err(shape_err(
             op,
-            format!(
-                "{k} rows from {:?} at row {out_off} of output {:?}",
-                src.shape(),
-                out.shape()
-            ),
+            format!("{k} rows from {:?} at row {out_off} of output {:?}", src.shape(), out.shape()),
         ));
     }
     let p = Params {
@@ -77,18 +58,8 @@ pub fn gather_rows_into(
         out_off: u32_of(op, out_off)?,
         add: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::GATHER,
-        entry: "gather_rows",
-        constants: &[],
-        label: "gather_rows",
-    };
-    dev.dispatch(
-        spec,
-        &p,
-        &[(1, src), (2, idx), (3, out)],
-        grid(b * k * d, 256),
-    )
+    let spec = KernelSpec { shader: &shaders::GATHER, entry: "gather_rows", constants: &[], label: "gather_rows" };
+    dev.dispatch(spec, &p, &[(1, src), (2, idx), (3, out)], grid(b * k * d, 256))
 }
 
 /// `src[b, idx[b, k], :]` for every k: shape `[B, keep, D]`.
@@ -102,32 +73,14 @@ pub fn gather_rows(dev: &Device, src: &Tensor, idx: &Tensor) -> Result<Tensor> {
 
 /// `out[b, idx[b, k], :] (+)= src[b, src_off + k, :]` for k < keep, in place.
 /// Indices must be distinct within a sample (masking indices are).
-pub fn scatter_rows(
-    dev: &Device,
-    src: &Tensor,
-    src_off: usize,
-    idx: &Tensor,
-    out: &Tensor,
-    add: bool,
-) -> Result<()> {
-    let op = if add {
-        "scatter_add_rows"
-    } else {
-        "scatter_rows"
-    };
+pub fn scatter_rows(dev: &Device, src: &Tensor, src_off: usize, idx: &Tensor, out: &Tensor, add: bool) -> Result<()> {
+    let op = if add { "scatter_add_rows" } else { "scatter_rows" };
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
     let k = index_dims(op, idx, b)?;
     let [ob, on, od] = dims3(op, "output", out)?;
     if ob != b || od != d || src_off + k > n {
-        return Err(shape_err(
-            op,
-            format!(
-                "{k} rows of {:?} from row {src_off} into {:?}",
-                src.shape(),
-                out.shape()
-            ),
-        ));
+        return Err(shape_err(op, format!("{k} rows of {:?} from row {src_off} into {:?}", src.shape(), out.shape())));
     }
     let p = Params {
         batch: u32_of(op, b)?,
@@ -139,18 +92,8 @@ pub fn scatter_rows(
         out_off: 0,
         add: u32::from(add),
     };
-    let spec = KernelSpec {
-        shader: &shaders::GATHER,
-        entry: "scatter_rows",
-        constants: &[],
-        label: op,
-    };
-    dev.dispatch(
-        spec,
-        &p,
-        &[(1, src), (2, idx), (3, out)],
-        grid(b * k * d, 256),
-    )
+    let spec = KernelSpec { shader: &shaders::GATHER, entry: "scatter_rows", constants: &[], label: op };
+    dev.dispatch(spec, &p, &[(1, src), (2, idx), (3, out)], grid(b * k * d, 256))
 }
 
 /// The gather's backward: zeros `[B, rows, D]` with `dy[b, k]` added at `idx[b, k]`.
@@ -162,14 +105,7 @@ pub fn scatter_add_rows(dev: &Device, dy: &Tensor, idx: &Tensor, rows: usize) ->
 }
 
 /// `out[b, out_off + k, :] = src[b, src_off + k, :]` for k < count, in place.
-pub fn copy_rows(
-    dev: &Device,
-    src: &Tensor,
-    src_off: usize,
-    out: &Tensor,
-    out_off: usize,
-    count: usize,
-) -> Result<()> {
+pub fn copy_rows(dev: &Device, src: &Tensor, src_off: usize, out: &Tensor, out_off: usize, count: usize) -> Result<()> {
     let op = "copy_rows";
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
@@ -177,11 +113,7 @@ pub fn copy_rows(
     if ob != b || od != d || src_off + count > n || out_off + count > on {
         return Err(shape_err(
             op,
-            format!(
-                "{count} rows from row {src_off} of {:?} to row {out_off} of {:?}",
-                src.shape(),
-                out.shape()
-            ),
+            format!("{count} rows from row {src_off} of {:?} to row {out_off} of {:?}", src.shape(), out.shape()),
         ));
     }
     let p = Params {
@@ -194,11 +126,6 @@ pub fn copy_rows(
         out_off: u32_of(op, out_off)?,
         add: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::GATHER,
-        entry: "copy_rows",
-        constants: &[],
-        label: op,
-    };
+    let spec = KernelSpec { shader: &shaders::GATHER, entry: "copy_rows", constants: &[], label: op };
     dev.dispatch(spec, &p, &[(1, src), (3, out)], grid(b * count * d, 256))
 }

@@ -19,41 +19,19 @@ struct Params {
 const PARAM_CHUNK: usize = 64;
 
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec {
-        shader: &shaders::LAYERNORM,
-        entry,
-        constants: &[],
-        label,
-    }
+    KernelSpec { shader: &shaders::LAYERNORM, entry, constants: &[], label }
 }
 
 fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Params, usize)> {
     let (rows, d) = rows_cols(op, x)?;
     if gamma.numel() != d {
-        return Err(shape_err(
-            op,
-            format!("weight {:?} for input {:?}", gamma.shape(), x.shape()),
-        ));
+        return Err(shape_err(op, format!("weight {:?} for input {:?}", gamma.shape(), x.shape())));
     }
-    Ok((
-        Params {
-            rows: u32_of(op, rows)?,
-            d: u32_of(op, d)?,
-            eps,
-            chunk: PARAM_CHUNK as u32,
-        },
-        rows,
-    ))
+    Ok((Params { rows: u32_of(op, rows)?, d: u32_of(op, d)?, eps, chunk: PARAM_CHUNK as u32 }, rows))
 }
 
 /// Returns `(y, stats)`; `stats` `[rows, 2]` holds (mean, 1/σ) for the backward.
-pub fn layer_norm(
-    dev: &Device,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
+pub fn layer_norm(dev: &Device, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (p, rows) = params("layer_norm", x, gamma, eps)?;
     same_shape("layer_norm", gamma, beta)?;
     let y = Tensor::uninit(dev, x.shape(), DType::F32)?;
@@ -79,10 +57,7 @@ pub fn layer_norm_backward(
     let (p, rows) = params(op, x, gamma, 0.0)?;
     same_shape(op, x, dy)?;
     if stats.numel() != rows * 2 {
-        return Err(shape_err(
-            op,
-            format!("stats {:?} for {rows} rows", stats.shape()),
-        ));
+        return Err(shape_err(op, format!("stats {:?} for {rows} rows", stats.shape())));
     }
     let d = p.d as usize;
     let dx = Tensor::uninit(dev, x.shape(), DType::F32)?;
@@ -100,27 +75,7 @@ pub fn layer_norm_backward(
         &[(1, x), (6, dy), (7, stats), (8, &partial)],
         grid(chunks * d, 64),
     )?;
-    let dgamma = sum_rows(
-        dev,
-        RowView {
-            t: &partial,
-            rows: chunks,
-            cols: d,
-            stride: 2 * d,
-            offset: 0,
-        },
-        None,
-    )?;
-    let dbeta = sum_rows(
-        dev,
-        RowView {
-            t: &partial,
-            rows: chunks,
-            cols: d,
-            stride: 2 * d,
-            offset: d,
-        },
-        None,
-    )?;
+    let dgamma = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d, offset: 0 }, None)?;
+    let dbeta = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d, offset: d }, None)?;
     Ok((dx, dgamma, dbeta))
 }

@@ -15,34 +15,18 @@ struct Params {
 }
 
 fn spec(entry: &'static str) -> KernelSpec<'static> {
-    KernelSpec {
-        shader: &shaders::LOSS,
-        entry,
-        constants: &[],
-        label: entry,
-    }
+    KernelSpec { shader: &shaders::LOSS, entry, constants: &[], label: entry }
 }
 
 fn params(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<(Params, usize, usize)> {
     same_shape(op, pred, target)?;
     let (rows, cols) = rows_cols(op, pred)?;
-    Ok((
-        Params {
-            rows: u32_of(op, rows)?,
-            cols: u32_of(op, cols)?,
-            _pad: [0; 2],
-        },
-        rows,
-        cols,
-    ))
+    Ok((Params { rows: u32_of(op, rows)?, cols: u32_of(op, cols)?, _pad: [0; 2] }, rows, cols))
 }
 
 fn check_weights(op: &'static str, w: &Tensor, rows: usize) -> Result<()> {
     if w.numel() != rows {
-        return Err(shape_err(
-            op,
-            format!("{} row weights for {rows} rows", w.numel()),
-        ));
+        return Err(shape_err(op, format!("{} row weights for {rows} rows", w.numel())));
     }
     Ok(())
 }
@@ -51,23 +35,12 @@ fn check_weights(op: &'static str, w: &Tensor, rows: usize) -> Result<()> {
 pub fn mse_rows(dev: &Device, pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     let (p, rows, _) = params("mse_rows", pred, target)?;
     let out = Tensor::uninit(dev, &[rows], DType::F32)?;
-    dev.dispatch(
-        spec("mse_rows"),
-        &p,
-        &[(1, pred), (2, target), (3, &out)],
-        grid(rows, 64),
-    )?;
+    dev.dispatch(spec("mse_rows"), &p, &[(1, pred), (2, target), (3, &out)], grid(rows, 64))?;
     Ok(out)
 }
 
 /// Gradient of `g · Σ_r w_r · mse_rows(pred, target)_r` w.r.t. `pred`; `g` is a 1-element tensor.
-pub fn mse_rows_backward(
-    dev: &Device,
-    pred: &Tensor,
-    target: &Tensor,
-    w: &Tensor,
-    g: &Tensor,
-) -> Result<Tensor> {
+pub fn mse_rows_backward(dev: &Device, pred: &Tensor, target: &Tensor, w: &Tensor, g: &Tensor) -> Result<Tensor> {
     let (p, rows, cols) = params("mse_rows_backward", pred, target)?;
     check_weights("mse_rows_backward", w, rows)?;
     let out = Tensor::uninit(dev, pred.shape(), DType::F32)?;
@@ -84,23 +57,12 @@ pub fn mse_rows_backward(
 pub fn xent_rows(dev: &Device, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let (p, rows, _) = params("xent_rows", logits, target)?;
     let out = Tensor::uninit(dev, &[rows], DType::F32)?;
-    dev.dispatch(
-        spec("xent_rows"),
-        &p,
-        &[(1, logits), (2, target), (3, &out)],
-        grid(rows, 64),
-    )?;
+    dev.dispatch(spec("xent_rows"), &p, &[(1, logits), (2, target), (3, &out)], grid(rows, 64))?;
     Ok(out)
 }
 
 /// Gradient of `g · Σ_r w_r · xent_rows(logits, target)_r` w.r.t. `logits`.
-pub fn xent_rows_backward(
-    dev: &Device,
-    logits: &Tensor,
-    target: &Tensor,
-    w: &Tensor,
-    g: &Tensor,
-) -> Result<Tensor> {
+pub fn xent_rows_backward(dev: &Device, logits: &Tensor, target: &Tensor, w: &Tensor, g: &Tensor) -> Result<Tensor> {
     let (p, rows, _) = params("xent_rows_backward", logits, target)?;
     check_weights("xent_rows_backward", w, rows)?;
     let out = Tensor::uninit(dev, logits.shape(), DType::F32)?;
@@ -121,10 +83,7 @@ pub fn smoothed_targets(labels: &[u32], classes: usize, smoothing: f32) -> Resul
     for (r, &l) in labels.iter().enumerate() {
         let l = l as usize;
         if l >= classes {
-            return Err(shape_err(
-                "smoothed_targets",
-                format!("label {l} with {classes} classes"),
-            ));
+            return Err(shape_err("smoothed_targets", format!("label {l} with {classes} classes")));
         }
         t[r * classes + l] += 1.0 - smoothing;
     }

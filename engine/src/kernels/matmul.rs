@@ -21,13 +21,7 @@ pub struct MatView<'a> {
 impl<'a> MatView<'a> {
     /// A contiguous `[rows, row]` matrix per batch, batches one after another.
     pub fn contiguous(t: &'a Tensor, row: usize, batch_stride: usize) -> Self {
-        Self {
-            t,
-            off: 0,
-            row,
-            b0: batch_stride,
-            b1: 0,
-        }
+        Self { t, off: 0, row, b0: batch_stride, b1: 0 }
     }
 }
 
@@ -47,6 +41,8 @@ pub struct Matmul<'a> {
     pub trans_b: bool,
     pub alpha: f32,
     pub bias: Option<&'a Tensor>,
+    /// Profile label; None names it by its transposes (`matmul_nt`, …).
+    pub label: Option<&'static str>,
 }
 
 #[repr(C)]
@@ -62,36 +58,20 @@ struct MatmulParams {
     alpha: f32,
     has_bias: u32,
     bias_off: u32,
-    _pad: u32,
+    batches: u32,
 }
 
 /// Largest flat index a view touches, or None for an empty matrix.
-fn last_index(
-    v: &MatView<'_>,
-    rows: usize,
-    cols: usize,
-    outer: usize,
-    heads: usize,
-) -> Option<usize> {
+fn last_index(v: &MatView<'_>, rows: usize, cols: usize, outer: usize, heads: usize) -> Option<usize> {
     if rows == 0 || cols == 0 || outer == 0 || heads == 0 {
         return None;
     }
     Some(v.off + (outer - 1) * v.b0 + (heads - 1) * v.b1 + (rows - 1) * v.row + cols - 1)
 }
 
-fn check_view(
-    op: &'static str,
-    name: &str,
-    v: &MatView<'_>,
-    rows: usize,
-    cols: usize,
-    mm: &Matmul<'_>,
-) -> Result<()> {
+fn check_view(op: &'static str, name: &str, v: &MatView<'_>, rows: usize, cols: usize, mm: &Matmul<'_>) -> Result<()> {
     if v.t.dtype() != DType::F32 {
-        return Err(shape_err(
-            op,
-            format!("{name} must be f32, got {:?}", v.t.dtype()),
-        ));
+        return Err(shape_err(op, format!("{name} must be f32, got {:?}", v.t.dtype())));
     }
     if let Some(last) = last_index(v, rows, cols, mm.outer, mm.heads)
         && last >= v.t.numel()
@@ -118,36 +98,18 @@ impl Matmul<'_> {
     pub fn run(&self, dev: &Device) -> Result<()> {
         let op = "matmul";
         // Stored extents of A and B ([rows, cols] as laid out in memory).
-        let (a_rows, a_cols) = if self.trans_a {
-            (self.k, self.m)
-        } else {
-            (self.m, self.k)
-        };
-        let (b_rows, b_cols) = if self.trans_b {
-            (self.n, self.k)
-        } else {
-            (self.k, self.n)
-        };
+        let (a_rows, a_cols) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
+        let (b_rows, b_cols) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
         check_view(op, "A", &self.a, a_rows, a_cols, self)?;
         check_view(op, "B", &self.b, b_rows, b_cols, self)?;
         check_view(op, "C", &self.c, self.m, self.n, self)?;
         if self.a.row < a_cols || self.b.row < b_cols || self.c.row < self.n {
-            return Err(shape_err(
-                op,
-                "a row stride is smaller than the row it holds",
-            ));
+            return Err(shape_err(op, "a row stride is smaller than the row it holds"));
         }
         if let Some(bias) = self.bias
             && bias.numel() != self.n
         {
-            return Err(shape_err(
-                op,
-                format!(
-                    "bias {:?} for an output of {} columns",
-                    bias.shape(),
-                    self.n
-                ),
-            ));
+            return Err(shape_err(op, format!("bias {:?} for an output of {} columns", bias.shape(), self.n)));
         }
         if self.m == 0 || self.n == 0 || self.outer * self.heads == 0 {
             return Ok(());
@@ -172,45 +134,54 @@ impl Matmul<'_> {
             alpha: self.alpha,
             has_bias: u32::from(self.bias.is_some()),
             bias_off: 0,
-            _pad: 0,
+            batches: to_u32(self.outer * self.heads)?,
         };
-        let bias = self.bias.unwrap_or(self.b.t);
-        let batches = to_u32(self.outer * self.heads)?;
-        let bindings = [(1, self.a.t), (2, self.b.t), (3, bias), (4, self.c.t)];
-        let trans_consts = [
-            ("TRANS_A", f64::from(u8::from(self.trans_a))),
-            ("TRANS_B", f64::from(u8::from(self.trans_b))),
-        ];
+        let label = self.label.unwrap_or(label(self.trans_a, self.trans_b));
         match dev.matmul_kind() {
-            MatmulKind::Register => {
-                let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
-                    && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
-                let constants = [
-                    trans_consts[0],
-                    trans_consts[1],
-                    ("VEC", f64::from(u8::from(vec_ok))),
-                ];
-                let spec = KernelSpec {
-                    shader: &shaders::MATMUL_REGISTER,
-                    entry: "main",
-                    constants: &constants,
-                    label: label(self.trans_a, self.trans_b),
-                };
-                let groups = [params.n.div_ceil(128), params.m.div_ceil(64), batches];
-                dev.dispatch(spec, &params, &bindings, groups)
-            }
+            MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label),
             MatmulKind::Tiled => {
                 let spec = KernelSpec {
                     shader: &shaders::MATMUL_TILED,
                     entry: "main",
-                    constants: &trans_consts,
-                    label: label(self.trans_a, self.trans_b),
+                    constants: &self.trans_constants(),
+                    label,
                 };
-                let groups = [params.n.div_ceil(64), params.m.div_ceil(64), batches];
-                dev.dispatch(spec, &params, &bindings, groups)
+                let groups = [params.n.div_ceil(64), params.m.div_ceil(64), params.batches];
+                dev.dispatch(spec, &params, &self.bindings(), groups)
             }
         }
     }
+
+    fn trans_constants(&self) -> [(&'static str, f64); 2] {
+        [("TRANS_A", f64::from(u8::from(self.trans_a))), ("TRANS_B", f64::from(u8::from(self.trans_b)))]
+    }
+
+    fn bindings(&self) -> [(u32, &Tensor); 4] {
+        [(1, self.a.t), (2, self.b.t), (3, self.bias.unwrap_or(self.b.t)), (4, self.c.t)]
+    }
+
+    fn run_register(
+        &self,
+        dev: &Device,
+        params: &MatmulParams,
+        (a_cols, b_cols): (usize, usize),
+        label: &'static str,
+    ) -> Result<()> {
+        let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
+            && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
+        let [ta, tb] = self.trans_constants();
+        let constants = [ta, tb, ("VEC", f64::from(u8::from(vec_ok)))];
+        let spec = KernelSpec { shader: &shaders::MATMUL_REGISTER, entry: "main", constants: &constants, label };
+        let blocks = u64::from(params.m.div_ceil(8)) * u64::from(params.n.div_ceil(16)) * u64::from(params.batches);
+        dev.dispatch(spec, params, &self.bindings(), flat_groups(dev, blocks.div_ceil(64)))
+    }
+}
+
+/// Workgroups for a flat block count, spilling into y past the per-dimension limit.
+fn flat_groups(dev: &Device, groups: u64) -> [u32; 3] {
+    let max = u64::from(dev.limits().max_compute_workgroups_per_dimension);
+    let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+    [x as u32, y as u32, 1]
 }
 
 fn label(trans_a: bool, trans_b: bool) -> &'static str {
@@ -223,34 +194,17 @@ fn label(trans_a: bool, trans_b: bool) -> &'static str {
 }
 
 /// `op(a)·op(b)` for 2-D tensors, or batched 3-D tensors `[batch, ·, ·]`.
-pub fn matmul(
-    dev: &Device,
-    a: &Tensor,
-    b: &Tensor,
-    trans_a: bool,
-    trans_b: bool,
-) -> Result<Tensor> {
+pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
     let op = "matmul";
     let (batch, a2, b2) = match (a.shape(), b.shape()) {
         ([r, c], [r2, c2]) => (1, [*r, *c], [*r2, *c2]),
         ([n, r, c], [n2, r2, c2]) if n == n2 => (*n, [*r, *c], [*r2, *c2]),
         (sa, sb) => {
-            return Err(shape_err(
-                op,
-                format!("A {sa:?} and B {sb:?} must both be 2-D or 3-D with the same batch"),
-            ));
+            return Err(shape_err(op, format!("A {sa:?} and B {sb:?} must both be 2-D or 3-D with the same batch")));
         }
     };
-    let (m, ka) = if trans_a {
-        (a2[1], a2[0])
-    } else {
-        (a2[0], a2[1])
-    };
-    let (kb, n) = if trans_b {
-        (b2[1], b2[0])
-    } else {
-        (b2[0], b2[1])
-    };
+    let (m, ka) = if trans_a { (a2[1], a2[0]) } else { (a2[0], a2[1]) };
+    let (kb, n) = if trans_b { (b2[1], b2[0]) } else { (b2[0], b2[1]) };
     if ka != kb {
         return Err(shape_err(
             op,
@@ -263,11 +217,7 @@ pub fn matmul(
             ),
         ));
     }
-    let shape = if a.shape().len() == 3 {
-        vec![batch, m, n]
-    } else {
-        vec![m, n]
-    };
+    let shape = if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] };
     let c = Tensor::uninit(dev, &shape, DType::F32)?;
     Matmul {
         a: MatView::contiguous(a, a2[1], a2[0] * a2[1]),
@@ -282,6 +232,7 @@ pub fn matmul(
         trans_b,
         alpha: 1.0,
         bias: None,
+        label: None,
     }
     .run(dev)?;
     Ok(c)
@@ -296,20 +247,10 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
     let op = "linear";
     let k = x.dim(-1);
     let [n, wk] = w.shape() else {
-        return Err(shape_err(
-            op,
-            format!("weight {:?} must be 2-D [out, in]", w.shape()),
-        ));
+        return Err(shape_err(op, format!("weight {:?} must be 2-D [out, in]", w.shape())));
     };
     if *wk != k {
-        return Err(shape_err(
-            op,
-            format!(
-                "input {:?} does not match weight {:?} (in = {wk})",
-                x.shape(),
-                w.shape()
-            ),
-        ));
+        return Err(shape_err(op, format!("input {:?} does not match weight {:?} (in = {wk})", x.shape(), w.shape())));
     }
     let rows = x.numel() / k.max(1);
     let mut shape = x.shape().to_vec();
@@ -328,6 +269,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
         trans_b: true,
         alpha: 1.0,
         bias: b,
+        label: None,
     }
     .run(dev)?;
     Ok(y)

@@ -36,14 +36,7 @@ struct Params {
 }
 
 /// Updates `param`, `m` and `v` in place.
-pub fn adamw(
-    dev: &Device,
-    param: &Tensor,
-    grad: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    s: AdamWStep,
-) -> Result<()> {
+pub fn adamw(dev: &Device, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, s: AdamWStep) -> Result<()> {
     for t in [grad, m, v] {
         same_shape("adamw", param, t)?;
     }
@@ -61,16 +54,6 @@ pub fn adamw(
         bias_c2_sqrt: (1.0 - f64::from(s.beta2).powf(step)).sqrt() as f32,
         grad_scale: s.grad_scale,
     };
-    let spec = KernelSpec {
-        shader: &shaders::OPTIM,
-        entry: "adamw",
-        constants: &[],
-        label: "adamw",
-    };
-    dev.dispatch(
-        spec,
-        &p,
-        &[(1, grad), (2, param), (3, m), (4, v)],
-        grid(param.numel(), 256),
-    )
+    let spec = KernelSpec { shader: &shaders::OPTIM, entry: "adamw", constants: &[], label: "adamw" };
+    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, m), (4, v)], grid(param.numel(), 256))
 }

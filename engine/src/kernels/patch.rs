@@ -32,19 +32,10 @@ pub enum PatchOrder {
 pub fn patchify(dev: &Device, imgs: &Tensor, psize: usize, order: PatchOrder) -> Result<Tensor> {
     let op = "patchify";
     let [b, c, h, w] = imgs.shape() else {
-        return Err(shape_err(
-            op,
-            format!("images {:?} must be [B, C, H, W]", imgs.shape()),
-        ));
+        return Err(shape_err(op, format!("images {:?} must be [B, C, H, W]", imgs.shape())));
     };
     if h != w || psize == 0 || h % psize != 0 {
-        return Err(shape_err(
-            op,
-            format!(
-                "images {:?} are not square multiples of patch {psize}",
-                imgs.shape()
-            ),
-        ));
+        return Err(shape_err(op, format!("images {:?} are not square multiples of patch {psize}", imgs.shape())));
     }
     let g = h / psize;
     let out = Tensor::uninit(dev, &[*b, g * g, psize * psize * c], DType::F32)?;
@@ -58,12 +49,7 @@ pub fn patchify(dev: &Device, imgs: &Tensor, psize: usize, order: PatchOrder) ->
         cols: 0,
         _pad: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::PATCH,
-        entry: "patchify",
-        constants: &[],
-        label: "patchify",
-    };
+    let spec = KernelSpec { shader: &shaders::PATCH, entry: "patchify", constants: &[], label: "patchify" };
     dev.dispatch(spec, &p, &[(1, imgs), (2, &out)], grid(out.numel(), 256))?;
     Ok(out)
 }
@@ -82,11 +68,6 @@ pub fn norm_pix_in_place(dev: &Device, patches: &Tensor) -> Result<()> {
         cols: u32_of(op, cols)?,
         _pad: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::PATCH,
-        entry: "norm_pix",
-        constants: &[],
-        label: "norm_pix",
-    };
+    let spec = KernelSpec { shader: &shaders::PATCH, entry: "norm_pix", constants: &[], label: "norm_pix" };
     dev.dispatch(spec, &p, &[(2, patches)], grid(rows, 64))
 }

@@ -34,13 +34,7 @@ pub struct RowView<'a> {
 impl<'a> RowView<'a> {
     /// All rows of a tensor viewed as `[numel / cols, cols]`.
     pub fn of(t: &'a Tensor, cols: usize) -> Self {
-        Self {
-            t,
-            rows: t.numel() / cols.max(1),
-            cols,
-            stride: cols,
-            offset: 0,
-        }
+        Self { t, rows: t.numel() / cols.max(1), cols, stride: cols, offset: 0 }
     }
 }
 
@@ -50,22 +44,13 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
     if x.rows > 0 && x.offset + (x.rows - 1) * x.stride + x.cols > x.t.numel() {
         return Err(shape_err(
             op,
-            format!(
-                "{} rows of {} (stride {}) exceed {:?}",
-                x.rows,
-                x.cols,
-                x.stride,
-                x.t.shape()
-            ),
+            format!("{} rows of {} (stride {}) exceed {:?}", x.rows, x.cols, x.stride, x.t.shape()),
         ));
     }
     if let Some(w) = weights
         && w.numel() != x.rows
     {
-        return Err(shape_err(
-            op,
-            format!("{} row weights for {} rows", w.numel(), x.rows),
-        ));
+        return Err(shape_err(op, format!("{} row weights for {} rows", w.numel(), x.rows)));
     }
     if x.rows == 0 {
         return super::elementwise::full(dev, &[x.cols], 0.0);
@@ -73,17 +58,7 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
     let mut cur = pass(dev, x, weights)?;
     while cur.dim(0) > 1 {
         let rows = cur.dim(0);
-        cur = pass(
-            dev,
-            RowView {
-                t: &cur,
-                rows,
-                cols: x.cols,
-                stride: x.cols,
-                offset: 0,
-            },
-            None,
-        )?;
+        cur = pass(dev, RowView { t: &cur, rows, cols: x.cols, stride: x.cols, offset: 0 }, None)?;
     }
     cur.reshape(&[x.cols])
 }
@@ -101,18 +76,8 @@ fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Result<Tensor
         weighted: u32::from(weights.is_some()),
         _pad: [0; 2],
     };
-    let spec = KernelSpec {
-        shader: &shaders::REDUCE,
-        entry: "sum_rows",
-        constants: &[],
-        label: "sum_rows",
-    };
-    dev.dispatch(
-        spec,
-        &p,
-        &[(1, x.t), (2, weights.unwrap_or(x.t)), (3, &out)],
-        grid(chunks * x.cols, 64),
-    )?;
+    let spec = KernelSpec { shader: &shaders::REDUCE, entry: "sum_rows", constants: &[], label: "sum_rows" };
+    dev.dispatch(spec, &p, &[(1, x.t), (2, weights.unwrap_or(x.t)), (3, &out)], grid(chunks * x.cols, 64))?;
     Ok(out)
 }
 
@@ -121,16 +86,10 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let op = "weighted_sums";
     let n = x.numel();
     let [s, wn] = w.shape() else {
-        return Err(shape_err(
-            op,
-            format!("weights {:?} must be [sums, n]", w.shape()),
-        ));
+        return Err(shape_err(op, format!("weights {:?} must be [sums, n]", w.shape())));
     };
     if *wn != n {
-        return Err(shape_err(
-            op,
-            format!("weights {:?} for {n} values {:?}", w.shape(), x.shape()),
-        ));
+        return Err(shape_err(op, format!("weights {:?} for {n} values {:?}", w.shape(), x.shape())));
     }
     let out = Tensor::uninit(dev, &[*s], DType::F32)?;
     let p = Params {
@@ -142,17 +101,7 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         weighted: 1,
         _pad: [0; 2],
     };
-    let spec = KernelSpec {
-        shader: &shaders::REDUCE,
-        entry: "weighted_sums",
-        constants: &[],
-        label: "weighted_sums",
-    };
-    dev.dispatch(
-        spec,
-        &p,
-        &[(1, x), (2, w), (3, &out)],
-        [u32_of(op, *s)?, 1, 1],
-    )?;
+    let spec = KernelSpec { shader: &shaders::REDUCE, entry: "weighted_sums", constants: &[], label: "weighted_sums" };
+    dev.dispatch(spec, &p, &[(1, x), (2, w), (3, &out)], [u32_of(op, *s)?, 1, 1])?;
     Ok(out)
 }

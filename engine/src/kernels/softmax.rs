@@ -16,25 +16,13 @@ struct Params {
 
 fn params(op: &'static str, t: &Tensor) -> Result<(Params, usize)> {
     let (rows, cols) = rows_cols(op, t)?;
-    Ok((
-        Params {
-            rows: u32_of(op, rows)?,
-            cols: u32_of(op, cols)?,
-            _pad: [0; 2],
-        },
-        rows,
-    ))
+    Ok((Params { rows: u32_of(op, rows)?, cols: u32_of(op, cols)?, _pad: [0; 2] }, rows))
 }
 
 /// Replaces each row of `s` (last axis) by its softmax.
 pub fn softmax_in_place(dev: &Device, s: &Tensor) -> Result<()> {
     let (p, rows) = params("softmax", s)?;
-    let spec = KernelSpec {
-        shader: &shaders::SOFTMAX,
-        entry: "forward",
-        constants: &[],
-        label: "softmax",
-    };
+    let spec = KernelSpec { shader: &shaders::SOFTMAX, entry: "forward", constants: &[], label: "softmax" };
     dev.dispatch(spec, &p, &[(1, s)], grid(rows, 64))
 }
 
@@ -43,11 +31,6 @@ pub fn softmax_in_place(dev: &Device, s: &Tensor) -> Result<()> {
 pub fn softmax_backward_in_place(dev: &Device, probs: &Tensor, dp: &Tensor) -> Result<()> {
     same_shape("softmax_backward", probs, dp)?;
     let (p, rows) = params("softmax_backward", dp)?;
-    let spec = KernelSpec {
-        shader: &shaders::SOFTMAX,
-        entry: "backward",
-        constants: &[],
-        label: "softmax_backward",
-    };
+    let spec = KernelSpec { shader: &shaders::SOFTMAX, entry: "backward", constants: &[], label: "softmax_backward" };
     dev.dispatch(spec, &p, &[(1, dp), (2, probs)], grid(rows, 64))
 }

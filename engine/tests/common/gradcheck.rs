@@ -21,51 +21,25 @@ pub struct Input {
 
 impl Input {
     pub fn random(name: &'static str, shape: &[usize], seed: u64) -> Self {
-        Self {
-            name,
-            data: rand_vec(shape.iter().product(), seed),
-            shape: shape.to_vec(),
-        }
+        Self { name, data: rand_vec(shape.iter().product(), seed), shape: shape.to_vec() }
     }
 }
 
 /// Checks d mean(r∘f(inputs)) / d input for every input.
 /// `gpu` builds f on the tape; `cpu` evaluates f in f64.
-pub fn check(
-    what: &str,
-    inputs: &[Input],
-    gpu: impl Fn(&Tape, &[Var]) -> Var,
-    cpu: impl Fn(&[Vec<f64>]) -> Vec<f64>,
-) {
+pub fn check(what: &str, inputs: &[Input], gpu: impl Fn(&Tape, &[Var]) -> Var, cpu: impl Fn(&[Vec<f64>]) -> Vec<f64>) {
     let d = dev();
     let base: Vec<Vec<f64>> = inputs.iter().map(|i| to64(&i.data)).collect();
     let n_out = cpu(&base).len();
     let r = rand_vec(n_out, 4242);
-    let loss64 = |xs: &[Vec<f64>]| -> f64 {
-        cpu(xs)
-            .iter()
-            .zip(&r)
-            .map(|(y, r)| y * f64::from(*r))
-            .sum::<f64>()
-            / n_out as f64
-    };
+    let loss64 =
+        |xs: &[Vec<f64>]| -> f64 { cpu(xs).iter().zip(&r).map(|(y, r)| y * f64::from(*r)).sum::<f64>() / n_out as f64 };
 
     let tape = Tape::new(d);
-    let tensors: Vec<Tensor> = inputs
-        .iter()
-        .map(|i| Tensor::from_f32(d, &i.data, &i.shape).unwrap())
-        .collect();
-    let vars: Vec<Var> = inputs
-        .iter()
-        .zip(&tensors)
-        .map(|(i, t)| tape.param(i.name, t))
-        .collect();
+    let tensors: Vec<Tensor> = inputs.iter().map(|i| Tensor::from_f32(d, &i.data, &i.shape).unwrap()).collect();
+    let vars: Vec<Var> = inputs.iter().zip(&tensors).map(|(i, t)| tape.param(i.name, t)).collect();
     let y = gpu(&tape, &vars);
-    assert_eq!(
-        y.value().numel(),
-        n_out,
-        "{what}: GPU and CPU outputs differ in size"
-    );
+    assert_eq!(y.value().numel(), n_out, "{what}: GPU and CPU outputs differ in size");
     let rt = tape.constant(Tensor::from_f32(d, &r, y.shape()).unwrap());
     let loss = tape.mean(&tape.mul(&y, &rt).unwrap()).unwrap();
     let mut grads = Gradients::default();
@@ -74,23 +48,13 @@ pub fn check(
     // The forward loss itself must agree before gradients mean anything.
     let got_loss = f64::from(loss.value().to_vec_f32(d).unwrap()[0]);
     let want_loss = loss64(&base);
-    assert!(
-        (got_loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1e-2),
-        "{what}: loss {got_loss} vs {want_loss}"
-    );
+    assert!((got_loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1e-2), "{what}: loss {got_loss} vs {want_loss}");
 
     let h = 1e-6;
     for (k, input) in inputs.iter().enumerate() {
-        let g = grads
-            .get(input.name)
-            .unwrap_or_else(|| panic!("{what}: no gradient for {}", input.name));
+        let g = grads.get(input.name).unwrap_or_else(|| panic!("{what}: no gradient for {}", input.name));
         let got = g.to_vec_f32(d).unwrap();
-        assert_eq!(
-            got.len(),
-            input.data.len(),
-            "{what}: gradient size of {}",
-            input.name
-        );
+        assert_eq!(got.len(), input.data.len(), "{what}: gradient size of {}", input.name);
         // Every element for small inputs, an even sample of 64 for large ones.
         let step = (input.data.len() / 64).max(1);
         let idx: Vec<usize> = (0..input.data.len()).step_by(step).collect();

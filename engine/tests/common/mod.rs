@@ -37,11 +37,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let diff = (f64::from(g) - w).abs();
-        let err = if diff == 0.0 {
-            0.0
-        } else {
-            diff / (atol + rtol * w.abs())
-        };
+        let err = if diff == 0.0 { 0.0 } else { diff / (atol + rtol * w.abs()) };
         if err.is_nan() || err > worst.0 {
             worst = (err, i);
         }

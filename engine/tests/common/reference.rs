@@ -6,14 +6,7 @@ pub fn to64(v: &[f32]) -> Vec<f64> {
 }
 
 /// y[r, n] = Σ_k x[r, k]·w[n, k] + b[n]
-pub fn linear(
-    x: &[f64],
-    w: &[f64],
-    b: Option<&[f64]>,
-    rows: usize,
-    inp: usize,
-    out: usize,
-) -> Vec<f64> {
+pub fn linear(x: &[f64], w: &[f64], b: Option<&[f64]>, rows: usize, inp: usize, out: usize) -> Vec<f64> {
     let mut y = vec![0.0; rows * out];
     for r in 0..rows {
         for n in 0..out {
@@ -28,9 +21,7 @@ pub fn linear(
 }
 
 pub fn gelu(x: &[f64]) -> Vec<f64> {
-    x.iter()
-        .map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))
-        .collect()
+    x.iter().map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))).collect()
 }
 
 pub fn layer_norm(x: &[f64], g: &[f64], b: &[f64], d: usize, eps: f64) -> Vec<f64> {
@@ -63,24 +54,16 @@ pub fn attention(qkv: &[f64], b: usize, t: usize, d: usize, heads: usize) -> Vec
     let hd = d / heads;
     let scale = (hd as f64).powf(-0.5);
     let mut out = vec![0.0; b * t * d];
-    let at = |bi: usize, ti: usize, part: usize, h: usize, c: usize| {
-        qkv[(bi * t + ti) * 3 * d + part * d + h * hd + c]
-    };
+    let at = |bi: usize, ti: usize, part: usize, h: usize, c: usize| qkv[(bi * t + ti) * 3 * d + part * d + h * hd + c];
     for bi in 0..b {
         for h in 0..heads {
             for i in 0..t {
                 let scores: Vec<f64> = (0..t)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|c| at(bi, i, 0, h, c) * at(bi, j, 1, h, c))
-                            .sum::<f64>()
-                            * scale
-                    })
+                    .map(|j| (0..hd).map(|c| at(bi, i, 0, h, c) * at(bi, j, 1, h, c)).sum::<f64>() * scale)
                     .collect();
                 let p = softmax_rows(&scores, t);
                 for c in 0..hd {
-                    out[(bi * t + i) * d + h * hd + c] =
-                        (0..t).map(|j| p[j] * at(bi, j, 2, h, c)).sum();
+                    out[(bi * t + i) * d + h * hd + c] = (0..t).map(|j| p[j] * at(bi, j, 2, h, c)).sum();
                 }
             }
         }
@@ -95,8 +78,7 @@ pub fn gather_rows(x: &[f64], idx: &[u32], b: usize, n: usize, k: usize, d: usiz
         for ki in 0..k {
             let r = idx[bi * k + ki] as usize;
             assert!(r < n);
-            out[(bi * k + ki) * d..(bi * k + ki + 1) * d]
-                .copy_from_slice(&x[(bi * n + r) * d..(bi * n + r + 1) * d]);
+            out[(bi * k + ki) * d..(bi * k + ki + 1) * d].copy_from_slice(&x[(bi * n + r) * d..(bi * n + r + 1) * d]);
         }
     }
     out
@@ -107,9 +89,7 @@ pub fn weighted_mse(pred: &[f64], target: &[f64], w: &[f64], cols: usize) -> f64
     pred.chunks(cols)
         .zip(target.chunks(cols))
         .zip(w)
-        .map(|((p, t), w)| {
-            w * p.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / cols as f64
-        })
+        .map(|((p, t), w)| w * p.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / cols as f64)
         .sum()
 }
 

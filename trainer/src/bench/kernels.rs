@@ -39,17 +39,11 @@ fn matmul_case(
         Ok(dev.sync()?)
     })?;
     let flops = 2.0 * (m * n * k) as f64;
-    Ok(
-        json!({"kernel": "matmul", "shape": shape, "m": m, "n": n, "k": k, "trans": if trans_b { "nt" } else { "nn" },
-        "ms": round(ms), "gflops": round(flops / ms / 1e6)}),
-    )
+    Ok(json!({"kernel": "matmul", "shape": shape, "m": m, "n": n, "k": k, "trans": if trans_b { "nt" } else { "nn" },
+        "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
 }
 
-fn attention_case(
-    dev: &Device,
-    opts: &Options,
-    (batch, heads, t, hd): (usize, usize, usize, usize),
-) -> Result<Value> {
+fn attention_case(dev: &Device, opts: &Options, (batch, heads, t, hd): (usize, usize, usize, usize)) -> Result<Value> {
     let d = heads * hd;
     let qkv = filled(dev, &[batch, t, 3 * d], 3)?;
     let dout = filled(dev, &[batch, t, d], 4)?;
@@ -60,21 +54,13 @@ fn attention_case(
     })?;
     // Forward: Q·Kᵀ and P·V; backward: four more products of the same size.
     let flops = 12.0 * (batch * heads * t * t * hd) as f64;
-    Ok(
-        json!({"kernel": "attention_fwd_bwd", "bh": batch * heads, "t": t, "hd": hd,
-        "ms": round(ms), "gflops": round(flops / ms / 1e6)}),
-    )
+    Ok(json!({"kernel": "attention_fwd_bwd", "bh": batch * heads, "t": t, "hd": hd,
+        "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
 }
 
-fn gather_cases(
-    dev: &Device,
-    opts: &Options,
-    (b, n, k, d): (usize, usize, usize, usize),
-) -> Result<Vec<Value>> {
+fn gather_cases(dev: &Device, opts: &Options, (b, n, k, d): (usize, usize, usize, usize)) -> Result<Vec<Value>> {
     let src = filled(dev, &[b, n, d], 5)?;
-    let idx: Vec<u32> = (0..b)
-        .flat_map(|s| (0..k).map(move |i| ((i * 7 + s) % n) as u32))
-        .collect();
+    let idx: Vec<u32> = (0..b).flat_map(|s| (0..k).map(move |i| ((i * 7 + s) % n) as u32)).collect();
     let idx = Tensor::from_u32(dev, &idx, &[b, k])?;
     let rows = filled(dev, &[b, k, d], 6)?;
     let bytes = (2 * b * k * d * 4) as f64;

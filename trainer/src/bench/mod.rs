@@ -1,3 +1,4 @@
 //! `cmae bench ...`: speed figures as JSON lines, medians after warm-up.
 
 pub mod kernels;
+pub mod pretrain;

@@ -21,27 +21,11 @@ impl Transform {
     /// Statistics are per source channel; a source of another channel count is
     /// converted (grey → RGB by repetition, RGB → grey by luminance) and its
     /// statistics averaged or repeated to match.
-    pub fn new(
-        size: usize,
-        chans: usize,
-        (mean, std): (Vec<f32>, Vec<f32>),
-        augment: bool,
-    ) -> Self {
+    pub fn new(size: usize, chans: usize, (mean, std): (Vec<f32>, Vec<f32>), augment: bool) -> Self {
         let fit = |v: Vec<f32>| -> Vec<f32> {
-            if v.len() == chans {
-                v
-            } else {
-                vec![v.iter().sum::<f32>() / v.len() as f32; chans]
-            }
+            if v.len() == chans { v } else { vec![v.iter().sum::<f32>() / v.len() as f32; chans] }
         };
-        Self {
-            size,
-            chans,
-            mean: fit(mean),
-            std: fit(std),
-            augment,
-            scale: (0.2, 1.0),
-        }
+        Self { size, chans, mean: fit(mean), std: fit(std), augment, scale: (0.2, 1.0) }
     }
 
     /// torchvision's RandomResizedCrop.get_params: ten tries at a random area
@@ -80,8 +64,7 @@ impl Transform {
         let s = self.size as u32;
         let mut out_img = if self.augment {
             let (x, y, w, h) = self.crop_box(img.width(), img.height(), rng);
-            img.crop_imm(x, y, w, h)
-                .resize_exact(s, s, FilterType::CatmullRom)
+            img.crop_imm(x, y, w, h).resize_exact(s, s, FilterType::CatmullRom)
         } else if img.width() == s && img.height() == s {
             img
         } else {

@@ -30,15 +30,9 @@ impl Cifar {
             Kind::Cifar10 => "cifar-10-batches-bin",
             Kind::Cifar100 => "cifar-100-binary",
         };
-        let dir = if dir.join(sub).is_dir() {
-            dir.join(sub)
-        } else {
-            dir.to_path_buf()
-        };
+        let dir = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
         let names: Vec<String> = match (kind, split) {
-            (Kind::Cifar10, Split::Train) => {
-                (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
-            }
+            (Kind::Cifar10, Split::Train) => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
             (Kind::Cifar10, Split::Test) => vec!["test_batch.bin".into()],
             (Kind::Cifar100, Split::Train) => vec!["train.bin".into()],
             (Kind::Cifar100, Split::Test) => vec!["test.bin".into()],
@@ -49,8 +43,8 @@ impl Cifar {
         let (mut labels, mut pixels, mut files) = (Vec::new(), Vec::new(), Vec::new());
         for name in names {
             let path = dir.join(&name);
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("cannot read {} (CIFAR binary batch)", path.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {} (CIFAR binary batch)", path.display()))?;
             if bytes.is_empty() || bytes.len() % record != 0 {
                 bail!(
                     "{} is not a CIFAR binary batch ({} bytes is not a multiple of {record})",
@@ -64,12 +58,7 @@ impl Cifar {
             }
             files.push(path);
         }
-        Ok(Self {
-            kind,
-            files,
-            labels,
-            pixels,
-        })
+        Ok(Self { kind, files, labels, pixels })
     }
 }
 
@@ -106,11 +95,7 @@ impl Dataset for Cifar {
     fn describe(&self, index: usize) -> String {
         format!(
             "CIFAR record {index} of {}",
-            self.files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
         )
     }
 }
@@ -131,13 +116,7 @@ mod tests {
         assert_eq!((c.len(), label), (2, 42));
         assert_eq!(img.to_rgb8().get_pixel(5, 5).0, [0, 100, 200]);
         std::fs::write(dir.join("test.bin"), [1u8, 2, 3]).unwrap();
-        assert!(
-            Cifar::open(&dir, Split::Test, Kind::Cifar100)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("not a CIFAR")
-        );
+        assert!(Cifar::open(&dir, Split::Test, Kind::Cifar100).err().unwrap().to_string().contains("not a CIFAR"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -45,11 +45,7 @@ impl Folder {
             items.extend(files.into_iter().map(|p| (p, label as u32)));
         }
         if items.is_empty() {
-            bail!(
-                "{} has no images in class folders (expected {}/<class>/*.png|jpg)",
-                dir.display(),
-                dir.display()
-            );
+            bail!("{} has no images in class folders (expected {}/<class>/*.png|jpg)", dir.display(), dir.display());
         }
         Ok(Self { classes, items })
     }

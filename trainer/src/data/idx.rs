@@ -30,10 +30,7 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!(
-        "{} has no {name} or {name}.gz (the IDX layout of MNIST/Fashion-MNIST)",
-        dir.display()
-    )
+    bail!("{} has no {name} or {name}.gz (the IDX layout of MNIST/Fashion-MNIST)", dir.display())
 }
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
@@ -60,55 +57,29 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         bail!("{} is truncated (header)", path.display());
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
-        })
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
     let n: usize = dims.iter().product();
     if bytes.len() < header + n {
-        bail!(
-            "{} is truncated: {} of {} data bytes",
-            path.display(),
-            bytes.len() - header,
-            n
-        );
+        bail!("{} is truncated: {} of {} data bytes", path.display(), bytes.len() - header, n);
     }
     Ok((dims, bytes[header..header + n].to_vec()))
 }
 
 impl Idx {
     pub fn open(dir: &Path, split: Split, kind: Kind) -> Result<Self> {
-        let prefix = if split == Split::Train {
-            "train"
-        } else {
-            "t10k"
-        };
+        let prefix = if split == Split::Train { "train" } else { "t10k" };
         let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
         let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
         let (dims, pixels) = parse(&images_path, &read_maybe_gz(&images_path)?)?;
         let (ldims, labels) = parse(&labels_path, &read_maybe_gz(&labels_path)?)?;
         let [n, rows, cols] = dims[..] else {
-            bail!(
-                "{} holds a {}-D array, not [n, rows, cols]",
-                images_path.display(),
-                dims.len()
-            );
+            bail!("{} holds a {}-D array, not [n, rows, cols]", images_path.display(), dims.len());
         };
         if ldims != [n] {
-            bail!(
-                "{} has {:?} labels for {n} images",
-                labels_path.display(),
-                ldims
-            );
+            bail!("{} has {:?} labels for {n} images", labels_path.display(), ldims);
         }
-        Ok(Self {
-            kind,
-            images_path,
-            rows,
-            cols,
-            pixels,
-            labels,
-        })
+        Ok(Self { kind, images_path, rows, cols, pixels, labels })
     }
 }
 
@@ -135,8 +106,7 @@ impl Dataset for Idx {
     fn get(&self, index: usize) -> Result<(DynamicImage, u32)> {
         let size = self.rows * self.cols;
         let data = self.pixels[index * size..(index + 1) * size].to_vec();
-        let img = GrayImage::from_raw(self.cols as u32, self.rows as u32, data)
-            .expect("sizes checked at open");
+        let img = GrayImage::from_raw(self.cols as u32, self.rows as u32, data).expect("sizes checked at open");
         Ok((DynamicImage::ImageLuma8(img), u32::from(self.labels[index])))
     }
 
@@ -159,14 +129,12 @@ mod tests {
         let mut lab = vec![0, 0, 8, 1];
         lab.extend_from_slice(&(n as u32).to_be_bytes());
         lab.extend((0..n).map(|i| (i % 10) as u8));
-        for (name, bytes) in [
-            (format!("{prefix}-images-idx3-ubyte"), img),
-            (format!("{prefix}-labels-idx1-ubyte"), lab),
-        ] {
+        for (name, bytes) in
+            [(format!("{prefix}-images-idx3-ubyte"), img), (format!("{prefix}-labels-idx1-ubyte"), lab)]
+        {
             if gz {
                 use std::io::Write;
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(&bytes).unwrap();
                 std::fs::write(dir.join(format!("{name}.gz")), enc.finish().unwrap()).unwrap();
             } else {
@@ -188,19 +156,9 @@ mod tests {
         assert_eq!((img.width(), img.height(), label), (4, 4, 2));
         assert_eq!(img.to_luma8().as_raw()[0], 32);
         let bytes = std::fs::read(dir.join("t10k-images-idx3-ubyte")).unwrap();
-        std::fs::write(
-            dir.join("t10k-images-idx3-ubyte"),
-            &bytes[..bytes.len() - 3],
-        )
-        .unwrap();
-        let err = Idx::open(&dir, Split::Test, Kind::Mnist)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("truncated") && err.contains("t10k-images"),
-            "{err}"
-        );
+        std::fs::write(dir.join("t10k-images-idx3-ubyte"), &bytes[..bytes.len() - 3]).unwrap();
+        let err = Idx::open(&dir, Split::Test, Kind::Mnist).err().unwrap().to_string();
+        assert!(err.contains("truncated") && err.contains("t10k-images"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

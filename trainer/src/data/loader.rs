@@ -75,11 +75,7 @@ impl Shared {
     fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.cfg.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[
-                self.cfg.seed,
-                epoch,
-                1,
-            ])));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[self.cfg.seed, epoch, 1])));
         }
         order
     }
@@ -96,9 +92,7 @@ impl Shared {
                     *skipped += 1;
                 }
                 Err(e) => {
-                    return Err(
-                        e.context("use --set data.bad_images=skip to skip unreadable images")
-                    );
+                    return Err(e.context("use --set data.bad_images=skip to skip unreadable images"));
                 }
             }
         }
@@ -114,9 +108,8 @@ impl Shared {
         let order = &order_cache.as_ref().expect("just set").1;
         let start = pos * self.cfg.batch;
         let end = (start + self.cfg.batch).min(order.len());
-        let mut images = Vec::with_capacity(
-            (end - start) * self.transform.chans * self.transform.size * self.transform.size,
-        );
+        let mut images =
+            Vec::with_capacity((end - start) * self.transform.chans * self.transform.size * self.transform.size);
         let mut labels = Vec::with_capacity(end - start);
         let mut skipped = 0;
         for &i in &order[start..end] {
@@ -124,13 +117,7 @@ impl Shared {
             images.extend_from_slice(&img);
             labels.push(label);
         }
-        Ok(Batch {
-            index: g,
-            size: end - start,
-            images,
-            labels,
-            skipped,
-        })
+        Ok(Batch { index: g, size: end - start, images, labels, skipped })
     }
 
     fn work(&self, tx: &SyncSender<(u64, Result<Batch>)>) {
@@ -140,10 +127,7 @@ impl Shared {
             {
                 let mut consumed = self.consumed.lock().unwrap_or_else(|p| p.into_inner());
                 while g >= *consumed + self.cfg.prefetch && !self.stop.load(Ordering::SeqCst) {
-                    consumed = self
-                        .advanced
-                        .wait(consumed)
-                        .unwrap_or_else(|p| p.into_inner());
+                    consumed = self.advanced.wait(consumed).unwrap_or_else(|p| p.into_inner());
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -167,26 +151,14 @@ pub struct Loader {
 
 impl Loader {
     /// Starts workers producing batches from global batch index `start` on.
-    pub fn new(
-        dataset: Arc<dyn Dataset>,
-        transform: Transform,
-        cfg: LoaderConfig,
-        start: u64,
-    ) -> Result<Self> {
+    pub fn new(dataset: Arc<dyn Dataset>, transform: Transform, cfg: LoaderConfig, start: u64) -> Result<Self> {
         let n = dataset.len();
         if cfg.batch == 0 {
             bail!("the batch size must be at least 1");
         }
-        let batches_per_epoch = if cfg.drop_last {
-            n / cfg.batch
-        } else {
-            n.div_ceil(cfg.batch)
-        } as u64;
+        let batches_per_epoch = if cfg.drop_last { n / cfg.batch } else { n.div_ceil(cfg.batch) } as u64;
         if batches_per_epoch == 0 {
-            bail!(
-                "the dataset has {n} images, fewer than one batch of {}; use a smaller --batch",
-                cfg.batch
-            );
+            bail!("the dataset has {n} images, fewer than one batch of {}; use a smaller --batch", cfg.batch);
         }
         let workers = if cfg.workers == 0 {
             std::thread::available_parallelism().map_or(1, |p| p.get().saturating_sub(1).max(1))
@@ -214,13 +186,7 @@ impl Loader {
                     .map_err(|e| anyhow!("cannot start a data thread: {e}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            shared,
-            rx,
-            pending: BTreeMap::new(),
-            next: start,
-            workers: handles,
-        })
+        Ok(Self { shared, rx, pending: BTreeMap::new(), next: start, workers: handles })
     }
 
     pub fn batches_per_epoch(&self) -> u64 {
@@ -234,18 +200,11 @@ impl Loader {
             if let Some(b) = self.pending.remove(&want) {
                 break b;
             }
-            let (g, b) = self
-                .rx
-                .recv()
-                .map_err(|_| anyhow!("the data threads stopped"))?;
+            let (g, b) = self.rx.recv().map_err(|_| anyhow!("the data threads stopped"))?;
             self.pending.insert(g, b);
         };
         self.next += 1;
-        *self
-            .shared
-            .consumed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = self.next;
+        *self.shared.consumed.lock().unwrap_or_else(|p| p.into_inner()) = self.next;
         self.shared.advanced.notify_all();
         batch
     }
@@ -276,15 +235,8 @@ mod tests {
     fn loader(workers: usize, start: u64, shuffle: bool, drop_last: bool) -> Loader {
         let ds: Arc<dyn Dataset> = Arc::new(Synthetic::new(50, 16, Split::Train));
         let t = Transform::new(8, 3, ds.mean_std(), true);
-        let cfg = LoaderConfig {
-            batch: 8,
-            seed: 3,
-            workers,
-            bad_images: BadImages::Abort,
-            shuffle,
-            drop_last,
-            prefetch: 3,
-        };
+        let cfg =
+            LoaderConfig { batch: 8, seed: 3, workers, bad_images: BadImages::Abort, shuffle, drop_last, prefetch: 3 };
         Loader::new(ds, t, cfg, start).unwrap()
     }
 
@@ -296,10 +248,7 @@ mod tests {
         let a: Vec<Batch> = (0..14).map(|_| one.next_batch().unwrap()).collect();
         let b: Vec<Batch> = (0..14).map(|_| three.next_batch().unwrap()).collect();
         for (x, y) in a.iter().zip(&b) {
-            assert_eq!(
-                (x.index, &x.labels, &x.images),
-                (y.index, &y.labels, &y.images)
-            );
+            assert_eq!((x.index, &x.labels, &x.images), (y.index, &y.labels, &y.images));
         }
         // Epochs are reshuffled.
         assert_ne!(a[0].labels, a[6].labels);

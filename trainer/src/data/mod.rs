@@ -80,37 +80,21 @@ impl DataSpec {
     fn dir(&self) -> Option<&Path> {
         match self {
             Self::Synthetic => None,
-            Self::Fmnist(d)
-            | Self::Mnist(d)
-            | Self::Cifar10(d)
-            | Self::Cifar100(d)
-            | Self::Folder(d) => Some(d),
+            Self::Fmnist(d) | Self::Mnist(d) | Self::Cifar10(d) | Self::Cifar100(d) | Self::Folder(d) => Some(d),
         }
     }
 }
 
 /// Opens a dataset split. `synthetic` is sized by `synthetic_len` and drawn at `img_size`.
-pub fn open(
-    spec: &DataSpec,
-    split: Split,
-    synthetic_len: usize,
-    img_size: usize,
-) -> Result<Arc<dyn Dataset>> {
+pub fn open(spec: &DataSpec, split: Split, synthetic_len: usize, img_size: usize) -> Result<Arc<dyn Dataset>> {
     if let Some(dir) = spec.dir()
         && !dir.is_dir()
     {
-        bail!(
-            "data directory {} does not exist; check the path in --data",
-            dir.display()
-        );
+        bail!("data directory {} does not exist; check the path in --data", dir.display());
     }
     Ok(match spec {
         DataSpec::Synthetic => {
-            let len = if split == Split::Train {
-                synthetic_len
-            } else {
-                (synthetic_len / 5).max(1)
-            };
+            let len = if split == Split::Train { synthetic_len } else { (synthetic_len / 5).max(1) };
             Arc::new(synthetic::Synthetic::new(len, img_size.max(8), split))
         }
         DataSpec::Fmnist(dir) => Arc::new(idx::Idx::open(dir, split, idx::Kind::FashionMnist)?),
@@ -128,26 +112,12 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_say_what_is_valid() {
         assert_eq!(DataSpec::parse("synthetic").unwrap(), DataSpec::Synthetic);
-        assert_eq!(
-            DataSpec::parse("fmnist:/a/b").unwrap(),
-            DataSpec::Fmnist("/a/b".into())
-        );
+        assert_eq!(DataSpec::parse("fmnist:/a/b").unwrap(), DataSpec::Fmnist("/a/b".into()));
         let err = DataSpec::parse("imagenet:/x").unwrap_err().to_string();
         assert!(err.contains("imagenet") && err.contains("folder"), "{err}");
         let err = DataSpec::parse("cifar10").unwrap_err().to_string();
         assert!(err.contains("cifar10:DIR"), "{err}");
-        let err = open(
-            &DataSpec::Folder("/no/such/dir".into()),
-            Split::Train,
-            1,
-            32,
-        )
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(
-            err.contains("/no/such/dir") && err.contains("does not exist"),
-            "{err}"
-        );
+        let err = open(&DataSpec::Folder("/no/such/dir".into()), Split::Train, 1, 32).err().unwrap().to_string();
+        assert!(err.contains("/no/such/dir") && err.contains("does not exist"), "{err}");
     }
 }

@@ -11,18 +11,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Dataset, Split};
 
-pub const CLASSES: [&str; 10] = [
-    "circle",
-    "square",
-    "triangle",
-    "ring",
-    "cross",
-    "h-stripes",
-    "v-stripes",
-    "d-stripes",
-    "checkerboard",
-    "blob",
-];
+pub const CLASSES: [&str; 10] =
+    ["circle", "square", "triangle", "ring", "cross", "h-stripes", "v-stripes", "d-stripes", "checkerboard", "blob"];
 
 pub struct Synthetic {
     len: usize,
@@ -45,10 +35,7 @@ fn render(size: usize, seed: u64, class: usize) -> RgbImage {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (bg, fg) = (color(&mut rng), color(&mut rng));
     let s = size as f32;
-    let (cx, cy) = (
-        rng.random_range(0.3..0.7) * s,
-        rng.random_range(0.3..0.7) * s,
-    );
+    let (cx, cy) = (rng.random_range(0.3..0.7) * s, rng.random_range(0.3..0.7) * s);
     let radius = rng.random_range(0.15..0.35) * s;
     let period = rng.random_range(3.0..8.0) * s / 32.0;
     let phase = rng.random_range(0.0..period);
@@ -67,8 +54,7 @@ fn render(size: usize, seed: u64, class: usize) -> RgbImage {
                 2 => f32::from(dy < radius && dy > -radius && dx.abs() < (radius - dy) * 0.5),
                 3 => f32::from(d < radius && d > radius * 0.6),
                 4 => f32::from(
-                    (dx.abs() < radius * 0.25 && dy.abs() < radius)
-                        || (dy.abs() < radius * 0.25 && dx.abs() < radius),
+                    (dx.abs() < radius * 0.25 && dy.abs() < radius) || (dy.abs() < radius * 0.25 && dx.abs() < radius),
                 ),
                 5 => f32::from(stripe(py)),
                 6 => f32::from(stripe(px)),
@@ -106,21 +92,14 @@ impl Dataset for Synthetic {
     }
 
     fn get(&self, index: usize) -> Result<(DynamicImage, u32)> {
-        let split_salt = if self.split == Split::Train {
-            0
-        } else {
-            1 << 40
-        };
+        let split_salt = if self.split == Split::Train { 0 } else { 1 << 40 };
         let class = index % CLASSES.len();
         let img = render(self.size, split_salt + index as u64, class);
         Ok((DynamicImage::ImageRgb8(img), class as u32))
     }
 
     fn describe(&self, index: usize) -> String {
-        format!(
-            "synthetic image {index} ({})",
-            CLASSES[index % CLASSES.len()]
-        )
+        format!("synthetic image {index} ({})", CLASSES[index % CLASSES.len()])
     }
 }
 
@@ -138,10 +117,7 @@ mod tests {
             assert_eq!(la as usize, i % 10);
             let px = a.to_rgb8();
             let first = px.get_pixel(0, 0);
-            assert!(
-                px.pixels().any(|p| p != first),
-                "image {i} is one flat colour"
-            );
+            assert!(px.pixels().any(|p| p != first), "image {i} is one flat colour");
         }
         let test = Synthetic::new(20, 32, Split::Test);
         assert_ne!(d.get(3).unwrap().0, test.get(3).unwrap().0, "splits differ");

@@ -22,11 +22,7 @@ fn block_specs(specs: &mut Vec<ParamSpec>, prefix: &str, depth: usize, dim: usiz
         specs.extend([
             ParamSpec::new(format!("{p}.norm1.weight"), &[dim], Init::Ones),
             ParamSpec::new(format!("{p}.norm1.bias"), &[dim], Init::Zeros),
-            ParamSpec::new(
-                format!("{p}.attn.qkv.weight"),
-                &[3 * dim, dim],
-                Init::Xavier,
-            ),
+            ParamSpec::new(format!("{p}.attn.qkv.weight"), &[3 * dim, dim], Init::Xavier),
             ParamSpec::new(format!("{p}.attn.qkv.bias"), &[3 * dim], Init::Zeros),
             ParamSpec::new(format!("{p}.attn.proj.weight"), &[dim, dim], Init::Xavier),
             ParamSpec::new(format!("{p}.attn.proj.bias"), &[dim], Init::Zeros),
@@ -42,24 +38,11 @@ fn block_specs(specs: &mut Vec<ParamSpec>, prefix: &str, depth: usize, dim: usiz
 
 /// The MAE parameter list with MAE's initialisation.
 pub fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
-    let (d, dd, l, p) = (
-        c.embed_dim,
-        c.decoder_embed_dim,
-        c.num_patches(),
-        c.patch_size,
-    );
+    let (d, dd, l, p) = (c.embed_dim, c.decoder_embed_dim, c.num_patches(), c.patch_size);
     let mut specs = vec![
         ParamSpec::new("cls_token", &[1, 1, d], Init::Normal(0.02)),
-        ParamSpec::new(
-            "pos_embed",
-            &[1, 1 + l, d],
-            Init::Fixed(sincos_2d(d, c.grid())),
-        ),
-        ParamSpec::new(
-            "patch_embed.proj.weight",
-            &[d, c.in_chans, p, p],
-            Init::Xavier,
-        ),
+        ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Fixed(sincos_2d(d, c.grid()))),
+        ParamSpec::new("patch_embed.proj.weight", &[d, c.in_chans, p, p], Init::Xavier),
         ParamSpec::new("patch_embed.proj.bias", &[d], Init::Zeros),
     ];
     block_specs(&mut specs, "", c.depth, d, c.mlp_hidden());
@@ -69,19 +52,9 @@ pub fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
         ParamSpec::new("decoder_embed.weight", &[dd, d], Init::Xavier),
         ParamSpec::new("decoder_embed.bias", &[dd], Init::Zeros),
         ParamSpec::new("mask_token", &[1, 1, dd], Init::Normal(0.02)),
-        ParamSpec::new(
-            "decoder_pos_embed",
-            &[1, 1 + l, dd],
-            Init::Fixed(sincos_2d(dd, c.grid())),
-        ),
+        ParamSpec::new("decoder_pos_embed", &[1, 1 + l, dd], Init::Fixed(sincos_2d(dd, c.grid()))),
     ]);
-    block_specs(
-        &mut specs,
-        "decoder_",
-        c.decoder_depth,
-        dd,
-        c.decoder_mlp_hidden(),
-    );
+    block_specs(&mut specs, "decoder_", c.decoder_depth, dd, c.decoder_mlp_hidden());
     specs.extend([
         ParamSpec::new("decoder_norm.weight", &[dd], Init::Ones),
         ParamSpec::new("decoder_norm.bias", &[dd], Init::Zeros),
@@ -141,30 +114,17 @@ impl Mae {
     }
 
     fn layer_norm(&self, tape: &Tape, x: &Var, prefix: &str) -> Result<Var> {
-        let (w, b) = (
-            self.p(tape, &format!("{prefix}.weight"))?,
-            self.p(tape, &format!("{prefix}.bias"))?,
-        );
+        let (w, b) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
         Ok(tape.layer_norm(x, &w, &b, LN_EPS)?)
     }
 
     fn linear(&self, tape: &Tape, x: &Var, prefix: &str) -> Result<Var> {
-        let (w, b) = (
-            self.p(tape, &format!("{prefix}.weight"))?,
-            self.p(tape, &format!("{prefix}.bias"))?,
-        );
+        let (w, b) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
         Ok(tape.linear(x, &w, Some(&b))?)
     }
 
     /// timm's pre-norm `Block`: x + attn(norm1(x)), then + mlp(norm2(x)).
-    fn block(
-        &self,
-        tape: &Tape,
-        x: &Var,
-        prefix: &str,
-        heads: usize,
-        probs: Option<&mut Vec<Tensor>>,
-    ) -> Result<Var> {
+    fn block(&self, tape: &Tape, x: &Var, prefix: &str, heads: usize, probs: Option<&mut Vec<Tensor>>) -> Result<Var> {
         let h = self.layer_norm(tape, x, &format!("{prefix}.norm1"))?;
         let qkv = self.linear(tape, &h, &format!("{prefix}.attn.qkv"))?;
         let a = match probs {
@@ -189,26 +149,13 @@ impl Mae {
         let c = &self.cfg;
         match imgs.shape() {
             [_, ch, h, w] if *ch == c.in_chans && *h == c.img_size && *w == c.img_size => {}
-            s => bail!(
-                "images {s:?} do not fit the model ([B, {}, {}, {}])",
-                c.in_chans,
-                c.img_size,
-                c.img_size
-            ),
+            s => bail!("images {s:?} do not fit the model ([B, {}, {}, {}])", c.in_chans, c.img_size, c.img_size),
         }
-        let patches = tape.constant(patchify(
-            tape.device(),
-            imgs,
-            c.patch_size,
-            PatchOrder::ChannelFirst,
-        )?);
+        let patches = tape.constant(patchify(tape.device(), imgs, c.patch_size, PatchOrder::ChannelFirst)?);
         // The conv weight [D, C, p, p] is a linear weight [D, C·p·p] in this patch order.
         let w = tape.param(
             "patch_embed.proj.weight",
-            &self
-                .params
-                .get("patch_embed.proj.weight")?
-                .reshape(&[c.embed_dim, c.patch_dim()])?,
+            &self.params.get("patch_embed.proj.weight")?.reshape(&[c.embed_dim, c.patch_dim()])?,
         );
         let b = self.p(tape, "patch_embed.proj.bias")?;
         let x = tape.linear(&patches, &w, Some(&b))?;
@@ -217,10 +164,7 @@ impl Mae {
 
     /// `cls_token + pos_embed[0]`, prepended to every sample.
     pub fn prepend_cls(&self, tape: &Tape, x: &Var) -> Result<Var> {
-        let cls = tape.add_broadcast(
-            &self.p(tape, "cls_token")?,
-            &tape.constant(self.pos_cls.clone()),
-        )?;
+        let cls = tape.add_broadcast(&self.p(tape, "cls_token")?, &tape.constant(self.pos_cls.clone()))?;
         Ok(tape.prepend_token(x, &cls)?)
     }
 
@@ -241,13 +185,7 @@ impl Mae {
             if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == i) {
                 x = tape.gather_rows(&x, rows)?;
             }
-            x = self.block(
-                tape,
-                &x,
-                &format!("blocks.{i}"),
-                self.cfg.num_heads,
-                probs.as_deref_mut(),
-            )?;
+            x = self.block(tape, &x, &format!("blocks.{i}"), self.cfg.num_heads, probs.as_deref_mut())?;
         }
         if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == self.cfg.depth) {
             x = tape.gather_rows(&x, rows)?;
@@ -264,13 +202,7 @@ impl Mae {
         let x = tape.unshuffle(&x, &plan.restore, &mask, 1 + l, &plan.mask_rows)?;
         let mut x = tape.add_broadcast(&x, &tape.constant(self.dec_pos.clone()))?;
         for i in 0..self.cfg.decoder_depth {
-            x = self.block(
-                tape,
-                &x,
-                &format!("decoder_blocks.{i}"),
-                self.cfg.decoder_num_heads,
-                None,
-            )?;
+            x = self.block(tape, &x, &format!("decoder_blocks.{i}"), self.cfg.decoder_num_heads, None)?;
         }
         let x = self.layer_norm(tape, &x, "decoder_norm")?;
         let x = self.linear(tape, &x, "decoder_pred")?;
@@ -287,31 +219,13 @@ impl Mae {
     }
 
     /// The whole pretraining pass.
-    pub fn forward(
-        &self,
-        tape: &Tape,
-        imgs: &Tensor,
-        plan: &GpuPlan,
-        capture_attention: bool,
-    ) -> Result<MaeOutput> {
+    pub fn forward(&self, tape: &Tape, imgs: &Tensor, plan: &GpuPlan, capture_attention: bool) -> Result<MaeOutput> {
         let mut attention = Vec::new();
-        let latent = self.encode_masked(
-            tape,
-            imgs,
-            plan,
-            capture_attention.then_some(&mut attention),
-        )?;
+        let latent = self.encode_masked(tape, imgs, plan, capture_attention.then_some(&mut attention))?;
         let pred = self.decode(tape, &latent, plan)?;
         let target = self.target(tape.device(), imgs)?;
         let (loss, patch_loss) = tape.weighted_mse(&pred, &target, &plan.loss_weights)?;
         let per_shot = weighted_sums(tape.device(), &patch_loss, &plan.shot_weights)?;
-        Ok(MaeOutput {
-            loss,
-            pred,
-            patch_loss,
-            per_shot,
-            target,
-            attention,
-        })
+        Ok(MaeOutput { loss, pred, patch_loss, per_shot, target, attention })
     }
 }

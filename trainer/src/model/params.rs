@@ -1,6 +1,7 @@
 //! Named parameters in timm/MAE layout (`blocks.3.attn.qkv.weight`, weights
 //! `[out, in]`), so a checkpoint is a state dict PyTorch/timm load as-is.
 
+use crate::safetensors_io::{F32Map, NamedF32};
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -29,11 +30,7 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub fn new(name: impl Into<String>, shape: &[usize], init: Init) -> Self {
-        Self {
-            name: name.into(),
-            shape: shape.to_vec(),
-            init,
-        }
+        Self { name: name.into(), shape: shape.to_vec(), init }
     }
 
     pub fn trainable(&self) -> bool {
@@ -54,9 +51,7 @@ impl ParamSpec {
                 let fan_out = self.shape[0];
                 let fan_in = n / fan_out;
                 let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-                (0..n)
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect()
+                (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
             }
         }
     }
@@ -81,17 +76,10 @@ pub struct ParamStore {
 impl ParamStore {
     /// Fresh parameters from their specs and a seeded RNG.
     pub fn init(dev: &Device, specs: &[ParamSpec], rng: &mut impl Rng) -> Result<Self> {
-        let mut store = Self {
-            names: Vec::new(),
-            map: HashMap::new(),
-        };
+        let mut store = Self { names: Vec::new(), map: HashMap::new() };
         for s in specs {
             let values = s.initial_values(rng);
-            store.insert(
-                &s.name,
-                Tensor::from_f32(dev, &values, &s.shape)?,
-                s.trainable(),
-            );
+            store.insert(&s.name, Tensor::from_f32(dev, &values, &s.shape)?, s.trainable());
         }
         Ok(store)
     }
@@ -99,22 +87,12 @@ impl ParamStore {
     /// Parameters from host tensors (a checkpoint or fixture): every spec must
     /// be present with its exact shape. Returns the store and the names found
     /// in `tensors` that no spec wants.
-    pub fn load(
-        dev: &Device,
-        specs: &[ParamSpec],
-        mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-    ) -> Result<(Self, Vec<String>)> {
-        let mut store = Self {
-            names: Vec::new(),
-            map: HashMap::new(),
-        };
+    pub fn load(dev: &Device, specs: &[ParamSpec], mut tensors: F32Map) -> Result<(Self, Vec<String>)> {
+        let mut store = Self { names: Vec::new(), map: HashMap::new() };
         for s in specs {
-            let (shape, data) = tensors.remove(&s.name).ok_or_else(|| {
-                anyhow!(
-                    "parameter {} is missing; the checkpoint is from another model",
-                    s.name
-                )
-            })?;
+            let (shape, data) = tensors
+                .remove(&s.name)
+                .ok_or_else(|| anyhow!("parameter {} is missing; the checkpoint is from another model", s.name))?;
             if shape != s.shape {
                 bail!(
                     "parameter {} has shape {:?} but this model needs {:?}; the checkpoint is from another model config",
@@ -123,11 +101,7 @@ impl ParamStore {
                     s.shape
                 );
             }
-            store.insert(
-                &s.name,
-                Tensor::from_f32(dev, &data, &shape).with_context(|| s.name.clone())?,
-                s.trainable(),
-            );
+            store.insert(&s.name, Tensor::from_f32(dev, &data, &shape).with_context(|| s.name.clone())?, s.trainable());
         }
         let mut extra: Vec<String> = tensors.into_keys().collect();
         extra.sort();
@@ -136,15 +110,11 @@ impl ParamStore {
 
     fn insert(&mut self, name: &str, tensor: Tensor, trainable: bool) {
         self.names.push(name.to_string());
-        self.map
-            .insert(name.to_string(), Param { tensor, trainable });
+        self.map.insert(name.to_string(), Param { tensor, trainable });
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.map
-            .get(name)
-            .map(|p| &p.tensor)
-            .ok_or_else(|| anyhow!("model has no parameter {name}"))
+        self.map.get(name).map(|p| &p.tensor).ok_or_else(|| anyhow!("model has no parameter {name}"))
     }
 
     /// Parameters in spec order.
@@ -153,9 +123,7 @@ impl ParamStore {
     }
 
     pub fn trainable(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.iter()
-            .filter(|(_, p)| p.trainable)
-            .map(|(n, p)| (n, &p.tensor))
+        self.iter().filter(|(_, p)| p.trainable).map(|(n, p)| (n, &p.tensor))
     }
 
     pub fn count_trainable(&self) -> usize {
@@ -163,15 +131,7 @@ impl ParamStore {
     }
 
     /// Every parameter downloaded, in order: `(name, shape, values)`.
-    pub fn to_host(&self, dev: &Device) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-        self.iter()
-            .map(|(n, p)| {
-                Ok((
-                    n.to_string(),
-                    p.tensor.shape().to_vec(),
-                    p.tensor.to_vec_f32(dev)?,
-                ))
-            })
-            .collect()
+    pub fn to_host(&self, dev: &Device) -> Result<Vec<NamedF32>> {
+        self.iter().map(|(n, p)| Ok((n.to_string(), p.tensor.shape().to_vec(), p.tensor.to_vec_f32(dev)?))).collect()
     }
 }

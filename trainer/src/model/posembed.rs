@@ -5,9 +5,7 @@
 /// `[sin(pos·ω_k)]_k ++ [cos(pos·ω_k)]_k` with `ω_k = 10000^(−k/(dim/4))`.
 pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f32> {
     let quarter = dim / 4;
-    let omega: Vec<f64> = (0..quarter)
-        .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))
-        .collect();
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
     let mut out = vec![0.0f32; (1 + grid * grid) * dim];
     for row in 0..grid {
         for col in 0..grid {

@@ -7,6 +7,7 @@
 //! `RUN/checkpoint.safetensors` is the newest weights, replaced atomically:
 //! the stable path other commands take. Older step directories are pruned.
 
+use crate::safetensors_io::F32Map;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -27,14 +28,7 @@ fn step_dir(run: &Path, step: u64) -> PathBuf {
 }
 
 /// Writes weights and optimizer state for `step`; returns the weights path.
-pub fn save(
-    dev: &Device,
-    run: &Path,
-    step: u64,
-    mae: &Mae,
-    opt: &AdamW,
-    cfg: &PretrainConfig,
-) -> Result<PathBuf> {
+pub fn save(dev: &Device, run: &Path, step: u64, mae: &Mae, opt: &AdamW, cfg: &PretrainConfig) -> Result<PathBuf> {
     let root = run.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let tmp = root.join(format!(".tmp-step-{step:08}"));
@@ -61,16 +55,14 @@ pub fn save(
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
 
     // The stable path: a copy of the newest weights, swapped in atomically.
     let stable = run.join("checkpoint.safetensors");
     write_atomic(&stable, &std::fs::read(dir.join("model.safetensors"))?)?;
 
     for old in step_dirs(run)?.into_iter().rev().skip(1 + KEEP_OLDER) {
-        std::fs::remove_dir_all(&old.1)
-            .with_context(|| format!("cannot prune {}", old.1.display()))?;
+        std::fs::remove_dir_all(&old.1).with_context(|| format!("cannot prune {}", old.1.display()))?;
     }
     Ok(stable)
 }
@@ -105,10 +97,7 @@ pub struct Loaded {
     pub step: Option<u64>,
 }
 
-fn f32_tensors(
-    file: safetensors_io::SafetensorsFile,
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+fn f32_tensors(file: safetensors_io::SafetensorsFile, path: &Path) -> Result<F32Map> {
     file.tensors
         .into_iter()
         .map(|(name, t)| match t {
@@ -123,55 +112,33 @@ fn f32_tensors(
 pub fn load_model(dev: &Device, path: &Path, config: Option<&PretrainConfig>) -> Result<Loaded> {
     let file = safetensors_io::read(path)?;
     let from_file = match file.metadata.get("config") {
-        Some(text) => Some(
-            PretrainConfig::from_ron(text)
-                .with_context(|| format!("{}: config metadata", path.display()))?,
-        ),
+        Some(text) => {
+            Some(PretrainConfig::from_ron(text).with_context(|| format!("{}: config metadata", path.display()))?)
+        }
         None => None,
     };
     let step = file.metadata.get("step").and_then(|s| s.parse().ok());
-    let cfg = config.cloned().or(from_file).ok_or_else(|| {
-        anyhow!(
-            "{} has no cmae config metadata; it was not written by cmae",
-            path.display()
-        )
-    })?;
+    let cfg = config
+        .cloned()
+        .or(from_file)
+        .ok_or_else(|| anyhow!("{} has no cmae config metadata; it was not written by cmae", path.display()))?;
     let specs = param_specs(&cfg.model);
     let (params, extra) = ParamStore::load(dev, &specs, f32_tensors(file, path)?)
         .with_context(|| format!("loading {}", path.display()))?;
     if !extra.is_empty() {
-        log::warn!(
-            "{}: ignoring tensors this model does not use: {}",
-            path.display(),
-            extra.join(", ")
-        );
+        log::warn!("{}: ignoring tensors this model does not use: {}", path.display(), extra.join(", "));
     }
     let mae = Mae::with_params(dev, &cfg.model, params)?;
-    Ok(Loaded {
-        mae,
-        config: Some(cfg),
-        step,
-    })
+    Ok(Loaded { mae, config: Some(cfg), step })
 }
 
 /// Restores a run's model and optimizer from its newest checkpoint.
-pub fn resume(
-    dev: &Device,
-    run: &Path,
-    cfg: &PretrainConfig,
-    opt: &mut AdamW,
-) -> Result<(Mae, u64)> {
-    let (step, dir) = latest(run)?
-        .ok_or_else(|| anyhow!("{} has no checkpoint to resume from", run.display()))?;
+pub fn resume(dev: &Device, run: &Path, cfg: &PretrainConfig, opt: &mut AdamW) -> Result<(Mae, u64)> {
+    let (step, dir) = latest(run)?.ok_or_else(|| anyhow!("{} has no checkpoint to resume from", run.display()))?;
     let loaded = load_model(dev, &dir.join("model.safetensors"), Some(cfg))?;
     let opt_path = dir.join("optimizer.safetensors");
     let file = safetensors_io::read(&opt_path)?;
-    if file
-        .metadata
-        .get("step")
-        .and_then(|s| s.parse::<u64>().ok())
-        != Some(step)
-    {
+    if file.metadata.get("step").and_then(|s| s.parse::<u64>().ok()) != Some(step) {
         bail!("{} is not from step {step}", opt_path.display());
     }
     opt.load_state(dev, step, f32_tensors(file, &opt_path)?)?;

@@ -36,13 +36,10 @@ impl MetricsLog {
     pub fn open(run: &Path, resume_step: u64) -> Result<Self> {
         let path = run.join("metrics.jsonl");
         if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let kept: Vec<&str> = text
                 .lines()
-                .filter(|l| {
-                    serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= resume_step)
-                })
+                .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= resume_step))
                 .collect();
             let mut body = kept.join("\n");
             if !body.is_empty() {
@@ -65,15 +62,11 @@ impl MetricsLog {
     }
 
     pub fn read(path: &Path) -> Result<Vec<MetricsLine>> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{} line {}", path.display(), i + 1))
-            })
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
             .collect()
     }
 }
@@ -81,12 +74,6 @@ impl MetricsLog {
 /// Resident set size of this process in MiB (Linux), None elsewhere.
 pub fn host_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

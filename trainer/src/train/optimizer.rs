@@ -1,5 +1,6 @@
 //! AdamW over a model's named parameters, with its state kept on the GPU.
 
+use crate::safetensors_io::{F32Map, NamedF32};
 use std::collections::HashMap;
 
 use anyhow::{Result, anyhow, bail};
@@ -49,9 +50,7 @@ impl AdamW {
     ) -> Result<()> {
         self.step += 1;
         for (name, p) in params.trainable() {
-            let g = grads
-                .get(name)
-                .ok_or_else(|| anyhow!("no gradient for parameter {name}"))?;
+            let g = grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?;
             // The patch embedding's gradient comes back in its linear view [D, C·p·p].
             let g = g.reshape(p.shape())?;
             let step = AdamWStep {
@@ -59,11 +58,7 @@ impl AdamW {
                 beta1: self.cfg.beta1 as f32,
                 beta2: self.cfg.beta2 as f32,
                 eps: self.cfg.eps as f32,
-                weight_decay: if decays(name, p.shape()) {
-                    self.cfg.weight_decay as f32
-                } else {
-                    0.0
-                },
+                weight_decay: if decays(name, p.shape()) { self.cfg.weight_decay as f32 } else { 0.0 },
                 step: self.step,
                 grad_scale,
             };
@@ -73,45 +68,23 @@ impl AdamW {
     }
 
     /// `(exp_avg.NAME | exp_avg_sq.NAME, shape, values)` for a checkpoint.
-    pub fn state_to_host(
-        &self,
-        dev: &Device,
-        params: &ParamStore,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_to_host(&self, dev: &Device, params: &ParamStore) -> Result<Vec<NamedF32>> {
         let mut out = Vec::new();
         for (name, p) in params.trainable() {
-            out.push((
-                format!("exp_avg.{name}"),
-                p.shape().to_vec(),
-                self.m[name].to_vec_f32(dev)?,
-            ));
-            out.push((
-                format!("exp_avg_sq.{name}"),
-                p.shape().to_vec(),
-                self.v[name].to_vec_f32(dev)?,
-            ));
+            out.push((format!("exp_avg.{name}"), p.shape().to_vec(), self.m[name].to_vec_f32(dev)?));
+            out.push((format!("exp_avg_sq.{name}"), p.shape().to_vec(), self.v[name].to_vec_f32(dev)?));
         }
         Ok(out)
     }
 
     /// Restores the state written by [`AdamW::state_to_host`].
-    pub fn load_state(
-        &mut self,
-        dev: &Device,
-        step: u64,
-        mut host: HashMap<String, (Vec<usize>, Vec<f32>)>,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, dev: &Device, step: u64, mut host: F32Map) -> Result<()> {
         for (slot, prefix) in [(&mut self.m, "exp_avg"), (&mut self.v, "exp_avg_sq")] {
             for (name, t) in slot.iter_mut() {
                 let key = format!("{prefix}.{name}");
-                let (shape, data) = host
-                    .remove(&key)
-                    .ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
+                let (shape, data) = host.remove(&key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
                 if shape != t.shape() {
-                    bail!(
-                        "optimizer state {key} has shape {shape:?}, the parameter {:?}",
-                        t.shape()
-                    );
+                    bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
                 }
                 *t = Tensor::from_f32(dev, &data, &shape)?;
             }

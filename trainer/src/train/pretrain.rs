@@ -58,28 +58,15 @@ pub fn init_rng(seed: u64) -> ChaCha8Rng {
 /// Total optimizer steps and warmup steps of a run over `batches_per_epoch`.
 pub fn schedule_steps(cfg: &PretrainConfig, batches_per_epoch: u64) -> (u64, f64) {
     let per_epoch = batches_per_epoch as f64 / cfg.train.accum_iter as f64;
-    let total = cfg.train.steps.map_or_else(
-        || (cfg.train.epochs * per_epoch).ceil().max(1.0) as u64,
-        |s| s as u64,
-    );
+    let total = cfg.train.steps.map_or_else(|| (cfg.train.epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
     let warmup = total as f64 * (cfg.train.warmup_epochs / cfg.train.epochs).min(1.0);
     (total, warmup)
 }
 
 /// The fixed images every reconstruction grid shows: the first test images.
 fn recon_batch(cfg: &PretrainConfig, spec: &DataSpec) -> Result<(Vec<f32>, usize, Transform)> {
-    let test = data::open(
-        spec,
-        Split::Test,
-        cfg.data.synthetic_size,
-        cfg.model.img_size,
-    )?;
-    let t = Transform::new(
-        cfg.model.img_size,
-        cfg.model.in_chans,
-        test.mean_std(),
-        false,
-    );
+    let test = data::open(spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?;
+    let t = Transform::new(cfg.model.img_size, cfg.model.in_chans, test.mean_std(), false);
     let n = cfg.output.recon_images.min(test.len());
     let mut images = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -99,18 +86,12 @@ fn check_resumable(saved: &PretrainConfig, now: &PretrainConfig) -> Result<()> {
         c
     };
     if strip(saved) != strip(now) {
-        let (a, b) = (
-            serde_json::to_value(strip(saved))?,
-            serde_json::to_value(strip(now))?,
-        );
+        let (a, b) = (serde_json::to_value(strip(saved))?, serde_json::to_value(strip(now))?);
         let mut diffs = Vec::new();
         for (section, fields) in a.as_object().into_iter().flatten() {
             for (k, v) in fields.as_object().into_iter().flatten() {
                 if b[section][k] != *v {
-                    diffs.push(format!(
-                        "{section}.{k}: {v} in the run, {} now",
-                        b[section][k]
-                    ));
+                    diffs.push(format!("{section}.{k}: {v} in the run, {} now", b[section][k]));
                 }
             }
             if !fields.is_object() && b[section] != *fields {
@@ -145,20 +126,11 @@ fn resolve(reads: StepReads, counts: &[usize]) -> Result<(u64, f64, Vec<Option<f
             *acc += f64::from(x) / micro;
         }
     }
-    let per_shot = per_shot
-        .into_iter()
-        .zip(counts)
-        .map(|(v, &n)| (n > 0).then_some(v))
-        .collect();
+    let per_shot = per_shot.into_iter().zip(counts).map(|(v, &n)| (n > 0).then_some(v)).collect();
     Ok((reads.step, loss, per_shot))
 }
 
-pub fn pretrain(
-    dev: &Device,
-    cfg: &PretrainConfig,
-    opts: &Options,
-    interrupt: &AtomicBool,
-) -> Result<Summary> {
+pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
     let out = &opts.out;
     let saved_cfg_path = out.join("config.ron");
@@ -172,29 +144,16 @@ pub fn pretrain(
         }
         check_resumable(&PretrainConfig::load(&saved_cfg_path)?, cfg)?;
     } else if existing.is_some() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            out.display()
-        );
+        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomic(&saved_cfg_path, cfg.to_ron().as_bytes())?;
 
     let spec = DataSpec::parse(&cfg.data.spec)?;
-    let train_set = data::open(
-        &spec,
-        Split::Train,
-        cfg.data.synthetic_size,
-        cfg.model.img_size,
-    )?;
+    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     let (m, t) = (&cfg.model, &cfg.train);
 
-    let opt_cfg = AdamWConfig {
-        beta1: t.beta1,
-        beta2: t.beta2,
-        eps: 1e-8,
-        weight_decay: t.weight_decay,
-    };
+    let opt_cfg = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay };
     let mut mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
     let mut opt = AdamW::new(dev, &mae.params, opt_cfg)?;
     let mut step = 0;
@@ -220,23 +179,14 @@ pub fn pretrain(
         drop_last: true,
         prefetch: 4,
     };
-    let mut loader = Loader::new(
-        train_set.clone(),
-        transform,
-        loader_cfg,
-        step * t.accum_iter as u64,
-    )?;
+    let mut loader = Loader::new(train_set.clone(), transform, loader_cfg, step * t.accum_iter as u64)?;
     let (total, warmup) = schedule_steps(cfg, loader.batches_per_epoch());
     let end = opts.stop_at.map_or(total, |s| s.min(total));
     let peak_lr = cfg.lr();
     let (recon_images, recon_n, recon_t) = recon_batch(cfg, &spec)?;
     let metrics = MetricsLog::open(out, step)?;
 
-    let bar = if opts.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
-    };
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
             .expect("a valid template")
@@ -267,8 +217,7 @@ pub fn pretrain(
                     "the loss became {} at step {}; stopped without saving (the last good checkpoint is {}). Lower train.blr or check the data",
                     r.1,
                     r.0,
-                    checkpoint::latest(out)?
-                        .map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string())
+                    checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string())
                 );
             }
             *last = Some(r);
@@ -279,21 +228,12 @@ pub fn pretrain(
     let mut counts = Vec::new();
     while step < end {
         let mut grads = Gradients::default();
-        let mut reads = StepReads {
-            step: step + 1,
-            loss: Vec::new(),
-            per_shot: Vec::new(),
-        };
+        let mut reads = StepReads { step: step + 1, loss: Vec::new(), per_shot: Vec::new() };
         for micro in 0..t.accum_iter as u64 {
             let batch = loader.next_batch()?;
             skipped_total += batch.skipped as u64;
             let imgs = Tensor::from_f32(dev, &batch.images, &[batch.size, chans, side, side])?;
-            let plan = MaskPlan::random(
-                &cfg.shots,
-                batch.size,
-                l,
-                &mut mask_rng(t.seed, step, micro),
-            );
+            let plan = MaskPlan::random(&cfg.shots, batch.size, l, &mut mask_rng(t.seed, step, micro));
             counts = plan.dropped_counts();
             let gpu_plan = plan.upload(dev, &cfg.shots)?;
             let tape = Tape::new(dev);
@@ -303,14 +243,7 @@ pub fn pretrain(
             reads.per_shot.push(dev.read_later(&fwd.per_shot)?);
         }
         let lr = lr_at(step, total, warmup, peak_lr);
-        opt.update(
-            dev,
-            &mae.params,
-            &grads,
-            lr,
-            1.0 / t.accum_iter as f32,
-            |_| 1.0,
-        )?;
+        opt.update(dev, &mae.params, &grads, lr, 1.0 / t.accum_iter as f32, |_| 1.0)?;
         drop(grads);
         dev.flush()?;
         settle(&mut pending, &mut last, &counts)?;
@@ -319,8 +252,7 @@ pub fn pretrain(
         window.1 += 1;
         bar.set_position(step);
 
-        interrupted =
-            interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
+        interrupted = interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
         let finishing = step == end || interrupted;
         let log_now = step % cfg.output.log_every as u64 == 0 || finishing;
         let ckpt_now = step % cfg.output.checkpoint_every as u64 == 0 || finishing;
@@ -347,25 +279,14 @@ pub fn pretrain(
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
             metrics.append(&line)?;
-            let shots: Vec<String> = per_shot
-                .iter()
-                .map(|v| v.map_or("-".into(), |v| format!("{v:.4}")))
-                .collect();
-            bar.set_message(format!(
-                "loss {loss:.4} [{}] lr {lr:.2e} {ips:.1} img/s",
-                shots.join(" ")
-            ));
+            let shots: Vec<String> = per_shot.iter().map(|v| v.map_or("-".into(), |v| format!("{v:.4}"))).collect();
+            bar.set_message(format!("loss {loss:.4} [{}] lr {lr:.2e} {ips:.1} img/s", shots.join(" ")));
         }
         if ckpt_now {
             checkpoint_path = checkpoint::save(dev, out, step, &mae, &opt, cfg)?;
         }
         if recon_now && recon_n > 0 {
-            let plan = MaskPlan::random(
-                &cfg.shots,
-                recon_n,
-                l,
-                &mut ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, 5])),
-            );
+            let plan = MaskPlan::random(&cfg.shots, recon_n, l, &mut ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, 5])));
             let r = recon::reconstruct(dev, &mae, &recon_images, recon_n, &cfg.shots, plan)?;
             let path = out.join("recon").join(format!("step-{step:08}.png"));
             recon::save_png(&recon::render(&r, &mae, &recon_t), &path)?;

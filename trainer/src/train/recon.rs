@@ -112,24 +112,15 @@ pub fn render(r: &Reconstruction, mae: &Mae, t: &Transform) -> RgbImage {
         Rgb([255, 255, 255]),
     );
     let dropped_by = r.plan.dropped_by();
-    let max_err = r
-        .patch_loss
-        .iter()
-        .zip(&dropped_by)
-        .filter(|(_, d)| d.is_some())
-        .map(|(e, _)| *e)
-        .fold(1e-12f32, f32::max);
+    let max_err =
+        r.patch_loss.iter().zip(&dropped_by).filter(|(_, d)| d.is_some()).map(|(e, _)| *e).fold(1e-12f32, f32::max);
     for b in 0..r.batch {
         let orig = t.to_pixels(&r.images[b * plane..(b + 1) * plane]);
         let pred = t.to_pixels(&r.predicted[b * plane..(b + 1) * plane]);
         let patch_of = |x: usize, y: usize| (y / p) * grid + x / p;
         let rgb = |px: &[u8], x: usize, y: usize| -> [u8; 3] {
             let i = (y * side + x) * chans;
-            if chans == 1 {
-                [px[i]; 3]
-            } else {
-                [px[i], px[i + 1], px[i + 2]]
-            }
+            if chans == 1 { [px[i]; 3] } else { [px[i], px[i + 1], px[i + 2]] }
         };
         for col in 0..cols {
             for y in 0..side {
@@ -168,10 +159,7 @@ pub fn render(r: &Reconstruction, mae: &Mae, t: &Transform) -> RgbImage {
 /// Writes a PNG atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -194,11 +182,7 @@ mod tests {
                 for py in 0..p {
                     for px in 0..p {
                         for ch in 0..c {
-                            patches.push(
-                                imgs[((bi * c + ch) * side + (i / g) * p + py) * side
-                                    + (i % g) * p
-                                    + px],
-                            );
+                            patches.push(imgs[((bi * c + ch) * side + (i / g) * p + py) * side + (i % g) * p + px]);
                         }
                     }
                 }

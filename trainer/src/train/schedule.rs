@@ -23,14 +23,8 @@ mod tests {
         assert_eq!(lr_at(0, total, warm, peak), 0.0);
         assert!((lr_at(5, total, warm, peak) - 1.0).abs() < 1e-12);
         assert!((lr_at(10, total, warm, peak) - 2.0).abs() < 1e-12);
-        assert!(
-            (lr_at(55, total, warm, peak) - 1.0).abs() < 1e-12,
-            "half-way through the cosine"
-        );
+        assert!((lr_at(55, total, warm, peak) - 1.0).abs() < 1e-12, "half-way through the cosine");
         assert!(lr_at(99, total, warm, peak) < 0.01);
-        assert!(
-            lr_at(0, 10, 0.0, 1.0) == 1.0,
-            "no warmup starts at the peak"
-        );
+        assert!(lr_at(0, 10, 0.0, 1.0) == 1.0, "no warmup starts at the peak");
     }
 }
