@@ -1,0 +1,247 @@
+//! End-to-end pretraining on the GPU (lavapipe in CI): the loss falls, resume
+//! is exact, checkpoints round-trip, memory stays flat, and bad input fails
+//! with clear errors.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+
+use cmae::config::PretrainConfig;
+use cmae::safetensors_io::{self, HostTensor};
+use cmae::train::checkpoint;
+use cmae::train::metrics::MetricsLog;
+use cmae::train::pretrain::{Options, Summary, pretrain};
+use cmae_engine::Device;
+
+fn dev() -> &'static Device {
+    static DEV: OnceLock<Device> = OnceLock::new();
+    DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmae-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A very small model so many steps run in seconds.
+fn micro(steps: usize) -> PretrainConfig {
+    let mut c = PretrainConfig::preset("tiny").unwrap();
+    for s in [
+        "model.img_size=16",
+        "model.embed_dim=32",
+        "model.depth=2",
+        "model.num_heads=2",
+        "model.decoder_embed_dim=16",
+        "model.decoder_depth=1",
+        "model.decoder_num_heads=2",
+        "train.batch=4",
+        "data.synthetic_size=64",
+        "output.log_every=1",
+        "output.recon_images=2",
+    ] {
+        c.set(s).unwrap();
+    }
+    c.train.steps = Some(steps);
+    c
+}
+
+fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
+    let opts = Options { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    pretrain(dev(), cfg, &opts, &AtomicBool::new(false))
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| match t {
+            HostTensor::F32(_, d) => (n, d),
+            _ => panic!("{n} is not f32"),
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn thirty_step_tiny_pretrain_loss_falls() {
+    let out = temp_dir("thirty");
+    let mut cfg = PretrainConfig::preset("tiny").unwrap();
+    cfg.train.steps = Some(30);
+    cfg.train.batch = 8;
+    cfg.output.log_every = 1;
+    let s = run(&cfg, &out, false, None).unwrap();
+    assert_eq!((s.step, s.interrupted), (30, false));
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 30);
+    let mean = |l: &[cmae::train::metrics::MetricsLine]| l.iter().map(|m| m.loss).sum::<f64>() / l.len() as f64;
+    let (first, last) = (mean(&lines[..5]), mean(&lines[25..]));
+    assert!(last < 0.7 * first, "loss fell from {first:.3} to only {last:.3}");
+    for m in &lines {
+        assert_eq!(m.loss_per_shot.len(), 1);
+        assert!(m.lr >= 0.0 && m.images_per_s > 0.0 && m.gpu_pooled_mb >= 0.0);
+    }
+    assert!(s.checkpoint.is_file() && s.recon.as_ref().is_some_and(|r| r.is_file()));
+    assert!(out.join("config.ron").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let cfg = {
+        let mut c = micro(20);
+        c.shots = cmae::config::parse_shots("0:0.5,1:0.25").unwrap();
+        c.output.checkpoint_every = 7;
+        c
+    };
+    let straight = temp_dir("straight");
+    run(&cfg, &straight, false, None).unwrap();
+    let split = temp_dir("split");
+    let first = run(&cfg, &split, false, Some(10)).unwrap();
+    assert!(first.interrupted && first.step == 10);
+    let second = run(&cfg, &split, true, None).unwrap();
+    assert_eq!(second.step, 20);
+    assert_eq!(weights(&straight.join("checkpoint.safetensors")), weights(&split.join("checkpoint.safetensors")));
+    let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
+    let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
+    let losses = |l: &[cmae::train::metrics::MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr)).collect::<Vec<_>>();
+    assert_eq!(losses(&a), losses(&b));
+    // Resuming with another model is refused, naming the difference.
+    let mut other = cfg.clone();
+    other.model.depth = 3;
+    let err = format!("{:#}", run(&other, &split, true, None).unwrap_err());
+    assert!(err.contains("model.depth") && err.contains("--resume"), "{err}");
+    // A run directory is never silently overwritten.
+    let err = format!("{:#}", run(&cfg, &split, false, None).unwrap_err());
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    for d in [straight, split] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
+    let out = temp_dir("roundtrip");
+    let cfg = micro(2);
+    run(&cfg, &out, false, None).unwrap();
+    let path = out.join("checkpoint.safetensors");
+    let file = safetensors_io::read(&path).unwrap();
+    assert_eq!(file.metadata.get("format").map(String::as_str), Some(checkpoint::FORMAT));
+    let (d, l) = (cfg.model.embed_dim, cfg.model.num_patches());
+    for (name, shape) in [
+        ("blocks.1.attn.qkv.weight", vec![3 * d, d]),
+        ("patch_embed.proj.weight", vec![d, 3, 4, 4]),
+        ("pos_embed", vec![1, 1 + l, d]),
+        ("decoder_pred.weight", vec![48, cfg.model.decoder_embed_dim]),
+        ("mask_token", vec![1, 1, cfg.model.decoder_embed_dim]),
+    ] {
+        assert_eq!(file.tensors.get(name).map(|t| t.shape().to_vec()), Some(shape), "{name}");
+    }
+    let loaded = checkpoint::load_model(dev(), &path, None).unwrap();
+    assert_eq!(loaded.step, Some(2));
+    let back: Vec<(String, Vec<f32>)> = {
+        let mut v: Vec<(String, Vec<f32>)> =
+            loaded.mae.params.to_host(dev()).unwrap().into_iter().map(|(n, _, d)| (n, d)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(back, weights(&path));
+    let mut other = cfg.clone();
+    other.model.embed_dim = 64;
+    let err = format!("{:#}", checkpoint::load_model(dev(), &path, Some(&other)).err().unwrap());
+    assert!(err.contains("shape") && err.contains("another model"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn memory_stays_flat_from_step_100_to_1000() {
+    let out = temp_dir("memory");
+    let mut cfg = micro(1000);
+    cfg.model.depth = 1;
+    cfg.output.log_every = 100;
+    cfg.output.checkpoint_every = 1000;
+    cfg.output.recon_every = 1000;
+    // A device of its own: the other tests' tensors share the common one's pool.
+    let own = Device::from_env().unwrap();
+    let opts = Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+    pretrain(&own, &cfg, &opts, &AtomicBool::new(false)).unwrap();
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    let at = |s: u64| lines.iter().find(|m| m.step == s).unwrap().clone();
+    let (a, b) = (at(100), at(1000));
+    assert_eq!((a.gpu_in_use_mb, a.gpu_pooled_mb), (b.gpu_in_use_mb, b.gpu_pooled_mb), "GPU pool grew");
+    if let (Some(ra), Some(rb)) = (a.host_rss_mb, b.host_rss_mb) {
+        // Allocator noise is a few MiB; a per-step leak of even 10 KiB would add 9 MiB.
+        assert!(rb - ra < 8.0, "host RSS grew from {ra:.1} to {rb:.1} MiB");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let out = temp_dir("nan");
+    let mut cfg = micro(30);
+    cfg.train.blr = 1e9;
+    cfg.train.warmup_epochs = 0.0;
+    cfg.output.checkpoint_every = 1;
+    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    assert!(err.contains("the loss became") && err.contains("train.blr"), "{err}");
+    let (step, _) = checkpoint::latest(&out).unwrap().expect("a checkpoint from before the divergence");
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    assert!(
+        lines.iter().all(|m| m.loss.is_finite() && m.step <= step),
+        "nothing after a non-finite loss is logged or saved"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn an_interrupt_checkpoints_and_stops_cleanly() {
+    let out = temp_dir("interrupt");
+    let opts = Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+    let s = pretrain(dev(), &micro(50), &opts, &AtomicBool::new(true)).unwrap();
+    assert!(s.interrupted && s.step == 1);
+    assert_eq!(checkpoint::latest(&out).unwrap().map(|(s, _)| s), Some(1));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_input_fails_with_clear_errors() {
+    let out = temp_dir("bad");
+    let mut cfg = micro(2);
+    cfg.data.spec = "fmnist:/no/such/fashion-mnist".into();
+    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    assert!(err.contains("/no/such/fashion-mnist") && err.contains("does not exist"), "{err}");
+
+    // An image folder with one corrupt PNG: abort names the file, skip counts it.
+    let data = temp_dir("folder");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..6 {
+            let img = image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 10) as u8, (y * 10) as u8, i * 40]));
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(data.join("b").join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let mut cfg = micro(3);
+    cfg.data.spec = format!("folder:{}", data.display());
+    cfg.train.batch = 13;
+    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    assert!(err.contains("broken.png") && err.contains("bad_images=skip"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+    cfg.data.bad_images = cmae::config::BadImages::Skip;
+    run(&cfg, &out, false, None).unwrap();
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    assert!(lines.last().unwrap().skipped_images >= 1);
+
+    let err = PretrainConfig::preset("tiny").unwrap().set("train.bs=3").unwrap_err().to_string();
+    assert!(err.contains("train.bs") && err.contains("batch"), "{err}");
+    let mut cfg = micro(2);
+    cfg.shots = cmae::config::parse_shots("0:0.75,9:0.1").unwrap();
+    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    assert!(err.contains("shot 1 layer 9") && err.contains("depth 2"), "{err}");
+    for d in [out, data] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -1,0 +1,119 @@
+//! Bad input on the command line ends with one clear `error:` line and a
+//! failing exit status, never a panic.
+
+use std::process::{Command, Output};
+
+fn cmae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmae")).args(args).output().unwrap()
+}
+
+/// The single error line (Mesa's own warnings filtered out).
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> =
+        stderr.lines().filter(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cmae-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn config_and_shot_mistakes_are_named() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["pretrain", "--set", "model.dpeth=6"], &["model.dpeth", "depth"]),
+        (&["pretrain", "--shots", "0:0.75,13:0.1"], &["shot 1 layer 13", "depth 12"]),
+        (&["pretrain", "--shots", "0:0.75", "--loss-weights", "1,2"], &["2 weights for 1 shots"]),
+        (&["pretrain", "--preset", "vit-xl"], &["vit-xl", "vit-b16"]),
+        (&["pretrain", "--data", "fmnist:/definitely/missing"], &["/definitely/missing", "does not exist"]),
+    ];
+    for (args, wants) in cases {
+        let out = cmae(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let line = error_line(&out);
+        for w in wants {
+            assert!(line.contains(w), "{args:?}: {line}");
+        }
+    }
+}
+
+#[test]
+fn reconstruct_reports_unreadable_images_and_checkpoints() {
+    let dir = temp("recon");
+    let broken = dir.join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    let ckpt = dir.join("not-a-checkpoint.safetensors");
+    std::fs::write(&ckpt, b"nope").unwrap();
+    let out = cmae(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--images",
+        broken.to_str().unwrap(),
+        "--out",
+        "x.png",
+    ]);
+    assert!(error_line(&out).contains("not-a-checkpoint.safetensors"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pretrain_then_reconstruct_any_image() {
+    let dir = temp("pipeline");
+    let run = dir.join("run");
+    let out = cmae(&[
+        "pretrain",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "model.depth=2",
+        "--set",
+        "model.embed_dim=32",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "model.decoder_depth=1",
+        "--set",
+        "data.synthetic_size=64",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checkpoint.safetensors") && stdout.contains("recon/step-00000002.png"), "{stdout}");
+
+    let photo = dir.join("photo.png");
+    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 90])).save(&photo).unwrap();
+    let broken = dir.join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff garbage").unwrap();
+    let ckpt = run.join("checkpoint.safetensors");
+    let grid = dir.join("grid.png");
+    let args = [
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--shots",
+        "0:0.5,1:0.5",
+        "--out",
+        grid.to_str().unwrap(),
+        "--images",
+    ];
+    let ok = cmae(&[&args[..], &[photo.to_str().unwrap(), photo.to_str().unwrap()]].concat());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let img = image::open(&grid).unwrap();
+    // Two rows of original | shot 1 | shot 2 | reconstruction | error, 96-px cells.
+    assert_eq!((img.width(), img.height()), (5 * 98 + 2, 2 * 98 + 2));
+    let bad = cmae(&[&args[..], &[broken.to_str().unwrap()]].concat());
+    let line = error_line(&bad);
+    assert!(line.contains("broken.jpg") && line.contains("corrupt"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
