@@ -6,76 +6,135 @@
 //           dx = σ⁻¹ · (g − mean(g) − x̂·mean(g·x̂))
 //           dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy   (partial sums per chunk of rows,
 //           finished by reduce.wgsl, so the order of additions is fixed)
+//
+// Rows are read as vec4s (d % 4 == 0, the usual case: 4× fewer loads on
+// llvmpipe) or element by element otherwise.
 
 struct Params { rows: u32, d: u32, eps: f32, chunk: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> gamma: array<f32>;
-@group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> gamma: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> beta: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>; // [rows, 2]: μ, σ⁻¹
+
+fn x1(i: u32) -> f32 { return x[i >> 2u][i & 3u]; }
+fn g1(i: u32) -> f32 { return gamma[i >> 2u][i & 3u]; }
+fn b1(i: u32) -> f32 { return beta[i >> 2u][i & 3u]; }
+
+fn vec_rows() -> bool { return p.d % 4u == 0u; }
 
 @compute @workgroup_size(64)
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = gid.x; r < p.rows; r += nwg.x * 64u) {
-        let base = r * p.d;
         var sum = 0.0;
-        for (var j = 0u; j < p.d; j++) { sum += x[base + j]; }
-        let mean = sum / f32(p.d);
         var sq = 0.0;
-        for (var j = 0u; j < p.d; j++) { let c = x[base + j] - mean; sq += c * c; }
-        let rstd = inverseSqrt(sq / f32(p.d) + p.eps);
-        for (var j = 0u; j < p.d; j++) { y[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j]; }
+        var mean = 0.0;
+        if (vec_rows()) {
+            let base = r * p.d / 4u;
+            var s4 = vec4<f32>(0.0);
+            for (var j = 0u; j < p.d / 4u; j++) { s4 += x[base + j]; }
+            mean = (s4.x + s4.y + s4.z + s4.w) / f32(p.d);
+            var q4 = vec4<f32>(0.0);
+            for (var j = 0u; j < p.d / 4u; j++) { let c = x[base + j] - mean; q4 += c * c; }
+            sq = q4.x + q4.y + q4.z + q4.w;
+            let rstd = inverseSqrt(sq / f32(p.d) + p.eps);
+            for (var j = 0u; j < p.d / 4u; j++) { y[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j]; }
+            stats[2u * r + 1u] = rstd;
+        } else {
+            let base = r * p.d;
+            for (var j = 0u; j < p.d; j++) { sum += x1(base + j); }
+            mean = sum / f32(p.d);
+            for (var j = 0u; j < p.d; j++) { let c = x1(base + j) - mean; sq += c * c; }
+            let rstd = inverseSqrt(sq / f32(p.d) + p.eps);
+            for (var j = 0u; j < p.d; j++) {
+                let i = base + j;
+                y[i >> 2u][i & 3u] = (x1(i) - mean) * rstd * g1(j) + b1(j);
+            }
+            stats[2u * r + 1u] = rstd;
+        }
         stats[2u * r] = mean;
-        stats[2u * r + 1u] = rstd;
     }
 }
 
-// Backward bindings: 1 x, 2 γ, 6 dy, 7 saved stats, 8 dx.
-@group(0) @binding(6) var<storage, read> dy: array<f32>;
+// Backward bindings: 1 x, 2 γ, 6 dy, 7 saved stats, 8 dx (or the partial sums).
+@group(0) @binding(6) var<storage, read> dy: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> saved: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dx: array<vec4<f32>>;
+
+fn dy1(i: u32) -> f32 { return dy[i >> 2u][i & 3u]; }
 
 @compute @workgroup_size(64)
 fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = gid.x; r < p.rows; r += nwg.x * 64u) {
-        let base = r * p.d;
         let mean = saved[2u * r];
         let rstd = saved[2u * r + 1u];
-        var g_mean = 0.0;
-        var gx_mean = 0.0;
-        for (var j = 0u; j < p.d; j++) {
-            let g = dy[base + j] * gamma[j];
-            g_mean += g;
-            gx_mean += g * (x[base + j] - mean) * rstd;
-        }
-        g_mean /= f32(p.d);
-        gx_mean /= f32(p.d);
-        for (var j = 0u; j < p.d; j++) {
-            let xhat = (x[base + j] - mean) * rstd;
-            dx[base + j] = rstd * (dy[base + j] * gamma[j] - g_mean - xhat * gx_mean);
+        if (vec_rows()) {
+            let base = r * p.d / 4u;
+            var g4 = vec4<f32>(0.0);
+            var gx4 = vec4<f32>(0.0);
+            for (var j = 0u; j < p.d / 4u; j++) {
+                let g = dy[base + j] * gamma[j];
+                g4 += g;
+                gx4 += g * (x[base + j] - mean) * rstd;
+            }
+            let g_mean = (g4.x + g4.y + g4.z + g4.w) / f32(p.d);
+            let gx_mean = (gx4.x + gx4.y + gx4.z + gx4.w) / f32(p.d);
+            for (var j = 0u; j < p.d / 4u; j++) {
+                let xhat = (x[base + j] - mean) * rstd;
+                dx[base + j] = rstd * (dy[base + j] * gamma[j] - g_mean - xhat * gx_mean);
+            }
+        } else {
+            let base = r * p.d;
+            var g_mean = 0.0;
+            var gx_mean = 0.0;
+            for (var j = 0u; j < p.d; j++) {
+                let g = dy1(base + j) * g1(j);
+                g_mean += g;
+                gx_mean += g * (x1(base + j) - mean) * rstd;
+            }
+            g_mean /= f32(p.d);
+            gx_mean /= f32(p.d);
+            for (var j = 0u; j < p.d; j++) {
+                let i = base + j;
+                let xhat = (x1(i) - mean) * rstd;
+                dx[i >> 2u][i & 3u] = rstd * (dy1(i) * g1(j) - g_mean - xhat * gx_mean);
+            }
         }
     }
 }
 
 // Partial parameter gradients: out[c, 0, j] = Σ dy·x̂, out[c, 1, j] = Σ dy over
-// the rows of chunk c. Bindings: 1 x, 6 dy, 7 saved stats, 8 out.
+// the rows of chunk c, 4 columns per invocation. Bindings: 1 x, 6 dy, 7 saved
+// stats, 8 out ([chunks, 2, d] with d padded to a multiple of 4).
 @compute @workgroup_size(64)
 fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let chunks = (p.rows + p.chunk - 1u) / p.chunk;
-    for (var t = gid.x; t < chunks * p.d; t += nwg.x * 64u) {
-        let c = t / p.d;
-        let j = t % p.d;
-        var sg = 0.0;
-        var sb = 0.0;
+    let d4 = (p.d + 3u) / 4u;
+    for (var t = gid.x; t < chunks * d4; t += nwg.x * 64u) {
+        let c = t / d4;
+        let j4 = t % d4;
+        var sg = vec4<f32>(0.0);
+        var sb = vec4<f32>(0.0);
         let end = min(p.rows, (c + 1u) * p.chunk);
         for (var r = c * p.chunk; r < end; r++) {
-            let g = dy[r * p.d + j];
-            sg += g * (x[r * p.d + j] - saved[2u * r]) * saved[2u * r + 1u];
+            var g: vec4<f32>;
+            var xv: vec4<f32>;
+            if (vec_rows()) {
+                g = dy[r * d4 + j4];
+                xv = x[r * d4 + j4];
+            } else {
+                for (var k = 0u; k < 4u; k++) {
+                    let j = min(j4 * 4u + k, p.d - 1u);
+                    g[k] = dy1(r * p.d + j);
+                    xv[k] = x1(r * p.d + j);
+                }
+            }
+            sg += g * (xv - saved[2u * r]) * saved[2u * r + 1u];
             sb += g;
         }
-        dx[(2u * c) * p.d + j] = sg;
-        dx[(2u * c + 1u) * p.d + j] = sb;
+        dx[(2u * c) * d4 + j4] = sg;
+        dx[(2u * c + 1u) * d4 + j4] = sb;
     }
 }

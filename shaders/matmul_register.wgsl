@@ -1,168 +1,29 @@
-// Batched matmul for CPU-like adapters (lavapipe/llvmpipe, SwiftShader).
-//
-//   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col])      op(X) = X or Xᵀ
-//
-// On llvmpipe every storage load is a per-lane scalar loop and workgroup
-// memory is no faster than storage, so this kernel uses no shared memory: each
-// invocation keeps an 8×16 block of C in registers (eight 4×4 matrices) and
-// reads its operands with vec4 loads straight from storage, 24 loads per 512
-// FMAs. Loops over register arrays defeat llvmpipe's unroller (measured 8×
-// slower), hence whole-matrix values and explicit fma chains instead.
-//
-// Operand X at batch z (z = outer·heads + inner) starts at
-//   x_off + outer·x_b0 + inner·x_b1, with rows x_row elements apart.
-// NN: A(i,k) = a[base + i·a_row + k]    B(k,j) = b[base + k·b_row + j]
-// NT: B(k,j) = b[base + j·b_row + k]    (x·Wᵀ, Q·Kᵀ, dO·Vᵀ)
-// TN: A(i,k) = a[base + k·a_row + i]    (dYᵀ·X, Pᵀ·dO)
-//
-// VEC: every contiguous extent, row stride and offset is a multiple of 4, so
-// whole vec4s are loaded. Otherwise elements are fetched one by one and the
-// K tail is zero-filled: any shape works, more slowly.
-
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override VEC: bool = true;
-struct Params {
-    m: u32, n: u32, k: u32, heads: u32,
-    a_off: u32, a_row: u32, a_b0: u32, a_b1: u32,
-    b_off: u32, b_row: u32, b_b0: u32, b_b1: u32,
-    c_off: u32, c_row: u32, c_b0: u32, c_b1: u32,
-    alpha: f32, has_bias: u32, bias_off: u32, batches: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
-fn a_at(i: u32) -> f32 { return a[i >> 2u][i & 3u]; }
-fn b_at(i: u32) -> f32 { return b[i >> 2u][i & 3u]; }
-// 4 consecutive elements from flat index i; lanes ≥ valid are 0.
-fn a4(i: u32, valid: u32) -> vec4<f32> {
-    if (VEC) { return a[i >> 2u]; }
-    return vec4<f32>(a_at(i), select(0.0, a_at(i + 1u), valid > 1u), select(0.0, a_at(i + 2u), valid > 2u), select(0.0, a_at(i + 3u), valid > 3u));
-}
-fn b4(i: u32, valid: u32) -> vec4<f32> {
-    if (VEC) { return b[i >> 2u]; }
-    return vec4<f32>(b_at(i), select(0.0, b_at(i + 1u), valid > 1u), select(0.0, b_at(i + 2u), valid > 2u), select(0.0, b_at(i + 3u), valid > 3u));
-}
-
-// Rows 4g..4g+3 of this block of A for k..k+3, as a matrix whose column i is row i's vec4.
-fn a_block(base: u32, rows: vec4<u32>, k: u32, kv: u32) -> mat4x4<f32> {
-    if (TRANS_A) {
-        // A stored [K, M]: read along M for each k, then transpose.
-        let kc = vec4<u32>(k, min(k + 1u, p.k - 1u), min(k + 2u, p.k - 1u), min(k + 3u, p.k - 1u));
-        var m: mat4x4<f32>;
-        if (VEC) {
-            m = mat4x4<f32>(a[(base + kc.x * p.a_row + rows.x) >> 2u], a[(base + kc.y * p.a_row + rows.x) >> 2u],
-                            a[(base + kc.z * p.a_row + rows.x) >> 2u], a[(base + kc.w * p.a_row + rows.x) >> 2u]);
-        } else {
-            m = mat4x4<f32>(
-                vec4<f32>(a_at(base + kc.x * p.a_row + rows.x), a_at(base + kc.x * p.a_row + rows.y), a_at(base + kc.x * p.a_row + rows.z), a_at(base + kc.x * p.a_row + rows.w)),
-                vec4<f32>(a_at(base + kc.y * p.a_row + rows.x), a_at(base + kc.y * p.a_row + rows.y), a_at(base + kc.y * p.a_row + rows.z), a_at(base + kc.y * p.a_row + rows.w)),
-                vec4<f32>(a_at(base + kc.z * p.a_row + rows.x), a_at(base + kc.z * p.a_row + rows.y), a_at(base + kc.z * p.a_row + rows.z), a_at(base + kc.z * p.a_row + rows.w)),
-                vec4<f32>(a_at(base + kc.w * p.a_row + rows.x), a_at(base + kc.w * p.a_row + rows.y), a_at(base + kc.w * p.a_row + rows.z), a_at(base + kc.w * p.a_row + rows.w)));
-        }
-        let live = vec4<f32>(vec4<bool>(true, kv > 1u, kv > 2u, kv > 3u));
-        return transpose(mat4x4<f32>(m[0] * live.x, m[1] * live.y, m[2] * live.z, m[3] * live.w));
-    }
-    return mat4x4<f32>(a4(base + rows.x * p.a_row + k, kv), a4(base + rows.y * p.a_row + k, kv),
-                       a4(base + rows.z * p.a_row + k, kv), a4(base + rows.w * p.a_row + k, kv));
-}
-
-// Columns 4g..4g+3 of B for k..k+3, as a matrix whose column kk is B(k+kk, cols).
-fn b_block(base: u32, cols: vec4<u32>, k: u32, kv: u32) -> mat4x4<f32> {
-    if (TRANS_B) {
-        return transpose(mat4x4<f32>(b4(base + cols.x * p.b_row + k, kv), b4(base + cols.y * p.b_row + k, kv),
-                                     b4(base + cols.z * p.b_row + k, kv), b4(base + cols.w * p.b_row + k, kv)));
-    }
-    let kc = vec4<u32>(k, min(k + 1u, p.k - 1u), min(k + 2u, p.k - 1u), min(k + 3u, p.k - 1u));
-    var m: mat4x4<f32>;
-    if (VEC) {
-        m = mat4x4<f32>(b[(base + kc.x * p.b_row + cols.x) >> 2u], b[(base + kc.y * p.b_row + cols.x) >> 2u],
-                        b[(base + kc.z * p.b_row + cols.x) >> 2u], b[(base + kc.w * p.b_row + cols.x) >> 2u]);
-    } else {
-        m = mat4x4<f32>(
-            vec4<f32>(b_at(base + kc.x * p.b_row + cols.x), b_at(base + kc.x * p.b_row + cols.y), b_at(base + kc.x * p.b_row + cols.z), b_at(base + kc.x * p.b_row + cols.w)),
-            vec4<f32>(b_at(base + kc.y * p.b_row + cols.x), b_at(base + kc.y * p.b_row + cols.y), b_at(base + kc.y * p.b_row + cols.z), b_at(base + kc.y * p.b_row + cols.w)),
-            vec4<f32>(b_at(base + kc.z * p.b_row + cols.x), b_at(base + kc.z * p.b_row + cols.y), b_at(base + kc.z * p.b_row + cols.z), b_at(base + kc.z * p.b_row + cols.w)),
-            vec4<f32>(b_at(base + kc.w * p.b_row + cols.x), b_at(base + kc.w * p.b_row + cols.y), b_at(base + kc.w * p.b_row + cols.z), b_at(base + kc.w * p.b_row + cols.w)));
-    }
-    let live = vec4<f32>(vec4<bool>(true, kv > 1u, kv > 2u, kv > 3u));
-    return mat4x4<f32>(m[0] * live.x, m[1] * live.y, m[2] * live.z, m[3] * live.w);
-}
-
-// acc + bm·am with fused multiply-adds (a plain matrix product would compile
-// to separate multiplies and adds on CPU adapters).
-fn mac(acc: mat4x4<f32>, bm: mat4x4<f32>, am: mat4x4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(
-        fma(vec4(am[0].w), bm[3], fma(vec4(am[0].z), bm[2], fma(vec4(am[0].y), bm[1], fma(vec4(am[0].x), bm[0], acc[0])))),
-        fma(vec4(am[1].w), bm[3], fma(vec4(am[1].z), bm[2], fma(vec4(am[1].y), bm[1], fma(vec4(am[1].x), bm[0], acc[1])))),
-        fma(vec4(am[2].w), bm[3], fma(vec4(am[2].z), bm[2], fma(vec4(am[2].y), bm[1], fma(vec4(am[2].x), bm[0], acc[2])))),
-        fma(vec4(am[3].w), bm[3], fma(vec4(am[3].z), bm[2], fma(vec4(am[3].y), bm[1], fma(vec4(am[3].x), bm[0], acc[3])))));
-}
-
-fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
-    for (var i = 0u; i < 4u; i++) {
-        let r = rows + i;
-        if (r >= p.m) { return; }
-        let v = acc[i] * p.alpha;
-        for (var t = 0u; t < 4u; t++) {
-            let cc = col + t;
-            if (cc < p.n) {
-                var add = 0.0;
-                if (p.has_bias != 0u) { add = bias[p.bias_off + cc]; }
-                c[c_base + r * p.c_row + cc] = v[t] + add;
-            }
-        }
-    }
-}
+// Register-blocked matmul entry point without subgroup operations (appended
+// to matmul_common.wgsl): every lane loads its own A rows and B columns,
+// 24 vec4 loads per 512 FMAs.
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    // One 8×16 block of C per invocation, blocks numbered over the whole batch
-    // so every lane has work even when each matrix is small (attention on
-    // 17 tokens), with neighbouring invocations on neighbouring row blocks
-    // (one SIMD batch on llvmpipe shares its B columns).
-    let blocks_m = (p.m + 7u) / 8u;
-    let per_batch = blocks_m * ((p.n + 15u) / 16u);
-    let g = (wg.y * nwg.x + wg.x) * 64u + lid.x;
-    let z = g / per_batch;
-    if (z >= p.batches) { return; }
-    let r = g % per_batch;
-    let row0 = (r % blocks_m) * 8u;
-    let col0 = (r / blocks_m) * 16u;
-    let outer = z / p.heads;
-    let inner = z % p.heads;
-    let a_base = p.a_off + outer * p.a_b0 + inner * p.a_b1;
-    let b_base = p.b_off + outer * p.b_b0 + inner * p.b_b1;
-    let c_base = p.c_off + outer * p.c_b0 + inner * p.c_b1;
-    let last_r = p.m - 1u;
-    var r_lo = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last_r));
-    var r_hi = min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last_r));
-    // Aᵀ read as vec4s along M (M % 4 == 0): row0 ≤ M−4, and a clamped upper
-    // half belongs to rows that are never stored.
-    if (VEC && TRANS_A) { r_hi = vec4<u32>(min(row0 + 4u, p.m - 4u)); r_lo = vec4<u32>(row0); }
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, (p.m + 7u) / 8u);
+    if (!bl.live) { return; }
+    let rows = row_sets(bl.row0);
     let last_c = p.n - 1u;
-    let c0 = min(vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last_c));
-    let c1 = min(vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last_c));
-    let c2 = min(vec4<u32>(col0) + vec4<u32>(8u, 9u, 10u, 11u), vec4<u32>(last_c));
-    let c3 = min(vec4<u32>(col0) + vec4<u32>(12u, 13u, 14u, 15u), vec4<u32>(last_c));
+    let c0 = min(vec4<u32>(bl.col0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last_c));
+    let c1 = min(vec4<u32>(bl.col0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last_c));
+    let c2 = min(vec4<u32>(bl.col0) + vec4<u32>(8u, 9u, 10u, 11u), vec4<u32>(last_c));
+    let c3 = min(vec4<u32>(bl.col0) + vec4<u32>(12u, 13u, 14u, 15u), vec4<u32>(last_c));
     var acc00 = mat4x4<f32>(); var acc01 = mat4x4<f32>(); var acc02 = mat4x4<f32>(); var acc03 = mat4x4<f32>();
     var acc10 = mat4x4<f32>(); var acc11 = mat4x4<f32>(); var acc12 = mat4x4<f32>(); var acc13 = mat4x4<f32>();
     for (var k = 0u; k < p.k; k += 4u) {
         let kv = min(4u, p.k - k);
-        let am0 = a_block(a_base, r_lo, k, kv);
-        let am1 = a_block(a_base, r_hi, k, kv);
-        let bm0 = b_block(b_base, c0, k, kv);
-        let bm1 = b_block(b_base, c1, k, kv);
-        let bm2 = b_block(b_base, c2, k, kv);
-        let bm3 = b_block(b_base, c3, k, kv);
+        let am0 = a_block(bl.a_base, rows[0], k, kv);
+        let am1 = a_block(bl.a_base, rows[1], k, kv);
+        let bm0 = b_block(bl.b_base, c0, k, kv);
+        let bm1 = b_block(bl.b_base, c1, k, kv);
+        let bm2 = b_block(bl.b_base, c2, k, kv);
+        let bm3 = b_block(bl.b_base, c3, k, kv);
         acc00 = mac(acc00, bm0, am0); acc01 = mac(acc01, bm1, am0); acc02 = mac(acc02, bm2, am0); acc03 = mac(acc03, bm3, am0);
         acc10 = mac(acc10, bm0, am1); acc11 = mac(acc11, bm1, am1); acc12 = mac(acc12, bm2, am1); acc13 = mac(acc13, bm3, am1);
     }
-    store(acc00, c_base, row0, col0); store(acc01, c_base, row0, col0 + 4u);
-    store(acc02, c_base, row0, col0 + 8u); store(acc03, c_base, row0, col0 + 12u);
-    store(acc10, c_base, row0 + 4u, col0); store(acc11, c_base, row0 + 4u, col0 + 4u);
-    store(acc12, c_base, row0 + 4u, col0 + 8u); store(acc13, c_base, row0 + 4u, col0 + 12u);
+    store_block(bl, array<mat4x4<f32>, 8>(acc00, acc01, acc02, acc03, acc10, acc11, acc12, acc13));
 }

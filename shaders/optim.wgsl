@@ -5,6 +5,7 @@
 //   m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²
 //   p ← p − (lr / (1−β1ᵗ)) · m / (sqrt(v)/sqrt(1−β2ᵗ) + eps)
 // g is scaled by grad_scale first (1 / accumulation steps when averaging).
+// Works on vec4s (buffers are padded to 16 bytes; see elementwise.wgsl).
 
 struct AdamW {
     n: u32, _pad0: u32, _pad1: u32, _pad2: u32,
@@ -13,15 +14,15 @@ struct AdamW {
 }
 
 @group(0) @binding(0) var<uniform> a: AdamW;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let step = a.lr / a.bias_c1;
-    for (var i = gid.x; i < a.n; i += nwg.x * 256u) {
+    for (var i = gid.x; i < (a.n + 3u) / 4u; i += nwg.x * 256u) {
         let g = grad[i] * a.grad_scale;
         var w = param[i] * (1.0 - a.lr * a.weight_decay);
         let mi = m[i] + (1.0 - a.beta1) * (g - m[i]);

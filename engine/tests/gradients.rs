@@ -82,7 +82,7 @@ fn gelu_backward() {
 
 #[test]
 fn layer_norm_backward() {
-    for (rows, d) in [(3, 5), (17, 65), (130, 7)] {
+    for (rows, d) in [(3, 5), (17, 65), (130, 7), (9, 12)] {
         check(
             &format!("layer_norm {rows}x{d}"),
             &[Input::random("x", &[rows, d], 13), Input::random("g", &[d], 14), Input::random("b", &[d], 15)],

@@ -34,8 +34,14 @@ fn elementwise_ops_match() {
         let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a) + 3.0 * f64::from(*b)).collect();
         assert_close("accumulate", &download(&acc), &want, ELEM.0, ELEM.1);
     }
-    // Broadcasts over leading axes.
-    let (b, t, c) = (3, 5, 7);
+    // Broadcasts over leading axes, with periods that are and are not whole vec4s.
+    for (b, t, c) in [(3, 5, 7), (2, 3, 8)] {
+        broadcasts_match(b, t, c);
+    }
+}
+
+fn broadcasts_match(b: usize, t: usize, c: usize) {
+    let d = dev();
     let x = rand_vec(b * t * c, 3);
     let v = rand_vec(t * c, 4);
     let got = download(&elementwise::add_broadcast(d, &upload(&x, &[b, t, c]), &upload(&v, &[t, c]), 2.0).unwrap());
@@ -141,7 +147,7 @@ fn gather_and_scatter_rows_match() {
 
 #[test]
 fn row_sums_match() {
-    for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3)] {
+    for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3), (130, 12)] {
         let x = rand_vec(rows * cols, 19);
         let w = rand_vec(rows, 20);
         let got = download(

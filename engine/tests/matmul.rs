@@ -14,6 +14,15 @@ use common::{assert_close, rand_vec};
 const ATOL: f64 = 1e-4;
 const RTOL: f64 = 1e-4;
 
+/// Every kernel family this adapter can run.
+fn kinds() -> Vec<MatmulKind> {
+    let mut k = vec![MatmulKind::Register, MatmulKind::Tiled];
+    if Device::from_env().unwrap().supports_subgroup_matmul() {
+        k.push(MatmulKind::Subgroup);
+    }
+    k
+}
+
 fn device(kind: MatmulKind) -> Device {
     let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
     dev.set_matmul_kind(kind);
@@ -69,13 +78,23 @@ fn register_kernel_matches_f64_on_awkward_shapes() {
 }
 
 #[test]
+fn subgroup_kernel_matches_f64_on_awkward_shapes() {
+    let probe = Device::from_env().unwrap();
+    if !probe.supports_subgroup_matmul() {
+        eprintln!("skipped: adapter {} has no 8-lane subgroups", probe.info().name);
+        return;
+    }
+    check_all_shapes(MatmulKind::Subgroup);
+}
+
+#[test]
 fn tiled_kernel_matches_f64_on_awkward_shapes() {
     check_all_shapes(MatmulKind::Tiled);
 }
 
 #[test]
 fn linear_with_fused_bias_matches_f64() {
-    for kind in [MatmulKind::Register, MatmulKind::Tiled] {
+    for kind in kinds() {
         let dev = device(kind);
         for (rows, inp, out) in [(1088, 192, 576), (65, 17, 3), (130, 48, 192)] {
             let x = rand_vec(rows * inp, 1);
@@ -109,7 +128,7 @@ fn linear_with_fused_bias_matches_f64() {
 /// written with a row stride into a wider output: the views attention uses.
 #[test]
 fn strided_batched_views_address_heads_inside_qkv() {
-    for kind in [MatmulKind::Register, MatmulKind::Tiled] {
+    for kind in kinds() {
         let dev = device(kind);
         let (b, t, h, hd) = (3, 17, 3, 8);
         let d = h * hd;

@@ -19,8 +19,9 @@ fn spec(entry: &'static str) -> KernelSpec<'static> {
     KernelSpec { shader: &shaders::ELEMENTWISE, entry, constants: &[], label: entry }
 }
 
+/// The kernels work on vec4s: `n.div_ceil(4)` items.
 fn run(dev: &Device, entry: &'static str, p: Params, bindings: &[(u32, &Tensor)]) -> Result<()> {
-    dev.dispatch(spec(entry), &p, bindings, grid(p.n as usize, 256))
+    dev.dispatch(spec(entry), &p, bindings, grid((p.n as usize).div_ceil(4), 256))
 }
 
 /// `alpha·x + beta·y`.

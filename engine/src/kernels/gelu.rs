@@ -17,7 +17,7 @@ pub fn gelu(dev: &Device, x: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { n: u32_of("gelu", x.numel())?, _pad: [0; 3] };
     let spec = KernelSpec { shader: &shaders::GELU, entry: "forward", constants: &[], label: "gelu" };
-    dev.dispatch(spec, &p, &[(1, x), (3, &out)], grid(x.numel(), 256))?;
+    dev.dispatch(spec, &p, &[(1, x), (3, &out)], grid(x.numel().div_ceil(4), 256))?;
     Ok(out)
 }
 
@@ -27,6 +27,6 @@ pub fn gelu_backward(dev: &Device, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { n: u32_of("gelu_backward", x.numel())?, _pad: [0; 3] };
     let spec = KernelSpec { shader: &shaders::GELU, entry: "backward", constants: &[], label: "gelu_backward" };
-    dev.dispatch(spec, &p, &[(1, x), (2, dy), (3, &out)], grid(x.numel(), 256))?;
+    dev.dispatch(spec, &p, &[(1, x), (2, dy), (3, &out)], grid(x.numel().div_ceil(4), 256))?;
     Ok(out)
 }

@@ -68,14 +68,16 @@ pub fn layer_norm_backward(
         grid(rows, 64),
     )?;
     let chunks = rows.div_ceil(PARAM_CHUNK);
-    let partial = Tensor::uninit(dev, &[chunks, 2, d], DType::F32)?;
+    // Rows of the partial sums are padded to whole vec4s.
+    let d_pad = d.next_multiple_of(4);
+    let partial = Tensor::uninit(dev, &[chunks, 2, d_pad], DType::F32)?;
     dev.dispatch(
         spec("backward_params", "layernorm_backward_params"),
         &p,
         &[(1, x), (6, dy), (7, stats), (8, &partial)],
-        grid(chunks * d, 64),
+        grid(chunks * d_pad / 4, 64),
     )?;
-    let dgamma = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d, offset: 0 }, None)?;
-    let dbeta = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d, offset: d }, None)?;
+    let dgamma = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: 0 }, None)?;
+    let dbeta = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: d_pad }, None)?;
     Ok((dx, dgamma, dbeta))
 }

@@ -138,7 +138,8 @@ impl Matmul<'_> {
         };
         let label = self.label.unwrap_or(label(self.trans_a, self.trans_b));
         match dev.matmul_kind() {
-            MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label),
+            MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
+            MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
             MatmulKind::Tiled => {
                 let spec = KernelSpec {
                     shader: &shaders::MATMUL_TILED,
@@ -166,13 +167,17 @@ impl Matmul<'_> {
         params: &MatmulParams,
         (a_cols, b_cols): (usize, usize),
         label: &'static str,
+        subgroup: bool,
     ) -> Result<()> {
         let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
             && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
         let [ta, tb] = self.trans_constants();
         let constants = [ta, tb, ("VEC", f64::from(u8::from(vec_ok)))];
-        let spec = KernelSpec { shader: &shaders::MATMUL_REGISTER, entry: "main", constants: &constants, label };
-        let blocks = u64::from(params.m.div_ceil(8)) * u64::from(params.n.div_ceil(16)) * u64::from(params.batches);
+        let shader = if subgroup { &shaders::MATMUL_SUBGROUP } else { &shaders::MATMUL_REGISTER };
+        let spec = KernelSpec { shader, entry: "main", constants: &constants, label };
+        // The subgroup kernel rounds row blocks up to whole 8-lane subgroups.
+        let blocks_m = if subgroup { params.m.div_ceil(8).next_multiple_of(8) } else { params.m.div_ceil(8) };
+        let blocks = u64::from(blocks_m) * u64::from(params.n.div_ceil(16)) * u64::from(params.batches);
         dev.dispatch(spec, params, &self.bindings(), flat_groups(dev, blocks.div_ceil(64)))
     }
 }

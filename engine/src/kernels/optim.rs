@@ -55,5 +55,5 @@ pub fn adamw(dev: &Device, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor
         grad_scale: s.grad_scale,
     };
     let spec = KernelSpec { shader: &shaders::OPTIM, entry: "adamw", constants: &[], label: "adamw" };
-    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, m), (4, v)], grid(param.numel(), 256))
+    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, m), (4, v)], grid(param.numel().div_ceil(4), 256))
 }

@@ -18,8 +18,10 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// Rows summed per invocation in one pass; passes repeat until one row is left.
+/// Rows summed per invocation in the first pass; a second pass sums the
+/// chunks. Up to SINGLE_PASS rows are summed in one pass.
 const CHUNK: usize = 64;
+const SINGLE_PASS: usize = 256;
 
 /// Rows `r` of a strided view of `x`: element `(r, j)` at `offset + r·stride + j`.
 #[derive(Debug, Clone, Copy)]
@@ -55,22 +57,24 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
     if x.rows == 0 {
         return super::elementwise::full(dev, &[x.cols], 0.0);
     }
-    let mut cur = pass(dev, x, weights)?;
-    while cur.dim(0) > 1 {
-        let rows = cur.dim(0);
-        cur = pass(dev, RowView { t: &cur, rows, cols: x.cols, stride: x.cols, offset: 0 }, None)?;
+    // Each dispatch has a fixed cost on CPU adapters, so at most two passes.
+    if x.rows <= SINGLE_PASS {
+        return pass(dev, x, weights, x.rows)?.reshape(&[x.cols]);
     }
-    cur.reshape(&[x.cols])
+    let partial = pass(dev, x, weights, CHUNK)?;
+    let chunks = partial.dim(0);
+    pass(dev, RowView { t: &partial, rows: chunks, cols: x.cols, stride: x.cols, offset: 0 }, None, chunks)?
+        .reshape(&[x.cols])
 }
 
-fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Result<Tensor> {
+fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, chunk: usize) -> Result<Tensor> {
     let op = "sum_rows";
-    let chunks = x.rows.div_ceil(CHUNK);
+    let chunks = x.rows.div_ceil(chunk);
     let out = Tensor::uninit(dev, &[chunks, x.cols], DType::F32)?;
     let p = Params {
         rows: u32_of(op, x.rows)?,
         cols: u32_of(op, x.cols)?,
-        chunk: CHUNK as u32,
+        chunk: u32_of(op, chunk)?,
         stride: u32_of(op, x.stride)?,
         offset: u32_of(op, x.offset)?,
         weighted: u32::from(weights.is_some()),
