@@ -104,8 +104,8 @@ enum BenchCommand {
         /// Default: L(0;0.75), L(0,d-2;0.75,0.1), L(0,d-2,d-1;0.75,0.1,0.1).
         #[arg(long = "shots")]
         settings: Vec<String>,
-        /// Timed steps per setting (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        /// Timed steps per setting, interleaved across settings (the median is reported).
+        #[arg(long, default_value_t = 5)]
         steps: usize,
         /// Untimed steps per setting first.
         #[arg(long, default_value_t = 1)]

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::config::{PretrainConfig, Shot, parse_shots, shots_to_string};
+use crate::config::{ModelConfig, PretrainConfig, Shot, parse_shots, shots_to_string};
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -36,6 +36,30 @@ pub fn default_settings(depth: usize) -> Vec<String> {
         v.push(format!("0:0.75,{j}:0.1,{k}:0.1"));
     }
     v
+}
+
+/// Matmul FLOPs of one training step (forward + backward ≈ 3× forward),
+/// counted from the shapes: a deterministic measure of what a masking setting
+/// saves, unlike wall time on a noisy machine.
+pub fn step_gflop(m: &ModelConfig, shots: &[Shot], batch: usize) -> f64 {
+    let (d, dd, l) = (m.embed_dim as f64, m.decoder_embed_dim as f64, m.num_patches());
+    let block = |t: f64, dim: f64, hidden: f64| 2.0 * t * (4.0 * dim * dim + 2.0 * dim * hidden) + 4.0 * t * t * dim;
+    let mut visible = l;
+    let mut tokens = vec![0usize; m.depth + 1];
+    let mut next = shots.iter().peekable();
+    for (i, t) in tokens.iter_mut().enumerate() {
+        while let Some(s) = next.next_if(|s| s.layer == i) {
+            visible = crate::config::keep_count(visible, s.ratio);
+        }
+        *t = 1 + visible;
+    }
+    let b = batch as f64;
+    let encoder: f64 = tokens[..m.depth].iter().map(|&t| block(t as f64, d, m.mlp_hidden() as f64)).sum();
+    let decoder = m.decoder_depth as f64 * block((1 + l) as f64, dd, m.decoder_mlp_hidden() as f64);
+    let heads = 2.0 * l as f64 * m.patch_dim() as f64 * d
+        + 2.0 * tokens[m.depth] as f64 * d * dd
+        + 2.0 * (1 + l) as f64 * dd * m.patch_dim() as f64;
+    3.0 * b * (encoder + decoder + heads) / 1e9
 }
 
 /// One full training step (forward, backward, AdamW) on a fixed batch.
@@ -66,42 +90,69 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let pixels: Vec<f32> =
         (0..batch * m.in_chans * m.img_size * m.img_size).map(|_| rng.random_range(-1.0..1.0)).collect();
     let imgs = Tensor::from_f32(dev, &pixels, &[batch, m.in_chans, m.img_size, m.img_size])?;
+    let settings: Vec<Vec<Shot>> = settings
+        .iter()
+        .map(|s| {
+            let shots = parse_shots(s)?;
+            crate::config::validate_shots(&shots, &m)?;
+            Ok(shots)
+        })
+        .collect::<Result<_>>()?;
     let mut first_step_s = None;
-    for setting in settings {
-        let shots = parse_shots(&setting)?;
-        crate::config::validate_shots(&shots, &m)?;
+    for shots in &settings {
         for _ in 0..opts.warmup.max(1) {
-            step(dev, &mae, &mut opt, &imgs, &shots, &mut rng)?;
+            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
         }
-        let mut times = Vec::new();
-        for _ in 0..opts.steps.max(1) {
-            let t = Instant::now();
-            step(dev, &mae, &mut opt, &imgs, &shots, &mut rng)?;
+    }
+    // Settings take turns, round after round, so drifts in machine speed hit
+    // them alike and the per-setting medians compare fairly.
+    let mut times = vec![Vec::new(); settings.len()];
+    for _ in 0..opts.steps.max(1) {
+        for (shots, t) in settings.iter().zip(&mut times) {
+            let start = Instant::now();
+            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
             dev.sync()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            t.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+    }
+    for t in &mut times {
+        t.sort_by(f64::total_cmp);
+    }
+    // The minimum is reported too: on a shared machine noise only ever adds
+    // time, so the fastest of many interleaved rounds is the steadiest figure.
+    let medians: Vec<f64> = times.iter().map(|t| t[t.len() / 2]).collect();
+    let mins: Vec<f64> = times.iter().map(|t| t[0]).collect();
+    let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    let gflop0 = step_gflop(&m, &settings[0], batch);
+    for ((shots, &ms), &min) in settings.iter().zip(&medians).zip(&mins) {
+        let gflop = step_gflop(&m, shots, batch);
         emit(json!({
             "preset": opts.preset,
-            "shots": shots_to_string(&shots),
+            "shots": shots_to_string(shots),
             "batch": batch,
             "ms_per_step": (ms * 10.0).round() / 10.0,
             "images_per_s": (batch as f64 / ms * 1e4).round() / 10.0,
+            "ms_per_step_min": (min * 10.0).round() / 10.0,
+            "vs_first": round3(ms / medians[0]),
+            "vs_first_min": round3(min / mins[0]),
+            "gflop_per_step": (gflop * 100.0).round() / 100.0,
+            "vs_first_gflop": (gflop / gflop0 * 10000.0).round() / 10000.0,
             "adapter": dev.info().name,
             "first_step_s": first_step_s.map(|s| (s * 100.0).round() / 100.0),
         }));
-        if opts.profile {
+    }
+    if opts.profile {
+        for shots in &settings {
             dev.set_profiling(true)?;
-            step(dev, &mae, &mut opt, &imgs, &shots, &mut rng)?;
+            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
             let profile = dev.take_profile()?;
             dev.set_profiling(false)?;
             let total: f64 = profile.iter().map(|k| k.total_ms).sum();
             for k in profile {
                 emit(json!({
-                    "profile": shots_to_string(&shots),
+                    "profile": shots_to_string(shots),
                     "kernel": k.label,
                     "dispatches": k.dispatches,
                     "gpu_ms": (k.total_ms * 100.0).round() / 100.0,
@@ -111,4 +162,23 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_shots_cost_fewer_flops() {
+        let m = PretrainConfig::preset("tiny").unwrap().model;
+        let one = step_gflop(&m, &parse_shots("0:0.75").unwrap(), 64);
+        let two = step_gflop(&m, &parse_shots("0:0.75,10:0.1").unwrap(), 64);
+        let three = step_gflop(&m, &parse_shots("0:0.75,10:0.1,11:0.1").unwrap(), 64);
+        assert!(three < two && two < one, "{one} {two} {three}");
+        // By hand: an encoder block on 17 tokens of 192-d (MLP 768) is
+        // 2·17·(4·192² + 2·192·768) + 4·17²·192 = 15,040,512 + 221,952 = 15,262,464 FLOPs per sample.
+        let enc17 = 2.0 * 17.0 * (4.0 * 192.0f64.powi(2) + 2.0 * 192.0 * 768.0) + 4.0 * 289.0 * 192.0;
+        assert_eq!(enc17, 15_262_464.0);
+        assert!(one > 3.0 * 64.0 * 12.0 * enc17 / 1e9);
+    }
 }
