@@ -60,3 +60,16 @@ fn copy_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         out[(b * p.n_out + p.out_off + k) * p.d + j] = src[(b * p.n_src + p.src_off + k) * p.d + j];
     }
 }
+
+// transpose: out[b, j, i] = src[b, i, j] for src [batch, k (rows), d (cols)]
+// (an explicit layout change; the matmuls read transposed operands in place).
+@compute @workgroup_size(256)
+fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let total = p.batch * p.k * p.d;
+    for (var e = gid.x; e < total; e += nwg.x * 256u) {
+        let i = (e / p.d) % p.k;
+        let j = e % p.d;
+        let b = e / (p.k * p.d);
+        out[(b * p.d + j) * p.k + i] = src[e];
+    }
+}

@@ -70,3 +70,19 @@ fn bad_backend_name_is_a_clear_error() {
     let err = Device::open(&req).err().expect("no adapter matches").to_string();
     assert!(err.contains("no-such-gpu-anywhere") && err.contains("available"), "{err}");
 }
+
+/// The viewer hands the engine eframe's device: wrapping an existing
+/// wgpu device and queue gives a working engine device.
+#[test]
+fn wraps_an_existing_wgpu_device() {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let inst = wgpu::Instance::new(desc);
+    let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let info = adapter.get_info();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let d = Device::from_wgpu(device, queue, info);
+    let x = Tensor::from_f32(&d, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let y = cmae_engine::kernels::matmul::matmul(&d, &x, &x, false, false).unwrap();
+    assert_eq!(y.to_vec_f32(&d).unwrap(), vec![7.0, 10.0, 15.0, 22.0]);
+}

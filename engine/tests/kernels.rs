@@ -146,6 +146,23 @@ fn gather_and_scatter_rows_match() {
 }
 
 #[test]
+fn transpose_swaps_the_last_two_axes() {
+    let (b, r, c) = (3usize, 5usize, 7usize);
+    let x = rand_vec(b * r * c, 41);
+    let t = gather::transpose(dev(), &upload(&x, &[b, r, c])).unwrap();
+    assert_eq!(t.shape(), &[b, c, r]);
+    let got = download(&t);
+    for bi in 0..b {
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(got[(bi * c + j) * r + i], x[(bi * r + i) * c + j]);
+            }
+        }
+    }
+    assert!(gather::transpose(dev(), &upload(&x[..3], &[3])).is_err());
+}
+
+#[test]
 fn row_sums_match() {
     for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3), (130, 12)] {
         let x = rand_vec(rows * cols, 19);

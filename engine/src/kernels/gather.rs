@@ -129,3 +129,32 @@ pub fn copy_rows(dev: &Device, src: &Tensor, src_off: usize, out: &Tensor, out_o
     let spec = KernelSpec { shader: &shaders::GATHER, entry: "copy_rows", constants: &[], label: op };
     dev.dispatch(spec, &p, &[(1, src), (3, out)], grid(b * count * d, 256))
 }
+
+/// Swaps the last two axes: `[.., r, c]` → `[.., c, r]` (a new contiguous tensor).
+pub fn transpose(dev: &Device, x: &Tensor) -> Result<Tensor> {
+    let op = "transpose";
+    expect_f32(op, "input", x)?;
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err(shape_err(op, format!("{s:?} has fewer than two axes")));
+    }
+    let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+    let batch = x.numel() / (r * c).max(1);
+    let mut shape = s.to_vec();
+    let n = shape.len();
+    shape.swap(n - 2, n - 1);
+    let out = Tensor::uninit(dev, &shape, DType::F32)?;
+    let p = Params {
+        batch: u32_of(op, batch)?,
+        k: u32_of(op, r)?,
+        d: u32_of(op, c)?,
+        n_src: 0,
+        n_out: 0,
+        src_off: 0,
+        out_off: 0,
+        add: 0,
+    };
+    let spec = KernelSpec { shader: &shaders::GATHER, entry: "transpose", constants: &[], label: op };
+    dev.dispatch(spec, &p, &[(1, x), (3, &out)], grid(x.numel(), 256))?;
+    Ok(out)
+}
