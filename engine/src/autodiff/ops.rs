@@ -243,3 +243,12 @@ impl Tape {
         }))
     }
 }
+
+impl Tape {
+    /// The same values under another shape (the gradient is reshaped back).
+    pub fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let y = x.value.reshape(shape)?;
+        let back = x.shape().to_vec();
+        Ok(self.record(y, &[x], move |_, dy, _| Ok(vec![Some(dy.reshape(&back)?)])))
+    }
+}

@@ -2,7 +2,7 @@
 //! written to be checked line by line against facebookresearch/mae
 //! `models_mae.py` and the paper's L(0, j, k; η1, η2, η3).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::weighted_sums;
 use cmae_engine::{Device, Tape, Tensor, Var};
@@ -10,31 +10,9 @@ use rand::Rng;
 
 use super::params::{Init, ParamSpec, ParamStore};
 use super::posembed::sincos_2d;
+use super::vit::{Layers, Taps, block_specs};
 use crate::config::ModelConfig;
 use crate::masking::GpuPlan;
-
-pub const LN_EPS: f32 = 1e-6;
-
-/// Every parameter of the encoder (`prefix` "") or decoder (`prefix` "decoder_").
-fn block_specs(specs: &mut Vec<ParamSpec>, prefix: &str, depth: usize, dim: usize, hidden: usize) {
-    for i in 0..depth {
-        let p = format!("{prefix}blocks.{i}");
-        specs.extend([
-            ParamSpec::new(format!("{p}.norm1.weight"), &[dim], Init::Ones),
-            ParamSpec::new(format!("{p}.norm1.bias"), &[dim], Init::Zeros),
-            ParamSpec::new(format!("{p}.attn.qkv.weight"), &[3 * dim, dim], Init::Xavier),
-            ParamSpec::new(format!("{p}.attn.qkv.bias"), &[3 * dim], Init::Zeros),
-            ParamSpec::new(format!("{p}.attn.proj.weight"), &[dim, dim], Init::Xavier),
-            ParamSpec::new(format!("{p}.attn.proj.bias"), &[dim], Init::Zeros),
-            ParamSpec::new(format!("{p}.norm2.weight"), &[dim], Init::Ones),
-            ParamSpec::new(format!("{p}.norm2.bias"), &[dim], Init::Zeros),
-            ParamSpec::new(format!("{p}.mlp.fc1.weight"), &[hidden, dim], Init::Xavier),
-            ParamSpec::new(format!("{p}.mlp.fc1.bias"), &[hidden], Init::Zeros),
-            ParamSpec::new(format!("{p}.mlp.fc2.weight"), &[dim, hidden], Init::Xavier),
-            ParamSpec::new(format!("{p}.mlp.fc2.bias"), &[dim], Init::Zeros),
-        ]);
-    }
-}
 
 /// The MAE parameter list with MAE's initialisation.
 pub fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
@@ -109,62 +87,19 @@ impl Mae {
         })
     }
 
-    fn p(&self, tape: &Tape, name: &str) -> Result<Var> {
-        Ok(tape.param(name, self.params.get(name)?))
+    fn layers<'a>(&'a self, tape: &'a Tape) -> Layers<'a> {
+        Layers { tape, params: &self.params }
     }
 
-    fn layer_norm(&self, tape: &Tape, x: &Var, prefix: &str) -> Result<Var> {
-        let (w, b) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
-        Ok(tape.layer_norm(x, &w, &b, LN_EPS)?)
-    }
-
-    fn linear(&self, tape: &Tape, x: &Var, prefix: &str) -> Result<Var> {
-        let (w, b) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
-        Ok(tape.linear(x, &w, Some(&b))?)
-    }
-
-    /// timm's pre-norm `Block`: x + attn(norm1(x)), then + mlp(norm2(x)).
-    fn block(&self, tape: &Tape, x: &Var, prefix: &str, heads: usize, probs: Option<&mut Vec<Tensor>>) -> Result<Var> {
-        let h = self.layer_norm(tape, x, &format!("{prefix}.norm1"))?;
-        let qkv = self.linear(tape, &h, &format!("{prefix}.attn.qkv"))?;
-        let a = match probs {
-            Some(out) => {
-                let (a, p) = tape.attention_with_probs(&qkv, heads)?;
-                out.push(p);
-                a
-            }
-            None => tape.attention(&qkv, heads)?,
-        };
-        let a = self.linear(tape, &a, &format!("{prefix}.attn.proj"))?;
-        let x = tape.add(x, &a)?;
-        let h = self.layer_norm(tape, &x, &format!("{prefix}.norm2"))?;
-        let h = self.linear(tape, &h, &format!("{prefix}.mlp.fc1"))?;
-        let h = tape.gelu(&h)?;
-        let h = self.linear(tape, &h, &format!("{prefix}.mlp.fc2"))?;
-        Ok(tape.add(&x, &h)?)
-    }
-
-    /// Patch embedding + position embeddings: `[B, C, H, W]` → `[B, L, D]`.
+    /// Patch embedding + fixed position embeddings: `[B, C, H, W]` → `[B, L, D]`.
     pub fn embed_patches(&self, tape: &Tape, imgs: &Tensor) -> Result<Var> {
-        let c = &self.cfg;
-        match imgs.shape() {
-            [_, ch, h, w] if *ch == c.in_chans && *h == c.img_size && *w == c.img_size => {}
-            s => bail!("images {s:?} do not fit the model ([B, {}, {}, {}])", c.in_chans, c.img_size, c.img_size),
-        }
-        let patches = tape.constant(patchify(tape.device(), imgs, c.patch_size, PatchOrder::ChannelFirst)?);
-        // The conv weight [D, C, p, p] is a linear weight [D, C·p·p] in this patch order.
-        let w = tape.param(
-            "patch_embed.proj.weight",
-            &self.params.get("patch_embed.proj.weight")?.reshape(&[c.embed_dim, c.patch_dim()])?,
-        );
-        let b = self.p(tape, "patch_embed.proj.bias")?;
-        let x = tape.linear(&patches, &w, Some(&b))?;
+        let x = self.layers(tape).patch_embed(&self.cfg, imgs)?;
         Ok(tape.add_broadcast(&x, &tape.constant(self.pos_patches.clone()))?)
     }
 
     /// `cls_token + pos_embed[0]`, prepended to every sample.
     pub fn prepend_cls(&self, tape: &Tape, x: &Var) -> Result<Var> {
-        let cls = tape.add_broadcast(&self.p(tape, "cls_token")?, &tape.constant(self.pos_cls.clone()))?;
+        let cls = tape.add_broadcast(&self.layers(tape).p("cls_token")?, &tape.constant(self.pos_cls.clone()))?;
         Ok(tape.prepend_token(x, &cls)?)
     }
 
@@ -175,7 +110,7 @@ impl Mae {
         tape: &Tape,
         imgs: &Tensor,
         plan: &GpuPlan,
-        mut probs: Option<&mut Vec<Tensor>>,
+        taps: &mut Taps,
     ) -> Result<Var> {
         let x = self.embed_patches(tape, imgs)?;
         let x = tape.gather_rows(&x, &plan.input_keep)?;
@@ -185,27 +120,28 @@ impl Mae {
             if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == i) {
                 x = tape.gather_rows(&x, rows)?;
             }
-            x = self.block(tape, &x, &format!("blocks.{i}"), self.cfg.num_heads, probs.as_deref_mut())?;
+            x = self.layers(tape).block(&x, &format!("blocks.{i}"), self.cfg.num_heads, None, taps)?;
         }
         if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == self.cfg.depth) {
             x = tape.gather_rows(&x, rows)?;
         }
-        self.layer_norm(tape, &x, "norm")
+        self.layers(tape).layer_norm(&x, "norm")
     }
 
     /// The MAE decoder on the final kept tokens: un-shuffle with mask tokens,
     /// position embeddings, blocks, norm, prediction head; cls dropped.
     pub fn decode(&self, tape: &Tape, latent: &Var, plan: &GpuPlan) -> Result<Var> {
         let l = self.cfg.num_patches();
-        let x = self.linear(tape, latent, "decoder_embed")?;
-        let mask = self.p(tape, "mask_token")?;
+        let layers = self.layers(tape);
+        let x = layers.linear(latent, "decoder_embed")?;
+        let mask = layers.p("mask_token")?;
         let x = tape.unshuffle(&x, &plan.restore, &mask, 1 + l, &plan.mask_rows)?;
         let mut x = tape.add_broadcast(&x, &tape.constant(self.dec_pos.clone()))?;
         for i in 0..self.cfg.decoder_depth {
-            x = self.block(tape, &x, &format!("decoder_blocks.{i}"), self.cfg.decoder_num_heads, None)?;
+            x = layers.block(&x, &format!("decoder_blocks.{i}"), self.cfg.decoder_num_heads, None, &mut Taps::default())?;
         }
-        let x = self.layer_norm(tape, &x, "decoder_norm")?;
-        let x = self.linear(tape, &x, "decoder_pred")?;
+        let x = layers.layer_norm(&x, "decoder_norm")?;
+        let x = layers.linear(&x, "decoder_pred")?;
         Ok(tape.drop_first_token(&x)?)
     }
 
@@ -220,8 +156,9 @@ impl Mae {
 
     /// The whole pretraining pass.
     pub fn forward(&self, tape: &Tape, imgs: &Tensor, plan: &GpuPlan, capture_attention: bool) -> Result<MaeOutput> {
-        let mut attention = Vec::new();
-        let latent = self.encode_masked(tape, imgs, plan, capture_attention.then_some(&mut attention))?;
+        let mut taps = Taps { attention: capture_attention.then(Vec::new), hidden: None };
+        let latent = self.encode_masked(tape, imgs, plan, &mut taps)?;
+        let attention = taps.attention.unwrap_or_default();
         let pred = self.decode(tape, &latent, plan)?;
         let target = self.target(tape.device(), imgs)?;
         let (loss, patch_loss) = tape.weighted_mse(&pred, &target, &plan.loss_weights)?;

@@ -3,6 +3,7 @@
 pub mod mae;
 pub mod params;
 pub mod posembed;
+pub mod vit;
 
 pub use mae::{Mae, MaeOutput, param_specs};
 pub use params::{ParamSpec, ParamStore, decays};
