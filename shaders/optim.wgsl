@@ -33,3 +33,35 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         v[i] = vi;
     }
 }
+
+// lars (MAE's util/lars.py), for the linear probe:
+//   dp = g + wd·p;  for weights (not 1-D): dp ← dp · trust·‖p‖/‖dp‖ (1 when a norm is 0)
+//   μ ← momentum·μ + dp;  p ← p − lr·μ
+// ‖p‖² and ‖dp‖² come from reduce.wgsl (weighted_sums) in the same batch.
+
+struct Lars {
+    n: u32, scaled: u32, _pad0: u32, _pad1: u32,
+    lr: f32, momentum: f32, weight_decay: f32, trust: f32,
+    grad_scale: f32, _pad2: f32, _pad3: f32, _pad4: f32,
+}
+
+@group(0) @binding(0) var<uniform> l: Lars;
+@group(0) @binding(5) var<storage, read> norms_p: array<f32>;
+@group(0) @binding(6) var<storage, read> norms_dp: array<f32>;
+
+@compute @workgroup_size(256)
+fn lars(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    var q = 1.0;
+    if (l.scaled != 0u) {
+        let pn = sqrt(norms_p[0]);
+        let un = sqrt(norms_dp[0]);
+        if (pn > 0.0 && un > 0.0) { q = l.trust * pn / un; }
+    }
+    for (var i = gid.x; i < (l.n + 3u) / 4u; i += nwg.x * 256u) {
+        var dp = grad[i] * l.grad_scale;
+        if (l.scaled != 0u) { dp = (dp + l.weight_decay * param[i]) * q; }
+        let mu = l.momentum * m[i] + dp;
+        m[i] = mu;
+        param[i] = param[i] - l.lr * mu;
+    }
+}

@@ -36,4 +36,5 @@ shaders! {
     PATCH => ["patch.wgsl"],
     LOSS => ["loss.wgsl"],
     OPTIM => ["optim.wgsl"],
+    BATCHNORM => ["batchnorm.wgsl"],
 }

@@ -134,6 +134,22 @@ fn gather_prepend_unshuffle_backward() {
         |t, v| t.drop_first_token(&v[0]).unwrap(),
         |x| (0..b).flat_map(|bi| x[0][(bi * n + 1) * d..(bi + 1) * n * d].to_vec()).collect(),
     );
+    check(
+        "mean_tokens",
+        &[Input::random("x", &[b, n, d], 27)],
+        |t, v| t.mean_tokens(&v[0], 1).unwrap(),
+        |x| {
+            let mut out = vec![0.0; b * d];
+            for bi in 0..b {
+                for r in 1..n {
+                    for j in 0..d {
+                        out[bi * d + j] += x[0][(bi * n + r) * d + j] / (n - 1) as f64;
+                    }
+                }
+            }
+            out
+        },
+    );
     // x [b, k, d] lands at rows idx of [b, n, d]; the rest is the fill token.
     let mut fill = vec![1.0f32; b * n];
     for bi in 0..b {

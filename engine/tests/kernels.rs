@@ -5,7 +5,7 @@ mod common;
 use cmae_engine::kernels::attention::attention;
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
-use cmae_engine::kernels::{elementwise, gather, gelu, layernorm, loss, optim, softmax};
+use cmae_engine::kernels::{batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
 use cmae_engine::{DType, Tensor};
 use common::reference::{self as refr, to64};
 use common::{assert_close, dev, download, rand_vec, upload};
@@ -320,4 +320,58 @@ fn kernel_wrappers_reject_bad_shapes_with_both_shapes_named() {
     assert!(gather::gather_rows(d, &x, &f).is_err(), "f32 indices are rejected");
     let msg = attention(d, &Tensor::zeros(d, &[2, 5, 10]).unwrap(), 3).unwrap_err().to_string();
     assert!(msg.contains("[2, 5, 10]"), "{msg}");
+}
+
+#[test]
+fn batch_norm_train_and_eval_match() {
+    let (rows, d) = (13usize, 5usize);
+    let x = rand_vec(rows * d, 51);
+    let running = upload(&[0.5, -0.5, 0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.25], &[2, d]);
+    let y = download(&batchnorm::batch_norm_train(dev(), &upload(&x, &[rows, d]), &running, 1e-6, 0.1).unwrap());
+    let mut want = vec![0.0; rows * d];
+    let mut want_running = vec![0.5, -0.5, 0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.25];
+    for j in 0..d {
+        let col: Vec<f64> = (0..rows).map(|r| f64::from(x[r * d + j])).collect();
+        let mean = col.iter().sum::<f64>() / rows as f64;
+        let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / rows as f64;
+        for r in 0..rows {
+            want[r * d + j] = (col[r] - mean) / (var + 1e-6).sqrt();
+        }
+        want_running[j] = 0.9 * want_running[j] + 0.1 * mean;
+        want_running[d + j] = 0.9 * want_running[d + j] + 0.1 * var * rows as f64 / (rows - 1) as f64;
+    }
+    assert_close("batch_norm train", &y, &want, ROWS.0, ROWS.1);
+    assert_close("running stats", &download(&running), &want_running, ROWS.0, ROWS.1);
+    let y = download(&batchnorm::batch_norm_eval(dev(), &upload(&x, &[rows, d]), &running, 1e-6).unwrap());
+    let want: Vec<f64> = (0..rows * d)
+        .map(|e| (f64::from(x[e]) - want_running[e % d]) / (want_running[d + e % d] + 1e-6).sqrt())
+        .collect();
+    assert_close("batch_norm eval", &y, &want, ROWS.0, ROWS.1);
+}
+
+/// One LARS step against the formula of MAE's util/lars.py, by hand in f64.
+#[test]
+fn lars_matches_a_hand_computed_step() {
+    for scaled in [true, false] {
+        let n = 37;
+        let p = rand_vec(n, 61);
+        let g = rand_vec(n, 62);
+        let mu0 = rand_vec(n, 63);
+        let (pt, mt) = (upload(&p, &[n]), upload(&mu0, &[n]));
+        let s = optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.05, trust: 0.001, scaled, grad_scale: 0.5 };
+        optim::lars(dev(), &pt, &upload(&g, &[n]), &mt, s).unwrap();
+        let dp: Vec<f64> =
+            (0..n).map(|i| 0.5 * f64::from(g[i]) + if scaled { 0.05 * f64::from(p[i]) } else { 0.0 }).collect();
+        let q = if scaled {
+            let pn = p.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            let un = dp.iter().map(|v| v * v).sum::<f64>().sqrt();
+            0.001 * pn / un
+        } else {
+            1.0
+        };
+        let mu: Vec<f64> = (0..n).map(|i| 0.9 * f64::from(mu0[i]) + dp[i] * q).collect();
+        let want: Vec<f64> = (0..n).map(|i| f64::from(p[i]) - 0.1 * mu[i]).collect();
+        assert_close(&format!("lars mu scaled={scaled}"), &download(&mt), &mu, 1e-6, 1e-5);
+        assert_close(&format!("lars param scaled={scaled}"), &download(&pt), &want, 1e-6, 1e-5);
+    }
 }

@@ -10,7 +10,8 @@ use cmae::config::PretrainConfig;
 use cmae::safetensors_io::{self, HostTensor};
 use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
-use cmae::train::pretrain::{Options, Summary, pretrain};
+use cmae::train::pretrain::{Options, pretrain};
+use cmae::train::runner::Summary;
 use cmae_engine::Device;
 
 fn dev() -> &'static Device {
@@ -83,7 +84,7 @@ fn thirty_step_tiny_pretrain_loss_falls() {
         assert_eq!(m.loss_per_shot.len(), 1);
         assert!(m.lr >= 0.0 && m.images_per_s > 0.0 && m.gpu_pooled_mb >= 0.0);
     }
-    assert!(s.checkpoint.is_file() && s.recon.as_ref().is_some_and(|r| r.is_file()));
+    assert!(s.checkpoint.is_file() && s.artifact.as_ref().is_some_and(|r| r.is_file()));
     assert!(out.join("config.ron").is_file());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -150,7 +150,7 @@ fn run_pretrain(
     let loss = s.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
     println!("{verb} at step {}/{} (loss {loss})", s.step, s.total_steps);
     println!("checkpoint:      {}", s.checkpoint.display());
-    if let Some(r) = &s.recon {
+    if let Some(r) = &s.artifact {
         println!("reconstructions: {}", r.display());
     }
     println!("metrics:         {}", s.out.join("metrics.jsonl").display());
@@ -169,7 +169,7 @@ fn run_reconstruct(
 ) -> Result<()> {
     let dev = Device::from_env()?;
     let loaded = checkpoint::load_model(&dev, checkpoint_path, None)?;
-    let cfg: PretrainConfig = loaded.config.expect("load_model always returns the config it used");
+    let cfg: PretrainConfig = loaded.config;
     let shots = match shots {
         Some(s) => parse_shots(&s)?,
         None => cfg.shots.clone(),

@@ -252,3 +252,45 @@ impl Tape {
         Ok(self.record(y, &[x], move |_, dy, _| Ok(vec![Some(dy.reshape(&back)?)])))
     }
 }
+
+impl Tape {
+    /// Mean over tokens `from..T` of `[B, T, D]` → `[B, D]` (global average
+    /// pooling of the patch tokens), as batched products with a ones vector.
+    pub fn mean_tokens(&self, x: &Var, from: usize) -> Result<Var> {
+        let [b, t, d] = *x.shape() else {
+            return Err(shape_err("mean_tokens", format!("tokens {:?} must be [batch, n, dim]", x.shape())));
+        };
+        if from >= t {
+            return Err(shape_err("mean_tokens", format!("no tokens after {from} in {:?}", x.shape())));
+        }
+        let n = t - from;
+        let ones = elementwise::full(&self.dev, &[n], 1.0)?;
+        let out = Tensor::uninit(&self.dev, &[b, d], DType::F32)?;
+        let ones_row = matmul::MatView { t: &ones, off: 0, row: n, b0: 0, b1: 0 };
+        let tokens = matmul::MatView { t: &x.value, off: from * d, row: d, b0: t * d, b1: 0 };
+        let out_view = matmul::MatView { t: &out, off: 0, row: d, b0: d, b1: 0 };
+        pooling(ones_row, tokens, out_view, (1, d, n), b, 1.0 / n as f32).run(&self.dev)?;
+        Ok(self.record(out, &[x], move |dev, dy, _| {
+            // Each pooled token gets dy/n: a [n, 1]·[1, D] product per sample.
+            let dx = elementwise::full(dev, &[b, t, d], 0.0)?;
+            let ones_col = matmul::MatView { t: &ones, off: 0, row: 1, b0: 0, b1: 0 };
+            let dy_row = matmul::MatView { t: dy, off: 0, row: d, b0: d, b1: 0 };
+            let dx_view = matmul::MatView { t: &dx, off: from * d, row: d, b0: t * d, b1: 0 };
+            pooling(ones_col, dy_row, dx_view, (n, d, 1), b, 1.0 / n as f32).run(dev)?;
+            Ok(vec![Some(dx)])
+        }))
+    }
+}
+
+/// One product per sample for [`Tape::mean_tokens`].
+fn pooling<'a>(
+    a: matmul::MatView<'a>,
+    b: matmul::MatView<'a>,
+    c: matmul::MatView<'a>,
+    (m, n, k): (usize, usize, usize),
+    outer: usize,
+    alpha: f32,
+) -> matmul::Matmul<'a> {
+    let label = Some("mean_tokens");
+    matmul::Matmul { a, b, c, m, n, k, outer, heads: 1, trans_a: false, trans_b: false, alpha, bias: None, label }
+}

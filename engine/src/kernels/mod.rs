@@ -2,6 +2,7 @@
 //! both shapes, never a GPU validation failure) and records one or more dispatches.
 
 pub mod attention;
+pub mod batchnorm;
 pub mod elementwise;
 pub mod gather;
 pub mod gelu;

@@ -57,3 +57,59 @@ pub fn adamw(dev: &Device, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor
     let spec = KernelSpec { shader: &shaders::OPTIM, entry: "adamw", constants: &[], label: "adamw" };
     dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, m), (4, v)], grid(param.numel().div_ceil(4), 256))
 }
+
+/// LARS hyper-parameters for one update of one tensor (MAE's `util/lars.py`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LarsStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub trust: f32,
+    /// Weight decay and the trust ratio apply to weights only, not to 1-D
+    /// parameters (biases, norms).
+    pub scaled: bool,
+    pub grad_scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LarsParams {
+    n: u32,
+    scaled: u32,
+    _pad: [u32; 2],
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    trust: f32,
+    grad_scale: f32,
+    _pad2: [f32; 3],
+}
+
+/// Updates `param` and its momentum `mu` in place.
+pub fn lars(dev: &Device, param: &Tensor, grad: &Tensor, mu: &Tensor, s: LarsStep) -> Result<()> {
+    use super::elementwise::axpby;
+    use super::reduce::weighted_sums;
+    for t in [grad, mu] {
+        same_shape("lars", param, t)?;
+    }
+    let n = param.numel();
+    let flat = |t: &Tensor| t.reshape(&[n]);
+    let row = |t: &Tensor| t.reshape(&[1, n]);
+    // ‖p‖² and ‖g·scale + wd·p‖², computed on the GPU in this batch.
+    let dp = axpby(dev, s.grad_scale, grad, s.weight_decay, param)?;
+    let norm_p = weighted_sums(dev, &flat(param)?, &row(param)?)?;
+    let norm_dp = weighted_sums(dev, &flat(&dp)?, &row(&dp)?)?;
+    let p = LarsParams {
+        n: u32_of("lars", n)?,
+        scaled: u32::from(s.scaled),
+        _pad: [0; 2],
+        lr: s.lr,
+        momentum: s.momentum,
+        weight_decay: s.weight_decay,
+        trust: s.trust,
+        grad_scale: s.grad_scale,
+        _pad2: [0.0; 3],
+    };
+    let spec = KernelSpec { shader: &shaders::OPTIM, entry: "lars", constants: &[], label: "lars" };
+    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, mu), (5, &norm_p), (6, &norm_dp)], grid(n.div_ceil(4), 256))
+}

@@ -105,13 +105,7 @@ impl Mae {
 
     /// The masked encoder: input masking, blocks with the later shots' gathers
     /// in between, final norm. Returns `[B, 1 + keep_final, D]`.
-    pub fn encode_masked(
-        &self,
-        tape: &Tape,
-        imgs: &Tensor,
-        plan: &GpuPlan,
-        taps: &mut Taps,
-    ) -> Result<Var> {
+    pub fn encode_masked(&self, tape: &Tape, imgs: &Tensor, plan: &GpuPlan, taps: &mut Taps) -> Result<Var> {
         let x = self.embed_patches(tape, imgs)?;
         let x = tape.gather_rows(&x, &plan.input_keep)?;
         let mut x = self.prepend_cls(tape, &x)?;
@@ -138,7 +132,13 @@ impl Mae {
         let x = tape.unshuffle(&x, &plan.restore, &mask, 1 + l, &plan.mask_rows)?;
         let mut x = tape.add_broadcast(&x, &tape.constant(self.dec_pos.clone()))?;
         for i in 0..self.cfg.decoder_depth {
-            x = layers.block(&x, &format!("decoder_blocks.{i}"), self.cfg.decoder_num_heads, None, &mut Taps::default())?;
+            x = layers.block(
+                &x,
+                &format!("decoder_blocks.{i}"),
+                self.cfg.decoder_num_heads,
+                None,
+                &mut Taps::default(),
+            )?;
         }
         let x = layers.layer_norm(&x, "decoder_norm")?;
         let x = layers.linear(&x, "decoder_pred")?;

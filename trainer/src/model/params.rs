@@ -108,6 +108,21 @@ impl ParamStore {
         Ok((store, extra))
     }
 
+    /// Overwrites every parameter with the tensor of the same name in `weights`
+    /// (a checkpoint), checking shapes.
+    pub fn replace_from(&mut self, dev: &Device, mut weights: F32Map) -> Result<()> {
+        for name in &self.names {
+            let p = self.map.get_mut(name).expect("names and map agree");
+            let (shape, data) =
+                weights.remove(name).ok_or_else(|| anyhow!("the checkpoint has no parameter {name}"))?;
+            if shape != p.tensor.shape() {
+                bail!("checkpoint parameter {name} has shape {shape:?}, the model {:?}", p.tensor.shape());
+            }
+            p.tensor = Tensor::from_f32(dev, &data, &shape)?;
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, name: &str, tensor: Tensor, trainable: bool) {
         self.names.push(name.to_string());
         self.map.insert(name.to_string(), Param { tensor, trainable });

@@ -71,7 +71,14 @@ impl Layers<'_> {
 
     /// timm's pre-norm `Block`: x + attn(norm1(x)), then + mlp(norm2(x)),
     /// each branch optionally scaled per sample (drop path).
-    pub fn block(&self, x: &Var, prefix: &str, heads: usize, drop: Option<&DropPath<'_>>, taps: &mut Taps) -> Result<Var> {
+    pub fn block(
+        &self,
+        x: &Var,
+        prefix: &str,
+        heads: usize,
+        drop: Option<&DropPath<'_>>,
+        taps: &mut Taps,
+    ) -> Result<Var> {
         let t = self.tape;
         let h = self.layer_norm(x, &format!("{prefix}.norm1"))?;
         let qkv = self.linear(&h, &format!("{prefix}.attn.qkv"))?;

@@ -1,34 +1,46 @@
 //! Checkpoints that survive crashes.
 //!
 //! `RUN/checkpoints/step-NNNNNNNN/` holds `model.safetensors` (timm names,
-//! loadable by PyTorch/timm as-is) and `optimizer.safetensors` (AdamW state).
-//! A step directory is written under a temporary name and renamed into place
-//! when complete, so the newest `step-*` directory is always whole.
+//! loadable by PyTorch/timm as-is) and `optimizer.safetensors` (optimizer
+//! state). A step directory is written under a temporary name and renamed into
+//! place when complete, so the newest `step-*` directory is always whole.
 //! `RUN/checkpoint.safetensors` is the newest weights, replaced atomically:
 //! the stable path other commands take. Older step directories are pruned.
 
-use crate::safetensors_io::F32Map;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::Device;
 
-use super::optimizer::AdamW;
-use crate::config::PretrainConfig;
+use crate::config::{ModelConfig, PretrainConfig};
 use crate::model::{Mae, ParamStore, param_specs};
-use crate::safetensors_io::{self, HostTensor, write_atomic};
+use crate::safetensors_io::{self, F32Map, HostTensor, NamedF32, write_atomic};
 
 pub const FORMAT: &str = "cmae-checkpoint-v1";
 /// Step directories kept besides the newest.
 const KEEP_OLDER: usize = 1;
 
+/// Which training wrote a checkpoint, and its config (RON of that task's config type).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub task: String,
+    pub config: String,
+}
+
 fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
 
-/// Writes weights and optimizer state for `step`; returns the weights path.
-pub fn save(dev: &Device, run: &Path, step: u64, mae: &Mae, opt: &AdamW, cfg: &PretrainConfig) -> Result<PathBuf> {
+/// Writes weights and optimizer state for `step`; returns the stable weights path.
+pub fn save(
+    dev: &Device,
+    run: &Path,
+    step: u64,
+    params: &ParamStore,
+    optimizer: &[NamedF32],
+    meta: &Meta,
+) -> Result<PathBuf> {
     let root = run.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let tmp = root.join(format!(".tmp-step-{step:08}"));
@@ -36,21 +48,17 @@ pub fn save(dev: &Device, run: &Path, step: u64, mae: &Mae, opt: &AdamW, cfg: &P
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp)?;
-    let meta = |kind: &str| {
+    let metadata = |role: &str| {
         HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
-            ("kind".to_string(), kind.to_string()),
+            ("task".to_string(), meta.task.clone()),
+            ("role".to_string(), role.to_string()),
             ("step".to_string(), step.to_string()),
-            ("config".to_string(), cfg.to_ron()),
+            ("config".to_string(), meta.config.clone()),
         ])
     };
-    let weights = mae.params.to_host(dev)?;
-    safetensors_io::write_f32(&tmp.join("model.safetensors"), &weights, meta("model"))?;
-    safetensors_io::write_f32(
-        &tmp.join("optimizer.safetensors"),
-        &opt.state_to_host(dev, &mae.params)?,
-        meta("adamw"),
-    )?;
+    safetensors_io::write_f32(&tmp.join("model.safetensors"), &params.to_host(dev)?, metadata("weights"))?;
+    safetensors_io::write_f32(&tmp.join("optimizer.safetensors"), optimizer, metadata("optimizer"))?;
     let dir = step_dir(run, step);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -90,14 +98,8 @@ pub fn latest(run: &Path) -> Result<Option<(u64, PathBuf)>> {
     Ok(step_dirs(run)?.pop())
 }
 
-/// A checkpoint read from disk.
-pub struct Loaded {
-    pub mae: Mae,
-    pub config: Option<PretrainConfig>,
-    pub step: Option<u64>,
-}
-
-fn f32_tensors(file: safetensors_io::SafetensorsFile, path: &Path) -> Result<F32Map> {
+/// All f32 tensors of a weights or optimizer file.
+pub fn f32_tensors(file: safetensors_io::SafetensorsFile, path: &Path) -> Result<F32Map> {
     file.tensors
         .into_iter()
         .map(|(name, t)| match t {
@@ -107,21 +109,86 @@ fn f32_tensors(file: safetensors_io::SafetensorsFile, path: &Path) -> Result<F32
         .collect()
 }
 
-/// Loads weights. The model config comes from the file's metadata, or from
+/// The newest step's weights and optimizer state, checked to belong together.
+pub fn read_latest(run: &Path) -> Result<(u64, F32Map, F32Map)> {
+    let (step, dir) = latest(run)?.ok_or_else(|| anyhow!("{} has no checkpoint to resume from", run.display()))?;
+    let mut maps = Vec::new();
+    for name in ["model.safetensors", "optimizer.safetensors"] {
+        let path = dir.join(name);
+        let file = safetensors_io::read(&path)?;
+        if file.metadata.get("step").and_then(|s| s.parse::<u64>().ok()) != Some(step) {
+            bail!("{} is not from step {step}", path.display());
+        }
+        maps.push(f32_tensors(file, &path)?);
+    }
+    let opt = maps.pop().expect("two files");
+    Ok((step, maps.pop().expect("two files"), opt))
+}
+
+/// A pretrained model read from disk.
+pub struct Loaded {
+    pub mae: Mae,
+    pub config: PretrainConfig,
+    pub step: Option<u64>,
+}
+
+/// Guesses the MAE shapes of a file without cmae metadata (e.g. official MAE
+/// weights converted by tools/pth_to_safetensors.py) from its tensor shapes.
+/// Heads are not stored anywhere, so they follow the ViT convention of 64
+/// dimensions per head (ViT-S/B/L) unless `heads` says otherwise.
+pub fn infer_model_config(t: &F32Map, heads: Option<usize>) -> Result<ModelConfig> {
+    let shape =
+        |n: &str| t.get(n).map(|(s, _)| s.clone()).ok_or_else(|| anyhow!("no tensor {n}: not a ViT/MAE checkpoint"));
+    let pw = shape("patch_embed.proj.weight")?;
+    let [dim, chans, p, _] = pw[..] else { bail!("patch_embed.proj.weight has shape {pw:?}, expected [D, C, p, p]") };
+    let tokens = shape("pos_embed")?[1];
+    let grid = ((tokens - 1) as f64).sqrt().round() as usize;
+    let count = |prefix: &str| (0..).take_while(|i| t.contains_key(&format!("{prefix}{i}.norm1.weight"))).count();
+    let hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+    let (dd, ddepth) = match t.get("decoder_embed.weight") {
+        Some((s, _)) => (s[0], count("decoder_blocks.")),
+        None => (64, 0),
+    };
+    Ok(ModelConfig {
+        img_size: grid * p,
+        patch_size: p,
+        in_chans: chans,
+        embed_dim: dim,
+        depth: count("blocks."),
+        num_heads: heads.unwrap_or((dim / 64).max(1)),
+        mlp_ratio: hidden as f64 / dim as f64,
+        decoder_embed_dim: dd,
+        decoder_depth: ddepth,
+        decoder_num_heads: (dd / 32).max(1),
+        norm_pix_loss: false,
+    })
+}
+
+/// Reads the config a cmae checkpoint was trained with (any task).
+pub fn model_config_of(path: &Path) -> Result<ModelConfig> {
+    let file = safetensors_io::read(path)?;
+    match (file.metadata.get("task").map(String::as_str), file.metadata.get("config")) {
+        (Some("pretrain"), Some(text)) => Ok(PretrainConfig::from_ron(text)?.model),
+        (Some(_), Some(_)) => infer_model_config(&f32_tensors(file, path)?, None),
+        _ => infer_model_config(&f32_tensors(file, path)?, None),
+    }
+}
+
+/// Loads a pretrained MAE. The config comes from the file's metadata, or from
 /// `config` when given (it must then match the file's tensors).
 pub fn load_model(dev: &Device, path: &Path, config: Option<&PretrainConfig>) -> Result<Loaded> {
     let file = safetensors_io::read(path)?;
-    let from_file = match file.metadata.get("config") {
-        Some(text) => {
+    let from_file = match (file.metadata.get("task").map(String::as_str), file.metadata.get("config")) {
+        (Some("pretrain"), Some(text)) => {
             Some(PretrainConfig::from_ron(text).with_context(|| format!("{}: config metadata", path.display()))?)
         }
-        None => None,
+        (Some(task), _) => bail!("{} is a {task} checkpoint, not a pretrained MAE", path.display()),
+        _ => None,
     };
     let step = file.metadata.get("step").and_then(|s| s.parse().ok());
-    let cfg = config
-        .cloned()
-        .or(from_file)
-        .ok_or_else(|| anyhow!("{} has no cmae config metadata; it was not written by cmae", path.display()))?;
+    let cfg = config.cloned().or(from_file).ok_or_else(|| {
+        anyhow!("{} has no cmae config metadata; it was not written by cmae pretrain", path.display())
+    })?;
     let specs = param_specs(&cfg.model);
     let (params, extra) = ParamStore::load(dev, &specs, f32_tensors(file, path)?)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -129,18 +196,5 @@ pub fn load_model(dev: &Device, path: &Path, config: Option<&PretrainConfig>) ->
         log::warn!("{}: ignoring tensors this model does not use: {}", path.display(), extra.join(", "));
     }
     let mae = Mae::with_params(dev, &cfg.model, params)?;
-    Ok(Loaded { mae, config: Some(cfg), step })
-}
-
-/// Restores a run's model and optimizer from its newest checkpoint.
-pub fn resume(dev: &Device, run: &Path, cfg: &PretrainConfig, opt: &mut AdamW) -> Result<(Mae, u64)> {
-    let (step, dir) = latest(run)?.ok_or_else(|| anyhow!("{} has no checkpoint to resume from", run.display()))?;
-    let loaded = load_model(dev, &dir.join("model.safetensors"), Some(cfg))?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let file = safetensors_io::read(&opt_path)?;
-    if file.metadata.get("step").and_then(|s| s.parse::<u64>().ok()) != Some(step) {
-        bail!("{} is not from step {step}", opt_path.display());
-    }
-    opt.load_state(dev, step, f32_tensors(file, &opt_path)?)?;
-    Ok((loaded.mae, step))
+    Ok(Loaded { mae, config: cfg, step })
 }

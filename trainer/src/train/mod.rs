@@ -6,4 +6,5 @@ pub mod metrics;
 pub mod optimizer;
 pub mod pretrain;
 pub mod recon;
+pub mod runner;
 pub mod schedule;

@@ -1,29 +1,25 @@
-//! The pretraining loop: data → mask plan → forward/backward → AdamW, with
-//! metrics, progress, reconstructions, crash-safe checkpoints, exact resume,
-//! NaN detection and Ctrl-C handling.
+//! Pretraining: data → mask plan → Conditional MAE forward/backward → AdamW,
+//! as a task of the shared training loop, plus reconstruction grids.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, anyhow, bail};
-use cmae_engine::{Device, Gradients, PendingRead, Tape, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{Context, Result, bail};
+use cmae_engine::{Device, Gradients, Tape, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint;
-use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
+use super::checkpoint::Meta;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::recon;
-use super::schedule::lr_at;
+use super::runner::{self, MicroStep, RunOptions, Schedule, Summary, Task};
 use crate::config::PretrainConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig, mix_seed};
 use crate::data::{self, DataSpec, Split};
 use crate::masking::MaskPlan;
 use crate::model::Mae;
-use crate::safetensors_io::write_atomic;
+use crate::safetensors_io::{F32Map, NamedF32};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -32,18 +28,6 @@ pub struct Options {
     pub quiet: bool,
     /// Stop after this many optimizer steps as if interrupted (checkpoint, exit).
     pub stop_at: Option<u64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub out: PathBuf,
-    pub step: u64,
-    pub total_steps: u64,
-    pub last_loss: Option<f64>,
-    pub checkpoint: PathBuf,
-    pub recon: Option<PathBuf>,
-    /// Stopped early by Ctrl-C or `--stop-at`.
-    pub interrupted: bool,
 }
 
 /// Seeds of the run's random streams, all derived from `train.seed`.
@@ -55,11 +39,18 @@ pub fn init_rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 4]))
 }
 
-/// Total optimizer steps and warmup steps of a run over `batches_per_epoch`.
-pub fn schedule_steps(cfg: &PretrainConfig, batches_per_epoch: u64) -> (u64, f64) {
-    let per_epoch = batches_per_epoch as f64 / cfg.train.accum_iter as f64;
-    let total = cfg.train.steps.map_or_else(|| (cfg.train.epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
-    let warmup = total as f64 * (cfg.train.warmup_epochs / cfg.train.epochs).min(1.0);
+/// Total optimizer steps and warmup steps of a run of `epochs` (or `steps`)
+/// over `batches_per_epoch` micro-batches.
+pub fn schedule_steps(
+    epochs: f64,
+    steps: Option<usize>,
+    warmup_epochs: f64,
+    accum: usize,
+    batches_per_epoch: u64,
+) -> (u64, f64) {
+    let per_epoch = batches_per_epoch as f64 / accum as f64;
+    let total = steps.map_or_else(|| (epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
+    let warmup = total as f64 * (warmup_epochs / epochs).min(1.0);
     (total, warmup)
 }
 
@@ -77,7 +68,7 @@ fn recon_batch(cfg: &PretrainConfig, spec: &DataSpec) -> Result<(Vec<f32>, usize
     Ok((images, n, t))
 }
 
-/// Config keys that may differ when resuming (they do not change the math).
+/// Config fields that may differ when resuming (they do not change the math).
 fn check_resumable(saved: &PretrainConfig, now: &PretrainConfig) -> Result<()> {
     let strip = |c: &PretrainConfig| {
         let mut c = c.clone();
@@ -85,19 +76,22 @@ fn check_resumable(saved: &PretrainConfig, now: &PretrainConfig) -> Result<()> {
         c.data.workers = 0;
         c
     };
-    if strip(saved) != strip(now) {
-        let (a, b) = (serde_json::to_value(strip(saved))?, serde_json::to_value(strip(now))?);
-        let mut diffs = Vec::new();
-        for (section, fields) in a.as_object().into_iter().flatten() {
-            for (k, v) in fields.as_object().into_iter().flatten() {
-                if b[section][k] != *v {
-                    diffs.push(format!("{section}.{k}: {v} in the run, {} now", b[section][k]));
+    let (a, b) = (serde_json::to_value(strip(saved))?, serde_json::to_value(strip(now))?);
+    let mut diffs = Vec::new();
+    for (section, fields) in a.as_object().into_iter().flatten() {
+        match fields.as_object() {
+            Some(fields) => {
+                for (k, v) in fields {
+                    if b[section][k] != *v {
+                        diffs.push(format!("{section}.{k}: {v} in the run, {} now", b[section][k]));
+                    }
                 }
             }
-            if !fields.is_object() && b[section] != *fields {
-                diffs.push(format!("{section} differs"));
-            }
+            None if b[section] != *fields => diffs.push(format!("{section} differs")),
+            None => {}
         }
+    }
+    if !diffs.is_empty() {
         bail!(
             "--resume with a different config ({}); resume with the run's settings or start a new --out",
             diffs.join("; ")
@@ -106,69 +100,103 @@ fn check_resumable(saved: &PretrainConfig, now: &PretrainConfig) -> Result<()> {
     Ok(())
 }
 
-struct StepReads {
-    step: u64,
-    loss: Vec<PendingRead>,
-    per_shot: Vec<PendingRead>,
+struct PretrainTask<'a> {
+    cfg: &'a PretrainConfig,
+    mae: Mae,
+    opt: AdamW,
+    loader: Loader,
+    /// Patches each shot dropped in the last micro-batch (a shot that drops none reports null).
+    dropped_counts: Vec<usize>,
+    recon: (Vec<f32>, usize, Transform),
 }
 
-/// Mean loss and per-shot losses of a finished step (waits for the GPU).
-fn resolve(reads: StepReads, counts: &[usize]) -> Result<(u64, f64, Vec<Option<f64>>)> {
-    let micro = reads.loss.len() as f64;
-    let mut loss = 0.0;
-    for r in reads.loss {
-        loss += f64::from(bytemuck::pod_read_unaligned::<f32>(&r.wait()?[..4])) / micro;
+impl Task for PretrainTask<'_> {
+    fn params(&self) -> &crate::model::ParamStore {
+        &self.mae.params
     }
-    let mut per_shot = vec![0.0f64; counts.len()];
-    for r in reads.per_shot {
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&r.wait()?);
-        for (acc, x) in per_shot.iter_mut().zip(v) {
-            *acc += f64::from(x) / micro;
+
+    fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()> {
+        self.mae.params.replace_from(dev, weights)
+    }
+
+    fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
+        let m = &self.cfg.model;
+        let batch = self.loader.next_batch()?;
+        let imgs = Tensor::from_f32(dev, &batch.images, &[batch.size, m.in_chans, m.img_size, m.img_size])?;
+        let plan = MaskPlan::random(
+            &self.cfg.shots,
+            batch.size,
+            m.num_patches(),
+            &mut mask_rng(self.cfg.train.seed, step, micro),
+        );
+        self.dropped_counts = plan.dropped_counts();
+        let gpu_plan = plan.upload(dev, &self.cfg.shots)?;
+        let tape = Tape::new(dev);
+        let fwd = self.mae.forward(&tape, &imgs, &gpu_plan, false)?;
+        tape.backward(&fwd.loss, grads)?;
+        Ok(MicroStep {
+            loss: fwd.loss.value().clone(),
+            parts: Some(fwd.per_shot),
+            images: batch.size,
+            skipped_images: batch.skipped,
+        })
+    }
+
+    fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()> {
+        self.opt.update(dev, &self.mae.params, grads, lr, grad_scale, |_| 1.0)
+    }
+
+    fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>> {
+        self.opt.state_to_host(dev, &self.mae.params)
+    }
+
+    fn load_optimizer_state(&mut self, dev: &Device, step: u64, state: F32Map) -> Result<()> {
+        self.opt.load_state(dev, step, state)
+    }
+
+    fn report_parts(&self, parts: &[f64]) -> Vec<Option<f64>> {
+        parts.iter().zip(&self.dropped_counts).map(|(&v, &n)| (n > 0).then_some(v)).collect()
+    }
+
+    fn after_step(&mut self, dev: &Device, out: &Path, step: u64, finishing: bool) -> Result<Option<PathBuf>> {
+        let (images, n, t) = &self.recon;
+        if *n == 0 || !(step.is_multiple_of(self.cfg.output.recon_every as u64) || finishing) {
+            return Ok(None);
         }
+        let m = &self.cfg.model;
+        let plan = MaskPlan::random(
+            &self.cfg.shots,
+            *n,
+            m.num_patches(),
+            &mut ChaCha8Rng::seed_from_u64(mix_seed(&[self.cfg.train.seed, 5])),
+        );
+        let r = recon::reconstruct(dev, &self.mae, images, *n, &self.cfg.shots, plan)?;
+        let path = out.join("recon").join(format!("step-{step:08}.png"));
+        recon::save_png(&recon::render(&r, &self.mae, t), &path)?;
+        Ok(Some(path))
     }
-    let per_shot = per_shot.into_iter().zip(counts).map(|(v, &n)| (n > 0).then_some(v)).collect();
-    Ok((reads.step, loss, per_shot))
 }
 
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
-    let out = &opts.out;
-    let saved_cfg_path = out.join("config.ron");
-    let existing = checkpoint::latest(out)?;
-    if opts.resume {
-        if existing.is_none() {
-            bail!(
-                "--resume: {} holds no checkpoint to resume from; drop --resume to start a new run there",
-                out.display()
-            );
-        }
-        check_resumable(&PretrainConfig::load(&saved_cfg_path)?, cfg)?;
-    } else if existing.is_some() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_atomic(&saved_cfg_path, cfg.to_ron().as_bytes())?;
-
+    runner::prepare_out(&opts.out, opts.resume, &cfg.to_ron(), |saved| {
+        check_resumable(&PretrainConfig::from_ron(saved)?, cfg)
+    })?;
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     let (m, t) = (&cfg.model, &cfg.train);
-
-    let opt_cfg = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay };
-    let mut mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
-    let mut opt = AdamW::new(dev, &mae.params, opt_cfg)?;
-    let mut step = 0;
-    if opts.resume {
-        let (restored, at) = checkpoint::resume(dev, out, cfg, &mut opt)?;
-        mae = restored;
-        step = at;
-    }
+    let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
+    let opt = AdamW::new(
+        dev,
+        &mae.params,
+        AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay },
+    )?;
     log::info!(
         "model: {} trainable parameters, {} patches, shots {}",
         mae.params.count_trainable(),
         m.num_patches(),
         crate::config::shots_to_string(&cfg.shots)
     );
-
     let transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
     let loader_cfg = LoaderConfig {
         batch: t.batch,
@@ -179,137 +207,23 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &
         drop_last: true,
         prefetch: 4,
     };
-    let mut loader = Loader::new(train_set.clone(), transform, loader_cfg, step * t.accum_iter as u64)?;
-    let (total, warmup) = schedule_steps(cfg, loader.batches_per_epoch());
-    let end = opts.stop_at.map_or(total, |s| s.min(total));
-    let peak_lr = cfg.lr();
-    let (recon_images, recon_n, recon_t) = recon_batch(cfg, &spec)?;
-    let metrics = MetricsLog::open(out, step)?;
-
-    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(step);
-
-    let started = Instant::now();
-    let mut window = (Instant::now(), 0u64);
-    let mut pending: Option<StepReads> = None;
-    let mut last: Option<(u64, f64, Vec<Option<f64>>)> = None;
-    let mut skipped_total = 0u64;
-    let mut checkpoint_path = out.join("checkpoint.safetensors");
-    let mut recon_path = None;
-    let mut interrupted = false;
-    let (l, chans, side) = (m.num_patches(), m.in_chans, m.img_size);
-
-    // The loss of step s is read while step s+1 runs; a non-finite value stops
-    // the run before anything computed from it is saved.
-    let settle = |pending: &mut Option<StepReads>,
-                  last: &mut Option<(u64, f64, Vec<Option<f64>>)>,
-                  counts: &[usize]|
-     -> Result<()> {
-        if let Some(reads) = pending.take() {
-            let r = resolve(reads, counts)?;
-            if !r.1.is_finite() {
-                bail!(
-                    "the loss became {} at step {}; stopped without saving (the last good checkpoint is {}). Lower train.blr or check the data",
-                    r.1,
-                    r.0,
-                    checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string())
-                );
-            }
-            *last = Some(r);
-        }
-        Ok(())
+    // A resumed run starts its data exactly where the checkpoint stopped.
+    let start = if opts.resume { super::checkpoint::latest(&opts.out)?.map_or(0, |(s, _)| s) } else { 0 };
+    let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
+    let batches_per_epoch = loader.batches_per_epoch();
+    let (total_steps, warmup_steps) =
+        schedule_steps(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, batches_per_epoch);
+    let sched =
+        Schedule { total_steps, warmup_steps, peak_lr: cfg.lr(), accum_iter: t.accum_iter as u64, batches_per_epoch };
+    let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon: recon_batch(cfg, &spec)? };
+    let run_opts = RunOptions {
+        out: opts.out.clone(),
+        resume: opts.resume,
+        quiet: opts.quiet,
+        stop_at: opts.stop_at,
+        log_every: cfg.output.log_every as u64,
+        checkpoint_every: cfg.output.checkpoint_every as u64,
     };
-
-    let mut counts = Vec::new();
-    while step < end {
-        let mut grads = Gradients::default();
-        let mut reads = StepReads { step: step + 1, loss: Vec::new(), per_shot: Vec::new() };
-        for micro in 0..t.accum_iter as u64 {
-            let batch = loader.next_batch()?;
-            skipped_total += batch.skipped as u64;
-            let imgs = Tensor::from_f32(dev, &batch.images, &[batch.size, chans, side, side])?;
-            let plan = MaskPlan::random(&cfg.shots, batch.size, l, &mut mask_rng(t.seed, step, micro));
-            counts = plan.dropped_counts();
-            let gpu_plan = plan.upload(dev, &cfg.shots)?;
-            let tape = Tape::new(dev);
-            let fwd = mae.forward(&tape, &imgs, &gpu_plan, false)?;
-            tape.backward(&fwd.loss, &mut grads)?;
-            reads.loss.push(dev.read_later(fwd.loss.value())?);
-            reads.per_shot.push(dev.read_later(&fwd.per_shot)?);
-        }
-        let lr = lr_at(step, total, warmup, peak_lr);
-        opt.update(dev, &mae.params, &grads, lr, 1.0 / t.accum_iter as f32, |_| 1.0)?;
-        drop(grads);
-        dev.flush()?;
-        settle(&mut pending, &mut last, &counts)?;
-        pending = Some(reads);
-        step += 1;
-        window.1 += 1;
-        bar.set_position(step);
-
-        interrupted = interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
-        let finishing = step == end || interrupted;
-        let log_now = step % cfg.output.log_every as u64 == 0 || finishing;
-        let ckpt_now = step % cfg.output.checkpoint_every as u64 == 0 || finishing;
-        let recon_now = step % cfg.output.recon_every as u64 == 0 || finishing;
-        if log_now || ckpt_now {
-            settle(&mut pending, &mut last, &counts)?;
-        }
-        if log_now && let Some((s, loss, per_shot)) = &last {
-            let secs = window.0.elapsed().as_secs_f64();
-            let ips = (window.1 * (t.batch * t.accum_iter) as u64) as f64 / secs.max(1e-9);
-            window = (Instant::now(), 0);
-            let mem = dev.memory();
-            let line = MetricsLine {
-                step: *s,
-                epoch: (*s * t.accum_iter as u64) as f64 / loader.batches_per_epoch() as f64,
-                loss: *loss,
-                loss_per_shot: per_shot.clone(),
-                lr,
-                images_per_s: ips,
-                host_rss_mb: host_rss_mb(),
-                gpu_in_use_mb: mem.in_use_bytes as f64 / 1048576.0,
-                gpu_pooled_mb: mem.pooled_bytes as f64 / 1048576.0,
-                skipped_images: skipped_total,
-                elapsed_s: started.elapsed().as_secs_f64(),
-            };
-            metrics.append(&line)?;
-            let shots: Vec<String> = per_shot.iter().map(|v| v.map_or("-".into(), |v| format!("{v:.4}"))).collect();
-            bar.set_message(format!("loss {loss:.4} [{}] lr {lr:.2e} {ips:.1} img/s", shots.join(" ")));
-        }
-        if ckpt_now {
-            checkpoint_path = checkpoint::save(dev, out, step, &mae, &opt, cfg)?;
-        }
-        if recon_now && recon_n > 0 {
-            let plan = MaskPlan::random(&cfg.shots, recon_n, l, &mut ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, 5])));
-            let r = recon::reconstruct(dev, &mae, &recon_images, recon_n, &cfg.shots, plan)?;
-            let path = out.join("recon").join(format!("step-{step:08}.png"));
-            recon::save_png(&recon::render(&r, &mae, &recon_t), &path)?;
-            recon_path = Some(path);
-        }
-        if interrupted {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    if skipped_total > 0 {
-        log::warn!("{skipped_total} unreadable images were skipped");
-    }
-    if step == 0 || (checkpoint::latest(out)?.is_none()) {
-        return Err(anyhow!("the run made no step; nothing was saved"));
-    }
-    Ok(Summary {
-        out: out.clone(),
-        step,
-        total_steps: total,
-        last_loss: last.map(|l| l.1),
-        checkpoint: checkpoint_path,
-        recon: recon_path,
-        interrupted,
-    })
+    let meta = Meta { task: "pretrain".into(), config: cfg.to_ron() };
+    runner::run(dev, &mut task, &sched, &meta, &run_opts, interrupt)
 }

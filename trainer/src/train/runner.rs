@@ -1,0 +1,271 @@
+//! The training loop every task shares (pretraining, linear probing,
+//! fine-tuning): micro-batches with gradient accumulation, the per-step
+//! learning-rate schedule, the optimizer step, asynchronous loss reads with a
+//! NaN/Inf stop, metrics, progress bar, crash-safe checkpoints, exact resume,
+//! Ctrl-C and `--stop-at`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cmae_engine::{Device, Gradients, PendingRead, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::{self, Meta};
+use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
+use super::schedule::lr_at;
+use crate::model::ParamStore;
+use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
+
+/// What one micro-batch produced: the loss and, optionally, per-part losses
+/// to report (the per-shot losses of pretraining).
+pub struct MicroStep {
+    pub loss: Tensor,
+    pub parts: Option<Tensor>,
+    pub images: usize,
+    pub skipped_images: usize,
+}
+
+/// A kind of training, as the loop sees it.
+pub trait Task {
+    fn params(&self) -> &ParamStore;
+    /// Replaces the parameters with a checkpoint's.
+    fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()>;
+    /// Forward and backward of micro-batch `micro` of optimizer step `step`.
+    fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep>;
+    /// Applies the optimizer for step `step` (0-based) at learning rate `lr`.
+    fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()>;
+    fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>>;
+    fn load_optimizer_state(&mut self, dev: &Device, step: u64, state: F32Map) -> Result<()>;
+    /// Reported parts: None where a part has nothing to report (a shot that drops nothing).
+    fn report_parts(&self, parts: &[f64]) -> Vec<Option<f64>> {
+        parts.iter().map(|&v| Some(v)).collect()
+    }
+    /// Called after every step (and its checkpoint, if any), e.g. for
+    /// reconstruction grids; returns a file to announce.
+    fn after_step(&mut self, _dev: &Device, _out: &Path, _step: u64, _finishing: bool) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+}
+
+/// The schedule of a run.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub total_steps: u64,
+    pub warmup_steps: f64,
+    pub peak_lr: f64,
+    pub accum_iter: u64,
+    /// Micro-batches per epoch (for the `epoch` metric).
+    pub batches_per_epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub quiet: bool,
+    /// Stop after this many optimizer steps as if interrupted (checkpoint, exit).
+    pub stop_at: Option<u64>,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub out: PathBuf,
+    pub step: u64,
+    pub total_steps: u64,
+    pub last_loss: Option<f64>,
+    pub checkpoint: PathBuf,
+    /// The last file `Task::after_step` announced.
+    pub artifact: Option<PathBuf>,
+    /// Stopped early by Ctrl-C or `--stop-at`.
+    pub interrupted: bool,
+}
+
+/// Prepares `out` for a run: a fresh directory (refusing to overwrite a run)
+/// or, with `resume`, the existing run's config checked by `same_config`.
+pub fn prepare_out(
+    out: &Path,
+    resume: bool,
+    config_text: &str,
+    same_config: impl Fn(&str) -> Result<()>,
+) -> Result<()> {
+    let config_path = out.join("config.ron");
+    let existing = checkpoint::latest(out)?;
+    if resume {
+        if existing.is_none() {
+            bail!(
+                "--resume: {} holds no checkpoint to resume from; drop --resume to start a new run there",
+                out.display()
+            );
+        }
+        let saved =
+            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        same_config(&saved)?;
+    } else if existing.is_some() {
+        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_atomic(&config_path, config_text.as_bytes())
+}
+
+struct StepReads {
+    step: u64,
+    loss: Vec<PendingRead>,
+    parts: Vec<PendingRead>,
+}
+
+/// Mean loss and parts of a finished step (waits for the GPU).
+fn resolve(reads: StepReads) -> Result<(u64, f64, Vec<f64>)> {
+    let micro = reads.loss.len() as f64;
+    let mut loss = 0.0;
+    for r in reads.loss {
+        loss += f64::from(bytemuck::pod_read_unaligned::<f32>(&r.wait()?[..4])) / micro;
+    }
+    let mut parts: Vec<f64> = Vec::new();
+    for r in reads.parts {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&r.wait()?);
+        parts.resize(v.len(), 0.0);
+        for (acc, x) in parts.iter_mut().zip(v) {
+            *acc += f64::from(x) / micro;
+        }
+    }
+    Ok((reads.step, loss, parts))
+}
+
+/// Runs `task` from its newest checkpoint (with `resume`) or from the start.
+pub fn run(
+    dev: &Device,
+    task: &mut dyn Task,
+    sched: &Schedule,
+    meta: &Meta,
+    opts: &RunOptions,
+    interrupt: &AtomicBool,
+) -> Result<Summary> {
+    let out = &opts.out;
+    let mut step = 0;
+    if opts.resume {
+        let (at, weights, opt_state) = checkpoint::read_latest(out)?;
+        task.load_params(dev, weights)?;
+        task.load_optimizer_state(dev, at, opt_state)?;
+        step = at;
+    }
+    let total = sched.total_steps;
+    let end = opts.stop_at.map_or(total, |s| s.min(total));
+    let metrics = MetricsLog::open(out, step)?;
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(step);
+
+    let started = Instant::now();
+    let mut window = (Instant::now(), 0usize);
+    let mut pending: Option<StepReads> = None;
+    let mut last: Option<(u64, f64, Vec<f64>)> = None;
+    let mut skipped_total = 0u64;
+    let mut checkpoint_path = out.join("checkpoint.safetensors");
+    let mut artifact = None;
+    let mut interrupted = false;
+
+    // The loss of step s is read while step s+1 runs; a non-finite value stops
+    // the run before anything computed from it is saved.
+    let settle = |pending: &mut Option<StepReads>, last: &mut Option<(u64, f64, Vec<f64>)>| -> Result<()> {
+        if let Some(reads) = pending.take() {
+            let r = resolve(reads)?;
+            if !r.1.is_finite() {
+                let good =
+                    checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string());
+                bail!(
+                    "the loss became {} at step {}; stopped without saving (the last good checkpoint is {good}). Lower train.blr or check the data",
+                    r.1,
+                    r.0
+                );
+            }
+            *last = Some(r);
+        }
+        Ok(())
+    };
+
+    while step < end {
+        let mut grads = Gradients::default();
+        let mut reads = StepReads { step: step + 1, loss: Vec::new(), parts: Vec::new() };
+        for micro in 0..sched.accum_iter {
+            let m = task.micro_step(dev, step, micro, &mut grads)?;
+            skipped_total += m.skipped_images as u64;
+            window.1 += m.images;
+            reads.loss.push(dev.read_later(&m.loss)?);
+            if let Some(parts) = &m.parts {
+                reads.parts.push(dev.read_later(parts)?);
+            }
+        }
+        let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr);
+        task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
+        drop(grads);
+        dev.flush()?;
+        settle(&mut pending, &mut last)?;
+        pending = Some(reads);
+        step += 1;
+        bar.set_position(step);
+
+        interrupted = interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
+        let finishing = step == end || interrupted;
+        let log_now = step.is_multiple_of(opts.log_every) || finishing;
+        let ckpt_now = step.is_multiple_of(opts.checkpoint_every) || finishing;
+        if log_now || ckpt_now {
+            settle(&mut pending, &mut last)?;
+        }
+        if log_now && let Some((s, loss, parts)) = &last {
+            let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+            window = (Instant::now(), 0);
+            let mem = dev.memory();
+            let line = MetricsLine {
+                step: *s,
+                epoch: (*s * sched.accum_iter) as f64 / sched.batches_per_epoch as f64,
+                loss: *loss,
+                loss_per_shot: task.report_parts(parts),
+                lr,
+                images_per_s: ips,
+                host_rss_mb: host_rss_mb(),
+                gpu_in_use_mb: mem.in_use_bytes as f64 / 1048576.0,
+                gpu_pooled_mb: mem.pooled_bytes as f64 / 1048576.0,
+                skipped_images: skipped_total,
+                elapsed_s: started.elapsed().as_secs_f64(),
+            };
+            metrics.append(&line)?;
+            let parts: Vec<String> =
+                line.loss_per_shot.iter().map(|v| v.map_or("-".into(), |v| format!("{v:.4}"))).collect();
+            let parts = if parts.is_empty() { String::new() } else { format!(" [{}]", parts.join(" ")) };
+            bar.set_message(format!("loss {loss:.4}{parts} lr {lr:.2e} {ips:.1} img/s"));
+        }
+        if ckpt_now {
+            checkpoint_path = checkpoint::save(dev, out, step, task.params(), &task.optimizer_state(dev)?, meta)?;
+        }
+        if let Some(a) = task.after_step(dev, out, step, finishing)? {
+            artifact = Some(a);
+        }
+        if interrupted {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if skipped_total > 0 {
+        log::warn!("{skipped_total} unreadable images were skipped");
+    }
+    if step == 0 || checkpoint::latest(out)?.is_none() {
+        bail!("the run made no step; nothing was saved");
+    }
+    Ok(Summary {
+        out: out.clone(),
+        step,
+        total_steps: total,
+        last_loss: last.map(|l| l.1),
+        checkpoint: checkpoint_path,
+        artifact,
+        interrupted,
+    })
+}
