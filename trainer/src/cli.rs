@@ -83,14 +83,78 @@ impl ConfigArgs {
             (Some(p), None) => p.clone(),
             (None, None) => "tiny".into(),
         };
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let stamp: String =
-            stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().replace('T', "-");
         let shots = shots_to_string(&cfg.shots).replace([':', ','], "_");
-        let dir = PathBuf::from("runs").join(format!("{name}-L{shots}-{stamp}"));
-        if dir.exists() {
-            bail!("{} already exists; pass --out", dir.display());
+        fresh_run_dir(&format!("{name}-L{shots}"))
+    }
+}
+
+/// `runs/<name>-<UTC time>`, which must not exist yet.
+pub fn fresh_run_dir(name: &str) -> Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().replace('T', "-");
+    let dir = PathBuf::from("runs").join(format!("{name}-{stamp}"));
+    if dir.exists() {
+        bail!("{} already exists; pass --out", dir.display());
+    }
+    Ok(dir)
+}
+
+/// Flags of `cmae linprobe` and `cmae finetune`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClassifyArgs {
+    /// The pretrained checkpoint whose encoder is probed / fine-tuned.
+    #[arg(long, required_unless_present = "from_scratch")]
+    pub checkpoint: Option<PathBuf>,
+    /// synthetic, fmnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR or folder:DIR.
+    #[arg(long)]
+    pub data: String,
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override any config field: --set train.blr=1e-3 --set train.mixup=0.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ClassifyArgs {
+    /// The run's config: the recipe for `mode` on the checkpoint's encoder
+    /// (or `scratch_model` for a from-scratch baseline), then the flags.
+    pub fn build(
+        &self,
+        mode: crate::classify::Mode,
+        scratch_model: Option<crate::config::ModelConfig>,
+    ) -> Result<crate::classify::ClassifyConfig> {
+        use crate::classify::ClassifyConfig;
+        let (model, init) = match (&self.checkpoint, scratch_model) {
+            (Some(c), _) => (crate::train::checkpoint::model_config_of(c)?, c.display().to_string()),
+            (None, Some(m)) => (m, String::new()),
+            (None, None) => bail!("give --checkpoint (or --from-scratch for fine-tuning)"),
+        };
+        let spec = crate::data::DataSpec::parse(&self.data)?;
+        let classes = crate::data::open(&spec, crate::data::Split::Train, 64, model.img_size)?.num_classes();
+        let mut cfg = ClassifyConfig::recipe(mode, model, classes, init, &self.data);
+        for s in &self.set {
+            cfg.set(s)?;
         }
-        Ok(dir)
+        if let Some(e) = self.epochs {
+            cfg.train.epochs = e;
+            cfg.train.steps = None;
+        }
+        if let Some(s) = self.steps {
+            cfg.train.steps = Some(s);
+        }
+        if let Some(b) = self.batch {
+            cfg.train.batch = b;
+        }
+        if let Some(s) = self.seed {
+            cfg.train.seed = s;
+        }
+        cfg.validate()?;
+        Ok(cfg)
     }
 }

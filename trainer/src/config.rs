@@ -229,6 +229,31 @@ pub struct PretrainConfig {
     pub output: OutputConfig,
 }
 
+/// A copy of `config` with one dotted field changed (`train.blr=1e-3`). The
+/// value is read as JSON when it parses (numbers, booleans, null) and as a
+/// string otherwise; unknown keys are errors that list the valid ones.
+pub fn set_field<T: Serialize + serde::de::DeserializeOwned>(config: &T, assignment: &str) -> Result<T> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {assignment:?} must be KEY=VALUE, e.g. train.blr=1e-3"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
+    let mut tree = serde_json::to_value(config)?;
+    let mut node = &mut tree;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let obj =
+            node.as_object_mut().ok_or_else(|| anyhow!("--set {key}: {:?} has no fields", parts[..i].join(".")))?;
+        if !obj.contains_key(*part) {
+            let known: Vec<&str> = obj.keys().map(String::as_str).collect();
+            bail!("unknown config key {key:?}: {part:?} is not one of {}", known.join(", "));
+        }
+        node = obj.get_mut(*part).expect("checked above");
+    }
+    *node = value;
+    serde_json::from_value(tree).map_err(|e| anyhow!("--set {key}: {e}"))
+}
+
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../presets/tiny.ron")),
     ("fmnist", include_str!("../presets/fmnist.ron")),
@@ -260,29 +285,8 @@ impl PretrainConfig {
     }
 
     /// Applies `key=value` with a dotted key (`train.blr=1e-3`, `model.depth=6`).
-    /// The value is read as JSON when it parses (numbers, booleans, null) and
-    /// as a string otherwise.
     pub fn set(&mut self, assignment: &str) -> Result<()> {
-        let (key, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--set {assignment:?} must be KEY=VALUE, e.g. train.blr=1e-3"))?;
-        let value: serde_json::Value =
-            serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
-        let mut tree = serde_json::to_value(&*self)?;
-        let mut node = &mut tree;
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        for (i, part) in parts.iter().enumerate() {
-            let obj =
-                node.as_object_mut().ok_or_else(|| anyhow!("--set {key}: {:?} has no fields", parts[..i].join(".")))?;
-            if !obj.contains_key(*part) {
-                let known: Vec<&String> = obj.keys().collect();
-                let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-                bail!("unknown config key {key:?}: {part:?} is not one of {}", known.join(", "));
-            }
-            node = obj.get_mut(*part).expect("checked above");
-        }
-        *node = value;
-        *self = serde_json::from_value(tree).map_err(|e| anyhow!("--set {key}: {e}"))?;
+        *self = set_field(&*self, assignment)?;
         Ok(())
     }
 

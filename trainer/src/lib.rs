@@ -1,6 +1,7 @@
 //! cmae: Conditional MAE pretraining, probing, fine-tuning and analysis on wgpu.
 
 pub mod bench;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod data;

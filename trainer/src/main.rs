@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use cmae::cli::ConfigArgs;
+use cmae::classify;
+use cmae::cli::{ClassifyArgs, ConfigArgs};
 use cmae::config::{PretrainConfig, parse_shots, validate_shots};
 use cmae::data::augment::Transform;
+use cmae::data::{DataSpec, Split};
 use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
 use cmae::masking::MaskPlan;
 use cmae::train::{checkpoint, pretrain, recon};
@@ -51,6 +53,39 @@ enum Command {
         #[arg(long)]
         stop_at: Option<u64>,
     },
+    /// Linear probe of a pretrained encoder (LARS, BatchNorm + Linear on the cls token).
+    Linprobe {
+        #[command(flatten)]
+        args: ClassifyArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Fine-tune a pretrained encoder (AdamW, layer decay, mixup/cutmix, …).
+    Finetune {
+        #[command(flatten)]
+        args: ClassifyArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Train the same ViT from random weights (the no-pretraining baseline).
+        #[arg(long, conflicts_with = "checkpoint")]
+        from_scratch: bool,
+        /// Model shape for --from-scratch: a preset (tiny, fmnist, vit-s16, …).
+        #[arg(long, requires = "from_scratch", default_value = "tiny")]
+        preset: String,
+    },
+    /// Top-1/top-5 of a linprobe/finetune checkpoint, plus top-1 with half the
+    /// patches removed and with the patches shuffled; prints one JSON object.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Seed of the robustness tests' random patches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Render original | per-shot visible patches | reconstruction | error for any images.
     Reconstruct {
         #[arg(long)]
@@ -78,6 +113,59 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Run-directory flags shared by the training commands.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Run directory (default: runs/<command>-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint, exactly.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// No progress bar (CI logs).
+    #[arg(long)]
+    quiet: bool,
+    /// Stop after this optimizer step as if interrupted (checkpoint, then exit).
+    #[arg(long)]
+    stop_at: Option<u64>,
+}
+
+impl RunArgs {
+    fn flags(self, command: &str) -> Result<classify::RunFlags> {
+        let out = match self.out {
+            Some(o) => o,
+            None => cmae::cli::fresh_run_dir(command)?,
+        };
+        Ok(classify::RunFlags { out, resume: self.resume, quiet: self.quiet, stop_at: self.stop_at })
+    }
+}
+
+fn run_classify(mode: classify::Mode, args: ClassifyArgs, run: RunArgs, scratch: Option<&str>) -> Result<()> {
+    let scratch_model = scratch.map(|p| PretrainConfig::preset(p).map(|c| c.model)).transpose()?;
+    let cfg = args.build(mode, scratch_model)?;
+    let name = match mode {
+        classify::Mode::Linprobe => "linprobe",
+        classify::Mode::Finetune => "finetune",
+    };
+    let flags = run.flags(name)?;
+    let dev = Device::from_env()?;
+    let flag = interrupt_flag()?;
+    let (s, results) = classify::train(&dev, &cfg, &flags, &flag)?;
+    if s.interrupted {
+        println!(
+            "stopped at step {}/{}; resume with: cmae {name} ... --out {} --resume",
+            s.step,
+            s.total_steps,
+            s.out.display()
+        );
+    } else {
+        println!("{results}");
+        println!("results:    {}", s.out.join("results.json").display());
+    }
+    println!("checkpoint: {}", s.checkpoint.display());
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -225,6 +313,21 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             }
         }
         Command::Pretrain { config, out, resume, quiet, stop_at } => run_pretrain(config, out, resume, quiet, stop_at)?,
+        Command::Linprobe { args, run } => run_classify(classify::Mode::Linprobe, args, run, None)?,
+        Command::Finetune { args, run, from_scratch, preset } => {
+            run_classify(classify::Mode::Finetune, args, run, from_scratch.then_some(preset.as_str()))?
+        }
+        Command::Eval { checkpoint, data, batch, seed } => {
+            let dev = Device::from_env()?;
+            let (model, cfg) = classify::load_classifier(&dev, &checkpoint)?;
+            let spec = DataSpec::parse(&data)?;
+            let test = cmae::data::open(&spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?;
+            if test.num_classes() != model.classes {
+                bail!("{data} has {} classes but the checkpoint's head has {}", test.num_classes(), model.classes);
+            }
+            let acc = classify::evaluate(&dev, &model, test, cfg.data.bad_images, batch, seed, true)?;
+            println!("{}", serde_json::to_string(&acc)?);
+        }
         Command::Reconstruct { checkpoint, images, shots, seed, out } => {
             if images.is_empty() {
                 bail!("--images needs at least one file");

@@ -85,7 +85,11 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let batch = cfg.train.batch;
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
     let mae = Mae::new(dev, &m, &mut init_rng(0))?;
-    let mut opt = AdamW::new(dev, &mae.params, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 })?;
+    let mut opt = AdamW::new(
+        dev,
+        &mae.params,
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, decays: crate::model::decays },
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let pixels: Vec<f32> =
         (0..batch * m.in_chans * m.img_size * m.img_size).map(|_| rng.random_range(-1.0..1.0)).collect();

@@ -15,6 +15,10 @@ pub struct Transform {
     /// Random crop + flip (training) or a plain resize (evaluation, reconstructions).
     pub augment: bool,
     pub scale: (f64, f64),
+    /// RandAugment after crop and flip (fine-tuning).
+    pub randaug: Option<crate::classify::augment::RandAugment>,
+    /// Random-erasing probability on the normalised image (fine-tuning).
+    pub erase: f64,
 }
 
 impl Transform {
@@ -25,7 +29,7 @@ impl Transform {
         let fit = |v: Vec<f32>| -> Vec<f32> {
             if v.len() == chans { v } else { vec![v.iter().sum::<f32>() / v.len() as f32; chans] }
         };
-        Self { size, chans, mean: fit(mean), std: fit(std), augment, scale: (0.2, 1.0) }
+        Self { size, chans, mean: fit(mean), std: fit(std), augment, scale: (0.2, 1.0), randaug: None, erase: 0.0 }
     }
 
     /// torchvision's RandomResizedCrop.get_params: ten tries at a random area
@@ -73,6 +77,9 @@ impl Transform {
         if self.augment && rng.random_bool(0.5) {
             out_img = out_img.fliph();
         }
+        if let Some(ra) = self.randaug.filter(|_| self.augment) {
+            out_img = ra.apply(&out_img, rng);
+        }
         let raw = match self.chans {
             1 => out_img.to_luma8().into_raw(),
             _ => out_img.to_rgb8().into_raw(),
@@ -83,6 +90,9 @@ impl Transform {
             for (c, &v) in px.iter().enumerate() {
                 out[c * plane + i] = (f32::from(v) / 255.0 - self.mean[c]) / self.std[c];
             }
+        }
+        if self.augment {
+            crate::classify::augment::random_erase(&mut out, self.chans, self.size, self.erase, rng);
         }
         out
     }

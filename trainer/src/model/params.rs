@@ -17,8 +17,10 @@ pub enum Init {
     Zeros,
     Ones,
     Normal(f64),
-    /// A fixed table (position embeddings): stored, never trained.
+    /// A fixed table (position embeddings, running statistics): stored, never trained.
     Fixed(Vec<f32>),
+    /// A trainable parameter that starts from a table (fine-tuned position embeddings).
+    Table(Vec<f32>),
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +44,7 @@ impl ParamSpec {
         match &self.init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
-            Init::Fixed(v) => v.clone(),
+            Init::Fixed(v) | Init::Table(v) => v.clone(),
             Init::Normal(std) => {
                 let dist = Normal::new(0.0, *std).expect("a positive std");
                 (0..n).map(|_| dist.sample(rng) as f32).collect()

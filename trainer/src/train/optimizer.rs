@@ -4,18 +4,20 @@ use crate::safetensors_io::{F32Map, NamedF32};
 use std::collections::HashMap;
 
 use anyhow::{Result, anyhow, bail};
-use cmae_engine::kernels::optim::{AdamWStep, adamw};
+use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw, lars};
 use cmae_engine::{Device, Gradients, Tensor};
 
-use crate::model::{ParamStore, decays};
+use crate::model::ParamStore;
 
-/// AdamW hyper-parameters (MAE: β = (0.9, 0.95), eps 1e-8, decay 0.05).
+/// AdamW hyper-parameters (MAE pretraining: β = (0.9, 0.95), eps 1e-8, decay 0.05).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Which parameters get weight decay (by name and shape).
+    pub decays: fn(&str, &[usize]) -> bool,
 }
 
 pub struct AdamW {
@@ -58,7 +60,7 @@ impl AdamW {
                 beta1: self.cfg.beta1 as f32,
                 beta2: self.cfg.beta2 as f32,
                 eps: self.cfg.eps as f32,
-                weight_decay: if decays(name, p.shape()) { self.cfg.weight_decay as f32 } else { 0.0 },
+                weight_decay: if (self.cfg.decays)(name, p.shape()) { self.cfg.weight_decay as f32 } else { 0.0 },
                 step: self.step,
                 grad_scale,
             };
@@ -90,6 +92,78 @@ impl AdamW {
             }
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+/// LARS (MAE's linear probe) over the parameters `which` selects.
+pub struct Lars {
+    momentum: f64,
+    weight_decay: f64,
+    trust: f64,
+    mu: Vec<(String, Tensor)>,
+}
+
+impl Lars {
+    pub fn new(
+        dev: &Device,
+        params: &ParamStore,
+        which: fn(&str) -> bool,
+        momentum: f64,
+        weight_decay: f64,
+        trust: f64,
+    ) -> Result<Self> {
+        let mu = params
+            .trainable()
+            .filter(|(n, _)| which(n))
+            .map(|(n, t)| Ok((n.to_string(), Tensor::zeros(dev, t.shape())?)))
+            .collect::<Result<Vec<_>>>()?;
+        if mu.is_empty() {
+            bail!("LARS has no parameters to train");
+        }
+        Ok(Self { momentum, weight_decay, trust, mu })
+    }
+
+    pub fn update(
+        &mut self,
+        dev: &Device,
+        params: &ParamStore,
+        grads: &Gradients,
+        lr: f64,
+        grad_scale: f32,
+    ) -> Result<()> {
+        for (name, mu) in &self.mu {
+            let p = params.get(name)?;
+            let g = grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?.reshape(p.shape())?;
+            // Biases and other 1-D parameters get neither decay nor the trust ratio.
+            let scaled = p.shape().len() > 1;
+            let step = LarsStep {
+                lr: lr as f32,
+                momentum: self.momentum as f32,
+                weight_decay: self.weight_decay as f32,
+                trust: self.trust as f32,
+                scaled,
+                grad_scale,
+            };
+            lars(dev, p, &g, mu, step)?;
+        }
+        Ok(())
+    }
+
+    /// `(momentum.NAME, shape, values)` for a checkpoint.
+    pub fn state_to_host(&self, dev: &Device) -> Result<Vec<crate::safetensors_io::NamedF32>> {
+        self.mu.iter().map(|(n, t)| Ok((format!("momentum.{n}"), t.shape().to_vec(), t.to_vec_f32(dev)?))).collect()
+    }
+
+    pub fn load_state(&mut self, dev: &Device, mut host: crate::safetensors_io::F32Map) -> Result<()> {
+        for (name, t) in &mut self.mu {
+            let key = format!("momentum.{name}");
+            let (shape, data) = host.remove(&key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
+            if shape != t.shape() {
+                bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
+            }
+            *t = Tensor::from_f32(dev, &data, &shape)?;
+        }
         Ok(())
     }
 }

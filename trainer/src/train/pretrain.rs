@@ -189,7 +189,13 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &
     let opt = AdamW::new(
         dev,
         &mae.params,
-        AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay },
+        AdamWConfig {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: 1e-8,
+            weight_decay: t.weight_decay,
+            decays: crate::model::decays,
+        },
     )?;
     log::info!(
         "model: {} trainable parameters, {} patches, shots {}",
@@ -213,8 +219,14 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &
     let batches_per_epoch = loader.batches_per_epoch();
     let (total_steps, warmup_steps) =
         schedule_steps(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, batches_per_epoch);
-    let sched =
-        Schedule { total_steps, warmup_steps, peak_lr: cfg.lr(), accum_iter: t.accum_iter as u64, batches_per_epoch };
+    let sched = Schedule {
+        total_steps,
+        warmup_steps,
+        peak_lr: cfg.lr(),
+        min_lr: 0.0,
+        accum_iter: t.accum_iter as u64,
+        batches_per_epoch,
+    };
     let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon: recon_batch(cfg, &spec)? };
     let run_opts = RunOptions {
         out: opts.out.clone(),

@@ -55,6 +55,8 @@ pub struct Schedule {
     pub total_steps: u64,
     pub warmup_steps: f64,
     pub peak_lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
     pub accum_iter: u64,
     /// Micro-batches per epoch (for the `epoch` metric).
     pub batches_per_epoch: u64,
@@ -203,7 +205,7 @@ pub fn run(
                 reads.parts.push(dev.read_later(parts)?);
             }
         }
-        let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr);
+        let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr, sched.min_lr);
         task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
         drop(grads);
         dev.flush()?;

@@ -1,0 +1,241 @@
+//! ViT classifiers on a (pretrained) encoder, as MAE's `models_vit.py`:
+//! linear probing reads the cls token after the final norm through
+//! BatchNorm1d (no affine, eps 1e-6) and a Linear head; fine-tuning averages
+//! the patch tokens, applies `fc_norm` and a Linear head.
+
+use anyhow::{Result, bail};
+use cmae_engine::kernels::{batchnorm, gather};
+use cmae_engine::{DType, Device, Tape, Tensor, Var};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::model::params::{Init, ParamSpec, ParamStore};
+use crate::model::posembed::sincos_2d;
+use crate::model::vit::{DropPath, Layers, Taps, block_specs};
+use crate::safetensors_io::F32Map;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Linprobe,
+    Finetune,
+}
+
+/// The encoder's parameters (MAE/timm names) plus the head for `mode`.
+pub fn param_specs(c: &ModelConfig, mode: Mode, classes: usize) -> Vec<ParamSpec> {
+    let (d, l, p) = (c.embed_dim, c.num_patches(), c.patch_size);
+    let mut specs = vec![
+        ParamSpec::new("cls_token", &[1, 1, d], Init::Normal(0.02)),
+        // Fine-tuning trains the position embeddings (timm's ViT), probing keeps them.
+        match mode {
+            Mode::Finetune => ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Table(sincos_2d(d, c.grid()))),
+            Mode::Linprobe => ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Fixed(sincos_2d(d, c.grid()))),
+        },
+        ParamSpec::new("patch_embed.proj.weight", &[d, c.in_chans, p, p], Init::Xavier),
+        ParamSpec::new("patch_embed.proj.bias", &[d], Init::Zeros),
+    ];
+    block_specs(&mut specs, "", c.depth, d, c.mlp_hidden());
+    match mode {
+        Mode::Linprobe => specs.extend([
+            ParamSpec::new("norm.weight", &[d], Init::Ones),
+            ParamSpec::new("norm.bias", &[d], Init::Zeros),
+            ParamSpec::new("head.0.running_mean", &[d], Init::Fixed(vec![0.0; d])),
+            ParamSpec::new("head.0.running_var", &[d], Init::Fixed(vec![1.0; d])),
+            ParamSpec::new("head.1.weight", &[classes, d], Init::Normal(0.01)),
+            ParamSpec::new("head.1.bias", &[classes], Init::Zeros),
+        ]),
+        Mode::Finetune => specs.extend([
+            ParamSpec::new("fc_norm.weight", &[d], Init::Ones),
+            ParamSpec::new("fc_norm.bias", &[d], Init::Zeros),
+            ParamSpec::new("head.weight", &[classes, d], Init::Normal(2e-5)),
+            ParamSpec::new("head.bias", &[classes], Init::Zeros),
+        ]),
+    }
+    specs
+}
+
+/// The names of a linear probe's trainable parameters (the encoder is frozen).
+pub fn probe_head(name: &str) -> bool {
+    name.starts_with("head.1.")
+}
+
+/// Token-level changes for the robustness evaluation.
+#[derive(Default)]
+pub struct Perturb<'a> {
+    /// `[B, L]` patch permutation applied before the position embeddings
+    /// (the same as shuffling the image's patches).
+    pub shuffle: Option<&'a Tensor>,
+    /// `[B, 1 + keep]` rows kept after the position embeddings (cls first):
+    /// patches removed, not zeroed.
+    pub keep: Option<&'a Tensor>,
+}
+
+pub struct Classifier {
+    pub cfg: ModelConfig,
+    pub mode: Mode,
+    pub classes: usize,
+    pub params: ParamStore,
+}
+
+impl Classifier {
+    /// A fresh classifier (`--from-scratch`).
+    pub fn new(dev: &Device, cfg: &ModelConfig, mode: Mode, classes: usize, rng: &mut impl Rng) -> Result<Self> {
+        cfg.validate()?;
+        let params = ParamStore::init(dev, &param_specs(cfg, mode, classes), rng)?;
+        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+    }
+
+    /// Encoder weights from `weights` (an MAE or timm state dict; decoder
+    /// tensors are ignored), a new head. Position embeddings of another grid
+    /// are interpolated bicubically, as MAE's `interpolate_pos_embed`.
+    pub fn from_encoder(
+        dev: &Device,
+        cfg: &ModelConfig,
+        mode: Mode,
+        classes: usize,
+        mut weights: F32Map,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if let Some((shape, table)) = weights.get("pos_embed").cloned() {
+            let (d, l) = (cfg.embed_dim, cfg.num_patches());
+            if shape != [1, 1 + l, d] {
+                let resized =
+                    crate::model::posembed::interpolate(&table, shape.get(2).copied().unwrap_or(0), cfg.grid())?;
+                weights.insert("pos_embed".into(), (vec![1, 1 + l, d], resized));
+            }
+        }
+        let specs = param_specs(cfg, mode, classes);
+        let mut params = ParamStore::init(dev, &specs, rng)?;
+        // The head is always new; the final norm is new when the source has
+        // none (a fine-tuned model, which ends in fc_norm).
+        let fresh: F32Map = params.to_host(dev)?.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
+        for (name, t) in fresh {
+            let head = name.starts_with("head.") || name.starts_with("fc_norm.");
+            if head || (name.starts_with("norm.") && !weights.contains_key(&name)) {
+                weights.insert(name, t);
+            }
+        }
+        let missing: Vec<&str> = specs.iter().map(|s| s.name.as_str()).filter(|n| !weights.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            bail!("the checkpoint lacks encoder parameters {}; it is not a ViT of this shape", missing.join(", "));
+        }
+        params.replace_from(dev, weights)?;
+        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+    }
+
+    /// A whole classifier (encoder and head) from a linprobe/finetune checkpoint.
+    pub fn load(dev: &Device, cfg: &ModelConfig, mode: Mode, classes: usize, weights: F32Map) -> Result<Self> {
+        let (params, _) = ParamStore::load(dev, &param_specs(cfg, mode, classes), weights)?;
+        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+    }
+
+    fn layers<'a>(&'a self, tape: &'a Tape) -> Layers<'a> {
+        Layers { tape, params: &self.params }
+    }
+
+    /// Encoder output tokens `[B, T, D]` (before any final norm).
+    pub fn encode(
+        &self,
+        tape: &Tape,
+        imgs: &Tensor,
+        drop: &[DropPath<'_>],
+        perturb: &Perturb<'_>,
+        taps: &mut Taps,
+    ) -> Result<Var> {
+        let c = &self.cfg;
+        let layers = self.layers(tape);
+        let mut x = layers.patch_embed(c, imgs)?;
+        if let Some(order) = perturb.shuffle {
+            x = tape.gather_rows(&x, order)?;
+        }
+        let x = tape.prepend_token(&x, &layers.p("cls_token")?)?;
+        let pos = tape.reshape(&layers.p("pos_embed")?, &[1 + c.num_patches(), c.embed_dim])?;
+        let mut x = tape.add_broadcast(&x, &pos)?;
+        if let Some(keep) = perturb.keep {
+            x = tape.gather_rows(&x, keep)?;
+        }
+        for i in 0..c.depth {
+            x = layers.block(&x, &format!("blocks.{i}"), c.num_heads, drop.get(i), taps)?;
+        }
+        Ok(x)
+    }
+
+    /// Fine-tuning head on the encoder tokens: mean of the patch tokens, fc_norm, Linear.
+    pub fn finetune_head(&self, tape: &Tape, tokens: &Var) -> Result<Var> {
+        let layers = self.layers(tape);
+        let pooled = tape.mean_tokens(tokens, 1)?;
+        let pooled = layers.layer_norm(&pooled, "fc_norm")?;
+        layers.linear(&pooled, "head")
+    }
+
+    /// The probe's features: the cls token after the final norm, `[B, D]` (no gradient).
+    pub fn probe_features(&self, tape: &Tape, tokens: &Var) -> Result<Tensor> {
+        let x = self.layers(tape).layer_norm(tokens, "norm")?;
+        let [b, _, d] = *x.shape() else { bail!("tokens {:?} are not [B, T, D]", x.shape()) };
+        let cls = Tensor::uninit(tape.device(), &[b, 1, d], DType::F32)?;
+        gather::copy_rows(tape.device(), x.value(), 0, &cls, 0, 1)?;
+        Ok(cls.reshape(&[b, d])?)
+    }
+
+    /// The probe's head: BatchNorm1d (batch statistics in training, running
+    /// ones otherwise) then Linear, on features that carry no gradient.
+    pub fn probe_head(&self, tape: &Tape, features: &Tensor, train: bool) -> Result<Var> {
+        let dev = tape.device();
+        let running = self.params.get("head.0.running_mean")?;
+        let var = self.params.get("head.0.running_var")?;
+        // The kernel keeps mean and variance in one [2, D] tensor.
+        let d = running.numel();
+        let stats = Tensor::uninit(dev, &[2, d], DType::F32)?;
+        dev.copy(running, &stats, running.byte_len())?;
+        copy_at(dev, var, &stats, d)?;
+        let normed = if train {
+            let y = batchnorm::batch_norm_train(dev, features, &stats, 1e-6, 0.1)?;
+            split_stats(dev, &stats, running, var)?;
+            y
+        } else {
+            batchnorm::batch_norm_eval(dev, features, &stats, 1e-6)?
+        };
+        self.layers(tape).linear(&tape.constant(normed), "head.1")
+    }
+
+    /// Logits `[B, classes]`.
+    pub fn forward(
+        &self,
+        tape: &Tape,
+        imgs: &Tensor,
+        train: bool,
+        drop: &[DropPath<'_>],
+        perturb: &Perturb<'_>,
+    ) -> Result<Var> {
+        match self.mode {
+            Mode::Finetune => {
+                let tokens = self.encode(tape, imgs, drop, perturb, &mut Taps::default())?;
+                self.finetune_head(tape, &tokens)
+            }
+            Mode::Linprobe => {
+                // The encoder is frozen: run it without recording anything.
+                let frozen = Tape::no_grad(tape.device());
+                let tokens = self.encode(&frozen, imgs, &[], perturb, &mut Taps::default())?;
+                let features = self.probe_features(&frozen, &tokens)?;
+                self.probe_head(tape, &features, train)
+            }
+        }
+    }
+}
+
+/// Copies `src` into `dst` starting at element `at` (a one-row copy).
+fn copy_at(dev: &Device, src: &Tensor, dst: &Tensor, at: usize) -> Result<()> {
+    let n = src.numel();
+    gather::copy_rows(dev, &src.reshape(&[1, 1, n])?, 0, &dst.reshape(&[1, dst.numel() / n, n])?, at / n, 1)?;
+    Ok(())
+}
+
+/// Writes the updated `[2, D]` statistics back into the two parameter tensors.
+fn split_stats(dev: &Device, stats: &Tensor, mean: &Tensor, var: &Tensor) -> Result<()> {
+    let d = mean.numel();
+    dev.copy(stats, mean, mean.byte_len())?;
+    gather::copy_rows(dev, &stats.reshape(&[1, 2, d])?, 1, &var.reshape(&[1, 1, d])?, 0, 1)?;
+    Ok(())
+}
