@@ -60,3 +60,125 @@ fn finetune_classifier_overfits_a_fixed_batch() {
     assert!((losses[0] - ln4).abs() < 0.1, "starts at chance: {}", losses[0]);
     assert!(*losses.last().unwrap() < 0.1 * ln4, "loss went {:?}", losses.iter().step_by(10).collect::<Vec<_>>());
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmae-cls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A pretrained micro MAE to probe and fine-tune.
+fn pretrained(out: &std::path::Path) -> std::path::PathBuf {
+    let mut cfg = PretrainConfig::preset("tiny").unwrap();
+    for s in [
+        "model.img_size=16",
+        "model.embed_dim=32",
+        "model.depth=2",
+        "model.num_heads=2",
+        "model.decoder_embed_dim=16",
+        "model.decoder_depth=1",
+        "model.decoder_num_heads=2",
+        "train.batch=8",
+        "data.synthetic_size=100",
+    ] {
+        cfg.set(s).unwrap();
+    }
+    cfg.train.steps = Some(2);
+    let opts = cmae::train::pretrain::Options { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
+    cmae::train::pretrain::pretrain(dev(), &cfg, &opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    out.join("checkpoint.safetensors")
+}
+
+fn classify_cfg(mode: Mode, init: &std::path::Path, steps: usize) -> cmae::classify::ClassifyConfig {
+    let model = cmae::train::checkpoint::model_config_of(init).unwrap();
+    let mut c = cmae::classify::ClassifyConfig::recipe(mode, model, 10, init.display().to_string(), "synthetic");
+    c.train.steps = Some(steps);
+    c.train.batch = 8;
+    c.data.synthetic_size = 100;
+    c.output.log_every = 1;
+    c.output.checkpoint_every = 3;
+    c
+}
+
+fn train(cfg: &cmae::classify::ClassifyConfig, out: &std::path::Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
+    let flags = cmae::classify::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    cmae::classify::train(dev(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
+}
+
+#[test]
+fn probe_and_finetune_write_results_and_resume_exactly() {
+    let base = temp_dir("pipeline");
+    let ckpt = pretrained(&base.join("pretrain"));
+    for mode in [Mode::Linprobe, Mode::Finetune] {
+        let cfg = classify_cfg(mode, &ckpt, 6);
+        let straight = base.join(format!("{mode:?}-straight"));
+        let (s, results) = train(&cfg, &straight, false, None).unwrap();
+        assert_eq!(s.step, 6);
+        for key in ["top1", "top5", "epochs"] {
+            assert!(results[key].is_number(), "{mode:?}: {key} in {results}");
+        }
+        let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight.join("results.json")).unwrap()).unwrap();
+        assert_eq!(on_disk, results);
+        let split = base.join(format!("{mode:?}-split"));
+        train(&cfg, &split, false, Some(3)).unwrap();
+        train(&cfg, &split, true, None).unwrap();
+        let a = cmae::safetensors_io::read(&straight.join("checkpoint.safetensors")).unwrap();
+        let b = cmae::safetensors_io::read(&split.join("checkpoint.safetensors")).unwrap();
+        let mut names: Vec<&String> = a.tensors.keys().collect();
+        names.sort();
+        for n in names {
+            assert_eq!(format!("{:?}", a.tensors[n]), format!("{:?}", b.tensors[n]), "{mode:?}: {n} differs after resume");
+        }
+        // The probe only trains its head; its encoder is the pretrained one.
+        if mode == Mode::Linprobe {
+            let pre = cmae::safetensors_io::read(&ckpt).unwrap();
+            assert_eq!(format!("{:?}", a.tensors["blocks.1.attn.qkv.weight"]), format!("{:?}", pre.tensors["blocks.1.attn.qkv.weight"]));
+        }
+        let (model, _) = cmae::classify::load_classifier(dev(), &straight.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(model.mode, mode);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A classifier that always answers class 3 scores exactly what the labels
+/// say: the synthetic test set has every class equally often.
+#[test]
+fn eval_of_a_constant_classifier_has_a_known_answer() {
+    let d = dev();
+    let cfg = small_model();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut model = Classifier::new(d, &cfg, Mode::Finetune, 10, &mut rng).unwrap();
+    let mut weights: cmae::safetensors_io::F32Map =
+        model.params.to_host(d).unwrap().into_iter().map(|(n, s, v)| (n, (s, v))).collect();
+    weights.insert("head.weight".into(), (vec![10, 32], vec![0.0; 320]));
+    let mut bias = vec![0.0; 10];
+    bias[3] = 5.0;
+    weights.insert("head.bias".into(), (vec![10], bias));
+    model.params.replace_from(d, weights).unwrap();
+    let test: std::sync::Arc<dyn cmae::data::Dataset> =
+        std::sync::Arc::new(cmae::data::synthetic::Synthetic::new(200, 16, cmae::data::Split::Test));
+    let acc = cmae::classify::evaluate(d, &model, test, cmae::config::BadImages::Abort, 32, 0, true).unwrap();
+    assert_eq!(acc.images, 200);
+    assert_eq!(acc.top1, 10.0);
+    // Ties break towards lower class ids: classes 0, 1, 2, 3 and 4 are in the top five.
+    assert_eq!(acc.top5, 50.0);
+    assert_eq!((acc.top1_occlusion50, acc.top1_shuffled), (Some(10.0), Some(10.0)));
+}
+
+#[test]
+fn classification_bad_input_is_clear() {
+    let base = temp_dir("bad");
+    let ckpt = pretrained(&base.join("pretrain"));
+    // A pretraining checkpoint is not a classifier.
+    let err = format!("{:#}", cmae::classify::load_classifier(dev(), &ckpt).err().unwrap());
+    assert!(err.contains("pretrain checkpoint") && err.contains("linprobe or finetune"), "{err}");
+    // Another model's encoder.
+    let mut cfg = classify_cfg(Mode::Finetune, &ckpt, 2);
+    cfg.model.embed_dim = 64;
+    let err = format!("{:#}", train(&cfg, &base.join("other"), false, None).unwrap_err());
+    assert!(err.contains("shape") && err.contains(&ckpt.display().to_string()), "{err}");
+    // A missing checkpoint file.
+    let err = format!("{:#}", cmae::train::checkpoint::model_config_of(&base.join("nope.safetensors")).unwrap_err());
+    assert!(err.contains("nope.safetensors"), "{err}");
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -218,10 +218,8 @@ impl ClassifyTask<'_> {
         (0..depth)
             .map(|i| {
                 let p = rate * i as f64 / (depth.max(2) - 1) as f64;
-                let mut draw = || -> Vec<f32> {
-                    (0..b).map(|_| if rng.random_bool(1.0 - p) { (1.0 / (1.0 - p)) as f32 } else { 0.0 }).collect()
-                };
-                Ok((Tensor::from_f32(dev, &draw(), &[b])?, Tensor::from_f32(dev, &draw(), &[b])?))
+                let attn = Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?;
+                Ok((attn, Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?))
             })
             .collect()
     }
@@ -434,6 +432,35 @@ fn hits(logits: &[f32], labels: &[u32], classes: usize, k: usize) -> usize {
         .count()
 }
 
+/// Rows kept when half the patches are removed: cls (row 0) and a random
+/// ⌊L/2⌋ of the patch rows 1..=L, per sample: `[b, 1 + L/2]`.
+pub fn occlusion_rows(b: usize, l: usize, rng: &mut impl Rng) -> Vec<u32> {
+    (0..b)
+        .flat_map(|_| {
+            let mut ids: Vec<u32> = (1..=l as u32).collect();
+            ids.shuffle(rng);
+            ids.truncate(l / 2);
+            std::iter::once(0).chain(ids)
+        })
+        .collect()
+}
+
+/// A random permutation of the L patches per sample: `[b, L]`.
+pub fn shuffled_patches(b: usize, l: usize, rng: &mut impl Rng) -> Vec<u32> {
+    (0..b)
+        .flat_map(|_| {
+            let mut ids: Vec<u32> = (0..l as u32).collect();
+            ids.shuffle(rng);
+            ids
+        })
+        .collect()
+}
+
+/// Stochastic-depth scales for one branch: 0 with probability `p`, else 1/(1 − p).
+pub fn drop_path_scales(b: usize, p: f64, rng: &mut impl Rng) -> Vec<f32> {
+    (0..b).map(|_| if rng.random_bool(1.0 - p) { (1.0 / (1.0 - p)) as f32 } else { 0.0 }).collect()
+}
+
 /// Top-1/top-5 on `set`; with `robustness`, also top-1 with 50% of the
 /// patch tokens removed and with the patches shuffled (seeded).
 pub fn evaluate(
@@ -463,25 +490,9 @@ pub fn evaluate(
         top1 += hits(&logits, &labels, model.classes, 1);
         top5 += hits(&logits, &labels, model.classes, 5.min(model.classes));
         if robustness {
-            let keep = l / 2;
-            let rows: Vec<u32> = (0..b)
-                .flat_map(|_| {
-                    let mut ids: Vec<u32> = (1..=l as u32).collect();
-                    ids.shuffle(&mut rng);
-                    ids.truncate(keep);
-                    std::iter::once(0).chain(ids)
-                })
-                .collect();
-            let keep_t = Tensor::from_u32(dev, &rows, &[b, 1 + keep])?;
+            let keep_t = Tensor::from_u32(dev, &occlusion_rows(b, l, &mut rng), &[b, 1 + l / 2])?;
             occl += hits(&run(&Perturb { keep: Some(&keep_t), shuffle: None })?, &labels, model.classes, 1);
-            let order: Vec<u32> = (0..b)
-                .flat_map(|_| {
-                    let mut ids: Vec<u32> = (0..l as u32).collect();
-                    ids.shuffle(&mut rng);
-                    ids
-                })
-                .collect();
-            let order_t = Tensor::from_u32(dev, &order, &[b, l])?;
+            let order_t = Tensor::from_u32(dev, &shuffled_patches(b, l, &mut rng), &[b, l])?;
             shuf += hits(&run(&Perturb { keep: None, shuffle: Some(&order_t) })?, &labels, model.classes, 1);
         }
         n += b;
@@ -530,6 +541,38 @@ mod tests {
         assert!((s("pos_embed") - 0.65f64.powi(13)).abs() < 1e-15);
         assert!(!finetune_decays("pos_embed", &[1, 65, 192]) && !finetune_decays("cls_token", &[1, 1, 192]));
         assert!(finetune_decays("blocks.0.attn.qkv.weight", &[576, 192]) && !finetune_decays("head.bias", &[10]));
+    }
+
+    #[test]
+    fn robustness_indices_keep_the_right_tokens() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (b, l) = (3, 49);
+        let rows = occlusion_rows(b, l, &mut rng);
+        assert_eq!(rows.len(), b * (1 + 24));
+        for r in rows.chunks(25) {
+            assert_eq!(r[0], 0, "cls is always kept, first");
+            let mut rest = r[1..].to_vec();
+            rest.sort();
+            rest.dedup();
+            assert_eq!(rest.len(), 24, "distinct patches");
+            assert!(rest.iter().all(|&i| (1..=49).contains(&i)));
+        }
+        for p in shuffled_patches(b, l, &mut rng).chunks(l) {
+            let mut sorted = p.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, (0..l as u32).collect::<Vec<_>>(), "a permutation");
+        }
+    }
+
+    #[test]
+    fn drop_path_keeps_the_expected_value() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let s = drop_path_scales(20000, 0.25, &mut rng);
+        assert!(s.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let dropped = s.iter().filter(|&&v| v == 0.0).count() as f64 / s.len() as f64;
+        let mean = s.iter().map(|&v| f64::from(v)).sum::<f64>() / s.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.01 && (mean - 1.0).abs() < 0.02, "{dropped} {mean}");
+        assert!(drop_path_scales(10, 0.0, &mut rng).iter().all(|&v| v == 1.0));
     }
 
     #[test]
