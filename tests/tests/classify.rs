@@ -100,7 +100,12 @@ fn classify_cfg(mode: Mode, init: &std::path::Path, steps: usize) -> cmae::class
     c
 }
 
-fn train(cfg: &cmae::classify::ClassifyConfig, out: &std::path::Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
+fn train(
+    cfg: &cmae::classify::ClassifyConfig,
+    out: &std::path::Path,
+    resume: bool,
+    stop_at: Option<u64>,
+) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
     let flags = cmae::classify::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
     cmae::classify::train(dev(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
 }
@@ -117,7 +122,8 @@ fn probe_and_finetune_write_results_and_resume_exactly() {
         for key in ["top1", "top5", "epochs"] {
             assert!(results[key].is_number(), "{mode:?}: {key} in {results}");
         }
-        let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight.join("results.json")).unwrap()).unwrap();
+        let on_disk: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(straight.join("results.json")).unwrap()).unwrap();
         assert_eq!(on_disk, results);
         let split = base.join(format!("{mode:?}-split"));
         train(&cfg, &split, false, Some(3)).unwrap();
@@ -127,12 +133,19 @@ fn probe_and_finetune_write_results_and_resume_exactly() {
         let mut names: Vec<&String> = a.tensors.keys().collect();
         names.sort();
         for n in names {
-            assert_eq!(format!("{:?}", a.tensors[n]), format!("{:?}", b.tensors[n]), "{mode:?}: {n} differs after resume");
+            assert_eq!(
+                format!("{:?}", a.tensors[n]),
+                format!("{:?}", b.tensors[n]),
+                "{mode:?}: {n} differs after resume"
+            );
         }
         // The probe only trains its head; its encoder is the pretrained one.
         if mode == Mode::Linprobe {
             let pre = cmae::safetensors_io::read(&ckpt).unwrap();
-            assert_eq!(format!("{:?}", a.tensors["blocks.1.attn.qkv.weight"]), format!("{:?}", pre.tensors["blocks.1.attn.qkv.weight"]));
+            assert_eq!(
+                format!("{:?}", a.tensors["blocks.1.attn.qkv.weight"]),
+                format!("{:?}", pre.tensors["blocks.1.attn.qkv.weight"])
+            );
         }
         let (model, _) = cmae::classify::load_classifier(dev(), &straight.join("checkpoint.safetensors")).unwrap();
         assert_eq!(model.mode, mode);

@@ -1,5 +1,6 @@
 //! cmae: Conditional MAE pretraining, probing, fine-tuning and analysis on wgpu.
 
+pub mod analysis;
 pub mod bench;
 pub mod classify;
 pub mod cli;
@@ -11,4 +12,5 @@ pub mod masking;
 pub mod model;
 pub mod safetensors_io;
 pub mod stats;
+pub mod study;
 pub mod train;

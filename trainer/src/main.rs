@@ -86,6 +86,65 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// One of the study's analyses: writes DIR/KIND.json and DIR/KIND.png.
+    Analyze {
+        #[arg(value_enum)]
+        kind: AnalysisKind,
+        /// A checkpoint (give two for cka, one or more for attention-distance/entropy).
+        #[arg(long = "checkpoint", required_unless_present = "run")]
+        checkpoints: Vec<PathBuf>,
+        /// For loss-curves: the run directory (default: the checkpoint's directory).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Images to analyse (their test split).
+        #[arg(long, default_value = "synthetic")]
+        data: String,
+        /// How many test images.
+        #[arg(long, default_value_t = 16)]
+        images: usize,
+        /// reversed-attention: the shots to mask with (default: the checkpoint's).
+        #[arg(long)]
+        shots: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The study's comparison end to end: MAE, two-shot and three-shot
+    /// pretraining, linear probe, fine-tuning, a from-scratch baseline,
+    /// robustness and analyses; writes OUT/report.md. Resumes when rerun.
+    Study {
+        #[arg(long, default_value = "fmnist")]
+        data: String,
+        #[arg(long, default_value = "fmnist")]
+        preset: String,
+        #[arg(long, default_value = "runs/study")]
+        out: PathBuf,
+        /// Repeat every arm with this many seeds (mean ± std in the report).
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
+        #[arg(long, default_value_t = 100.0)]
+        pretrain_epochs: f64,
+        #[arg(long)]
+        pretrain_steps: Option<usize>,
+        #[arg(long, default_value_t = 90.0)]
+        probe_epochs: f64,
+        #[arg(long)]
+        probe_steps: Option<usize>,
+        #[arg(long, default_value_t = 100.0)]
+        finetune_epochs: f64,
+        #[arg(long)]
+        finetune_steps: Option<usize>,
+        /// Override a pretraining config field in every arm (e.g. model.depth=6).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Override a probe / fine-tuning config field (e.g. train.batch=128).
+        #[arg(long = "set-classify", value_name = "KEY=VALUE")]
+        set_classify: Vec<String>,
+        /// Test images for the analyses.
+        #[arg(long, default_value_t = 16)]
+        analysis_images: usize,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Render original | per-shot visible patches | reconstruction | error for any images.
     Reconstruct {
         #[arg(long)]
@@ -113,6 +172,60 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AnalysisKind {
+    AttentionDistance,
+    AttentionEntropy,
+    Cka,
+    AttentionMaps,
+    ReversedAttention,
+    LossCurves,
+}
+
+fn run_analysis(
+    kind: AnalysisKind,
+    checkpoints: &[PathBuf],
+    run: Option<PathBuf>,
+    data: &str,
+    images: usize,
+    shots: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    use cmae::analysis;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let one = || checkpoints.first().context("give --checkpoint");
+    let (name, value) = match kind {
+        AnalysisKind::LossCurves => {
+            let dir = match run {
+                Some(r) => r,
+                None => one()?.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            ("loss-curves", analysis::loss_curves(&dir.join("metrics.jsonl"), out)?)
+        }
+        AnalysisKind::AttentionDistance | AnalysisKind::AttentionEntropy => {
+            let dev = Device::from_env()?;
+            let entropy = matches!(kind, AnalysisKind::AttentionEntropy);
+            let name = if entropy { "attention-entropy" } else { "attention-distance" };
+            (name, analysis::attention_layers(&dev, checkpoints, data, images, out, entropy)?)
+        }
+        AnalysisKind::Cka => {
+            let [a, b] = checkpoints else { bail!("cka compares two models: give --checkpoint A --checkpoint B") };
+            let dev = Device::from_env()?;
+            ("cka", analysis::cka(&dev, a, b, data, images, out)?)
+        }
+        AnalysisKind::AttentionMaps => {
+            ("attention-maps", analysis::attention_maps(&Device::from_env()?, one()?, data, images, out)?)
+        }
+        AnalysisKind::ReversedAttention => (
+            "reversed-attention",
+            analysis::reversed_attention(&Device::from_env()?, one()?, data, images, shots, out)?,
+        ),
+    };
+    let json = analysis::write_json(out, name, &value)?;
+    println!("wrote {} and {}", json.display(), out.join(format!("{name}.png")).display());
+    Ok(())
 }
 
 /// Run-directory flags shared by the training commands.
@@ -327,6 +440,44 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             }
             let acc = classify::evaluate(&dev, &model, test, cfg.data.bad_images, batch, seed, true)?;
             println!("{}", serde_json::to_string(&acc)?);
+        }
+        Command::Study {
+            data,
+            preset,
+            out,
+            seeds,
+            pretrain_epochs,
+            pretrain_steps,
+            probe_epochs,
+            probe_steps,
+            finetune_epochs,
+            finetune_steps,
+            set,
+            set_classify,
+            analysis_images,
+            quiet,
+        } => {
+            use cmae::study::{Budget, StudyOptions};
+            let o = StudyOptions {
+                preset,
+                data,
+                out,
+                seeds: seeds.max(1),
+                pretrain: Budget { epochs: pretrain_epochs, steps: pretrain_steps },
+                probe: Budget { epochs: probe_epochs, steps: probe_steps },
+                finetune: Budget { epochs: finetune_epochs, steps: finetune_steps },
+                set,
+                set_classify,
+                quiet,
+                analysis_images,
+            };
+            let dev = Device::from_env()?;
+            let flag = interrupt_flag()?;
+            let report = cmae::study::run(&dev, &o, &flag)?;
+            println!("report: {}", report.display());
+        }
+        Command::Analyze { kind, checkpoints, run, data, images, shots, out } => {
+            run_analysis(kind, &checkpoints, run, &data, images, shots.as_deref(), &out)?
         }
         Command::Reconstruct { checkpoint, images, shots, seed, out } => {
             if images.is_empty() {

@@ -56,8 +56,11 @@ pub enum DataSpec {
 
 impl DataSpec {
     pub fn parse(spec: &str) -> Result<Self> {
-        if spec == "synthetic" {
-            return Ok(Self::Synthetic);
+        match spec {
+            "synthetic" => return Ok(Self::Synthetic),
+            // Debian's dataset-fashion-mnist package.
+            "fmnist" => return Ok(Self::Fmnist(PathBuf::from("/usr/share/datasets/fashion-mnist"))),
+            _ => {}
         }
         let Some((kind, dir)) = spec.split_once(':') else {
             bail!(
