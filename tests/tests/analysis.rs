@@ -63,7 +63,7 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
         assert!((0.0..=12.0 * 2f64.sqrt()).contains(&v), "{v}");
     }
     assert!(png("attention-distance").width() > 100);
-    let e = analysis::attention_layers(dev(), &[mae.clone()], "synthetic", 4, &out, true).unwrap();
+    let e = analysis::attention_layers(dev(), std::slice::from_ref(&mae), "synthetic", 4, &out, true).unwrap();
     for v in e["models"][0]["per_layer_head"].as_array().unwrap().iter().flat_map(|l| l.as_array().unwrap()) {
         // 17 keys: entropy between 0 and ln 17.
         assert!((0.0..=17f64.ln() + 1e-9).contains(&v.as_f64().unwrap()));

@@ -206,6 +206,9 @@ pub struct DataConfig {
     pub workers: usize,
     /// Images in the built-in synthetic training set.
     pub synthetic_size: usize,
+    /// Evaluate on the first N test images only (0 = the whole test split).
+    #[serde(default)]
+    pub test_images: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

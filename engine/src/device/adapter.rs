@@ -61,45 +61,67 @@ fn preference(info: &wgpu::AdapterInfo) -> u8 {
     }
 }
 
-/// Enumerates adapters and picks the best one that matches `req`.
-pub fn choose(instance: &wgpu::Instance, req: &AdapterRequest) -> Result<wgpu::Adapter> {
-    let backends = req.backend.unwrap_or(wgpu::Backends::PRIMARY);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    let matching: Vec<wgpu::Adapter> = adapters
-        .into_iter()
-        .filter(|a| match &req.name_contains {
-            Some(want) => a.get_info().name.to_lowercase().contains(&want.to_lowercase()),
-            None => true,
-        })
-        .collect();
-    if let Some(best) = matching.into_iter().max_by_key(|a| preference(&a.get_info())) {
-        return Ok(best);
+impl AdapterRequest {
+    /// The backends to enumerate: the one asked for, else the primary ones.
+    pub fn backends(&self) -> wgpu::Backends {
+        self.backend.unwrap_or(wgpu::Backends::PRIMARY)
     }
 
-    let all: Vec<String> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .iter()
-        .map(|a| {
-            let i = a.get_info();
-            format!("{} ({:?})", i.name, i.backend)
-        })
-        .collect();
-    let msg = match (&req.name_contains, req.backend) {
-        (Some(want), _) if !all.is_empty() => {
-            format!("no GPU adapter name contains CMAE_ADAPTER={want:?}; available: {}", all.join(", "))
-        }
-        (None, None) if !all.is_empty() => format!(
-            "no Vulkan, Metal or DX12 adapter found, only {}; set CMAE_BACKEND=gl to use it, or {}",
-            all.join(", "),
-            install_hint()
-        ),
-        (_, Some(b)) if !all.is_empty() => format!(
-            "no adapter for backend {b:?}; available: {}; unset CMAE_BACKEND or {}",
-            all.join(", "),
-            install_hint()
-        ),
-        _ => format!("no GPU adapter found: {}", install_hint()),
-    };
-    Err(Error::NoAdapter(msg))
+    /// Picks the best of `adapters` that matches the request, or explains why
+    /// none does. The viewer hands it the adapters that can draw to its window.
+    pub fn pick(&self, adapters: &[wgpu::Adapter]) -> Result<wgpu::Adapter> {
+        let best = adapters
+            .iter()
+            .filter(|a| self.backends().contains(a.get_info().backend.into()))
+            .filter(|a| match &self.name_contains {
+                Some(want) => a.get_info().name.to_lowercase().contains(&want.to_lowercase()),
+                None => true,
+            })
+            .max_by_key(|a| preference(&a.get_info()));
+        best.cloned().ok_or_else(|| self.none_found())
+    }
+
+    fn none_found(&self) -> Error {
+        let all: Vec<String> =
+            pollster::block_on(instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()))
+                .iter()
+                .map(|a| {
+                    let i = a.get_info();
+                    format!("{} ({:?})", i.name, i.backend)
+                })
+                .collect();
+        let msg = match (&self.name_contains, self.backend) {
+            (Some(want), _) if !all.is_empty() => {
+                format!("no GPU adapter name contains CMAE_ADAPTER={want:?}; available: {}", all.join(", "))
+            }
+            (None, None) if !all.is_empty() => format!(
+                "no Vulkan, Metal or DX12 adapter found, only {}; set CMAE_BACKEND=gl to use it, or {}",
+                all.join(", "),
+                install_hint()
+            ),
+            (_, Some(b)) if !all.is_empty() => format!(
+                "no adapter for backend {b:?}; available: {}; unset CMAE_BACKEND or {}",
+                all.join(", "),
+                install_hint()
+            ),
+            _ => format!("no GPU adapter found: {}", install_hint()),
+        };
+        Error::NoAdapter(msg)
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Enumerates adapters and picks the best one that matches `req`. GL is only
+/// initialised when asked for or to name it in the error: probing it costs
+/// time and logs driver noise on machines without a display.
+pub fn choose(req: &AdapterRequest) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(instance(req.backends()).enumerate_adapters(req.backends()));
+    req.pick(&adapters)
 }
 
 /// The optional features the engine uses when the adapter has them.

@@ -11,7 +11,7 @@ mod overhead;
 mod pool;
 mod profile;
 
-pub use adapter::AdapterRequest;
+pub use adapter::{AdapterRequest, wanted_features};
 pub use overhead::DispatchOverhead;
 pub use profile::KernelTime;
 
@@ -99,10 +99,7 @@ impl Device {
     }
 
     pub fn open(req: &AdapterRequest) -> Result<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = req.backend.unwrap_or(wgpu::Backends::all());
-        let instance = wgpu::Instance::new(desc);
-        let adapter = adapter::choose(&instance, req)?;
+        let adapter = adapter::choose(req)?;
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cmae"),

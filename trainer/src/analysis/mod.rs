@@ -19,6 +19,7 @@ use crate::config::{ModelConfig, Shot, parse_shots, validate_shots};
 use crate::data::augment::Transform;
 use crate::data::{self, DataSpec, Split};
 use crate::masking::MaskPlan;
+use crate::model::Mae;
 use crate::model::vit::Taps;
 use crate::safetensors_io::write_atomic;
 use crate::train::metrics::MetricsLog;
@@ -125,7 +126,7 @@ fn analysis_images(spec: &str, model: &ModelConfig, n: usize) -> Result<(Vec<f32
 }
 
 /// The encoder of any cmae checkpoint (pretrained MAE, probe or fine-tuned).
-fn encoder(dev: &Device, path: &Path) -> Result<Classifier> {
+pub fn encoder(dev: &Device, path: &Path) -> Result<Classifier> {
     let (cfg, weights) = encoder_weights(path)?;
     Classifier::from_encoder(dev, &cfg, Mode::Linprobe, 2, weights, &mut ChaCha8Rng::seed_from_u64(0))
         .with_context(|| format!("loading the encoder of {}", path.display()))
@@ -221,7 +222,7 @@ pub fn cka(dev: &Device, a: &Path, b: &Path, spec: &str, n: usize, out: &Path) -
 
 /// Draws `weights` (one per patch) over the image as a heat overlay and
 /// outlines the patches of `region`.
-fn overlay(img: &RgbImage, weights: &[f64], region: &[usize], grid: usize) -> RgbImage {
+pub fn overlay(img: &RgbImage, weights: &[f64], region: &[usize], grid: usize) -> RgbImage {
     let (w, h) = img.dimensions();
     let patch = w as usize / grid;
     let max = weights.iter().cloned().fold(1e-30, f64::max);
@@ -254,7 +255,8 @@ fn overlay(img: &RgbImage, weights: &[f64], region: &[usize], grid: usize) -> Rg
     })
 }
 
-fn upscaled(t: &Transform, chw: &[f32], scale: u32) -> RgbImage {
+/// One normalised CHW image as 8-bit RGB, each pixel `scale`× larger.
+pub fn upscaled(t: &Transform, chw: &[f32], scale: u32) -> RgbImage {
     let px = t.to_pixels(chw);
     let s = t.size as u32;
     RgbImage::from_fn(s * scale, s * scale, |x, y| {
@@ -323,6 +325,52 @@ pub fn attention_maps(dev: &Device, checkpoint: &Path, spec: &str, n: usize, out
     )
 }
 
+/// Reversed attention for one normalised image: the picture (the attention
+/// the tokens dropped at the first later shot send, over the image, dropped
+/// patches outlined) and the shares sent to cls, kept and dropped tokens.
+pub fn reversed_attention_one(
+    dev: &Device,
+    mae: &Mae,
+    chw: &[f32],
+    t: &Transform,
+    shots: &[Shot],
+    seed: u64,
+) -> Result<(RgbImage, [f64; 3])> {
+    let c = &mae.cfg;
+    let Some(k) = shots.iter().position(|s| s.layer > 0 && s.ratio > 0.0) else {
+        bail!("reversed attention needs a later shot (e.g. 0:0.75,10:0.1)");
+    };
+    let plan = MaskPlan::random(shots, 1, c.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
+    let imgs = Tensor::from_f32(dev, chw, &[1, c.in_chans, c.img_size, c.img_size])?;
+    let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
+    mae.encode_masked(&Tape::no_grad(dev), &imgs, &plan.upload(dev, shots)?, &mut taps)?;
+    let probs = taps.attention.unwrap_or_default()[shots[k].layer - 1].to_vec_f32(dev)?;
+    let sp = &plan.shots[k];
+    let (tokens, heads) = (1 + sp.visible, c.num_heads);
+    // Original patch ids of the tokens visible before shot k.
+    let visible: Vec<u32> =
+        if k == 0 { (0..c.num_patches() as u32).collect() } else { plan.shots[k - 1].kept_patches.clone() };
+    let kept: std::collections::HashSet<u32> = sp.ids_keep.iter().copied().collect();
+    let dropped: Vec<usize> = (0..sp.visible).filter(|i| !kept.contains(&(*i as u32))).collect();
+    let mut sent = vec![0.0; c.num_patches()];
+    let mut shares = [0.0; 3];
+    for h in 0..heads {
+        for &i in &dropped {
+            let row = &probs[(h * tokens + 1 + i) * tokens..(h * tokens + 2 + i) * tokens];
+            shares[0] += f64::from(row[0]);
+            for j in 0..sp.visible {
+                let v = f64::from(row[1 + j]);
+                sent[visible[j] as usize] += v / (heads * dropped.len()) as f64;
+                shares[if kept.contains(&(j as u32)) { 1 } else { 2 }] += v;
+            }
+        }
+    }
+    let rows = (heads * dropped.len()).max(1) as f64;
+    let base = upscaled(t, chw, (96 / c.img_size as u32).max(1));
+    let dropped_patches: Vec<usize> = dropped.iter().map(|&i| visible[i] as usize).collect();
+    Ok((overlay(&base, &sent, &dropped_patches, c.grid()), shares.map(|s| s / rows)))
+}
+
 /// `reversed-attention`: in the block just before a later shot, where the
 /// tokens that shot drops send their attention (MAE checkpoints with shots,
 /// or `shots` given).
@@ -345,58 +393,22 @@ pub fn reversed_attention(
         bail!("reversed attention needs a later shot (e.g. --shots 0:0.75,10:0.1); {} has none", checkpoint.display());
     };
     let (images, n, t) = analysis_images(spec, &c, n.min(8))?;
-    let plan = MaskPlan::random(&shots, n, c.num_patches(), &mut ChaCha8Rng::seed_from_u64(0));
-    let imgs = Tensor::from_f32(dev, &images, &[n, c.in_chans, c.img_size, c.img_size])?;
-    let tape = Tape::no_grad(dev);
-    let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
-    loaded.mae.encode_masked(&tape, &imgs, &plan.upload(dev, &shots)?, &mut taps)?;
-    let block = shots[k].layer - 1;
-    let probs = taps.attention.unwrap_or_default()[block].to_vec_f32(dev)?;
-    let sp = &plan.shots[k];
-    let tokens = 1 + sp.visible;
-    let heads = c.num_heads;
-    // Original patch ids of the visible tokens before shot k.
-    let visible: Vec<Vec<u32>> = (0..n)
-        .map(|b| {
-            if k == 0 {
-                (0..c.num_patches() as u32).collect()
-            } else {
-                plan.shots[k - 1].kept_patches[b * sp.visible..(b + 1) * sp.visible].to_vec()
-            }
-        })
-        .collect();
-    let scale = (96 / c.img_size as u32).max(1);
     let plane = c.in_chans * c.img_size * c.img_size;
-    let (mut to_cls, mut to_dropped, mut to_kept, mut rows_counted) = (0.0, 0.0, 0.0, 0usize);
     let mut rows = Vec::new();
+    let mut shares = [0.0; 3];
     for b in 0..n {
-        let kept: std::collections::HashSet<u32> =
-            sp.ids_keep[b * sp.keep..(b + 1) * sp.keep].iter().copied().collect();
-        let dropped: Vec<usize> = (0..sp.visible).filter(|i| !kept.contains(&(*i as u32))).collect();
-        let mut sent = vec![0.0; c.num_patches()];
-        for h in 0..heads {
-            for &i in &dropped {
-                let row =
-                    &probs[((b * heads + h) * tokens + 1 + i) * tokens..((b * heads + h) * tokens + 2 + i) * tokens];
-                to_cls += f64::from(row[0]);
-                for j in 0..sp.visible {
-                    let v = f64::from(row[1 + j]);
-                    sent[visible[b][j] as usize] += v / (heads * dropped.len()) as f64;
-                    if kept.contains(&(j as u32)) { to_kept += v } else { to_dropped += v }
-                }
-                rows_counted += 1;
-            }
+        let chw = &images[b * plane..(b + 1) * plane];
+        let (img, s) = reversed_attention_one(dev, &loaded.mae, chw, &t, &shots, b as u64)?;
+        for (acc, v) in shares.iter_mut().zip(s) {
+            *acc += v / n as f64;
         }
-        let base = upscaled(&t, &images[b * plane..(b + 1) * plane], scale);
-        let dropped_patches: Vec<usize> = dropped.iter().map(|&i| visible[b][i] as usize).collect();
-        rows.push(vec![base.clone(), overlay(&base, &sent, &dropped_patches, c.grid())]);
+        rows.push(vec![upscaled(&t, chw, (96 / c.img_size as u32).max(1)), img]);
     }
     save_png(&tile(&rows), &out.join("reversed-attention.png"))?;
-    let r = rows_counted.max(1) as f64;
     Ok(json!({
         "kind": "reversed-attention", "checkpoint": checkpoint.display().to_string(),
-        "shots": crate::config::shots_to_string(&shots), "shot": k, "block": block,
-        "share_to_cls": to_cls / r, "share_to_kept": to_kept / r, "share_to_dropped": to_dropped / r,
+        "shots": crate::config::shots_to_string(&shots), "shot": k, "block": shots[k].layer - 1,
+        "share_to_cls": shares[0], "share_to_kept": shares[1], "share_to_dropped": shares[2],
         "columns": "image | attention the tokens dropped at the shot send, averaged over them and the heads; white outline: the dropped patches",
     }))
 }

@@ -129,7 +129,13 @@ impl ClassifyConfig {
             classes,
             init,
             train,
-            data: DataConfig { spec: spec.to_string(), bad_images: BadImages::Abort, workers: 0, synthetic_size: 4096 },
+            data: DataConfig {
+                spec: spec.to_string(),
+                bad_images: BadImages::Abort,
+                workers: 0,
+                synthetic_size: 4096,
+                test_images: 0,
+            },
             output: ClassifyOutput { log_every: 20, checkpoint_every: 500 },
         }
     }
@@ -390,7 +396,8 @@ pub fn train(
     if summary.interrupted {
         return Ok((summary, json!({})));
     }
-    let test_set = data::open(&spec, Split::Test, cfg.data.synthetic_size, m.img_size)?;
+    let test_set =
+        data::Subset::first(data::open(&spec, Split::Test, cfg.data.synthetic_size, m.img_size)?, cfg.data.test_images);
     let eval = evaluate(dev, &task.model, test_set, cfg.data.bad_images, t.batch, t.seed, false)?;
     let epochs = (summary.step * t.accum_iter as u64) as f64 / batches_per_epoch as f64;
     let results = json!({

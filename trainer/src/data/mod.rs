@@ -39,6 +39,40 @@ pub trait Dataset: Send + Sync {
     fn describe(&self, index: usize) -> String;
 }
 
+/// The first `len` items of another dataset (quick evaluations).
+pub struct Subset {
+    inner: Arc<dyn Dataset>,
+    len: usize,
+}
+
+impl Subset {
+    /// `inner` itself when `len` is 0 or covers it.
+    pub fn first(inner: Arc<dyn Dataset>, len: usize) -> Arc<dyn Dataset> {
+        if len == 0 || len >= inner.len() { inner } else { Arc::new(Self { inner, len }) }
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn channels(&self) -> usize {
+        self.inner.channels()
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn mean_std(&self) -> (Vec<f32>, Vec<f32>) {
+        self.inner.mean_std()
+    }
+    fn get(&self, index: usize) -> Result<(DynamicImage, u32)> {
+        self.inner.get(index)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+}
+
 /// ImageNet statistics (torchvision, MAE).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

@@ -1,0 +1,393 @@
+//! The model side of the viewer, on a thread of its own so the UI never
+//! waits for the GPU: it owns the loaded checkpoint and the current image,
+//! takes jobs from the UI and sends back pictures. When jobs pile up (a
+//! slider being dragged) only the newest of each kind is done.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, bail};
+use cmae::analysis::{self, attention_stats, half_mass_region};
+use cmae::classify::{Classifier, Perturb};
+use cmae::config::{Shot, validate_shots};
+use cmae::data::augment::Transform;
+use cmae::data::{self, DataSpec, IMAGENET_MEAN, IMAGENET_STD, Split};
+use cmae::masking::MaskPlan;
+use cmae::model::Mae;
+use cmae::model::vit::Taps;
+use cmae::train::{checkpoint, recon};
+use cmae_engine::{Device, Tape, Tensor};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Where the current image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picture {
+    Dataset { spec: String, index: usize },
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    Load(PathBuf),
+    Picture(Picture),
+    Reconstruct {
+        shots: Vec<Shot>,
+        seed: u64,
+    },
+    /// `head` None = mean over heads; `query` None = the cls token, else a patch.
+    Attention {
+        layer: usize,
+        head: Option<usize>,
+        query: Option<usize>,
+    },
+    Reversed {
+        shots: Vec<Shot>,
+        seed: u64,
+    },
+    /// Mean attention distance and entropy per layer for the current image.
+    Stats,
+}
+
+impl Job {
+    fn kind(&self) -> u8 {
+        match self {
+            Job::Load(_) => 0,
+            Job::Picture(_) => 1,
+            Job::Reconstruct { .. } => 2,
+            Job::Attention { .. } => 3,
+            Job::Reversed { .. } => 4,
+            Job::Stats => 5,
+        }
+    }
+}
+
+/// What the loaded checkpoint is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub config: cmae::config::ModelConfig,
+    /// The shots it was pretrained with (None for a classifier).
+    pub shots: Option<Vec<Shot>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Loaded(ModelInfo),
+    Picture(RgbImage),
+    Reconstruction(RgbImage),
+    Attention(RgbImage),
+    Reversed {
+        image: RgbImage,
+        to_cls: f64,
+        to_kept: f64,
+        to_dropped: f64,
+    },
+    Stats {
+        distance: Vec<f64>,
+        entropy: Vec<f64>,
+    },
+    Error(String),
+    /// The worker has taken this many jobs in all and has none left.
+    Idle(u64),
+}
+
+pub struct Worker {
+    tx: Option<Sender<Job>>,
+    pub rx: Receiver<Reply>,
+    handle: Option<JoinHandle<()>>,
+    sent: u64,
+    /// Jobs sent and not yet done (an `Idle` counting all of them has not come back).
+    pub busy: bool,
+}
+
+impl Worker {
+    /// Starts the thread; `wake` is called after each reply (to repaint the UI).
+    pub fn start(dev: Device, wake: impl Fn() + Send + 'static) -> Self {
+        let (tx, jobs) = channel::<Job>();
+        let (replies, rx) = channel::<Reply>();
+        let handle = std::thread::Builder::new()
+            .name("cmae-viewer-model".into())
+            .spawn(move || {
+                let mut state = State { dev, model: None, picture: None, probs: None };
+                let mut next = jobs.recv().ok();
+                let mut taken = 0u64;
+                while let Some(first) = next {
+                    // Keep only the newest job of each kind, in the order of the kinds.
+                    taken += 1;
+                    let mut batch = vec![first];
+                    while let Ok(more) = jobs.try_recv() {
+                        taken += 1;
+                        match batch.iter_mut().find(|j| j.kind() == more.kind()) {
+                            Some(slot) => *slot = more,
+                            None => batch.push(more),
+                        }
+                    }
+                    batch.sort_by_key(Job::kind);
+                    for job in batch {
+                        let reply = state.run(job).unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
+                        if replies.send(reply).is_err() {
+                            return;
+                        }
+                        wake();
+                    }
+                    next = match jobs.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(TryRecvError::Disconnected) => None,
+                        Err(TryRecvError::Empty) => {
+                            let _ = replies.send(Reply::Idle(taken));
+                            wake();
+                            jobs.recv().ok()
+                        }
+                    };
+                }
+            })
+            .expect("a thread can be spawned");
+        Self { tx: Some(tx), rx, handle: Some(handle), sent: 0, busy: false }
+    }
+
+    pub fn send(&mut self, job: Job) {
+        if let Some(tx) = &self.tx
+            && tx.send(job).is_ok()
+        {
+            self.sent += 1;
+            self.busy = true;
+        }
+    }
+
+    /// Notes that the worker has taken `taken` jobs and has none left.
+    pub fn idle(&mut self, taken: u64) {
+        self.busy = taken < self.sent;
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+enum Model {
+    Mae(Box<Mae>, Vec<Shot>, Classifier),
+    Classifier(Classifier),
+}
+
+impl Model {
+    fn encoder(&self) -> &Classifier {
+        match self {
+            Model::Mae(_, _, e) | Model::Classifier(e) => e,
+        }
+    }
+}
+
+/// How many dataset images the reconstruction panel shows: the chosen one
+/// and the next ones, a fixed set to compare checkpoints on.
+pub const RECONSTRUCTION_ROWS: usize = 4;
+
+struct LoadedPicture {
+    /// Normalised CHW pixels for the model: the chosen image first, then the
+    /// rest of the reconstruction set.
+    chw: Vec<f32>,
+    rows: usize,
+    transform: Transform,
+}
+
+impl LoadedPicture {
+    /// The chosen image alone.
+    fn first(&self) -> &[f32] {
+        &self.chw[..self.chw.len() / self.rows]
+    }
+}
+
+struct State {
+    dev: Device,
+    model: Option<Model>,
+    picture: Option<LoadedPicture>,
+    /// Attention probabilities of every block for the current picture (cached).
+    probs: Option<Vec<Vec<f32>>>,
+}
+
+impl State {
+    fn model(&self) -> Result<&Model> {
+        self.model.as_ref().context("open a checkpoint first")
+    }
+
+    fn picture(&self) -> Result<&LoadedPicture> {
+        self.picture.as_ref().context("choose an image first")
+    }
+
+    fn run(&mut self, job: Job) -> Result<Reply> {
+        match job {
+            Job::Load(path) => self.load(&path),
+            Job::Picture(p) => self.set_picture(&p),
+            Job::Reconstruct { shots, seed } => self.reconstruct(&shots, seed),
+            Job::Attention { layer, head, query } => self.attention(layer, head, query),
+            Job::Reversed { shots, seed } => self.reversed(&shots, seed),
+            Job::Stats => self.stats(),
+        }
+    }
+
+    fn load(&mut self, path: &Path) -> Result<Reply> {
+        let file = cmae::safetensors_io::read(path)?;
+        let task = file.metadata.get("task").cloned();
+        drop(file);
+        let encoder = analysis::encoder(&self.dev, path)?;
+        let model = if task.as_deref() == Some("pretrain") {
+            let loaded = checkpoint::load_model(&self.dev, path, None)?;
+            Model::Mae(Box::new(loaded.mae), loaded.config.shots, encoder)
+        } else {
+            Model::Classifier(encoder)
+        };
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            config: model.encoder().cfg.clone(),
+            shots: match &model {
+                Model::Mae(_, s, _) => Some(s.clone()),
+                Model::Classifier(_) => None,
+            },
+        };
+        self.model = Some(model);
+        self.probs = None;
+        Ok(Reply::Loaded(info))
+    }
+
+    fn set_picture(&mut self, p: &Picture) -> Result<Reply> {
+        let c = self.model()?.encoder().cfg.clone();
+        let (images, stats) = match p {
+            Picture::Dataset { spec, index } => {
+                let set = data::open(&DataSpec::parse(spec)?, Split::Test, 512, c.img_size)?;
+                if set.is_empty() {
+                    bail!("{spec} has no test images");
+                }
+                let rows = RECONSTRUCTION_ROWS.min(set.len());
+                let images = (0..rows)
+                    .map(|k| {
+                        let i = (index + k) % set.len();
+                        Ok(set.get(i).with_context(|| set.describe(i))?.0)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (images, set.mean_std())
+            }
+            Picture::File(path) => {
+                let img = image::ImageReader::open(path)
+                    .with_context(|| format!("cannot open image {}", path.display()))?
+                    .with_guessed_format()?
+                    .decode()
+                    .with_context(|| {
+                        format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display())
+                    })?;
+                let side = img.width().min(img.height());
+                let square = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side);
+                (vec![square], (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()))
+            }
+        };
+        let transform = Transform::new(c.img_size, c.in_chans, stats, false);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let chw: Vec<f32> = images.iter().flat_map(|img| transform.apply(img, &mut rng)).collect();
+        let picture = LoadedPicture { chw, rows: images.len(), transform };
+        let preview = analysis::upscaled(&picture.transform, picture.first(), (256 / c.img_size as u32).max(1));
+        self.picture = Some(picture);
+        self.probs = None;
+        Ok(Reply::Picture(preview))
+    }
+
+    fn reconstruct(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
+        let Model::Mae(mae, _, _) = self.model()? else {
+            bail!("reconstructions need a pretrained MAE checkpoint; this one is a classifier");
+        };
+        validate_shots(shots, &mae.cfg)?;
+        let pic = self.picture()?;
+        let plan = MaskPlan::random(shots, pic.rows, mae.cfg.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
+        let r = recon::reconstruct(&self.dev, mae, &pic.chw, pic.rows, shots, plan)?;
+        Ok(Reply::Reconstruction(recon::render(&r, mae, &pic.transform)))
+    }
+
+    fn ensure_probs(&mut self) -> Result<()> {
+        if self.probs.is_some() {
+            return Ok(());
+        }
+        let enc = self.model()?.encoder();
+        let c = &enc.cfg;
+        let pic = self.picture()?;
+        let imgs = Tensor::from_f32(&self.dev, pic.first(), &[1, c.in_chans, c.img_size, c.img_size])?;
+        let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
+        enc.encode(&Tape::no_grad(&self.dev), &imgs, &[], &Perturb::default(), &mut taps)?;
+        let probs = taps
+            .attention
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.to_vec_f32(&self.dev))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.probs = Some(probs);
+        Ok(())
+    }
+
+    fn attention(&mut self, layer: usize, head: Option<usize>, query: Option<usize>) -> Result<Reply> {
+        self.ensure_probs()?;
+        let c = self.model()?.encoder().cfg.clone();
+        let probs = self.probs.as_ref().expect("just computed");
+        let p = probs.get(layer).with_context(|| format!("layer {layer} of {}", probs.len()))?;
+        let (t, heads, l) = (1 + c.num_patches(), c.num_heads, c.num_patches());
+        let row = query.map_or(0, |q| 1 + q.min(l - 1));
+        let mut w = vec![0.0; l];
+        let chosen: Vec<usize> = match head {
+            Some(h) => vec![h.min(heads - 1)],
+            None => (0..heads).collect(),
+        };
+        for &h in &chosen {
+            let r = &p[(h * t + row) * t..(h * t + row + 1) * t];
+            for (wi, &v) in w.iter_mut().zip(&r[1..]) {
+                *wi += f64::from(v) / chosen.len() as f64;
+            }
+        }
+        let pic = self.picture()?;
+        let base = analysis::upscaled(&pic.transform, pic.first(), (256 / c.img_size as u32).max(1));
+        let mut img = analysis::overlay(&base, &w, &half_mass_region(&w), c.grid());
+        if let Some(q) = query {
+            mark_patch(&mut img, q.min(l - 1), c.grid());
+        }
+        Ok(Reply::Attention(img))
+    }
+
+    fn reversed(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
+        let Model::Mae(mae, _, _) = self.model()? else {
+            bail!("reversed attention needs a pretrained MAE checkpoint");
+        };
+        validate_shots(shots, &mae.cfg)?;
+        let pic = self.picture()?;
+        let r = analysis::reversed_attention_one(&self.dev, mae, pic.first(), &pic.transform, shots, seed)?;
+        Ok(Reply::Reversed { image: r.0, to_cls: r.1[0], to_kept: r.1[1], to_dropped: r.1[2] })
+    }
+
+    fn stats(&mut self) -> Result<Reply> {
+        self.ensure_probs()?;
+        let c = self.model()?.encoder().cfg.clone();
+        let probs = self.probs.as_ref().expect("just computed");
+        let mut distance = Vec::new();
+        let mut entropy = Vec::new();
+        for p in probs {
+            let (d, e) = attention_stats(p, 1, c.num_heads, 1 + c.num_patches(), c.grid(), c.patch_size);
+            distance.push(d.iter().sum::<f64>() / d.len() as f64);
+            entropy.push(e.iter().sum::<f64>() / e.len() as f64);
+        }
+        Ok(Reply::Stats { distance, entropy })
+    }
+}
+
+/// Draws a white frame around patch `q`.
+fn mark_patch(img: &mut RgbImage, q: usize, grid: usize) {
+    let side = img.width() as usize / grid;
+    let (x0, y0) = ((q % grid) * side, (q / grid) * side);
+    for i in 0..side {
+        for (x, y) in [(x0 + i, y0), (x0 + i, y0 + side - 1), (x0, y0 + i), (x0 + side - 1, y0 + i)] {
+            if x < img.width() as usize && y < img.height() as usize {
+                img.put_pixel(x as u32, y as u32, image::Rgb([255, 255, 255]));
+            }
+        }
+    }
+}

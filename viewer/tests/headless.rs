@@ -1,0 +1,218 @@
+//! The viewer, run as users and CI run it: the real binary rendering its UI
+//! offscreen (`--screenshot`) on a micro checkpoint. Each test asserts on the
+//! pixels: the screenshot and the panel's own picture (`--save-panel`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+
+use cmae::config::PretrainConfig;
+use cmae_engine::Device;
+use image::RgbImage;
+
+const MICRO: [&str; 8] = [
+    "model.img_size=16",
+    "model.embed_dim=32",
+    "model.depth=3",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "train.batch=8",
+];
+
+/// A 16-px, 4-px-patch (4×4 grid) MAE pretrained for a few steps with
+/// `L(0, 2; 0.75, 0.5)`: 4 patches kept by the first shot, 2 by the second.
+fn run_dir() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
+        let out = std::env::temp_dir().join(format!("cmae-viewer-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut cfg = PretrainConfig::preset("tiny").unwrap();
+        for s in MICRO {
+            cfg.set(s).unwrap();
+        }
+        cfg.data.synthetic_size = 64;
+        cfg.output.log_every = 1;
+        cfg.shots = cmae::config::parse_shots("0:0.75,2:0.5").unwrap();
+        cfg.train.steps = Some(4);
+        let opts = cmae::train::pretrain::Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+        cmae::train::pretrain::pretrain(&dev, &cfg, &opts, &AtomicBool::new(false)).unwrap();
+        out
+    })
+}
+
+fn checkpoint() -> PathBuf {
+    run_dir().join("checkpoint.safetensors")
+}
+
+fn out_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmae-viewer-shots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn viewer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmae-viewer")).args(args).env("RUST_LOG", "off").output().unwrap()
+}
+
+/// Screenshots `args` into `NAME.png` and saves the panel into `NAME-panel.png`.
+fn shoot(name: &str, args: &[&str]) -> (RgbImage, RgbImage) {
+    let (shot, panel) = (out_path(&format!("{name}.png")), out_path(&format!("{name}-panel.png")));
+    let mut all = vec!["--screenshot", shot.to_str().unwrap(), "--save-panel", panel.to_str().unwrap()];
+    all.extend_from_slice(&["--size", "640x400"]);
+    all.extend_from_slice(args);
+    let out = viewer(&all);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (image::open(&shot).unwrap().to_rgb8(), image::open(&panel).unwrap().to_rgb8())
+}
+
+fn distinct_colors(img: &RgbImage) -> usize {
+    img.pixels().map(|p| p.0).collect::<std::collections::HashSet<_>>().len()
+}
+
+#[test]
+fn every_panel_screenshots_with_real_content() {
+    let ckpt = checkpoint();
+    let run = run_dir();
+    for (panel, source) in [
+        ("reconstruction", ["--checkpoint", ckpt.to_str().unwrap()]),
+        ("attention", ["--checkpoint", ckpt.to_str().unwrap()]),
+        ("reversed", ["--checkpoint", ckpt.to_str().unwrap()]),
+        ("charts", ["--checkpoint", ckpt.to_str().unwrap()]),
+        ("loss", ["--run", run.to_str().unwrap()]),
+    ] {
+        let (shot, saved) = shoot(&format!("panel-{panel}"), &[source[0], source[1], "--panel", panel]);
+        assert_eq!(shot.dimensions(), (640, 400), "{panel}");
+        // Text, widgets and the panel's picture: far from one flat colour.
+        assert!(distinct_colors(&shot) > 40, "{panel}: {} colours", distinct_colors(&shot));
+        assert!(distinct_colors(&saved) > 10, "{panel} saved: {} colours", distinct_colors(&saved));
+    }
+}
+
+/// Cells of the reconstruction grid: 16-px images drawn 6× (96 px) with 2-px gaps.
+const CELL: u32 = 96;
+const PATCH: u32 = 24;
+
+fn patch_pixels(img: &RgbImage, row: u32, col: u32, patch: u32) -> Vec<[u8; 3]> {
+    let (x0, y0) = (2 + col * (CELL + 2) + (patch % 4) * PATCH, 2 + row * (CELL + 2) + (patch / 4) * PATCH);
+    (0..PATCH).flat_map(|y| (0..PATCH).map(move |x| img.get_pixel(x0 + x, y0 + y).0)).collect()
+}
+
+#[test]
+fn the_reconstruction_fills_exactly_the_dropped_patches() {
+    let (_, grid) = shoot("recon", &["--checkpoint", checkpoint().to_str().unwrap()]);
+    // Columns: original | kept after shot 0 | kept after shot 1 | reconstruction | error; four images.
+    assert_eq!(grid.dimensions(), (5 * (CELL + 2) + 2, 4 * (CELL + 2) + 2));
+    let grey = |px: &[[u8; 3]]| px.iter().all(|p| *p == [128, 128, 128]);
+    let mut differs = 0;
+    for row in 0..4 {
+        let dropped_first = (0..16).filter(|&p| grey(&patch_pixels(&grid, row, 1, p))).count();
+        let dropped: Vec<u32> = (0..16).filter(|&p| grey(&patch_pixels(&grid, row, 2, p))).collect();
+        assert_eq!((dropped_first, dropped.len()), (12, 14), "row {row}: 12 dropped by η1 = 0.75, 2 more by η2 = 0.5");
+        for p in 0..16 {
+            let (orig, recon, err) =
+                (patch_pixels(&grid, row, 0, p), patch_pixels(&grid, row, 3, p), patch_pixels(&grid, row, 4, p));
+            if dropped.contains(&p) {
+                assert!(!grey(&recon), "row {row} patch {p}: a dropped patch is predicted, not left grey");
+                differs += usize::from(recon != orig);
+            } else {
+                assert_eq!(recon, orig, "row {row} patch {p}: visible patches are shown as they are");
+                assert!(err.iter().all(|p| *p == [0, 0, 0]), "row {row} patch {p}: no error on visible patches");
+            }
+        }
+    }
+    // A model trained 4 steps does not reproduce the pixels it never saw.
+    assert!(differs > 40, "{differs} of 56 dropped patches differ from the original");
+}
+
+#[test]
+fn reseeding_and_editing_the_shots_change_the_masks() {
+    let ckpt = checkpoint();
+    let c = ckpt.to_str().unwrap();
+    let (_, seed0) = shoot("seed0", &["--checkpoint", c]);
+    let (_, seed1) = shoot("seed1", &["--checkpoint", c, "--seed", "1"]);
+    assert_eq!(seed0.dimensions(), seed1.dimensions());
+    assert_ne!(seed0, seed1, "another seed draws other masks");
+    let (_, one_shot) = shoot("one-shot", &["--checkpoint", c, "--shots", "0:0.5"]);
+    assert_eq!(one_shot.width(), 4 * (CELL + 2) + 2, "one shot: original | kept | reconstruction | error");
+    let out =
+        viewer(&["--checkpoint", c, "--shots", "0:0.75,5:0.1", "--screenshot", out_path("bad.png").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("shot 1") && err.contains("depth"), "{err}");
+}
+
+#[test]
+fn clicking_a_patch_shows_where_it_attends() {
+    let c = checkpoint();
+    let c = c.to_str().unwrap();
+    let (shot_cls, cls) = shoot("attn-cls", &["--checkpoint", c, "--panel", "attention"]);
+    let (shot_click, clicked) = shoot("attn-click", &["--checkpoint", c, "--panel", "attention", "--click-patch", "5"]);
+    assert_eq!(cls.dimensions(), clicked.dimensions());
+    assert_ne!(cls, clicked, "the attention of patch 5 is not the cls token's");
+    assert_ne!(shot_cls, shot_click);
+    // The click landed on patch 5: the same picture as asking for it directly.
+    let (_, asked) = shoot("attn-query", &["--checkpoint", c, "--panel", "attention", "--query", "5"]);
+    assert_eq!(clicked, asked);
+    let (_, head) = shoot("attn-head", &["--checkpoint", c, "--panel", "attention", "--head", "1", "--layer", "0"]);
+    assert_ne!(head, cls, "another layer and head attend elsewhere");
+}
+
+/// The one line a failed start prints (no log noise: RUST_LOG=off).
+fn one_error_line(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cmae-viewer"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one sentence: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn start_up_errors_are_one_clear_sentence() {
+    let shot = out_path("error.png");
+    let s = shot.to_str().unwrap();
+    let e = one_error_line(&["--checkpoint", "/nonexistent/c.safetensors", "--screenshot", s], &[]);
+    assert!(e.contains("/nonexistent/c.safetensors") && e.contains("does not exist"), "{e}");
+
+    let garbage = out_path("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not a checkpoint").unwrap();
+    let e = one_error_line(&["--checkpoint", garbage.to_str().unwrap(), "--screenshot", s], &[]);
+    assert!(e.contains("garbage.safetensors") && e.contains("not a safetensors file"), "{e}");
+
+    // A checkpoint whose tensors do not match the model its metadata describes.
+    let mut file = cmae::safetensors_io::read(&checkpoint()).unwrap();
+    let config = file.metadata["config"].replace("embed_dim: 32", "embed_dim: 48");
+    file.metadata.insert("config".into(), config);
+    let wrong = out_path("wrong-shape.safetensors");
+    cmae::safetensors_io::write_host(&wrong, &file).unwrap();
+    let e = one_error_line(&["--checkpoint", wrong.to_str().unwrap(), "--screenshot", s], &[]);
+    assert!(e.contains("shape"), "{e}");
+
+    let not_image = out_path("not-an-image.png");
+    std::fs::write(&not_image, b"\x89PNG but truncated").unwrap();
+    let c = checkpoint();
+    let e = one_error_line(
+        &["--checkpoint", c.to_str().unwrap(), "--image", not_image.to_str().unwrap(), "--screenshot", s],
+        &[],
+    );
+    assert!(e.contains("not-an-image.png") && e.contains("cannot decode"), "{e}");
+
+    let e = one_error_line(&["--checkpoint", c.to_str().unwrap(), "--panel", "nope", "--screenshot", s], &[]);
+    assert!(e.contains("\"nope\"") && e.contains("reconstruction"), "{e}");
+
+    // No adapter for the backend asked for: the message names the fix.
+    if cfg!(target_os = "linux") {
+        let e = one_error_line(&["--checkpoint", c.to_str().unwrap(), "--screenshot", s], &[("CMAE_BACKEND", "dx12")]);
+        assert!(e.contains("no adapter") && e.contains("CMAE_BACKEND"), "{e}");
+    }
+}
