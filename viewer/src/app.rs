@@ -291,13 +291,13 @@ impl ViewerApp {
         match (self.panel, &self.stats, &self.follow) {
             (Panel::Charts, Some((d, e)), _) => vec![
                 Chart {
-                    title: "mean attention distance per layer (this image)",
+                    title: "mean attention distance per layer (over the reconstruction images)",
                     x: "layer",
                     y: "distance (px)",
                     series: one("distance", indexed(d)),
                 },
                 Chart {
-                    title: "attention entropy per layer (this image)",
+                    title: "attention entropy per layer (over the reconstruction images)",
                     x: "layer",
                     y: "entropy (nats)",
                     series: one("entropy", indexed(e)),

@@ -47,7 +47,7 @@ pub enum Job {
         shots: Vec<Shot>,
         seed: u64,
     },
-    /// Mean attention distance and entropy per layer for the current image.
+    /// Mean attention distance and entropy per layer over the picture set.
     Stats,
 }
 
@@ -208,7 +208,8 @@ struct State {
     dev: Device,
     model: Option<Model>,
     picture: Option<LoadedPicture>,
-    /// Attention probabilities of every block for the current picture (cached).
+    /// Attention probabilities `[rows·heads, T, T]` of every block for the
+    /// current picture set (cached); the chosen image is the first.
     probs: Option<Vec<Vec<f32>>>,
 }
 
@@ -314,7 +315,7 @@ impl State {
         let enc = self.model()?.encoder();
         let c = &enc.cfg;
         let pic = self.picture()?;
-        let imgs = Tensor::from_f32(&self.dev, pic.first(), &[1, c.in_chans, c.img_size, c.img_size])?;
+        let imgs = Tensor::from_f32(&self.dev, &pic.chw, &[pic.rows, c.in_chans, c.img_size, c.img_size])?;
         let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
         enc.encode(&Tape::no_grad(&self.dev), &imgs, &[], &Perturb::default(), &mut taps)?;
         let probs = taps
@@ -364,14 +365,16 @@ impl State {
         Ok(Reply::Reversed { image: r.0, to_cls: r.1[0], to_kept: r.1[1], to_dropped: r.1[2] })
     }
 
+    /// Mean attention distance and entropy per layer over the picture set.
     fn stats(&mut self) -> Result<Reply> {
         self.ensure_probs()?;
+        let rows = self.picture()?.rows;
         let c = self.model()?.encoder().cfg.clone();
         let probs = self.probs.as_ref().expect("just computed");
         let mut distance = Vec::new();
         let mut entropy = Vec::new();
         for p in probs {
-            let (d, e) = attention_stats(p, 1, c.num_heads, 1 + c.num_patches(), c.grid(), c.patch_size);
+            let (d, e) = attention_stats(p, rows, c.num_heads, 1 + c.num_patches(), c.grid(), c.patch_size);
             distance.push(d.iter().sum::<f64>() / d.len() as f64);
             entropy.push(e.iter().sum::<f64>() / e.len() as f64);
         }
