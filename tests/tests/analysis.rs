@@ -13,17 +13,6 @@ fn dev() -> &'static Device {
     DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
 }
 
-const MICRO: [&str; 8] = [
-    "model.img_size=16",
-    "model.embed_dim=32",
-    "model.depth=3",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=16",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "train.batch=8",
-];
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cmae-an-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -32,11 +21,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn pretrained(out: &Path, shots: &str) -> PathBuf {
-    let mut cfg = PretrainConfig::preset("tiny").unwrap();
-    for s in MICRO {
-        cfg.set(s).unwrap();
-    }
-    cfg.data.synthetic_size = 64;
+    let mut cfg = PretrainConfig::preset("micro").unwrap();
     cfg.output.log_every = 1;
     cfg.shots = cmae::config::parse_shots(shots).unwrap();
     cfg.train.steps = Some(3);
@@ -101,15 +86,17 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
 fn the_study_runs_small_and_resumes() {
     let out = temp_dir("study");
     let o = cmae::study::StudyOptions {
-        preset: "tiny".into(),
+        preset: "micro".into(),
         data: "synthetic".into(),
         out: out.clone(),
         seeds: 1,
         pretrain: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
         probe: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
         finetune: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
-        set: MICRO.iter().map(|s| s.to_string()).chain(["data.synthetic_size=64".to_string()]).collect(),
+        set: Vec::new(),
         set_classify: vec!["train.batch=8".into(), "data.synthetic_size=64".into()],
+        set_probe: vec!["train.blr=1.0".into()],
+        set_finetune: Vec::new(),
         quiet: true,
         analysis_images: 2,
     };
@@ -130,6 +117,13 @@ fn the_study_runs_small_and_resumes() {
     ] {
         assert!(out.join(fig).is_file(), "{fig}");
     }
+    // --set-probe reaches the probes only; the fine-tuning runs keep the recipe's rate.
+    let blr_of = |dir: &str| {
+        let text = std::fs::read_to_string(out.join(dir).join("config.ron")).unwrap();
+        cmae::classify::ClassifyConfig::from_ron(&text).unwrap().train.blr
+    };
+    assert_eq!(blr_of("linprobe/mae-s0"), 1.0);
+    assert_eq!(blr_of("finetune/mae-s0"), 5e-4);
     // Rerunning finds every stage done and only rewrites the report.
     let pretrain_ckpt = out.join("pretrain/mae-s0/checkpoint.safetensors");
     let before = std::fs::metadata(&pretrain_ckpt).unwrap().modified().unwrap();

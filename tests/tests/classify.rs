@@ -14,11 +14,60 @@ fn dev() -> &'static Device {
 }
 
 fn small_model() -> cmae::config::ModelConfig {
-    let mut c = PretrainConfig::preset("tiny").unwrap();
-    for s in ["model.img_size=16", "model.embed_dim=32", "model.depth=2", "model.num_heads=2"] {
-        c.set(s).unwrap();
-    }
+    let mut c = PretrainConfig::preset("micro").unwrap();
+    c.set("model.depth=2").unwrap();
     c.model
+}
+
+/// One fine-tuning AdamW step against the hand-computed one. On the first
+/// step AdamW's bias corrections cancel, so every element moves by
+/// `lr·s·g/(|g|+eps)` plus decay `lr·s·wd·p`, where `s` is MAE's layer-decay
+/// scale (head 1, block i `0.65^(depth−i)`, embeddings `0.65^(depth+1)`) and
+/// `wd` is 0 for biases, norms, the cls token and the position embedding.
+#[test]
+fn finetune_adamw_step_follows_the_layer_decay_groups() {
+    use cmae::classify::{finetune_decays, layer_decay_scale};
+    use cmae::train::optimizer::{AdamW, AdamWConfig};
+    let d = dev();
+    let cfg = small_model();
+    let model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let pixels: Vec<f32> = (0..4 * 3 * 16 * 16).map(|i| ((i * 131) % 61) as f32 / 30.0 - 1.0).collect();
+    let imgs = Tensor::from_f32(d, &pixels, &[4, 3, 16, 16]).unwrap();
+    let targets =
+        Tensor::from_f32(d, &cmae::classify::augment::Mixup::targets(&[0, 1, 2, 3], 4, 0.1), &[4, 4]).unwrap();
+    let w = Tensor::from_f32(d, &[0.25; 4], &[4]).unwrap();
+    let tape = Tape::new(d);
+    let logits = model.forward(&tape, &imgs, true, &[], &Perturb::default()).unwrap();
+    let loss = tape.weighted_cross_entropy(&logits, &targets, &w).unwrap();
+    let mut grads = Gradients::default();
+    tape.backward(&loss, &mut grads).unwrap();
+    let before: Vec<(String, Vec<f32>, Vec<f32>)> = model
+        .params
+        .trainable()
+        .map(|(n, t)| {
+            let g = grads.get(n).unwrap().to_vec_f32(d).unwrap();
+            (n.to_string(), t.to_vec_f32(d).unwrap(), g)
+        })
+        .collect();
+    let (lr, wd, decay, depth) = (1e-3, 0.05, 0.65, cfg.depth);
+    let adamw_cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decays: finetune_decays };
+    let mut opt = AdamW::new(d, &model.params, adamw_cfg).unwrap();
+    opt.update(d, &model.params, &grads, lr, 1.0, |n| layer_decay_scale(n, depth, decay)).unwrap();
+    let mut scales_seen = std::collections::BTreeSet::new();
+    for (name, p0, g) in &before {
+        let p1 = model.params.get(name).unwrap().to_vec_f32(d).unwrap();
+        let shape = model.params.get(name).unwrap().shape().to_vec();
+        let s = layer_decay_scale(name, depth, decay);
+        let wd_here = if finetune_decays(name, &shape) { wd } else { 0.0 };
+        scales_seen.insert((s * 1e6).round() as i64);
+        for ((&a, &b), &gi) in p0.iter().zip(&p1).zip(g) {
+            let (a, gi) = (f64::from(a), f64::from(gi));
+            let want = a * (1.0 - lr * s * wd_here) - lr * s * gi / (gi.abs() + 1e-8);
+            assert!((f64::from(b) - want).abs() < 1e-6 * (1.0 + a.abs()), "{name}: {b} vs {want} (scale {s})");
+        }
+    }
+    // Embeddings, each block and the head: depth + 2 distinct rates.
+    assert_eq!(scales_seen.len(), depth + 2);
 }
 
 /// A classifier must be able to memorise a fixed batch: the loss of 8
@@ -69,18 +118,8 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 /// A pretrained micro MAE to probe and fine-tune.
 fn pretrained(out: &std::path::Path) -> std::path::PathBuf {
-    let mut cfg = PretrainConfig::preset("tiny").unwrap();
-    for s in [
-        "model.img_size=16",
-        "model.embed_dim=32",
-        "model.depth=2",
-        "model.num_heads=2",
-        "model.decoder_embed_dim=16",
-        "model.decoder_depth=1",
-        "model.decoder_num_heads=2",
-        "train.batch=8",
-        "data.synthetic_size=100",
-    ] {
+    let mut cfg = PretrainConfig::preset("micro").unwrap();
+    for s in ["model.depth=2", "data.synthetic_size=100"] {
         cfg.set(s).unwrap();
     }
     cfg.train.steps = Some(2);

@@ -27,20 +27,8 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// A very small model so many steps run in seconds.
 fn micro(steps: usize) -> PretrainConfig {
-    let mut c = PretrainConfig::preset("tiny").unwrap();
-    for s in [
-        "model.img_size=16",
-        "model.embed_dim=32",
-        "model.depth=2",
-        "model.num_heads=2",
-        "model.decoder_embed_dim=16",
-        "model.decoder_depth=1",
-        "model.decoder_num_heads=2",
-        "train.batch=4",
-        "data.synthetic_size=64",
-        "output.log_every=1",
-        "output.recon_images=2",
-    ] {
+    let mut c = PretrainConfig::preset("micro").unwrap();
+    for s in ["model.depth=2", "train.batch=4", "output.log_every=1", "output.recon_images=2"] {
         c.set(s).unwrap();
     }
     c.train.steps = Some(steps);

@@ -258,6 +258,7 @@ pub fn set_field<T: Serialize + serde::de::DeserializeOwned>(config: &T, assignm
 }
 
 pub const PRESETS: &[(&str, &str)] = &[
+    ("micro", include_str!("../presets/micro.ron")),
     ("tiny", include_str!("../presets/tiny.ron")),
     ("fmnist", include_str!("../presets/fmnist.ron")),
     ("vit-s16", include_str!("../presets/vit-s16.ron")),

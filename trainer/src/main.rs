@@ -139,6 +139,12 @@ enum Command {
         /// Override a probe / fine-tuning config field (e.g. train.batch=128).
         #[arg(long = "set-classify", value_name = "KEY=VALUE")]
         set_classify: Vec<String>,
+        /// Override a linear-probe config field only, after --set-classify (e.g. train.blr=10).
+        #[arg(long = "set-probe", value_name = "KEY=VALUE")]
+        set_probe: Vec<String>,
+        /// Override a fine-tuning config field only, after --set-classify (also the from-scratch run).
+        #[arg(long = "set-finetune", value_name = "KEY=VALUE")]
+        set_finetune: Vec<String>,
         /// Test images for the analyses.
         #[arg(long, default_value_t = 16)]
         analysis_images: usize,
@@ -454,6 +460,8 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             finetune_steps,
             set,
             set_classify,
+            set_probe,
+            set_finetune,
             analysis_images,
             quiet,
         } => {
@@ -468,6 +476,8 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
                 finetune: Budget { epochs: finetune_epochs, steps: finetune_steps },
                 set,
                 set_classify,
+                set_probe,
+                set_finetune,
                 quiet,
                 analysis_images,
             };

@@ -40,6 +40,10 @@ pub struct StudyOptions {
     pub set: Vec<String>,
     /// Overrides for every probe / fine-tuning run (`--set-classify`).
     pub set_classify: Vec<String>,
+    /// Overrides for the linear probes only (`--set-probe`), after `set_classify`.
+    pub set_probe: Vec<String>,
+    /// Overrides for the fine-tuning runs only (`--set-finetune`), after `set_classify`.
+    pub set_finetune: Vec<String>,
     pub quiet: bool,
     /// Test images for the analyses.
     pub analysis_images: usize,
@@ -153,7 +157,8 @@ fn classify_stage(
         let classes = data::open(&DataSpec::parse(&spec)?, Split::Train, 64, model.img_size)?.num_classes();
         let init_text = init.map(|p| p.display().to_string()).unwrap_or_default();
         let mut cfg = ClassifyConfig::recipe(mode, model, classes, init_text, &spec);
-        for s in &o.set_classify {
+        let per_mode = if mode == Mode::Linprobe { &o.set_probe } else { &o.set_finetune };
+        for s in o.set_classify.iter().chain(per_mode) {
             cfg.set(s)?;
         }
         let budget = if mode == Mode::Linprobe { o.probe } else { o.finetune };

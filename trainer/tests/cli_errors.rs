@@ -69,6 +69,8 @@ fn pretrain_then_reconstruct_any_image() {
     let run = dir.join("run");
     let out = cmae(&[
         "pretrain",
+        "--preset",
+        "micro",
         "--steps",
         "2",
         "--batch",
@@ -78,14 +80,6 @@ fn pretrain_then_reconstruct_any_image() {
         run.to_str().unwrap(),
         "--set",
         "model.depth=2",
-        "--set",
-        "model.embed_dim=32",
-        "--set",
-        "model.num_heads=2",
-        "--set",
-        "model.decoder_depth=1",
-        "--set",
-        "data.synthetic_size=64",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);

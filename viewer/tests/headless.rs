@@ -11,17 +11,6 @@ use cmae::config::PretrainConfig;
 use cmae_engine::Device;
 use image::RgbImage;
 
-const MICRO: [&str; 8] = [
-    "model.img_size=16",
-    "model.embed_dim=32",
-    "model.depth=3",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=16",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "train.batch=8",
-];
-
 /// A 16-px, 4-px-patch (4×4 grid) MAE pretrained for a few steps with
 /// `L(0, 2; 0.75, 0.5)`: 4 patches kept by the first shot, 2 by the second.
 fn run_dir() -> &'static Path {
@@ -30,11 +19,7 @@ fn run_dir() -> &'static Path {
         let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
         let out = std::env::temp_dir().join(format!("cmae-viewer-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
-        let mut cfg = PretrainConfig::preset("tiny").unwrap();
-        for s in MICRO {
-            cfg.set(s).unwrap();
-        }
-        cfg.data.synthetic_size = 64;
+        let mut cfg = PretrainConfig::preset("micro").unwrap();
         cfg.output.log_every = 1;
         cfg.shots = cmae::config::parse_shots("0:0.75,2:0.5").unwrap();
         cfg.train.steps = Some(4);

@@ -191,6 +191,12 @@ pub fn layer_id(name: &str, depth: usize) -> usize {
     }
 }
 
+/// Fine-tuning's learning-rate multiplier for `name`: `decay^(depth + 1 − layer id)`,
+/// so the head trains at the full rate and the embeddings at `decay^(depth + 1)`.
+pub fn layer_decay_scale(name: &str, depth: usize, decay: f64) -> f64 {
+    decay.powi((depth + 1 - layer_id(name, depth)) as i32)
+}
+
 /// Fine-tuning's weight-decay rule (timm/MAE): none for 1-D parameters, biases,
 /// position embeddings and the cls token.
 pub fn finetune_decays(name: &str, shape: &[usize]) -> bool {
@@ -268,9 +274,9 @@ impl Task for ClassifyTask<'_> {
         let depth = self.cfg.model.depth;
         let decay = self.cfg.train.layer_decay;
         match &mut self.opt {
-            Optimizer::AdamW(o) => o.update(dev, &self.model.params, grads, lr, grad_scale, |name| {
-                decay.powi((depth + 1 - layer_id(name, depth)) as i32)
-            }),
+            Optimizer::AdamW(o) => {
+                o.update(dev, &self.model.params, grads, lr, grad_scale, |name| layer_decay_scale(name, depth, decay))
+            }
             Optimizer::Lars(o) => o.update(dev, &self.model.params, grads, lr, grad_scale),
         }
     }
@@ -542,7 +548,7 @@ mod tests {
         assert_eq!(layer_id("fc_norm.weight", 12), 13);
         assert_eq!(layer_id("head.weight", 12), 13);
         // Scales 0.65^(13 − id): the head trains at the full rate, embeddings at 0.65^13.
-        let s = |n: &str| 0.65f64.powi((13 - layer_id(n, 12)) as i32);
+        let s = |n: &str| layer_decay_scale(n, 12, 0.65);
         assert_eq!(s("head.weight"), 1.0);
         assert!((s("blocks.11.norm1.weight") - 0.65).abs() < 1e-12);
         assert!((s("pos_embed") - 0.65f64.powi(13)).abs() < 1e-15);
