@@ -110,6 +110,7 @@ fn the_study_runs_small_and_resumes() {
     ] {
         assert!(text.contains(row), "{row} missing from\n{text}");
     }
+    assert!(text.contains("probes: `train.blr=1.0`."), "the report names the overrides:\n{text}");
     for fig in [
         "figures/attention-distance.png",
         "figures/cka-mae-vs-two-shot/cka.png",
@@ -127,7 +128,14 @@ fn the_study_runs_small_and_resumes() {
     // Rerunning finds every stage done and only rewrites the report.
     let pretrain_ckpt = out.join("pretrain/mae-s0/checkpoint.safetensors");
     let before = std::fs::metadata(&pretrain_ckpt).unwrap().modified().unwrap();
+    let seconds = || {
+        let text = std::fs::read_to_string(out.join("study-time.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["seconds"].as_f64().unwrap()
+    };
+    let first = seconds();
     cmae::study::run(dev(), &o, &AtomicBool::new(false)).unwrap();
     assert_eq!(std::fs::metadata(&pretrain_ckpt).unwrap().modified().unwrap(), before);
+    // The wall time accumulates over invocations.
+    assert!(seconds() > first && first > 0.0, "{first} then {}", seconds());
     let _ = std::fs::remove_dir_all(&out);
 }

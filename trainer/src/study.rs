@@ -96,6 +96,35 @@ fn stopped(interrupt: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// The study's wall time over all its invocations, kept in
+/// `OUT/study-time.json` after every arm so that a resumed study still reports
+/// what the whole comparison cost.
+struct StudyClock {
+    path: PathBuf,
+    before: f64,
+    started: std::time::Instant,
+}
+
+impl StudyClock {
+    fn open(out: &Path) -> Result<Self> {
+        let path = out.join("study-time.json");
+        let before = if path.is_file() { read_json(&path)?["seconds"].as_f64().unwrap_or(0.0) } else { 0.0 };
+        Ok(Self { path, before, started: std::time::Instant::now() })
+    }
+
+    fn this_invocation(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn total(&self) -> f64 {
+        self.before + self.this_invocation()
+    }
+
+    fn save(&self) -> Result<()> {
+        write_atomic(&self.path, json!({ "seconds": self.total() }).to_string().as_bytes())
+    }
+}
+
 struct Arm {
     name: String,
     shots: String,
@@ -179,12 +208,17 @@ fn eval_stage(dev: &Device, o: &StudyOptions, checkpoint: &Path, path: &Path) ->
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let (model, cfg) = classify::load_classifier(dev, checkpoint)?;
-        let test = data::open(
-            &DataSpec::parse(&expand_data(&o.data))?,
-            Split::Test,
-            cfg.data.synthetic_size,
-            cfg.model.img_size,
-        )?;
+        // The same test images as the run's own accuracy, so the robustness
+        // columns compare with the clean one.
+        let test = data::Subset::first(
+            data::open(
+                &DataSpec::parse(&expand_data(&o.data))?,
+                Split::Test,
+                cfg.data.synthetic_size,
+                cfg.model.img_size,
+            )?,
+            cfg.data.test_images,
+        );
         let acc = classify::evaluate(dev, &model, test, cfg.data.bad_images, 128, 0, true)?;
         write_atomic(path, serde_json::to_string_pretty(&acc)?.as_bytes())?;
     }
@@ -211,8 +245,8 @@ fn column(results: &[Value], key: &str) -> Vec<f64> {
 /// Runs (or resumes) the whole study and writes `OUT/report.md`.
 pub fn run(dev: &Device, o: &StudyOptions, interrupt: &AtomicBool) -> Result<PathBuf> {
     let depth = base_config(o)?.model.depth;
-    let started = std::time::Instant::now();
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    let clock = StudyClock::open(&o.out)?;
     let mut arms: Vec<Arm> = arms(depth)
         .into_iter()
         .map(|(name, shots)| Arm {
@@ -262,12 +296,14 @@ pub fn run(dev: &Device, o: &StudyOptions, interrupt: &AtomicBool) -> Result<Pat
             arm.probe.push(probe);
             arm.finetune.push(ft);
             arm.eval.push(ev);
+            clock.save()?;
         }
         let tag = format!("scratch-s{seed}");
         let (ft, ft_ckpt) =
             classify_stage(dev, o, Mode::Finetune, None, seed, &o.out.join("finetune").join(&tag), interrupt)?;
         scratch.eval.push(eval_stage(dev, o, &ft_ckpt, &o.out.join("eval").join(format!("{tag}.json")))?);
         scratch.finetune.push(ft);
+        clock.save()?;
     }
 
     // Analyses of the seed-0 pretrained encoders.
@@ -307,10 +343,11 @@ pub fn run(dev: &Device, o: &StudyOptions, interrupt: &AtomicBool) -> Result<Pat
         }
     }
 
+    clock.save()?;
     let mut md = String::new();
     md.push_str("# Conditional MAE study\n\n");
     md.push_str(&format!(
-        "Preset `{}`, data `{}`, {} seed(s). Pretraining {}, linear probe {}, fine-tuning {} per run. Adapter: {}. Wall time of this invocation: {:.1} min.\n\n",
+        "Preset `{}`, data `{}`, {} seed(s). Pretraining {}, linear probe {}, fine-tuning {} per run. Adapter: {}. Wall time: {:.1} min over all invocations ({:.1} min this one).\n\n",
         o.preset,
         data,
         o.seeds,
@@ -318,8 +355,20 @@ pub fn run(dev: &Device, o: &StudyOptions, interrupt: &AtomicBool) -> Result<Pat
         budget_text(o.probe),
         budget_text(o.finetune),
         dev.info().name,
-        started.elapsed().as_secs_f64() / 60.0
+        clock.total() / 60.0,
+        clock.this_invocation() / 60.0
     ));
+    let overrides = |what: &str, list: &[String]| {
+        if list.is_empty() { String::new() } else { format!(" {what}: `{}`.", list.join(" ")) }
+    };
+    let all = [
+        overrides("pretraining", &o.set),
+        overrides("probes and fine-tuning", &o.set_classify),
+        overrides("probes", &o.set_probe),
+        overrides("fine-tuning", &o.set_finetune),
+    ]
+    .concat();
+    md.push_str(&format!("Overrides of the preset's recipes:{}\n\n", if all.is_empty() { " none." } else { &all }));
     md.push_str("Top-1 accuracy in % on the test split (mean ± std over seeds). Robustness: top-1 of the fine-tuned model with 50% of the patches removed and with the patches shuffled.\n\n");
     md.push_str("| setting | shots | linear probe | fine-tune | fine-tune top-5 | 50% patches removed | patches shuffled |\n|---|---|---|---|---|---|---|\n");
     for a in arms.iter().chain(std::iter::once(&scratch)) {

@@ -112,7 +112,7 @@ pub fn heatmap(
     let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 22))
+        .caption(format!("{title}  (dark {lo:.2} … yellow {hi:.2})"), (FONT, 20))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(52)
