@@ -54,6 +54,10 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
     let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((y1 - y0) * 0.08).max(1e-6);
+    // Layers, heads and steps are whole numbers: no fractional ticks, and one
+    // tick per layer when there are few.
+    let whole = all.iter().all(|p| p.0.fract() == 0.0);
+    let whole_text = |x: &f64| format!("{x:.0}");
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -63,14 +67,15 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 16))
-        .draw()
-        .map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14)).axis_desc_style((FONT, 16));
+    if whole {
+        mesh.x_label_formatter(&whole_text);
+        if x1 - x0 <= 32.0 {
+            mesh.x_labels((x1 - x0) as usize + 1);
+        }
+    }
+    mesh.draw().map_err(err)?;
     for (i, s) in series.iter().enumerate() {
         let color = palette(i);
         let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
