@@ -41,6 +41,15 @@ fn config_and_shot_mistakes_are_named() {
             assert!(line.contains(w), "{args:?}: {line}");
         }
     }
+    // A run that cannot start leaves no run directory behind.
+    let dir = temp("no-litter");
+    let run = dir.join("run");
+    for cmd in [&["pretrain"][..], &["finetune", "--from-scratch"][..]] {
+        let out = cmae(&[cmd, &["--data", "fmnist:/definitely/missing", "--out", run.to_str().unwrap()]].concat());
+        assert!(error_line(&out).contains("/definitely/missing"));
+        assert!(!run.exists(), "{cmd:?} left {}", run.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

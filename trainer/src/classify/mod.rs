@@ -320,6 +320,13 @@ pub fn train(
     interrupt: &AtomicBool,
 ) -> Result<(Summary, serde_json::Value)> {
     cfg.validate()?;
+    // The data first: a run that cannot start leaves no run directory behind.
+    let spec = DataSpec::parse(&cfg.data.spec)?;
+    let (m, t) = (&cfg.model, &cfg.train);
+    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, m.img_size)?;
+    if train_set.num_classes() != cfg.classes {
+        bail!("the data has {} classes, the config {}", train_set.num_classes(), cfg.classes);
+    }
     runner::prepare_out(&flags.out, flags.resume, &cfg.to_ron(), |saved| {
         let mut saved = ClassifyConfig::from_ron(saved)?;
         saved.output = cfg.output.clone();
@@ -332,12 +339,6 @@ pub fn train(
         }
         Ok(())
     })?;
-    let spec = DataSpec::parse(&cfg.data.spec)?;
-    let (m, t) = (&cfg.model, &cfg.train);
-    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, m.img_size)?;
-    if train_set.num_classes() != cfg.classes {
-        bail!("the data has {} classes, the config {}", train_set.num_classes(), cfg.classes);
-    }
     let mut init_rng = ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, 7]));
     let model = if cfg.init.is_empty() {
         Classifier::new(dev, m, cfg.mode, cfg.classes, &mut init_rng)?

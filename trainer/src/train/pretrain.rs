@@ -179,11 +179,12 @@ impl Task for PretrainTask<'_> {
 
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
+    // The data first: a run that cannot start leaves no run directory behind.
+    let spec = DataSpec::parse(&cfg.data.spec)?;
+    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     runner::prepare_out(&opts.out, opts.resume, &cfg.to_ron(), |saved| {
         check_resumable(&PretrainConfig::from_ron(saved)?, cfg)
     })?;
-    let spec = DataSpec::parse(&cfg.data.spec)?;
-    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     let (m, t) = (&cfg.model, &cfg.train);
     let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
     let opt = AdamW::new(
