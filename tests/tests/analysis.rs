@@ -89,7 +89,7 @@ fn the_study_runs_small_and_resumes() {
         preset: "micro".into(),
         data: "synthetic".into(),
         out: out.clone(),
-        seeds: 1,
+        seeds: 2,
         pretrain: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
         probe: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
         finetune: cmae::study::Budget { epochs: 1.0, steps: Some(2) },
@@ -111,6 +111,11 @@ fn the_study_runs_small_and_resumes() {
         assert!(text.contains(row), "{row} missing from\n{text}");
     }
     assert!(text.contains("probes: `train.blr=1.0`."), "the report names the overrides:\n{text}");
+    // Two seeds: every accuracy cell is a mean ± std over both runs.
+    let cells_with_std = |row: &str| text.lines().find(|l| l.starts_with(row)).unwrap().matches(" ± ").count();
+    assert_eq!(cells_with_std("| mae |"), 5, "{text}");
+    assert_eq!(cells_with_std("| from scratch |"), 4, "no probe for the baseline:\n{text}");
+    assert!(out.join("pretrain/mae-s1/checkpoint.safetensors").is_file() && out.join("eval/scratch-s1.json").is_file());
     for fig in [
         "figures/attention-distance.png",
         "figures/cka-mae-vs-two-shot/cka.png",
