@@ -121,11 +121,17 @@ pub fn heatmap(
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(52)
-        .build_cartesian_2d(0..cols, 0..rows)
+        // Cell i spans i ± 0.5, so the whole-number ticks sit at cell centres.
+        .build_cartesian_2d(-0.5..cols as f64 - 0.5, -0.5..rows as f64 - 0.5)
         .map_err(err)?;
+    let whole_text = |v: &f64| format!("{v:.0}");
     chart
         .configure_mesh()
         .disable_mesh()
+        .x_labels(cols.min(32))
+        .y_labels(rows.min(32))
+        .x_label_formatter(&whole_text)
+        .y_label_formatter(&whole_text)
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style((FONT, 14))
@@ -136,7 +142,8 @@ pub fn heatmap(
         .draw_series((0..rows).flat_map(|r| {
             (0..cols).map(move |c| {
                 let t = ((values[r][c] - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0);
-                Rectangle::new([(c, r), (c + 1, r + 1)], ramp(t).filled())
+                let (x, y) = (c as f64, r as f64);
+                Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], ramp(t).filled())
             })
         }))
         .map_err(err)?;
