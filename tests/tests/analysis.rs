@@ -25,7 +25,7 @@ fn pretrained(out: &Path, shots: &str) -> PathBuf {
     cfg.output.log_every = 1;
     cfg.shots = cmae::config::parse_shots(shots).unwrap();
     cfg.train.steps = Some(3);
-    let opts = cmae::train::pretrain::Options { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
+    let opts = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
     cmae::train::pretrain::pretrain(dev(), &cfg, &opts, &AtomicBool::new(false)).unwrap();
     out.join("checkpoint.safetensors")
 }

@@ -123,7 +123,7 @@ fn pretrained(out: &std::path::Path) -> std::path::PathBuf {
         cfg.set(s).unwrap();
     }
     cfg.train.steps = Some(2);
-    let opts = cmae::train::pretrain::Options { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
+    let opts = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
     cmae::train::pretrain::pretrain(dev(), &cfg, &opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
     out.join("checkpoint.safetensors")
 }
@@ -145,7 +145,7 @@ fn train(
     resume: bool,
     stop_at: Option<u64>,
 ) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
-    let flags = cmae::classify::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    let flags = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
     cmae::classify::train(dev(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
 }
 

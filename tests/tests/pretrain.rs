@@ -10,8 +10,8 @@ use cmae::config::PretrainConfig;
 use cmae::safetensors_io::{self, HostTensor};
 use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
-use cmae::train::pretrain::{Options, pretrain};
-use cmae::train::runner::Summary;
+use cmae::train::pretrain::pretrain;
+use cmae::train::runner::{RunFlags, Summary};
 use cmae_engine::Device;
 
 fn dev() -> &'static Device {
@@ -36,7 +36,7 @@ fn micro(steps: usize) -> PretrainConfig {
 }
 
 fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
-    let opts = Options { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
     pretrain(dev(), cfg, &opts, &AtomicBool::new(false))
 }
 
@@ -154,7 +154,7 @@ fn memory_stays_flat_from_step_100_to_1000() {
     cfg.output.recon_every = 1000;
     // A device of its own: the other tests' tensors share the common one's pool.
     let own = Device::from_env().unwrap();
-    let opts = Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+    let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
     pretrain(&own, &cfg, &opts, &AtomicBool::new(false)).unwrap();
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     let at = |s: u64| lines.iter().find(|m| m.step == s).unwrap().clone();
@@ -188,7 +188,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn an_interrupt_checkpoints_and_stops_cleanly() {
     let out = temp_dir("interrupt");
-    let opts = Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+    let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
     let s = pretrain(dev(), &micro(50), &opts, &AtomicBool::new(true)).unwrap();
     assert!(s.interrupted && s.step == 1);
     assert_eq!(checkpoint::latest(&out).unwrap().map(|(s, _)| s), Some(1));

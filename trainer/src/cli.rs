@@ -10,7 +10,7 @@ use crate::config::{PretrainConfig, parse_shots, set_loss_weights, shots_to_stri
 /// Flags that choose and adjust a pretraining config.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
-    /// A shipped preset: tiny, fmnist, vit-s16, vit-b16, vit-l16.
+    /// A shipped preset: micro, tiny, fmnist, vit-s16, vit-b16, vit-l16.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// A RON config file (see trainer/presets/ for the format).
@@ -28,6 +28,13 @@ pub struct ConfigArgs {
     /// Override any config field: --set train.blr=1e-3 --set model.depth=6.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    #[command(flatten)]
+    pub length: LengthArgs,
+}
+
+/// Run length, batch and seed flags, the same for every training command.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LengthArgs {
     #[arg(long, conflicts_with = "steps")]
     pub epochs: Option<f64>,
     /// Train for this many optimizer steps (the schedule is compressed to fit).
@@ -37,6 +44,25 @@ pub struct ConfigArgs {
     pub batch: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+impl LengthArgs {
+    /// Applies the flags that were given; `--epochs` replaces a configured step count.
+    pub fn apply(&self, epochs: &mut f64, steps: &mut Option<usize>, batch: &mut usize, seed: &mut u64) {
+        if let Some(e) = self.epochs {
+            *epochs = e;
+            *steps = None;
+        }
+        if let Some(s) = self.steps {
+            *steps = Some(s);
+        }
+        if let Some(b) = self.batch {
+            *batch = b;
+        }
+        if let Some(s) = self.seed {
+            *seed = s;
+        }
+    }
 }
 
 impl ConfigArgs {
@@ -59,19 +85,8 @@ impl ConfigArgs {
         if let Some(d) = &self.data {
             cfg.data.spec = d.clone();
         }
-        if let Some(e) = self.epochs {
-            cfg.train.epochs = e;
-            cfg.train.steps = None;
-        }
-        if let Some(s) = self.steps {
-            cfg.train.steps = Some(s);
-        }
-        if let Some(b) = self.batch {
-            cfg.train.batch = b;
-        }
-        if let Some(s) = self.seed {
-            cfg.train.seed = s;
-        }
+        let t = &mut cfg.train;
+        self.length.apply(&mut t.epochs, &mut t.steps, &mut t.batch, &mut t.seed);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -108,14 +123,8 @@ pub struct ClassifyArgs {
     /// synthetic, fmnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR or folder:DIR.
     #[arg(long)]
     pub data: String,
-    #[arg(long, conflicts_with = "steps")]
-    pub epochs: Option<f64>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub batch: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub length: LengthArgs,
     /// Override any config field: --set train.blr=1e-3 --set train.mixup=0.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -141,19 +150,8 @@ impl ClassifyArgs {
         for s in &self.set {
             cfg.set(s)?;
         }
-        if let Some(e) = self.epochs {
-            cfg.train.epochs = e;
-            cfg.train.steps = None;
-        }
-        if let Some(s) = self.steps {
-            cfg.train.steps = Some(s);
-        }
-        if let Some(b) = self.batch {
-            cfg.train.batch = b;
-        }
-        if let Some(s) = self.seed {
-            cfg.train.seed = s;
-        }
+        let t = &mut cfg.train;
+        self.length.apply(&mut t.epochs, &mut t.steps, &mut t.batch, &mut t.seed);
         cfg.validate()?;
         Ok(cfg)
     }

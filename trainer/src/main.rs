@@ -15,6 +15,7 @@ use cmae::data::augment::Transform;
 use cmae::data::{DataSpec, Split};
 use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
 use cmae::masking::MaskPlan;
+use cmae::train::runner::RunFlags;
 use cmae::train::{checkpoint, pretrain, recon};
 use cmae::{bench, fixture, info};
 use cmae_engine::Device;
@@ -40,18 +41,8 @@ enum Command {
     Pretrain {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Run directory (default: runs/<preset>-L<shots>-<time>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue the run in --out from its newest checkpoint, exactly.
-        #[arg(long, requires = "out")]
-        resume: bool,
-        /// No progress bar (CI logs).
-        #[arg(long)]
-        quiet: bool,
-        /// Stop after this optimizer step as if interrupted (checkpoint, then exit).
-        #[arg(long)]
-        stop_at: Option<u64>,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Linear probe of a pretrained encoder (LARS, BatchNorm + Linear on the cls token).
     Linprobe {
@@ -237,7 +228,8 @@ fn run_analysis(
 /// Run-directory flags shared by the training commands.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Run directory (default: runs/<command>-<time>).
+    /// Run directory (default: a new one under runs/, named after the command
+    /// or, for pretraining, the preset and shots, plus the time).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its newest checkpoint, exactly.
@@ -252,12 +244,13 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn flags(self, command: &str) -> Result<classify::RunFlags> {
+    /// The flags, with `default_out()` as the run directory when --out is absent.
+    fn flags(self, default_out: impl FnOnce() -> Result<PathBuf>) -> Result<RunFlags> {
         let out = match self.out {
             Some(o) => o,
-            None => cmae::cli::fresh_run_dir(command)?,
+            None => default_out()?,
         };
-        Ok(classify::RunFlags { out, resume: self.resume, quiet: self.quiet, stop_at: self.stop_at })
+        Ok(RunFlags { out, resume: self.resume, quiet: self.quiet, stop_at: self.stop_at })
     }
 }
 
@@ -268,7 +261,7 @@ fn run_classify(mode: classify::Mode, args: ClassifyArgs, run: RunArgs, scratch:
         classify::Mode::Linprobe => "linprobe",
         classify::Mode::Finetune => "finetune",
     };
-    let flags = run.flags(name)?;
+    let flags = run.flags(|| cmae::cli::fresh_run_dir(name))?;
     let dev = Device::from_env()?;
     let flag = interrupt_flag()?;
     let (s, results) = classify::train(&dev, &cfg, &flags, &flag)?;
@@ -337,21 +330,11 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn run_pretrain(
-    config: ConfigArgs,
-    out: Option<PathBuf>,
-    resume: bool,
-    quiet: bool,
-    stop_at: Option<u64>,
-) -> Result<()> {
+fn run_pretrain(config: ConfigArgs, run: RunArgs) -> Result<()> {
     let cfg = config.build()?;
-    let out = match out {
-        Some(o) => o,
-        None => config.default_out(&cfg)?,
-    };
+    let opts = run.flags(|| config.default_out(&cfg))?;
     let dev = Device::from_env()?;
     let flag = interrupt_flag()?;
-    let opts = pretrain::Options { out, resume, quiet, stop_at };
     let s = pretrain::pretrain(&dev, &cfg, &opts, &flag)?;
     let verb = if s.interrupted { "stopped" } else { "finished" };
     let loss = s.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
@@ -431,7 +414,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
                 info::print(&dev);
             }
         }
-        Command::Pretrain { config, out, resume, quiet, stop_at } => run_pretrain(config, out, resume, quiet, stop_at)?,
+        Command::Pretrain { config, run } => run_pretrain(config, run)?,
         Command::Linprobe { args, run } => run_classify(classify::Mode::Linprobe, args, run, None)?,
         Command::Finetune { args, run, from_scratch, preset } => {
             run_classify(classify::Mode::Finetune, args, run, from_scratch.then_some(preset.as_str()))?

@@ -13,12 +13,13 @@ use cmae_engine::Device;
 use serde_json::{Value, json};
 
 use crate::analysis;
-use crate::classify::{self, ClassifyConfig, Mode, RunFlags};
+use crate::classify::{self, ClassifyConfig, Mode};
 use crate::config::{PretrainConfig, parse_shots};
 use crate::data::{self, DataSpec, Split};
 use crate::safetensors_io::write_atomic;
 use crate::train::checkpoint;
-use crate::train::pretrain::{self, Options};
+use crate::train::pretrain;
+use crate::train::runner::RunFlags;
 
 /// Training lengths of each stage: epochs, or steps when given.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +160,7 @@ fn pretrain_stage(
         cfg.train.seed = seed;
         cfg.train.epochs = o.pretrain.epochs;
         cfg.train.steps = o.pretrain.steps;
-        let opts = Options { out: dir.to_path_buf(), resume, quiet: o.quiet, stop_at: None };
+        let opts = RunFlags { out: dir.to_path_buf(), resume, quiet: o.quiet, stop_at: None };
         let s = pretrain::pretrain(dev, &cfg, &opts, interrupt)?;
         stopped(interrupt)?;
         mark_done(dir, &json!({"step": s.step, "loss": s.last_loss}))?;

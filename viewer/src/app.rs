@@ -89,7 +89,7 @@ impl Training {
         self.stop.store(false, Ordering::SeqCst);
         let (dev, cfg, stop) = (self.device.clone(), self.config.clone(), self.stop.clone());
         let resume = cmae::train::checkpoint::latest(&self.out).ok().flatten().is_some();
-        let opts = cmae::train::pretrain::Options { out: self.out.clone(), resume, quiet: true, stop_at: None };
+        let opts = cmae::train::runner::RunFlags { out: self.out.clone(), resume, quiet: true, stop_at: None };
         self.thread = Some(std::thread::spawn(move || cmae::train::pretrain::pretrain(&dev, &cfg, &opts, &stop)));
         self.paused = false;
     }

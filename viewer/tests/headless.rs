@@ -23,7 +23,7 @@ fn run_dir() -> &'static Path {
         cfg.output.log_every = 1;
         cfg.shots = cmae::config::parse_shots("0:0.75,2:0.5").unwrap();
         cfg.train.steps = Some(4);
-        let opts = cmae::train::pretrain::Options { out: out.clone(), resume: false, quiet: true, stop_at: None };
+        let opts = cmae::train::runner::RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
         cmae::train::pretrain::pretrain(&dev, &cfg, &opts, &AtomicBool::new(false)).unwrap();
         out
     })

@@ -4,7 +4,7 @@
 pub mod augment;
 pub mod model;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -24,7 +24,7 @@ use crate::safetensors_io::{self, F32Map, NamedF32, write_atomic};
 use crate::train::checkpoint::{self, Meta};
 use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
 use crate::train::pretrain::schedule_steps;
-use crate::train::runner::{self, MicroStep, RunOptions, Schedule, Summary, Task};
+use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 use augment::{Mixup, RandAugment};
 pub use model::{Classifier, Mode, Perturb};
 
@@ -303,14 +303,6 @@ pub fn encoder_weights(path: &Path) -> Result<(ModelConfig, F32Map)> {
     Ok((cfg, checkpoint::f32_tensors(file, path)?))
 }
 
-#[derive(Debug, Clone)]
-pub struct RunFlags {
-    pub out: PathBuf,
-    pub resume: bool,
-    pub quiet: bool,
-    pub stop_at: Option<u64>,
-}
-
 /// Trains a linear probe or fine-tunes, then evaluates on the test split and
 /// writes `RUN/results.json`.
 pub fn train(
@@ -386,20 +378,14 @@ pub fn train(
         batches_per_epoch,
     };
     let mut task = ClassifyTask { cfg, model, opt, loader };
-    let run_opts = RunOptions {
-        out: flags.out.clone(),
-        resume: flags.resume,
-        quiet: flags.quiet,
-        stop_at: flags.stop_at,
-        log_every: cfg.output.log_every as u64,
-        checkpoint_every: cfg.output.checkpoint_every as u64,
-    };
+    let cadence =
+        Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
     let task_name = match cfg.mode {
         Mode::Linprobe => "linprobe",
         Mode::Finetune => "finetune",
     };
     let meta = Meta { task: task_name.into(), config: cfg.to_ron() };
-    let summary = runner::run(dev, &mut task, &sched, &meta, &run_opts, interrupt)?;
+    let summary = runner::run(dev, &mut task, &sched, &meta, (flags, cadence), interrupt)?;
     if summary.interrupted {
         return Ok((summary, json!({})));
     }

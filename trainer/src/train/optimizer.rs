@@ -83,12 +83,7 @@ impl AdamW {
     pub fn load_state(&mut self, dev: &Device, step: u64, mut host: F32Map) -> Result<()> {
         for (slot, prefix) in [(&mut self.m, "exp_avg"), (&mut self.v, "exp_avg_sq")] {
             for (name, t) in slot.iter_mut() {
-                let key = format!("{prefix}.{name}");
-                let (shape, data) = host.remove(&key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
-                if shape != t.shape() {
-                    bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
-                }
-                *t = Tensor::from_f32(dev, &data, &shape)?;
+                restore(dev, &mut host, &format!("{prefix}.{name}"), t)?;
             }
         }
         self.step = step;
@@ -157,13 +152,18 @@ impl Lars {
 
     pub fn load_state(&mut self, dev: &Device, mut host: crate::safetensors_io::F32Map) -> Result<()> {
         for (name, t) in &mut self.mu {
-            let key = format!("momentum.{name}");
-            let (shape, data) = host.remove(&key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
-            if shape != t.shape() {
-                bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
-            }
-            *t = Tensor::from_f32(dev, &data, &shape)?;
+            restore(dev, &mut host, &format!("momentum.{name}"), t)?;
         }
         Ok(())
     }
+}
+
+/// Replaces `t` with the checkpoint's `key`, which must have `t`'s shape.
+fn restore(dev: &Device, host: &mut F32Map, key: &str, t: &mut Tensor) -> Result<()> {
+    let (shape, data) = host.remove(key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
+    if shape != t.shape() {
+        bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
+    }
+    *t = Tensor::from_f32(dev, &data, &shape)?;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use super::checkpoint::Meta;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::recon;
-use super::runner::{self, MicroStep, RunOptions, Schedule, Summary, Task};
+use super::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 use crate::config::PretrainConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig, mix_seed};
@@ -20,15 +20,6 @@ use crate::data::{self, DataSpec, Split};
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::safetensors_io::{F32Map, NamedF32};
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub out: PathBuf,
-    pub resume: bool,
-    pub quiet: bool,
-    /// Stop after this many optimizer steps as if interrupted (checkpoint, exit).
-    pub stop_at: Option<u64>,
-}
 
 /// Seeds of the run's random streams, all derived from `train.seed`.
 pub fn mask_rng(seed: u64, step: u64, micro: u64) -> ChaCha8Rng {
@@ -177,7 +168,7 @@ impl Task for PretrainTask<'_> {
     }
 }
 
-pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &AtomicBool) -> Result<Summary> {
+pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
@@ -229,14 +220,8 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &Options, interrupt: &
         batches_per_epoch,
     };
     let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon: recon_batch(cfg, &spec)? };
-    let run_opts = RunOptions {
-        out: opts.out.clone(),
-        resume: opts.resume,
-        quiet: opts.quiet,
-        stop_at: opts.stop_at,
-        log_every: cfg.output.log_every as u64,
-        checkpoint_every: cfg.output.checkpoint_every as u64,
-    };
+    let cadence =
+        Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
     let meta = Meta { task: "pretrain".into(), config: cfg.to_ron() };
-    runner::run(dev, &mut task, &sched, &meta, &run_opts, interrupt)
+    runner::run(dev, &mut task, &sched, &meta, (opts, cadence), interrupt)
 }

@@ -62,13 +62,20 @@ pub struct Schedule {
     pub batches_per_epoch: u64,
 }
 
+/// Where a run writes and how it starts and stops, the same for every task
+/// (pretraining, linear probing, fine-tuning).
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub struct RunFlags {
     pub out: PathBuf,
     pub resume: bool,
     pub quiet: bool,
     /// Stop after this many optimizer steps as if interrupted (checkpoint, exit).
     pub stop_at: Option<u64>,
+}
+
+/// How often a run logs and checkpoints (from the task's config).
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
     pub log_every: u64,
     pub checkpoint_every: u64,
 }
@@ -143,7 +150,7 @@ pub fn run(
     task: &mut dyn Task,
     sched: &Schedule,
     meta: &Meta,
-    opts: &RunOptions,
+    (opts, cadence): (&RunFlags, Cadence),
     interrupt: &AtomicBool,
 ) -> Result<Summary> {
     let out = &opts.out;
@@ -216,8 +223,8 @@ pub fn run(
 
         interrupted = interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
         let finishing = step == end || interrupted;
-        let log_now = step.is_multiple_of(opts.log_every) || finishing;
-        let ckpt_now = step.is_multiple_of(opts.checkpoint_every) || finishing;
+        let log_now = step.is_multiple_of(cadence.log_every) || finishing;
+        let ckpt_now = step.is_multiple_of(cadence.checkpoint_every) || finishing;
         if log_now || ckpt_now {
             settle(&mut pending, &mut last)?;
         }
