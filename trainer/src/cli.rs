@@ -117,8 +117,9 @@ pub fn fresh_run_dir(name: &str) -> Result<PathBuf> {
 /// Flags of `cmae linprobe` and `cmae finetune`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClassifyArgs {
-    /// The pretrained checkpoint whose encoder is probed / fine-tuned.
-    #[arg(long, required_unless_present = "from_scratch")]
+    /// The pretrained checkpoint whose encoder is probed / fine-tuned
+    /// (required unless `finetune --from-scratch`; checked when building the config).
+    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// synthetic, fmnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR or folder:DIR.
     #[arg(long)]

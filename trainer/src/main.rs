@@ -513,3 +513,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its argument graph only in debug builds, at parse time: a
+    /// flag naming another subcommand's argument made `cmae linprobe` panic.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

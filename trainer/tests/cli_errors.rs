@@ -26,12 +26,13 @@ fn temp(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn config_and_shot_mistakes_are_named() {
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (&["pretrain", "--set", "model.dpeth=6"], &["model.dpeth", "depth"]),
         (&["pretrain", "--shots", "0:0.75,13:0.1"], &["shot 1 layer 13", "depth 12"]),
         (&["pretrain", "--shots", "0:0.75", "--loss-weights", "1,2"], &["2 weights for 1 shots"]),
         (&["pretrain", "--preset", "vit-xl"], &["vit-xl", "vit-b16"]),
         (&["pretrain", "--data", "fmnist:/definitely/missing"], &["/definitely/missing", "does not exist"]),
+        (&["linprobe", "--data", "synthetic"], &["--checkpoint"]),
     ];
     for (args, wants) in cases {
         let out = cmae(args);
