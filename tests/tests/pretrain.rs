@@ -1,6 +1,6 @@
 //! End-to-end pretraining on the GPU (lavapipe in CI): the loss falls, resume
-//! is exact, checkpoints round-trip, memory stays flat, and bad input fails
-//! with clear errors.
+//! is exact, checkpoints round-trip, and bad input fails with clear errors.
+//! Memory is checked in `memory.rs`, a process of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -141,29 +141,6 @@ fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
     other.model.embed_dim = 64;
     let err = format!("{:#}", checkpoint::load_model(dev(), &path, Some(&other)).err().unwrap());
     assert!(err.contains("shape") && err.contains("another model"), "{err}");
-    let _ = std::fs::remove_dir_all(&out);
-}
-
-#[test]
-fn memory_stays_flat_from_step_100_to_1000() {
-    let out = temp_dir("memory");
-    let mut cfg = micro(1000);
-    cfg.model.depth = 1;
-    cfg.output.log_every = 100;
-    cfg.output.checkpoint_every = 1000;
-    cfg.output.recon_every = 1000;
-    // A device of its own: the other tests' tensors share the common one's pool.
-    let own = Device::from_env().unwrap();
-    let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
-    pretrain(&own, &cfg, &opts, &AtomicBool::new(false)).unwrap();
-    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
-    let at = |s: u64| lines.iter().find(|m| m.step == s).unwrap().clone();
-    let (a, b) = (at(100), at(1000));
-    assert_eq!((a.gpu_in_use_mb, a.gpu_pooled_mb), (b.gpu_in_use_mb, b.gpu_pooled_mb), "GPU pool grew");
-    if let (Some(ra), Some(rb)) = (a.host_rss_mb, b.host_rss_mb) {
-        // Allocator noise is a few MiB; a per-step leak of even 10 KiB would add 9 MiB.
-        assert!(rb - ra < 8.0, "host RSS grew from {ra:.1} to {rb:.1} MiB");
-    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -1,0 +1,39 @@
+//! A long pretraining run neither grows the GPU pool nor leaks host memory.
+//! This is its own test binary, so its process runs nothing else: host RSS is
+//! per process, and tests running beside it in one would move it.
+
+use std::sync::atomic::AtomicBool;
+
+use cmae::config::PretrainConfig;
+use cmae::train::metrics::MetricsLog;
+use cmae::train::pretrain::pretrain;
+use cmae::train::runner::RunFlags;
+use cmae_engine::Device;
+
+#[test]
+fn memory_stays_flat_from_step_100_to_1000() {
+    let out = std::env::temp_dir().join(format!("cmae-e2e-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cfg = PretrainConfig::preset("micro").unwrap();
+    for s in ["model.depth=1", "train.batch=4", "output.recon_images=2"] {
+        cfg.set(s).unwrap();
+    }
+    cfg.train.steps = Some(1000);
+    cfg.output.log_every = 100;
+    cfg.output.checkpoint_every = 1000;
+    cfg.output.recon_every = 1000;
+    let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
+    let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
+    pretrain(&dev, &cfg, &opts, &AtomicBool::new(false)).unwrap();
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    let at = |s: u64| lines.iter().find(|m| m.step == s).unwrap().clone();
+    let (a, b) = (at(100), at(1000));
+    assert_eq!((a.gpu_in_use_mb, a.gpu_pooled_mb), (b.gpu_in_use_mb, b.gpu_pooled_mb), "GPU pool grew");
+    if let (Some(ra), Some(rb)) = (a.host_rss_mb, b.host_rss_mb) {
+        let trace: Vec<String> =
+            lines.iter().filter_map(|m| m.host_rss_mb.map(|r| format!("{}: {r:.1}", m.step))).collect();
+        // Allocator noise is a few MiB; a per-step leak of even 10 KiB would add 9 MiB.
+        assert!(rb - ra < 8.0, "host RSS grew from {ra:.1} to {rb:.1} MiB ({})", trace.join(", "));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
