@@ -146,7 +146,7 @@ impl ClassifyArgs {
             (None, None) => bail!("give --checkpoint (or --from-scratch for fine-tuning)"),
         };
         let spec = crate::data::DataSpec::parse(&self.data)?;
-        let classes = crate::data::open(&spec, crate::data::Split::Train, 64, model.img_size)?.num_classes();
+        let classes = spec.num_classes()?;
         let mut cfg = ClassifyConfig::recipe(mode, model, classes, init, &self.data);
         for s in &self.set {
             cfg.set(s)?;

@@ -184,7 +184,7 @@ fn classify_stage(
             Some(p) => checkpoint::model_config_of(p)?,
             None => base_config(o)?.model,
         };
-        let classes = data::open(&DataSpec::parse(&spec)?, Split::Train, 64, model.img_size)?.num_classes();
+        let classes = DataSpec::parse(&spec)?.num_classes()?;
         let init_text = init.map(|p| p.display().to_string()).unwrap_or_default();
         let mut cfg = ClassifyConfig::recipe(mode, model, classes, init_text, &spec);
         let per_mode = if mode == Mode::Linprobe { &o.set_probe } else { &o.set_finetune };

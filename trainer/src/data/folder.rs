@@ -19,21 +19,33 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
+/// The directory that holds `split`'s class folders under `root`.
+fn split_dir(root: &Path, split: Split) -> PathBuf {
+    match split {
+        Split::Train if root.join("train").is_dir() => root.join("train"),
+        Split::Test if root.join("val").is_dir() => root.join("val"),
+        Split::Test if root.join("test").is_dir() => root.join("test"),
+        _ => root.to_path_buf(),
+    }
+}
+
+/// The sorted class folder names of `split`: label i is the i-th name.
+pub fn class_names(root: &Path, split: Split) -> Result<Vec<String>> {
+    let dir = split_dir(root, split);
+    let mut classes: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    Ok(classes)
+}
+
 impl Folder {
     pub fn open(root: &Path, split: Split) -> Result<Self> {
-        let dir = match split {
-            Split::Train if root.join("train").is_dir() => root.join("train"),
-            Split::Test if root.join("val").is_dir() => root.join("val"),
-            Split::Test if root.join("test").is_dir() => root.join("test"),
-            _ => root.to_path_buf(),
-        };
-        let mut classes: Vec<String> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        classes.sort();
+        let dir = split_dir(root, split);
+        let classes = class_names(root, split)?;
         let mut items = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(class))

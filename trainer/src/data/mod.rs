@@ -114,6 +114,27 @@ impl DataSpec {
         })
     }
 
+    /// How many classes the training split has, without loading it: fixed by
+    /// the format, or the class folders of an image folder.
+    pub fn num_classes(&self) -> Result<usize> {
+        self.ensure_dir_exists()?;
+        Ok(match self {
+            Self::Synthetic => synthetic::CLASSES.len(),
+            Self::Fmnist(_) | Self::Mnist(_) | Self::Cifar10(_) => 10,
+            Self::Cifar100(_) => 100,
+            Self::Folder(root) => folder::class_names(root, Split::Train)?.len(),
+        })
+    }
+
+    fn ensure_dir_exists(&self) -> Result<()> {
+        if let Some(dir) = self.dir()
+            && !dir.is_dir()
+        {
+            bail!("data directory {} does not exist; check the path in --data", dir.display());
+        }
+        Ok(())
+    }
+
     fn dir(&self) -> Option<&Path> {
         match self {
             Self::Synthetic => None,
@@ -124,11 +145,7 @@ impl DataSpec {
 
 /// Opens a dataset split. `synthetic` is sized by `synthetic_len` and drawn at `img_size`.
 pub fn open(spec: &DataSpec, split: Split, synthetic_len: usize, img_size: usize) -> Result<Arc<dyn Dataset>> {
-    if let Some(dir) = spec.dir()
-        && !dir.is_dir()
-    {
-        bail!("data directory {} does not exist; check the path in --data", dir.display());
-    }
+    spec.ensure_dir_exists()?;
     Ok(match spec {
         DataSpec::Synthetic => {
             let len = if split == Split::Train { synthetic_len } else { (synthetic_len / 5).max(1) };
@@ -156,5 +173,23 @@ mod tests {
         assert!(err.contains("cifar10:DIR"), "{err}");
         let err = open(&DataSpec::Folder("/no/such/dir".into()), Split::Train, 1, 32).err().unwrap().to_string();
         assert!(err.contains("/no/such/dir") && err.contains("does not exist"), "{err}");
+        let err = DataSpec::Fmnist("/no/such/dir".into()).num_classes().unwrap_err().to_string();
+        assert!(err.contains("/no/such/dir") && err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn class_counts_without_loading_match_the_opened_sets() {
+        let root = std::env::temp_dir().join(format!("cmae-classes-{}", std::process::id()));
+        for class in ["cat", "dog", "owl"] {
+            std::fs::create_dir_all(root.join("train").join(class)).unwrap();
+            image::RgbImage::new(4, 4).save(root.join("train").join(class).join("a.png")).unwrap();
+        }
+        std::fs::create_dir_all(root.join("val").join("cat")).unwrap();
+        for spec in [DataSpec::Synthetic, DataSpec::Folder(root.clone())] {
+            let opened = open(&spec, Split::Train, 8, 16).unwrap().num_classes();
+            assert_eq!(spec.num_classes().unwrap(), opened, "{spec:?}");
+        }
+        assert_eq!(DataSpec::Folder(root.clone()).num_classes().unwrap(), 3, "the train split's classes, not val's");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
