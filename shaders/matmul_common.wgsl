@@ -24,17 +24,7 @@
 // whole vec4s are loaded. Otherwise elements are fetched one by one and the
 // K tail is zero-filled: any shape works, more slowly.
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
 override VEC: bool = true;
-struct Params {
-    m: u32, n: u32, k: u32, heads: u32,
-    a_off: u32, a_row: u32, a_b0: u32, a_b1: u32,
-    b_off: u32, b_row: u32, b_b0: u32, b_b1: u32,
-    c_off: u32, c_row: u32, c_b0: u32, c_b1: u32,
-    alpha: f32, has_bias: u32, bias_off: u32, batches: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;

@@ -9,18 +9,6 @@
 // Each invocation accumulates a 4×4 block, strided by 16 so the shared-memory
 // reads of a warp hit distinct banks.
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-
-struct Params {
-    m: u32, n: u32, k: u32, heads: u32,
-    a_off: u32, a_row: u32, a_b0: u32, a_b1: u32,
-    b_off: u32, b_row: u32, b_b0: u32, b_b1: u32,
-    c_off: u32, c_row: u32, c_b0: u32, c_b1: u32,
-    alpha: f32, has_bias: u32, bias_off: u32, batches: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;

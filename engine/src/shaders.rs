@@ -24,9 +24,9 @@ macro_rules! shaders {
 }
 
 shaders! {
-    MATMUL_REGISTER => ["matmul_common.wgsl", "matmul_register.wgsl"],
-    MATMUL_SUBGROUP => ["matmul_common.wgsl", "matmul_subgroup.wgsl"],
-    MATMUL_TILED => ["matmul_tiled.wgsl"],
+    MATMUL_REGISTER => ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP => ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED => ["matmul_params.wgsl", "matmul_tiled.wgsl"],
     SOFTMAX => ["softmax.wgsl"],
     LAYERNORM => ["layernorm.wgsl"],
     GELU => ["gelu.wgsl"],
