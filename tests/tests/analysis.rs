@@ -1,24 +1,11 @@
 //! The analyses and the study on a micro model: files, shapes and known answers.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use cmae::analysis;
 use cmae::config::PretrainConfig;
-use cmae_engine::Device;
-
-fn dev() -> &'static Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cmae-an-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use cmae_tests::{fresh_temp_dir, shared_device};
 
 fn pretrained(out: &Path, shots: &str) -> PathBuf {
     let mut cfg = PretrainConfig::preset("micro").unwrap();
@@ -26,20 +13,21 @@ fn pretrained(out: &Path, shots: &str) -> PathBuf {
     cfg.shots = cmae::config::parse_shots(shots).unwrap();
     cfg.train.steps = Some(3);
     let opts = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
-    cmae::train::pretrain::pretrain(dev(), &cfg, &opts, &AtomicBool::new(false)).unwrap();
+    cmae::train::pretrain::pretrain(shared_device(), &cfg, &opts, &AtomicBool::new(false)).unwrap();
     out.join("checkpoint.safetensors")
 }
 
 #[test]
 fn every_analysis_writes_json_and_png_with_sane_values() {
-    let base = temp_dir("kinds");
+    let base = fresh_temp_dir("kinds");
     let mae = pretrained(&base.join("mae"), "0:0.75");
     let two = pretrained(&base.join("two"), "0:0.75,2:0.5");
     let out = base.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let png = |kind: &str| image::open(out.join(format!("{kind}.png"))).unwrap();
 
-    let d = analysis::attention_layers(dev(), &[mae.clone(), two.clone()], "synthetic", 4, &out, false).unwrap();
+    let d =
+        analysis::attention_layers(shared_device(), &[mae.clone(), two.clone()], "synthetic", 4, &out, false).unwrap();
     let per = d["models"][0]["per_layer_head"].as_array().unwrap();
     assert_eq!((per.len(), per[0].as_array().unwrap().len()), (3, 2), "layers × heads");
     // Distances between 4-px patches of a 16-px image lie within [0, 12√2].
@@ -48,14 +36,15 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
         assert!((0.0..=12.0 * 2f64.sqrt()).contains(&v), "{v}");
     }
     assert!(png("attention-distance").width() > 100);
-    let e = analysis::attention_layers(dev(), std::slice::from_ref(&mae), "synthetic", 4, &out, true).unwrap();
+    let e =
+        analysis::attention_layers(shared_device(), std::slice::from_ref(&mae), "synthetic", 4, &out, true).unwrap();
     for v in e["models"][0]["per_layer_head"].as_array().unwrap().iter().flat_map(|l| l.as_array().unwrap()) {
         // 17 keys: entropy between 0 and ln 17.
         assert!((0.0..=17f64.ln() + 1e-9).contains(&v.as_f64().unwrap()));
     }
 
     // CKA of a model with itself is 1 on the diagonal.
-    let c = analysis::cka(dev(), &mae, &mae, "synthetic", 4, &out).unwrap();
+    let c = analysis::cka(shared_device(), &mae, &mae, "synthetic", 4, &out).unwrap();
     let m = c["cka"].as_array().unwrap();
     assert_eq!(m.len(), 3);
     for (i, row) in m.iter().enumerate() {
@@ -63,17 +52,17 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
     }
     assert!(png("cka").height() > 100);
 
-    let maps = analysis::attention_maps(dev(), &two, "synthetic", 3, &out).unwrap();
+    let maps = analysis::attention_maps(shared_device(), &two, "synthetic", 3, &out).unwrap();
     assert_eq!(maps["images"].as_array().unwrap().len(), 3);
     // Three rows of image | 2 heads | mean, 96-px cells.
     let img = png("attention-maps");
     assert_eq!((img.width(), img.height()), (4 * 98 + 2, 3 * 98 + 2));
 
-    let r = analysis::reversed_attention(dev(), &two, "synthetic", 2, None, &out).unwrap();
+    let r = analysis::reversed_attention(shared_device(), &two, "synthetic", 2, None, &out).unwrap();
     let shares = ["share_to_cls", "share_to_kept", "share_to_dropped"].map(|k| r[k].as_f64().unwrap());
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-5, "a softmax row sums to 1: {shares:?}");
     assert_eq!(r["block"], 1, "the block just before the shot at layer 2");
-    let err = analysis::reversed_attention(dev(), &mae, "synthetic", 2, None, &out).unwrap_err().to_string();
+    let err = analysis::reversed_attention(shared_device(), &mae, "synthetic", 2, None, &out).unwrap_err().to_string();
     assert!(err.contains("later shot"), "{err}");
 
     let l = analysis::loss_curves(&base.join("two").join("metrics.jsonl"), &out).unwrap();
@@ -84,7 +73,7 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
 
 #[test]
 fn the_study_runs_small_and_resumes() {
-    let out = temp_dir("study");
+    let out = fresh_temp_dir("study");
     let o = cmae::study::StudyOptions {
         preset: "micro".into(),
         data: "synthetic".into(),
@@ -100,7 +89,7 @@ fn the_study_runs_small_and_resumes() {
         quiet: true,
         analysis_images: 2,
     };
-    let report = cmae::study::run(dev(), &o, &AtomicBool::new(false)).unwrap();
+    let report = cmae::study::run(shared_device(), &o, &AtomicBool::new(false)).unwrap();
     let text = std::fs::read_to_string(&report).unwrap();
     for row in [
         "| mae | `0:0.75` |",
@@ -138,7 +127,7 @@ fn the_study_runs_small_and_resumes() {
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["seconds"].as_f64().unwrap()
     };
     let first = seconds();
-    cmae::study::run(dev(), &o, &AtomicBool::new(false)).unwrap();
+    cmae::study::run(shared_device(), &o, &AtomicBool::new(false)).unwrap();
     assert_eq!(std::fs::metadata(&pretrain_ckpt).unwrap().modified().unwrap(), before);
     // The wall time accumulates over invocations.
     assert!(seconds() > first && first > 0.0, "{first} then {}", seconds());

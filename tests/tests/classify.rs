@@ -1,17 +1,11 @@
 //! Classifiers on the GPU: they can fit data, and evaluation counts right.
 
-use std::sync::OnceLock;
-
 use cmae::classify::{Classifier, Mode, Perturb};
 use cmae::config::PretrainConfig;
 use cmae_engine::kernels::optim::{AdamWStep, adamw};
-use cmae_engine::{Device, Gradients, Tape, Tensor};
+use cmae_engine::{Gradients, Tape, Tensor};
+use cmae_tests::{fresh_temp_dir, shared_device};
 use rand::SeedableRng;
-
-fn dev() -> &'static Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
-}
 
 fn small_model() -> cmae::config::ModelConfig {
     let mut c = PretrainConfig::preset("micro").unwrap();
@@ -28,7 +22,7 @@ fn small_model() -> cmae::config::ModelConfig {
 fn finetune_adamw_step_follows_the_layer_decay_groups() {
     use cmae::classify::{finetune_decays, layer_decay_scale};
     use cmae::train::optimizer::{AdamW, AdamWConfig};
-    let d = dev();
+    let d = shared_device();
     let cfg = small_model();
     let model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
     let pixels: Vec<f32> = (0..4 * 3 * 16 * 16).map(|i| ((i * 131) % 61) as f32 / 30.0 - 1.0).collect();
@@ -74,7 +68,7 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
 /// random images with 4 random labels drops below a tenth of ln 4.
 #[test]
 fn finetune_classifier_overfits_a_fixed_batch() {
-    let d = dev();
+    let d = shared_device();
     let cfg = small_model();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rng).unwrap();
@@ -110,12 +104,6 @@ fn finetune_classifier_overfits_a_fixed_batch() {
     assert!(*losses.last().unwrap() < 0.1 * ln4, "loss went {:?}", losses.iter().step_by(10).collect::<Vec<_>>());
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cmae-cls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// A pretrained micro MAE to probe and fine-tune.
 fn pretrained(out: &std::path::Path) -> std::path::PathBuf {
     let mut cfg = PretrainConfig::preset("micro").unwrap();
@@ -124,7 +112,7 @@ fn pretrained(out: &std::path::Path) -> std::path::PathBuf {
     }
     cfg.train.steps = Some(2);
     let opts = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume: false, quiet: true, stop_at: None };
-    cmae::train::pretrain::pretrain(dev(), &cfg, &opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    cmae::train::pretrain::pretrain(shared_device(), &cfg, &opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
     out.join("checkpoint.safetensors")
 }
 
@@ -146,12 +134,12 @@ fn train(
     stop_at: Option<u64>,
 ) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
     let flags = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
-    cmae::classify::train(dev(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
+    cmae::classify::train(shared_device(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
 }
 
 #[test]
 fn probe_and_finetune_write_results_and_resume_exactly() {
-    let base = temp_dir("pipeline");
+    let base = fresh_temp_dir("pipeline");
     let ckpt = pretrained(&base.join("pretrain"));
     for mode in [Mode::Linprobe, Mode::Finetune] {
         let cfg = classify_cfg(mode, &ckpt, 6);
@@ -186,7 +174,8 @@ fn probe_and_finetune_write_results_and_resume_exactly() {
                 format!("{:?}", pre.tensors["blocks.1.attn.qkv.weight"])
             );
         }
-        let (model, _) = cmae::classify::load_classifier(dev(), &straight.join("checkpoint.safetensors")).unwrap();
+        let (model, _) =
+            cmae::classify::load_classifier(shared_device(), &straight.join("checkpoint.safetensors")).unwrap();
         assert_eq!(model.mode, mode);
     }
     let _ = std::fs::remove_dir_all(&base);
@@ -196,7 +185,7 @@ fn probe_and_finetune_write_results_and_resume_exactly() {
 /// say: the synthetic test set has every class equally often.
 #[test]
 fn eval_of_a_constant_classifier_has_a_known_answer() {
-    let d = dev();
+    let d = shared_device();
     let cfg = small_model();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mut model = Classifier::new(d, &cfg, Mode::Finetune, 10, &mut rng).unwrap();
@@ -219,10 +208,10 @@ fn eval_of_a_constant_classifier_has_a_known_answer() {
 
 #[test]
 fn classification_bad_input_is_clear() {
-    let base = temp_dir("bad");
+    let base = fresh_temp_dir("bad");
     let ckpt = pretrained(&base.join("pretrain"));
     // A pretraining checkpoint is not a classifier.
-    let err = format!("{:#}", cmae::classify::load_classifier(dev(), &ckpt).err().unwrap());
+    let err = format!("{:#}", cmae::classify::load_classifier(shared_device(), &ckpt).err().unwrap());
     assert!(err.contains("pretrain checkpoint") && err.contains("linprobe or finetune"), "{err}");
     // Another model's encoder.
     let mut cfg = classify_cfg(Mode::Finetune, &ckpt, 2);

@@ -4,27 +4,21 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cmae::config::PretrainConfig;
 use cmae::train::metrics::MetricsLog;
 use cmae::train::pretrain::pretrain;
 use cmae::train::runner::RunFlags;
-use cmae_engine::Device;
+use cmae_tests::{fresh_temp_dir, micro_pretrain, shared_device};
 
 #[test]
 fn memory_stays_flat_from_step_100_to_1000() {
-    let out = std::env::temp_dir().join(format!("cmae-e2e-memory-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let mut cfg = PretrainConfig::preset("micro").unwrap();
-    for s in ["model.depth=1", "train.batch=4", "output.recon_images=2"] {
-        cfg.set(s).unwrap();
-    }
-    cfg.train.steps = Some(1000);
+    let out = fresh_temp_dir("memory");
+    let mut cfg = micro_pretrain(1000);
+    cfg.model.depth = 1;
     cfg.output.log_every = 100;
     cfg.output.checkpoint_every = 1000;
     cfg.output.recon_every = 1000;
-    let dev = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
     let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
-    pretrain(&dev, &cfg, &opts, &AtomicBool::new(false)).unwrap();
+    pretrain(shared_device(), &cfg, &opts, &AtomicBool::new(false)).unwrap();
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     let at = |s: u64| lines.iter().find(|m| m.step == s).unwrap().clone();
     let (a, b) = (at(100), at(1000));

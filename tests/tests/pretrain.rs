@@ -2,8 +2,7 @@
 //! is exact, checkpoints round-trip, and bad input fails with clear errors.
 //! Memory is checked in `memory.rs`, a process of its own.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use cmae::config::PretrainConfig;
@@ -12,32 +11,11 @@ use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
 use cmae::train::pretrain::pretrain;
 use cmae::train::runner::{RunFlags, Summary};
-use cmae_engine::Device;
-
-fn dev() -> &'static Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cmae-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// A very small model so many steps run in seconds.
-fn micro(steps: usize) -> PretrainConfig {
-    let mut c = PretrainConfig::preset("micro").unwrap();
-    for s in ["model.depth=2", "train.batch=4", "output.log_every=1", "output.recon_images=2"] {
-        c.set(s).unwrap();
-    }
-    c.train.steps = Some(steps);
-    c
-}
+use cmae_tests::{fresh_temp_dir, micro_pretrain, shared_device};
 
 fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
     let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
-    pretrain(dev(), cfg, &opts, &AtomicBool::new(false))
+    pretrain(shared_device(), cfg, &opts, &AtomicBool::new(false))
 }
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
@@ -56,7 +34,7 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn thirty_step_tiny_pretrain_loss_falls() {
-    let out = temp_dir("thirty");
+    let out = fresh_temp_dir("thirty");
     let mut cfg = PretrainConfig::preset("tiny").unwrap();
     cfg.train.steps = Some(30);
     cfg.train.batch = 8;
@@ -80,14 +58,14 @@ fn thirty_step_tiny_pretrain_loss_falls() {
 #[test]
 fn resume_continues_bit_for_bit() {
     let cfg = {
-        let mut c = micro(20);
+        let mut c = micro_pretrain(20);
         c.shots = cmae::config::parse_shots("0:0.5,1:0.25").unwrap();
         c.output.checkpoint_every = 7;
         c
     };
-    let straight = temp_dir("straight");
+    let straight = fresh_temp_dir("straight");
     run(&cfg, &straight, false, None).unwrap();
-    let split = temp_dir("split");
+    let split = fresh_temp_dir("split");
     let first = run(&cfg, &split, false, Some(10)).unwrap();
     assert!(first.interrupted && first.step == 10);
     let second = run(&cfg, &split, true, None).unwrap();
@@ -112,8 +90,8 @@ fn resume_continues_bit_for_bit() {
 
 #[test]
 fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
-    let out = temp_dir("roundtrip");
-    let cfg = micro(2);
+    let out = fresh_temp_dir("roundtrip");
+    let cfg = micro_pretrain(2);
     run(&cfg, &out, false, None).unwrap();
     let path = out.join("checkpoint.safetensors");
     let file = safetensors_io::read(&path).unwrap();
@@ -128,26 +106,26 @@ fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
     ] {
         assert_eq!(file.tensors.get(name).map(|t| t.shape().to_vec()), Some(shape), "{name}");
     }
-    let loaded = checkpoint::load_model(dev(), &path, None).unwrap();
+    let loaded = checkpoint::load_model(shared_device(), &path, None).unwrap();
     assert_eq!(loaded.step, Some(2));
     let back: Vec<(String, Vec<f32>)> = {
         let mut v: Vec<(String, Vec<f32>)> =
-            loaded.mae.params.to_host(dev()).unwrap().into_iter().map(|(n, _, d)| (n, d)).collect();
+            loaded.mae.params.to_host(shared_device()).unwrap().into_iter().map(|(n, _, d)| (n, d)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
     assert_eq!(back, weights(&path));
     let mut other = cfg.clone();
     other.model.embed_dim = 64;
-    let err = format!("{:#}", checkpoint::load_model(dev(), &path, Some(&other)).err().unwrap());
+    let err = format!("{:#}", checkpoint::load_model(shared_device(), &path, Some(&other)).err().unwrap());
     assert!(err.contains("shape") && err.contains("another model"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let out = temp_dir("nan");
-    let mut cfg = micro(30);
+    let out = fresh_temp_dir("nan");
+    let mut cfg = micro_pretrain(30);
     cfg.train.blr = 1e9;
     cfg.train.warmup_epochs = 0.0;
     cfg.output.checkpoint_every = 1;
@@ -164,9 +142,9 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn an_interrupt_checkpoints_and_stops_cleanly() {
-    let out = temp_dir("interrupt");
+    let out = fresh_temp_dir("interrupt");
     let opts = RunFlags { out: out.clone(), resume: false, quiet: true, stop_at: None };
-    let s = pretrain(dev(), &micro(50), &opts, &AtomicBool::new(true)).unwrap();
+    let s = pretrain(shared_device(), &micro_pretrain(50), &opts, &AtomicBool::new(true)).unwrap();
     assert!(s.interrupted && s.step == 1);
     assert_eq!(checkpoint::latest(&out).unwrap().map(|(s, _)| s), Some(1));
     let _ = std::fs::remove_dir_all(&out);
@@ -174,14 +152,14 @@ fn an_interrupt_checkpoints_and_stops_cleanly() {
 
 #[test]
 fn bad_input_fails_with_clear_errors() {
-    let out = temp_dir("bad");
-    let mut cfg = micro(2);
+    let out = fresh_temp_dir("bad");
+    let mut cfg = micro_pretrain(2);
     cfg.data.spec = "fmnist:/no/such/fashion-mnist".into();
     let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("/no/such/fashion-mnist") && err.contains("does not exist"), "{err}");
 
     // An image folder with one corrupt PNG: abort names the file, skip counts it.
-    let data = temp_dir("folder");
+    let data = fresh_temp_dir("folder");
     for class in ["a", "b"] {
         std::fs::create_dir_all(data.join(class)).unwrap();
         for i in 0..6 {
@@ -190,7 +168,7 @@ fn bad_input_fails_with_clear_errors() {
         }
     }
     std::fs::write(data.join("b").join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    let mut cfg = micro(3);
+    let mut cfg = micro_pretrain(3);
     cfg.data.spec = format!("folder:{}", data.display());
     cfg.train.batch = 13;
     let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
@@ -203,7 +181,7 @@ fn bad_input_fails_with_clear_errors() {
 
     let err = PretrainConfig::preset("tiny").unwrap().set("train.bs=3").unwrap_err().to_string();
     assert!(err.contains("train.bs") && err.contains("batch"), "{err}");
-    let mut cfg = micro(2);
+    let mut cfg = micro_pretrain(2);
     cfg.shots = cmae::config::parse_shots("0:0.75,9:0.1").unwrap();
     let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("shot 1 layer 9") && err.contains("depth 2"), "{err}");
