@@ -13,6 +13,15 @@ pub enum Kind {
     Cifar100,
 }
 
+impl Kind {
+    pub fn classes(self) -> usize {
+        match self {
+            Kind::Cifar10 => 10,
+            Kind::Cifar100 => 100,
+        }
+    }
+}
+
 const PIXELS: usize = 32 * 32 * 3;
 
 pub struct Cifar {
@@ -72,10 +81,7 @@ impl Dataset for Cifar {
     }
 
     fn num_classes(&self) -> usize {
-        match self.kind {
-            Kind::Cifar10 => 10,
-            Kind::Cifar100 => 100,
-        }
+        self.kind.classes()
     }
 
     fn mean_std(&self) -> (Vec<f32>, Vec<f32>) {

@@ -29,10 +29,9 @@ fn split_dir(root: &Path, split: Split) -> PathBuf {
     }
 }
 
-/// The sorted class folder names of `split`: label i is the i-th name.
-pub fn class_names(root: &Path, split: Split) -> Result<Vec<String>> {
-    let dir = split_dir(root, split);
-    let mut classes: Vec<String> = std::fs::read_dir(&dir)
+/// The sorted class folder names in `dir`: label i is the i-th name.
+fn class_names(dir: &Path) -> Result<Vec<String>> {
+    let mut classes: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
@@ -42,10 +41,15 @@ pub fn class_names(root: &Path, split: Split) -> Result<Vec<String>> {
     Ok(classes)
 }
 
+/// How many classes `split` has, without listing their images.
+pub fn class_count(root: &Path, split: Split) -> Result<usize> {
+    Ok(class_names(&split_dir(root, split))?.len())
+}
+
 impl Folder {
     pub fn open(root: &Path, split: Split) -> Result<Self> {
         let dir = split_dir(root, split);
-        let classes = class_names(root, split)?;
+        let classes = class_names(&dir)?;
         let mut items = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(class))

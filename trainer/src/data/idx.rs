@@ -14,6 +14,9 @@ pub enum Kind {
     FashionMnist,
 }
 
+/// Both MNISTs have ten classes.
+pub const CLASSES: usize = 10;
+
 pub struct Idx {
     kind: Kind,
     images_path: PathBuf,
@@ -93,7 +96,7 @@ impl Dataset for Idx {
     }
 
     fn num_classes(&self) -> usize {
-        10
+        CLASSES
     }
 
     fn mean_std(&self) -> (Vec<f32>, Vec<f32>) {

@@ -120,9 +120,10 @@ impl DataSpec {
         self.ensure_dir_exists()?;
         Ok(match self {
             Self::Synthetic => synthetic::CLASSES.len(),
-            Self::Fmnist(_) | Self::Mnist(_) | Self::Cifar10(_) => 10,
-            Self::Cifar100(_) => 100,
-            Self::Folder(root) => folder::class_names(root, Split::Train)?.len(),
+            Self::Fmnist(_) | Self::Mnist(_) => idx::CLASSES,
+            Self::Cifar10(_) => cifar::Kind::Cifar10.classes(),
+            Self::Cifar100(_) => cifar::Kind::Cifar100.classes(),
+            Self::Folder(root) => folder::class_count(root, Split::Train)?,
         })
     }
 
