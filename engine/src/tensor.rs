@@ -84,10 +84,15 @@ impl Tensor {
         self.numel() as u64 * 4
     }
 
-    /// Size of one axis; negative counts from the end.
-    pub fn dim(&self, axis: isize) -> usize {
-        let i = if axis < 0 { self.shape.len() as isize + axis } else { axis };
-        self.shape[i as usize]
+    /// Size of one axis; negative counts from the end. An axis the tensor
+    /// does not have (any axis of a 0-d tensor) is a shape error.
+    pub fn dim(&self, axis: isize) -> Result<usize> {
+        let rank = self.shape.len() as isize;
+        let i = if axis < 0 { rank + axis } else { axis };
+        if !(0..rank).contains(&i) {
+            return Err(crate::error::shape_err("dim", format!("axis {axis} of a tensor of shape {:?}", self.shape)));
+        }
+        Ok(self.shape[i as usize])
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {

@@ -1,6 +1,7 @@
 //! The analyses and the study on a micro model: files, shapes and known answers.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use cmae::analysis;
@@ -17,17 +18,40 @@ fn pretrained(out: &Path, shots: &str) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-#[test]
-fn every_analysis_writes_json_and_png_with_sane_values() {
-    let base = fresh_temp_dir("kinds");
-    let mae = pretrained(&base.join("mae"), "0:0.75");
-    let two = pretrained(&base.join("two"), "0:0.75,2:0.5");
-    let out = base.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let png = |kind: &str| image::open(out.join(format!("{kind}.png"))).unwrap();
+/// Two micro checkpoints pretrained once for every analysis test:
+/// plain MAE and `L(0, 2; 0.75, 0.5)`.
+struct Checkpoints {
+    base: PathBuf,
+    mae: PathBuf,
+    two: PathBuf,
+}
 
-    let d =
-        analysis::attention_layers(shared_device(), &[mae.clone(), two.clone()], "synthetic", 4, &out, false).unwrap();
+fn checkpoints() -> &'static Checkpoints {
+    static CKPTS: OnceLock<Checkpoints> = OnceLock::new();
+    CKPTS.get_or_init(|| {
+        let base = fresh_temp_dir("kinds");
+        let mae = pretrained(&base.join("mae"), "0:0.75");
+        let two = pretrained(&base.join("two"), "0:0.75,2:0.5");
+        Checkpoints { base, mae, two }
+    })
+}
+
+/// A fresh output directory for one analysis.
+fn out_dir(kind: &str) -> PathBuf {
+    let out = checkpoints().base.join(kind);
+    std::fs::create_dir_all(&out).unwrap();
+    out
+}
+
+fn png(out: &Path, kind: &str) -> image::DynamicImage {
+    image::open(out.join(format!("{kind}.png"))).unwrap()
+}
+
+#[test]
+fn attention_distance_lies_within_the_image() {
+    let (c, out) = (checkpoints(), out_dir("distance"));
+    let d = analysis::attention_layers(shared_device(), &[c.mae.clone(), c.two.clone()], "synthetic", 4, &out, false)
+        .unwrap();
     let per = d["models"][0]["per_layer_head"].as_array().unwrap();
     assert_eq!((per.len(), per[0].as_array().unwrap().len()), (3, 2), "layers × heads");
     // Distances between 4-px patches of a 16-px image lie within [0, 12√2].
@@ -35,40 +59,61 @@ fn every_analysis_writes_json_and_png_with_sane_values() {
         let v = v.as_f64().unwrap();
         assert!((0.0..=12.0 * 2f64.sqrt()).contains(&v), "{v}");
     }
-    assert!(png("attention-distance").width() > 100);
+    assert!(png(&out, "attention-distance").width() > 100);
+}
+
+#[test]
+fn attention_entropy_lies_between_zero_and_ln_keys() {
+    let (c, out) = (checkpoints(), out_dir("entropy"));
     let e =
-        analysis::attention_layers(shared_device(), std::slice::from_ref(&mae), "synthetic", 4, &out, true).unwrap();
+        analysis::attention_layers(shared_device(), std::slice::from_ref(&c.mae), "synthetic", 4, &out, true).unwrap();
     for v in e["models"][0]["per_layer_head"].as_array().unwrap().iter().flat_map(|l| l.as_array().unwrap()) {
         // 17 keys: entropy between 0 and ln 17.
         assert!((0.0..=17f64.ln() + 1e-9).contains(&v.as_f64().unwrap()));
     }
+    assert!(png(&out, "attention-entropy").width() > 100);
+}
 
-    // CKA of a model with itself is 1 on the diagonal.
-    let c = analysis::cka(shared_device(), &mae, &mae, "synthetic", 4, &out).unwrap();
-    let m = c["cka"].as_array().unwrap();
+#[test]
+fn cka_of_a_model_with_itself_is_one_on_the_diagonal() {
+    let (c, out) = (checkpoints(), out_dir("cka"));
+    let r = analysis::cka(shared_device(), &c.mae, &c.mae, "synthetic", 4, &out).unwrap();
+    let m = r["cka"].as_array().unwrap();
     assert_eq!(m.len(), 3);
     for (i, row) in m.iter().enumerate() {
         assert!((row[i].as_f64().unwrap() - 1.0).abs() < 1e-6, "diagonal {i}: {}", row[i]);
     }
-    assert!(png("cka").height() > 100);
+    assert!(png(&out, "cka").height() > 100);
+}
 
-    let maps = analysis::attention_maps(shared_device(), &two, "synthetic", 3, &out).unwrap();
+#[test]
+fn attention_maps_draw_every_head_and_the_mean() {
+    let (c, out) = (checkpoints(), out_dir("maps"));
+    let maps = analysis::attention_maps(shared_device(), &c.two, "synthetic", 3, &out).unwrap();
     assert_eq!(maps["images"].as_array().unwrap().len(), 3);
     // Three rows of image | 2 heads | mean, 96-px cells.
-    let img = png("attention-maps");
+    let img = png(&out, "attention-maps");
     assert_eq!((img.width(), img.height()), (4 * 98 + 2, 3 * 98 + 2));
+}
 
-    let r = analysis::reversed_attention(shared_device(), &two, "synthetic", 2, None, &out).unwrap();
+#[test]
+fn reversed_attention_shares_sum_to_one_before_the_later_shot() {
+    let (c, out) = (checkpoints(), out_dir("reversed"));
+    let r = analysis::reversed_attention(shared_device(), &c.two, "synthetic", 2, None, &out).unwrap();
     let shares = ["share_to_cls", "share_to_kept", "share_to_dropped"].map(|k| r[k].as_f64().unwrap());
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-5, "a softmax row sums to 1: {shares:?}");
     assert_eq!(r["block"], 1, "the block just before the shot at layer 2");
-    let err = analysis::reversed_attention(shared_device(), &mae, "synthetic", 2, None, &out).unwrap_err().to_string();
+    let err =
+        analysis::reversed_attention(shared_device(), &c.mae, "synthetic", 2, None, &out).unwrap_err().to_string();
     assert!(err.contains("later shot"), "{err}");
+}
 
-    let l = analysis::loss_curves(&base.join("two").join("metrics.jsonl"), &out).unwrap();
+#[test]
+fn loss_curves_have_a_series_per_shot() {
+    let (c, out) = (checkpoints(), out_dir("loss"));
+    let l = analysis::loss_curves(&c.base.join("two").join("metrics.jsonl"), &out).unwrap();
     let labels: Vec<&str> = l["series"].as_array().unwrap().iter().map(|s| s["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["loss", "shot 0", "shot 1"]);
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod fixture;
 pub mod info;
 pub mod masking;
 pub mod model;
+pub mod rng;
 pub mod safetensors_io;
 pub mod stats;
 pub mod study;

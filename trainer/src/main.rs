@@ -76,6 +76,10 @@ enum Command {
         /// Seed of the robustness tests' random patches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Override a field of the checkpoint's run config, as for linprobe/finetune:
+        /// --set data.test_images=2000 evaluates the first 2000 test images.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// One of the study's analyses: writes DIR/KIND.json and DIR/KIND.png.
     Analyze {
@@ -419,11 +423,18 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Finetune { args, run, from_scratch, preset } => {
             run_classify(classify::Mode::Finetune, args, run, from_scratch.then_some(preset.as_str()))?
         }
-        Command::Eval { checkpoint, data, batch, seed } => {
+        Command::Eval { checkpoint, data, batch, seed, set } => {
             let dev = Device::from_env()?;
-            let (model, cfg) = classify::load_classifier(&dev, &checkpoint)?;
+            let file = cmae::train::checkpoint::CheckpointFile::read(&checkpoint)?;
+            // The whole test split unless --set says otherwise, whatever the
+            // training run itself evaluated on.
+            let overrides: Vec<String> = std::iter::once("data.test_images=0".to_string()).chain(set).collect();
+            let (model, cfg) = classify::Classifier::from_file(&dev, file, &overrides)?;
             let spec = DataSpec::parse(&data)?;
-            let test = cmae::data::open(&spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?;
+            let test = cmae::data::Subset::first(
+                cmae::data::open(&spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?,
+                cfg.data.test_images,
+            );
             if test.num_classes() != model.classes {
                 bail!("{data} has {} classes but the checkpoint's head has {}", test.num_classes(), model.classes);
             }

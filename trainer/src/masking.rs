@@ -164,17 +164,15 @@ impl MaskPlan {
     /// Uploads what the GPU forward needs.
     pub fn upload(&self, dev: &Device, shots: &[Shot]) -> Result<GpuPlan> {
         let (b, l) = (self.batch, self.num_patches);
-        let first = &self.shots[0];
-        let input_keep = Tensor::from_u32(dev, &first.ids_keep, &[b, first.keep])?;
-        let mut later = Vec::new();
-        for s in &self.shots[1..] {
+        let mut gathers = Vec::new();
+        for s in &self.shots {
             // cls stays at position 0; token i of the visible sequence is row 1 + i.
             let with_cls: Vec<u32> = (0..b)
                 .flat_map(|bi| {
                     std::iter::once(0).chain(s.ids_keep[bi * s.keep..(bi + 1) * s.keep].iter().map(|i| i + 1))
                 })
                 .collect();
-            later.push((s.layer, Tensor::from_u32(dev, &with_cls, &[b, 1 + s.keep])?));
+            gathers.push((s.layer, Tensor::from_u32(dev, &with_cls, &[b, 1 + s.keep])?));
         }
         let last = self.shots.last().expect("at least one shot");
         let restore: Vec<u32> = (0..b)
@@ -190,8 +188,7 @@ impl MaskPlan {
             }
         }
         Ok(GpuPlan {
-            input_keep,
-            later,
+            gathers,
             restore: Tensor::from_u32(dev, &restore, &[b, 1 + last.keep])?,
             mask_rows: Tensor::from_f32(dev, &fill, &[b * (1 + l)])?,
             loss_weights: Tensor::from_f32(dev, &self.loss_weights(shots), &[b * l])?,
@@ -203,10 +200,9 @@ impl MaskPlan {
 
 /// A mask plan on the GPU.
 pub struct GpuPlan {
-    /// `[B, keep₀]` patch ids kept at the input.
-    pub input_keep: Tensor,
-    /// For each later shot: its layer and `[B, 1 + keep]` rows to gather (cls first).
-    pub later: Vec<(usize, Tensor)>,
+    /// For each shot: its layer and the `[B, 1 + keep]` rows the encoder
+    /// gathers before that block (cls first; shot 0 is MAE's input masking).
+    pub gathers: Vec<(usize, Tensor)>,
     /// `[B, 1 + keep_final]`: decoder row of each final token (cls → 0, patch p → 1 + p).
     pub restore: Tensor,
     /// `[B·(1+L)]`: 1 on decoder rows that get the mask token.
@@ -300,7 +296,7 @@ mod tests {
         assert_eq!(plan.shots[1].dropped_patches, vec![3]);
         assert_eq!(plan.shots[0].dropped_patches, vec![0, 2]);
         let g = plan.upload(&dev, &shots).unwrap();
-        assert_eq!(g.later[0].1.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls row 0, then visible token 1 at row 2");
+        assert_eq!(g.gathers[1].1.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls row 0, then visible token 1 at row 2");
         assert_eq!(g.restore.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls → row 0, patch 1 → row 2");
         assert_eq!(g.mask_rows.to_vec_f32(&dev).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
         assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 3], vec![1]]).is_err(), "repeated index");

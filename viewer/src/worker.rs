@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use cmae::analysis::{self, attention_stats, half_mass_region};
-use cmae::classify::{Classifier, Perturb};
 use cmae::config::{Shot, validate_shots};
 use cmae::data::augment::Transform;
 use cmae::data::{self, DataSpec, IMAGENET_MEAN, IMAGENET_STD, Split};
 use cmae::masking::MaskPlan;
-use cmae::model::Mae;
 use cmae::model::vit::Taps;
-use cmae::train::{checkpoint, recon};
+use cmae::model::{LoadedEncoder, Mae, Route, VitEncoder};
+use cmae::train::checkpoint::CheckpointFile;
+use cmae::train::recon;
 use cmae_engine::{Device, Tape, Tensor};
 use image::RgbImage;
 use rand::SeedableRng;
@@ -172,15 +172,18 @@ impl Drop for Worker {
     }
 }
 
+/// One checkpoint, read once and uploaded once: a pretrained MAE (whose
+/// encoder the attention panels use) or the encoder of a classifier.
 enum Model {
-    Mae(Box<Mae>, Vec<Shot>, Classifier),
-    Classifier(Classifier),
+    Mae(Box<Mae>, Vec<Shot>),
+    Encoder(LoadedEncoder),
 }
 
 impl Model {
-    fn encoder(&self) -> &Classifier {
+    fn encoder(&self) -> VitEncoder<'_> {
         match self {
-            Model::Mae(_, _, e) | Model::Classifier(e) => e,
+            Model::Mae(mae, _) => mae.encoder(),
+            Model::Encoder(e) => e.encoder(),
         }
     }
 }
@@ -234,22 +237,23 @@ impl State {
     }
 
     fn load(&mut self, path: &Path) -> Result<Reply> {
-        let file = cmae::safetensors_io::read(path)?;
-        let task = file.metadata.get("task").cloned();
-        drop(file);
-        let encoder = analysis::encoder(&self.dev, path)?;
-        let model = if task.as_deref() == Some("pretrain") {
-            let loaded = checkpoint::load_model(&self.dev, path, None)?;
-            Model::Mae(Box::new(loaded.mae), loaded.config.shots, encoder)
+        let file = CheckpointFile::read(path)?;
+        let model = if file.task.as_deref() == Some("pretrain") {
+            let loaded = file.into_mae(&self.dev, None)?;
+            Model::Mae(Box::new(loaded.mae), loaded.config.shots)
         } else {
-            Model::Classifier(encoder)
+            let cfg = file.model_config()?;
+            Model::Encoder(
+                LoadedEncoder::from_tensors(&self.dev, &cfg, file.tensors)
+                    .with_context(|| format!("loading the encoder of {}", path.display()))?,
+            )
         };
         let info = ModelInfo {
             path: path.to_path_buf(),
             config: model.encoder().cfg.clone(),
             shots: match &model {
-                Model::Mae(_, s, _) => Some(s.clone()),
-                Model::Classifier(_) => None,
+                Model::Mae(_, s) => Some(s.clone()),
+                Model::Encoder(_) => None,
             },
         };
         self.model = Some(model);
@@ -298,7 +302,7 @@ impl State {
     }
 
     fn reconstruct(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
-        let Model::Mae(mae, _, _) = self.model()? else {
+        let Model::Mae(mae, _) = self.model()? else {
             bail!("reconstructions need a pretrained MAE checkpoint; this one is a classifier");
         };
         validate_shots(shots, &mae.cfg)?;
@@ -313,11 +317,11 @@ impl State {
             return Ok(());
         }
         let enc = self.model()?.encoder();
-        let c = &enc.cfg;
+        let c = enc.cfg;
         let pic = self.picture()?;
         let imgs = Tensor::from_f32(&self.dev, &pic.chw, &[pic.rows, c.in_chans, c.img_size, c.img_size])?;
         let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
-        enc.encode(&Tape::no_grad(&self.dev), &imgs, &[], &Perturb::default(), &mut taps)?;
+        enc.forward(&Tape::no_grad(&self.dev), &imgs, &Route::default(), &mut taps)?;
         let probs = taps
             .attention
             .unwrap_or_default()
@@ -356,7 +360,7 @@ impl State {
     }
 
     fn reversed(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
-        let Model::Mae(mae, _, _) = self.model()? else {
+        let Model::Mae(mae, _) = self.model()? else {
             bail!("reversed attention needs a pretrained MAE checkpoint");
         };
         validate_shots(shots, &mae.cfg)?;

@@ -17,8 +17,8 @@ impl Tape {
         let mut inputs = vec![x, w];
         inputs.extend(b);
         Ok(self.record(y, &inputs, move |dev, dy, needs| {
-            let k = xv.dim(-1);
-            let n = wv.dim(0);
+            let k = xv.dim(-1)?;
+            let n = wv.dim(0)?;
             let dy2 = dy.reshape(&[dy.numel() / n, n])?;
             let x2 = xv.reshape(&[xv.numel() / k, k])?;
             let dx =
@@ -131,7 +131,7 @@ impl Tape {
     /// Per-sample row gather `x[b, idx[b, k], :]`; backward scatter-adds.
     pub fn gather_rows(&self, x: &Var, idx: &Tensor) -> Result<Var> {
         let y = gather::gather_rows(&self.dev, &x.value, idx)?;
-        let (idx, rows) = (idx.clone(), x.value.dim(1));
+        let (idx, rows) = (idx.clone(), x.value.dim(1)?);
         Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(gather::scatter_add_rows(dev, dy, &idx, rows)?)])))
     }
 

@@ -16,6 +16,7 @@ pub use overhead::DispatchOverhead;
 pub use profile::KernelTime;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result};
@@ -70,6 +71,9 @@ pub(crate) struct Inner {
     readback_pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     recorder: Mutex<Recorder>,
     gpu_error: Arc<Mutex<Option<String>>>,
+    /// FLOPs of every matmul recorded so far, counted from the shapes each
+    /// dispatch was given: the measured side of `cmae bench`'s FLOP estimate.
+    matmul_flops: AtomicU64,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -160,6 +164,7 @@ impl Device {
                     profiler: None,
                 }),
                 gpu_error,
+                matmul_flops: AtomicU64::new(0),
                 device,
                 queue,
             }),
@@ -193,6 +198,15 @@ impl Device {
     /// Forces a matmul family (tests run both on every adapter).
     pub fn set_matmul_kind(&self, kind: MatmulKind) {
         *lock(&self.inner.matmul_kind) = kind;
+    }
+
+    /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this device.
+    pub fn matmul_flops(&self) -> u64 {
+        self.inner.matmul_flops.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_matmul_flops(&self, flops: u64) {
+        self.inner.matmul_flops.fetch_add(flops, Ordering::Relaxed);
     }
 
     pub fn memory(&self) -> MemoryStats {

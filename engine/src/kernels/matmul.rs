@@ -114,6 +114,7 @@ impl Matmul<'_> {
         if self.m == 0 || self.n == 0 || self.outer * self.heads == 0 {
             return Ok(());
         }
+        dev.count_matmul_flops(2 * (self.m * self.n * self.k * self.outer * self.heads) as u64);
         let to_u32 = |v: usize| -> Result<u32> {
             u32::try_from(v).map_err(|_| shape_err(op, format!("extent {v} exceeds u32 indexing")))
         };
@@ -250,7 +251,7 @@ fn t(trans: bool) -> &'static str {
 /// `x·Wᵀ + b` over the last axis: x `[.., k]`, W `[n, k]` (PyTorch layout), b `[n]`.
 pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let op = "linear";
-    let k = x.dim(-1);
+    let k = x.dim(-1)?;
     let [n, wk] = w.shape() else {
         return Err(shape_err(op, format!("weight {:?} must be 2-D [out, in]", w.shape())));
     };

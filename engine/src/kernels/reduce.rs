@@ -62,7 +62,7 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
         return pass(dev, x, weights, x.rows)?.reshape(&[x.cols]);
     }
     let partial = pass(dev, x, weights, CHUNK)?;
-    let chunks = partial.dim(0);
+    let chunks = partial.dim(0)?;
     pass(dev, RowView { t: &partial, rows: chunks, cols: x.cols, stride: x.cols, offset: 0 }, None, chunks)?
         .reshape(&[x.cols])
 }

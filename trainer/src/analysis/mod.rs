@@ -14,13 +14,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::classify::{Classifier, Mode, Perturb, encoder_weights};
+use crate::classify::encoder_weights;
 use crate::config::{ModelConfig, Shot, parse_shots, validate_shots};
 use crate::data::augment::Transform;
 use crate::data::{self, DataSpec, Split};
 use crate::masking::MaskPlan;
-use crate::model::Mae;
 use crate::model::vit::Taps;
+use crate::model::{LoadedEncoder, Mae, Route, VitEncoder};
 use crate::safetensors_io::write_atomic;
 use crate::train::metrics::MetricsLog;
 use crate::train::recon::save_png;
@@ -126,16 +126,16 @@ fn analysis_images(spec: &str, model: &ModelConfig, n: usize) -> Result<(Vec<f32
 }
 
 /// The encoder of any cmae checkpoint (pretrained MAE, probe or fine-tuned).
-pub fn encoder(dev: &Device, path: &Path) -> Result<Classifier> {
+pub fn encoder(dev: &Device, path: &Path) -> Result<LoadedEncoder> {
     let (cfg, weights) = encoder_weights(path)?;
-    Classifier::from_encoder(dev, &cfg, Mode::Linprobe, 2, weights, &mut ChaCha8Rng::seed_from_u64(0))
+    LoadedEncoder::from_tensors(dev, &cfg, weights)
         .with_context(|| format!("loading the encoder of {}", path.display()))
 }
 
 /// Runs the full (unmasked) encoder and returns what `taps` asked for.
 fn run_encoder(
     dev: &Device,
-    model: &Classifier,
+    model: &VitEncoder<'_>,
     images: &[f32],
     n: usize,
     attention: bool,
@@ -144,7 +144,7 @@ fn run_encoder(
     let c = &model.cfg;
     let imgs = Tensor::from_f32(dev, images, &[n, c.in_chans, c.img_size, c.img_size])?;
     let mut taps = Taps { attention: attention.then(Vec::new), hidden: hidden.then(Vec::new) };
-    model.encode(&Tape::no_grad(dev), &imgs, &[], &Perturb::default(), &mut taps)?;
+    model.forward(&Tape::no_grad(dev), &imgs, &Route::default(), &mut taps)?;
     Ok(taps)
 }
 
@@ -170,7 +170,7 @@ pub fn attention_layers(
         let model = encoder(dev, path)?;
         let c = model.cfg.clone();
         let (images, n, _) = analysis_images(spec, &c, n)?;
-        let taps = run_encoder(dev, &model, &images, n, true, false)?;
+        let taps = run_encoder(dev, &model.encoder(), &images, n, true, false)?;
         let mut per_layer = Vec::new();
         for probs in taps.attention.unwrap_or_default() {
             let (d, e) =
@@ -195,13 +195,13 @@ pub fn cka(dev: &Device, a: &Path, b: &Path, spec: &str, n: usize, out: &Path) -
         bail!("cka needs models that read the same images and tokens ({} and {} differ)", a.display(), b.display());
     }
     let (images, n, _) = analysis_images(spec, &ma.cfg, n)?;
-    let ha: Vec<Vec<f32>> = run_encoder(dev, &ma, &images, n, false, true)?
+    let ha: Vec<Vec<f32>> = run_encoder(dev, &ma.encoder(), &images, n, false, true)?
         .hidden
         .unwrap_or_default()
         .iter()
         .map(|t| t.to_vec_f32(dev))
         .collect::<Result<_, _>>()?;
-    let hb: Vec<Vec<f32>> = run_encoder(dev, &mb, &images, n, false, true)?
+    let hb: Vec<Vec<f32>> = run_encoder(dev, &mb.encoder(), &images, n, false, true)?
         .hidden
         .unwrap_or_default()
         .iter()
@@ -291,7 +291,7 @@ pub fn attention_maps(dev: &Device, checkpoint: &Path, spec: &str, n: usize, out
     let model = encoder(dev, checkpoint)?;
     let c = model.cfg.clone();
     let (images, n, t) = analysis_images(spec, &c, n.min(8))?;
-    let taps = run_encoder(dev, &model, &images, n, true, false)?;
+    let taps = run_encoder(dev, &model.encoder(), &images, n, true, false)?;
     let last = taps.attention.unwrap_or_default().pop().context("the model has no blocks")?.to_vec_f32(dev)?;
     let (tokens, heads, l) = (1 + c.num_patches(), c.num_heads, c.num_patches());
     let scale = (96 / c.img_size as u32).max(1);

@@ -9,19 +9,19 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::{Device, Gradients, Tape, Tensor};
+use rand::Rng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{BadImages, DataConfig, ModelConfig};
 use crate::data::augment::Transform;
-use crate::data::loader::{Batch, Loader, LoaderConfig, mix_seed};
+use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::{self, DataSpec, Dataset, Split};
 use crate::model::vit::DropPath;
-use crate::safetensors_io::{self, F32Map, NamedF32, write_atomic};
-use crate::train::checkpoint::{self, Meta};
+use crate::rng::{Stream, stream_rng};
+use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
+use crate::train::checkpoint::{self, CheckpointFile, Meta};
 use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
 use crate::train::pretrain::schedule_steps;
 use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
@@ -249,7 +249,7 @@ impl Task for ClassifyTask<'_> {
     fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
         let (m, t) = (&self.cfg.model, &self.cfg.train);
         let mut batch = self.loader.next_batch()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, step, micro, 6]));
+        let mut rng = stream_rng(Stream::ClassifyStep, &[t.seed, step, micro]);
         let targets = if self.cfg.mode == Mode::Finetune {
             let mix =
                 Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing };
@@ -296,11 +296,10 @@ impl Task for ClassifyTask<'_> {
     }
 }
 
-/// Where the encoder weights of a run come from.
+/// Where the encoder weights of a run come from (one file read).
 pub fn encoder_weights(path: &Path) -> Result<(ModelConfig, F32Map)> {
-    let cfg = checkpoint::model_config_of(path)?;
-    let file = safetensors_io::read(path)?;
-    Ok((cfg, checkpoint::f32_tensors(file, path)?))
+    let file = CheckpointFile::read(path)?;
+    Ok((file.model_config()?, file.tensors))
 }
 
 /// Trains a linear probe or fine-tunes, then evaluates on the test split and
@@ -331,7 +330,7 @@ pub fn train(
         }
         Ok(())
     })?;
-    let mut init_rng = ChaCha8Rng::seed_from_u64(mix_seed(&[t.seed, 7]));
+    let mut init_rng = stream_rng(Stream::ClassifyInit, &[t.seed]);
     let model = if cfg.init.is_empty() {
         Classifier::new(dev, m, cfg.mode, cfg.classes, &mut init_rng)?
     } else {
@@ -478,7 +477,7 @@ pub fn evaluate(
     let mut loader = Loader::new(set, transform, cfg, 0)?;
     let l = m.num_patches();
     let (mut top1, mut top5, mut occl, mut shuf, mut n) = (0, 0, 0, 0, 0);
-    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 8]));
+    let mut rng = stream_rng(Stream::Robustness, &[seed]);
     for _ in 0..loader.batches_per_epoch() {
         let Batch { images, labels, size: b, .. } = loader.next_batch()?;
         let imgs = Tensor::from_f32(dev, &images, &[b, m.in_chans, m.img_size, m.img_size])?;
@@ -509,22 +508,43 @@ pub fn evaluate(
 
 /// Loads a linprobe/finetune checkpoint for evaluation.
 pub fn load_classifier(dev: &Device, path: &Path) -> Result<(Classifier, ClassifyConfig)> {
-    let file = safetensors_io::read(path)?;
-    let cfg = match (file.metadata.get("task").map(String::as_str), file.metadata.get("config")) {
-        (Some("linprobe" | "finetune"), Some(text)) => ClassifyConfig::from_ron(text)?,
-        (Some(task), _) => {
-            bail!("{} is a {task} checkpoint; evaluate a linprobe or finetune checkpoint", path.display())
+    Classifier::from_file(dev, CheckpointFile::read(path)?, &[])
+}
+
+impl Classifier {
+    /// The classifier of a linprobe/finetune checkpoint already read, and its
+    /// run's config with `overrides` (`--set key=value`) applied. The model
+    /// is the checkpoint's: an override of `model.*` or `classes` is an error.
+    pub fn from_file(dev: &Device, file: CheckpointFile, overrides: &[String]) -> Result<(Classifier, ClassifyConfig)> {
+        let path = &file.path;
+        let mut cfg = match (file.task.as_deref(), file.config.as_deref()) {
+            (Some("linprobe" | "finetune"), Some(text)) => ClassifyConfig::from_ron(text)?,
+            (Some(task), _) => {
+                bail!("{} is a {task} checkpoint; evaluate a linprobe or finetune checkpoint", path.display())
+            }
+            _ => bail!(
+                "{} has no cmae classifier metadata; it was not written by cmae linprobe/finetune",
+                path.display()
+            ),
+        };
+        let (model_before, classes_before) = (cfg.model.clone(), cfg.classes);
+        for o in overrides {
+            cfg.set(o)?;
         }
-        _ => bail!("{} has no cmae classifier metadata; it was not written by cmae linprobe/finetune", path.display()),
-    };
-    let model = Classifier::load(dev, &cfg.model, cfg.mode, cfg.classes, checkpoint::f32_tensors(file, path)?)
-        .with_context(|| format!("loading {}", path.display()))?;
-    Ok((model, cfg))
+        if cfg.model != model_before || cfg.classes != classes_before {
+            bail!("--set cannot change model.* or classes of a trained checkpoint ({})", path.display());
+        }
+        let model = Classifier::load(dev, &cfg.model, cfg.mode, cfg.classes, file.tensors)
+            .with_context(|| format!("loading {}", path.display()))?;
+        Ok((model, cfg))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn layer_ids_follow_mae() {

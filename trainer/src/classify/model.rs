@@ -10,9 +10,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
+use crate::model::encoder::{PosEmbed, Route, VitEncoder, encoder_specs, final_norm_specs};
 use crate::model::params::{Init, ParamSpec, ParamStore};
-use crate::model::posembed::sincos_2d;
-use crate::model::vit::{DropPath, Layers, Taps, block_specs};
+use crate::model::vit::{DropPath, Layers, Taps};
 use crate::safetensors_io::F32Map;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,27 +24,20 @@ pub enum Mode {
 
 /// The encoder's parameters (MAE/timm names) plus the head for `mode`.
 pub fn param_specs(c: &ModelConfig, mode: Mode, classes: usize) -> Vec<ParamSpec> {
-    let (d, l, p) = (c.embed_dim, c.num_patches(), c.patch_size);
-    let mut specs = vec![
-        ParamSpec::new("cls_token", &[1, 1, d], Init::Normal(0.02)),
-        // Fine-tuning trains the position embeddings (timm's ViT), probing keeps them.
-        match mode {
-            Mode::Finetune => ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Table(sincos_2d(d, c.grid()))),
-            Mode::Linprobe => ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Fixed(sincos_2d(d, c.grid()))),
-        },
-        ParamSpec::new("patch_embed.proj.weight", &[d, c.in_chans, p, p], Init::Xavier),
-        ParamSpec::new("patch_embed.proj.bias", &[d], Init::Zeros),
-    ];
-    block_specs(&mut specs, "", c.depth, d, c.mlp_hidden());
+    let d = c.embed_dim;
+    // Fine-tuning trains the position embeddings (timm's ViT), probing keeps them.
+    let pos = if mode == Mode::Finetune { PosEmbed::Trained } else { PosEmbed::Fixed };
+    let mut specs = encoder_specs(c, pos);
     match mode {
-        Mode::Linprobe => specs.extend([
-            ParamSpec::new("norm.weight", &[d], Init::Ones),
-            ParamSpec::new("norm.bias", &[d], Init::Zeros),
-            ParamSpec::new("head.0.running_mean", &[d], Init::Fixed(vec![0.0; d])),
-            ParamSpec::new("head.0.running_var", &[d], Init::Fixed(vec![1.0; d])),
-            ParamSpec::new("head.1.weight", &[classes, d], Init::Normal(0.01)),
-            ParamSpec::new("head.1.bias", &[classes], Init::Zeros),
-        ]),
+        Mode::Linprobe => {
+            specs.extend(final_norm_specs(c));
+            specs.extend([
+                ParamSpec::new("head.0.running_mean", &[d], Init::Fixed(vec![0.0; d])),
+                ParamSpec::new("head.0.running_var", &[d], Init::Fixed(vec![1.0; d])),
+                ParamSpec::new("head.1.weight", &[classes, d], Init::Normal(0.01)),
+                ParamSpec::new("head.1.bias", &[classes], Init::Zeros),
+            ]);
+        }
         Mode::Finetune => specs.extend([
             ParamSpec::new("fc_norm.weight", &[d], Init::Ones),
             ParamSpec::new("fc_norm.bias", &[d], Init::Zeros),
@@ -135,31 +128,24 @@ impl Classifier {
         Layers { tape, params: &self.params }
     }
 
-    /// Encoder output tokens `[B, T, D]` (before any final norm).
+    /// The encoder on this model's parameters: ending in `norm` for the
+    /// probe, without it for global-pool fine-tuning (MAE's `models_vit.py`).
+    pub fn encoder(&self) -> VitEncoder<'_> {
+        VitEncoder { cfg: &self.cfg, params: &self.params, final_norm: self.mode == Mode::Linprobe }
+    }
+
+    /// Encoder output tokens `[B, T, D]`.
     pub fn encode(
         &self,
         tape: &Tape,
         imgs: &Tensor,
-        drop: &[DropPath<'_>],
+        drop_path: &[DropPath<'_>],
         perturb: &Perturb<'_>,
         taps: &mut Taps,
     ) -> Result<Var> {
-        let c = &self.cfg;
-        let layers = self.layers(tape);
-        let mut x = layers.patch_embed(c, imgs)?;
-        if let Some(order) = perturb.shuffle {
-            x = tape.gather_rows(&x, order)?;
-        }
-        let x = tape.prepend_token(&x, &layers.p("cls_token")?)?;
-        let pos = tape.reshape(&layers.p("pos_embed")?, &[1 + c.num_patches(), c.embed_dim])?;
-        let mut x = tape.add_broadcast(&x, &pos)?;
-        if let Some(keep) = perturb.keep {
-            x = tape.gather_rows(&x, keep)?;
-        }
-        for i in 0..c.depth {
-            x = layers.block(&x, &format!("blocks.{i}"), c.num_heads, drop.get(i), taps)?;
-        }
-        Ok(x)
+        let route =
+            Route { shuffle: perturb.shuffle, gathers: perturb.keep.map(|k| (0, k)).into_iter().collect(), drop_path };
+        self.encoder().forward(tape, imgs, &route, taps)
     }
 
     /// Fine-tuning head on the encoder tokens: mean of the patch tokens, fc_norm, Linear.
@@ -170,9 +156,8 @@ impl Classifier {
         layers.linear(&pooled, "head")
     }
 
-    /// The probe's features: the cls token after the final norm, `[B, D]` (no gradient).
-    pub fn probe_features(&self, tape: &Tape, tokens: &Var) -> Result<Tensor> {
-        let x = self.layers(tape).layer_norm(tokens, "norm")?;
+    /// The probe's features: the cls token of the normed tokens, `[B, D]` (no gradient).
+    pub fn probe_features(&self, tape: &Tape, x: &Var) -> Result<Tensor> {
         let [b, _, d] = *x.shape() else { bail!("tokens {:?} are not [B, T, D]", x.shape()) };
         let cls = Tensor::uninit(tape.device(), &[b, 1, d], DType::F32)?;
         gather::copy_rows(tape.device(), x.value(), 0, &cls, 0, 1)?;

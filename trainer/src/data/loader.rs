@@ -14,13 +14,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{Result, anyhow, bail};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 use super::Dataset;
 use super::augment::Transform;
 use crate::config::BadImages;
+use crate::rng::{Stream, stream_rng};
 
 /// One batch: images `[B, C, H, W]` normalised, and labels.
 #[derive(Debug, Clone)]
@@ -47,18 +46,6 @@ pub struct LoaderConfig {
     pub prefetch: u64,
 }
 
-/// Mixes several numbers into one seed (SplitMix64 steps).
-pub fn mix_seed(parts: &[u64]) -> u64 {
-    let mut z = 0x9E37_79B9_7F4A_7C15u64;
-    for &p in parts {
-        z = z.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-    }
-    z
-}
-
 struct Shared {
     dataset: Arc<dyn Dataset>,
     transform: Transform,
@@ -75,14 +62,14 @@ impl Shared {
     fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.cfg.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[self.cfg.seed, epoch, 1])));
+            order.shuffle(&mut stream_rng(Stream::EpochOrder, &[self.cfg.seed, epoch]));
         }
         order
     }
 
     fn sample(&self, index: usize, epoch: u64, skipped: &mut usize) -> Result<(Vec<f32>, u32)> {
         let n = self.dataset.len();
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[self.cfg.seed, epoch, index as u64, 2]));
+        let mut rng = stream_rng(Stream::Augment, &[self.cfg.seed, epoch, index as u64]);
         for attempt in 0..n {
             let i = (index + attempt) % n;
             match self.dataset.get(i) {

@@ -1,4 +1,4 @@
-//! Conditional MAE: a ViT encoder with masking shots and the MAE decoder,
+//! Conditional MAE: the ViT encoder with masking shots and the MAE decoder,
 //! written to be checked line by line against facebookresearch/mae
 //! `models_mae.py` and the paper's L(0, j, k; η1, η2, η3).
 
@@ -8,6 +8,7 @@ use cmae_engine::kernels::reduce::weighted_sums;
 use cmae_engine::{Device, Tape, Tensor, Var};
 use rand::Rng;
 
+use super::encoder::{PosEmbed, Route, VitEncoder, encoder_specs, final_norm_specs};
 use super::params::{Init, ParamSpec, ParamStore};
 use super::posembed::sincos_2d;
 use super::vit::{Layers, Taps, block_specs};
@@ -16,18 +17,11 @@ use crate::masking::GpuPlan;
 
 /// The MAE parameter list with MAE's initialisation.
 pub fn param_specs(c: &ModelConfig) -> Vec<ParamSpec> {
-    let (d, dd, l, p) = (c.embed_dim, c.decoder_embed_dim, c.num_patches(), c.patch_size);
-    let mut specs = vec![
-        ParamSpec::new("cls_token", &[1, 1, d], Init::Normal(0.02)),
-        ParamSpec::new("pos_embed", &[1, 1 + l, d], Init::Fixed(sincos_2d(d, c.grid()))),
-        ParamSpec::new("patch_embed.proj.weight", &[d, c.in_chans, p, p], Init::Xavier),
-        ParamSpec::new("patch_embed.proj.bias", &[d], Init::Zeros),
-    ];
-    block_specs(&mut specs, "", c.depth, d, c.mlp_hidden());
+    let (dd, l) = (c.decoder_embed_dim, c.num_patches());
+    let mut specs = encoder_specs(c, PosEmbed::Fixed);
+    specs.extend(final_norm_specs(c));
     specs.extend([
-        ParamSpec::new("norm.weight", &[d], Init::Ones),
-        ParamSpec::new("norm.bias", &[d], Init::Zeros),
-        ParamSpec::new("decoder_embed.weight", &[dd, d], Init::Xavier),
+        ParamSpec::new("decoder_embed.weight", &[dd, c.embed_dim], Init::Xavier),
         ParamSpec::new("decoder_embed.bias", &[dd], Init::Zeros),
         ParamSpec::new("mask_token", &[1, 1, dd], Init::Normal(0.02)),
         ParamSpec::new("decoder_pos_embed", &[1, 1 + l, dd], Init::Fixed(sincos_2d(dd, c.grid()))),
@@ -59,67 +53,38 @@ pub struct MaeOutput {
     pub attention: Vec<Tensor>,
 }
 
+/// The MAE: the shared [`VitEncoder`] (with the masking shots as token
+/// gathers) and the decoder, on one parameter store.
 pub struct Mae {
     pub cfg: ModelConfig,
     pub params: ParamStore,
-    /// `[L, D]` position embeddings of the patches, `[D]` of cls, `[1+L, Dd]` of the decoder.
-    pos_patches: Tensor,
-    pos_cls: Tensor,
-    dec_pos: Tensor,
 }
 
 impl Mae {
     pub fn new(dev: &Device, cfg: &ModelConfig, rng: &mut impl Rng) -> Result<Self> {
         cfg.validate()?;
         let params = ParamStore::init(dev, &param_specs(cfg), rng)?;
-        Self::with_params(dev, cfg, params)
+        Ok(Self::with_params(cfg, params))
     }
 
-    pub fn with_params(dev: &Device, cfg: &ModelConfig, params: ParamStore) -> Result<Self> {
-        let (d, dd, l) = (cfg.embed_dim, cfg.decoder_embed_dim, cfg.num_patches());
-        let enc = sincos_2d(d, cfg.grid());
-        Ok(Self {
-            pos_cls: Tensor::from_f32(dev, &enc[..d], &[d])?,
-            pos_patches: Tensor::from_f32(dev, &enc[d..], &[l, d])?,
-            dec_pos: Tensor::from_f32(dev, &sincos_2d(dd, cfg.grid()), &[1 + l, dd])?,
-            cfg: cfg.clone(),
-            params,
-        })
+    pub fn with_params(cfg: &ModelConfig, params: ParamStore) -> Self {
+        Self { cfg: cfg.clone(), params }
     }
 
     fn layers<'a>(&'a self, tape: &'a Tape) -> Layers<'a> {
         Layers { tape, params: &self.params }
     }
 
-    /// Patch embedding + fixed position embeddings: `[B, C, H, W]` → `[B, L, D]`.
-    pub fn embed_patches(&self, tape: &Tape, imgs: &Tensor) -> Result<Var> {
-        let x = self.layers(tape).patch_embed(&self.cfg, imgs)?;
-        Ok(tape.add_broadcast(&x, &tape.constant(self.pos_patches.clone()))?)
+    /// The encoder on this model's parameters, ending in `norm`.
+    pub fn encoder(&self) -> VitEncoder<'_> {
+        VitEncoder { cfg: &self.cfg, params: &self.params, final_norm: true }
     }
 
-    /// `cls_token + pos_embed[0]`, prepended to every sample.
-    pub fn prepend_cls(&self, tape: &Tape, x: &Var) -> Result<Var> {
-        let cls = tape.add_broadcast(&self.layers(tape).p("cls_token")?, &tape.constant(self.pos_cls.clone()))?;
-        Ok(tape.prepend_token(x, &cls)?)
-    }
-
-    /// The masked encoder: input masking, blocks with the later shots' gathers
-    /// in between, final norm. Returns `[B, 1 + keep_final, D]`.
+    /// The masked encoder: every shot is a token gather before its block.
+    /// Returns `[B, 1 + keep_final, D]`.
     pub fn encode_masked(&self, tape: &Tape, imgs: &Tensor, plan: &GpuPlan, taps: &mut Taps) -> Result<Var> {
-        let x = self.embed_patches(tape, imgs)?;
-        let x = tape.gather_rows(&x, &plan.input_keep)?;
-        let mut x = self.prepend_cls(tape, &x)?;
-        let mut later = plan.later.iter().peekable();
-        for i in 0..self.cfg.depth {
-            if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == i) {
-                x = tape.gather_rows(&x, rows)?;
-            }
-            x = self.layers(tape).block(&x, &format!("blocks.{i}"), self.cfg.num_heads, None, taps)?;
-        }
-        if let Some((_, rows)) = later.next_if(|(layer, _)| *layer == self.cfg.depth) {
-            x = tape.gather_rows(&x, rows)?;
-        }
-        self.layers(tape).layer_norm(&x, "norm")
+        let route = Route { gathers: plan.gathers.iter().map(|(l, rows)| (*l, rows)).collect(), ..Route::default() };
+        self.encoder().forward(tape, imgs, &route, taps)
     }
 
     /// The MAE decoder on the final kept tokens: un-shuffle with mask tokens,
@@ -130,7 +95,8 @@ impl Mae {
         let x = layers.linear(latent, "decoder_embed")?;
         let mask = layers.p("mask_token")?;
         let x = tape.unshuffle(&x, &plan.restore, &mask, 1 + l, &plan.mask_rows)?;
-        let mut x = tape.add_broadcast(&x, &tape.constant(self.dec_pos.clone()))?;
+        let pos = tape.reshape(&layers.p("decoder_pos_embed")?, &[1 + l, self.cfg.decoder_embed_dim])?;
+        let mut x = tape.add_broadcast(&x, &pos)?;
         for i in 0..self.cfg.decoder_depth {
             x = layers.block(
                 &x,

@@ -131,7 +131,11 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.map.get(name).map(|p| &p.tensor).ok_or_else(|| anyhow!("model has no parameter {name}"))
+        self.entry(name).map(|p| &p.tensor)
+    }
+
+    pub fn entry(&self, name: &str) -> Result<&Param> {
+        self.map.get(name).ok_or_else(|| anyhow!("model has no parameter {name}"))
     }
 
     /// Parameters in spec order.

@@ -55,8 +55,11 @@ pub struct Layers<'a> {
 }
 
 impl Layers<'_> {
+    /// A parameter on the tape: a named leaf when it trains, a constant when
+    /// it is a fixed table (MAE's sin-cos position embeddings).
     pub fn p(&self, name: &str) -> Result<Var> {
-        Ok(self.tape.param(name, self.params.get(name)?))
+        let p = self.params.entry(name)?;
+        Ok(if p.trainable { self.tape.param(name, &p.tensor) } else { self.tape.constant(p.tensor.clone()) })
     }
 
     pub fn layer_norm(&self, x: &Var, prefix: &str) -> Result<Var> {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::Device;
 
+use crate::classify::ClassifyConfig;
 use crate::config::{ModelConfig, PretrainConfig};
 use crate::model::{Mae, ParamStore, param_specs};
 use crate::safetensors_io::{self, F32Map, HostTensor, NamedF32, write_atomic};
@@ -141,12 +142,17 @@ pub fn infer_model_config(t: &F32Map, heads: Option<usize>) -> Result<ModelConfi
         |n: &str| t.get(n).map(|(s, _)| s.clone()).ok_or_else(|| anyhow!("no tensor {n}: not a ViT/MAE checkpoint"));
     let pw = shape("patch_embed.proj.weight")?;
     let [dim, chans, p, _] = pw[..] else { bail!("patch_embed.proj.weight has shape {pw:?}, expected [D, C, p, p]") };
-    let tokens = shape("pos_embed")?[1];
-    let grid = ((tokens - 1) as f64).sqrt().round() as usize;
+    let pos = shape("pos_embed")?;
+    let [1, tokens, _] = pos[..] else { bail!("pos_embed has shape {pos:?}, expected [1, 1 + L, D]") };
+    let grid = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
     let count = |prefix: &str| (0..).take_while(|i| t.contains_key(&format!("{prefix}{i}.norm1.weight"))).count();
-    let hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+    let fc1 = shape("blocks.0.mlp.fc1.weight")?;
+    let [hidden, _] = fc1[..] else { bail!("blocks.0.mlp.fc1.weight has shape {fc1:?}, expected [hidden, D]") };
     let (dd, ddepth) = match t.get("decoder_embed.weight") {
-        Some((s, _)) => (s[0], count("decoder_blocks.")),
+        Some((s, _)) => match s[..] {
+            [dd, _] => (dd, count("decoder_blocks.")),
+            _ => bail!("decoder_embed.weight has shape {s:?}, expected [Dd, D]"),
+        },
         None => (64, 0),
     };
     Ok(ModelConfig {
@@ -164,37 +170,75 @@ pub fn infer_model_config(t: &F32Map, heads: Option<usize>) -> Result<ModelConfi
     })
 }
 
-/// Reads the config a cmae checkpoint was trained with (any task).
-pub fn model_config_of(path: &Path) -> Result<ModelConfig> {
-    let file = safetensors_io::read(path)?;
-    match (file.metadata.get("task").map(String::as_str), file.metadata.get("config")) {
-        (Some("pretrain"), Some(text)) => Ok(PretrainConfig::from_ron(text)?.model),
-        (Some(_), Some(_)) => infer_model_config(&f32_tensors(file, path)?, None),
-        _ => infer_model_config(&f32_tensors(file, path)?, None),
+/// A weights file read once: what wrote it and its tensors. Every loader
+/// (pretrained MAE, classifier, bare encoder) starts from one of these, so a
+/// checkpoint is read from disk once however it is used.
+pub struct CheckpointFile {
+    pub path: PathBuf,
+    /// The task that wrote it (`pretrain`, `linprobe`, `finetune`); None for foreign weights.
+    pub task: Option<String>,
+    pub step: Option<u64>,
+    /// The RON config of that task, when cmae wrote the file.
+    pub config: Option<String>,
+    pub tensors: F32Map,
+}
+
+impl CheckpointFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut file = safetensors_io::read(path)?;
+        let mut meta = |key: &str| file.metadata.remove(key);
+        let (task, step, config) = (meta("task"), meta("step").and_then(|s| s.parse().ok()), meta("config"));
+        Ok(Self { path: path.to_path_buf(), task, step, config, tensors: f32_tensors(file, path)? })
+    }
+
+    fn describe_config_error(&self) -> String {
+        format!("{}: config metadata", self.path.display())
+    }
+
+    /// The ViT shape the file holds: from the config of the task that wrote
+    /// it, else guessed from the tensor shapes.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        match (self.task.as_deref(), self.config.as_deref()) {
+            (Some("pretrain"), Some(text)) => {
+                Ok(PretrainConfig::from_ron(text).with_context(|| self.describe_config_error())?.model)
+            }
+            (Some(_), Some(text)) => {
+                Ok(ClassifyConfig::from_ron(text).with_context(|| self.describe_config_error())?.model)
+            }
+            _ => infer_model_config(&self.tensors, None),
+        }
+    }
+
+    /// The pretrained MAE in the file. The config comes from the file's
+    /// metadata, or from `config` when given (it must then match the tensors).
+    pub fn into_mae(self, dev: &Device, config: Option<&PretrainConfig>) -> Result<Loaded> {
+        let path = self.path.display();
+        let from_file = match (self.task.as_deref(), self.config.as_deref()) {
+            (Some("pretrain"), Some(text)) => {
+                Some(PretrainConfig::from_ron(text).with_context(|| self.describe_config_error())?)
+            }
+            (Some(task), _) => bail!("{path} is a {task} checkpoint, not a pretrained MAE"),
+            _ => None,
+        };
+        let cfg = config
+            .cloned()
+            .or(from_file)
+            .ok_or_else(|| anyhow!("{path} has no cmae config metadata; it was not written by cmae pretrain"))?;
+        let specs = param_specs(&cfg.model);
+        let (params, extra) = ParamStore::load(dev, &specs, self.tensors).with_context(|| format!("loading {path}"))?;
+        if !extra.is_empty() {
+            log::warn!("{path}: ignoring tensors this model does not use: {}", extra.join(", "));
+        }
+        Ok(Loaded { mae: Mae::with_params(&cfg.model, params), config: cfg, step: self.step })
     }
 }
 
-/// Loads a pretrained MAE. The config comes from the file's metadata, or from
-/// `config` when given (it must then match the file's tensors).
+/// Reads the config a cmae checkpoint was trained with (any task).
+pub fn model_config_of(path: &Path) -> Result<ModelConfig> {
+    CheckpointFile::read(path)?.model_config()
+}
+
+/// Loads a pretrained MAE (see [`CheckpointFile::into_mae`]).
 pub fn load_model(dev: &Device, path: &Path, config: Option<&PretrainConfig>) -> Result<Loaded> {
-    let file = safetensors_io::read(path)?;
-    let from_file = match (file.metadata.get("task").map(String::as_str), file.metadata.get("config")) {
-        (Some("pretrain"), Some(text)) => {
-            Some(PretrainConfig::from_ron(text).with_context(|| format!("{}: config metadata", path.display()))?)
-        }
-        (Some(task), _) => bail!("{} is a {task} checkpoint, not a pretrained MAE", path.display()),
-        _ => None,
-    };
-    let step = file.metadata.get("step").and_then(|s| s.parse().ok());
-    let cfg = config.cloned().or(from_file).ok_or_else(|| {
-        anyhow!("{} has no cmae config metadata; it was not written by cmae pretrain", path.display())
-    })?;
-    let specs = param_specs(&cfg.model);
-    let (params, extra) = ParamStore::load(dev, &specs, f32_tensors(file, path)?)
-        .with_context(|| format!("loading {}", path.display()))?;
-    if !extra.is_empty() {
-        log::warn!("{}: ignoring tensors this model does not use: {}", path.display(), extra.join(", "));
-    }
-    let mae = Mae::with_params(dev, &cfg.model, params)?;
-    Ok(Loaded { mae, config: cfg, step })
+    CheckpointFile::read(path)?.into_mae(dev, config)
 }

@@ -15,19 +15,20 @@ use super::recon;
 use super::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 use crate::config::PretrainConfig;
 use crate::data::augment::Transform;
-use crate::data::loader::{Loader, LoaderConfig, mix_seed};
+use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, DataSpec, Split};
 use crate::masking::MaskPlan;
 use crate::model::Mae;
+use crate::rng::{Stream, stream_rng};
 use crate::safetensors_io::{F32Map, NamedF32};
 
 /// Seeds of the run's random streams, all derived from `train.seed`.
 pub fn mask_rng(seed: u64, step: u64, micro: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix_seed(&[seed, step, micro, 3]))
+    stream_rng(Stream::Masks, &[seed, step, micro])
 }
 
 pub fn init_rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix_seed(&[seed, 4]))
+    stream_rng(Stream::PretrainInit, &[seed])
 }
 
 /// Total optimizer steps and warmup steps of a run of `epochs` (or `steps`)
@@ -159,7 +160,7 @@ impl Task for PretrainTask<'_> {
             &self.cfg.shots,
             *n,
             m.num_patches(),
-            &mut ChaCha8Rng::seed_from_u64(mix_seed(&[self.cfg.train.seed, 5])),
+            &mut stream_rng(Stream::ReconMasks, &[self.cfg.train.seed]),
         );
         let r = recon::reconstruct(dev, &self.mae, images, *n, &self.cfg.shots, plan)?;
         let path = out.join("recon").join(format!("step-{step:08}.png"));
