@@ -121,3 +121,36 @@ fn pretrain_then_reconstruct_any_image() {
     assert!(line.contains("broken.jpg") && line.contains("corrupt"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cmae eval --set` takes the run-config overrides of linprobe/finetune:
+/// `data.test_images` limits the images, a model change is refused.
+#[test]
+fn eval_takes_set_overrides() {
+    let dir = temp("eval-set");
+    let (pre, ft) = (dir.join("pre"), dir.join("ft"));
+    let small = ["--steps", "2", "--batch", "4", "--quiet", "--set", "data.synthetic_size=64"];
+    let out = cmae(&[&["pretrain", "--preset", "micro", "--out", pre.to_str().unwrap()], &small[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ckpt = pre.join("checkpoint.safetensors");
+    let args =
+        ["finetune", "--checkpoint", ckpt.to_str().unwrap(), "--data", "synthetic", "--out", ft.to_str().unwrap()];
+    let out = cmae(&[&args[..], &small[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ft_ckpt = ft.join("checkpoint.safetensors");
+    let eval = |extra: &[&str]| {
+        cmae(&[&["eval", "--checkpoint", ft_ckpt.to_str().unwrap(), "--data", "synthetic"], extra].concat())
+    };
+    let images = |out: &Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["images"].as_u64().unwrap()
+    };
+    let all = images(&eval(&[]));
+    assert!(all > 5, "the synthetic test split has {all} images");
+    assert_eq!(images(&eval(&["--set", "data.test_images=5"])), 5);
+    let line = error_line(&eval(&["--set", "model.depth=1"]));
+    assert!(line.contains("model.*"), "{line}");
+    let line = error_line(&eval(&["--set", "data.tset_images=5"]));
+    assert!(line.contains("tset_images"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -130,6 +130,11 @@ fn run_headless(cli: &Cli, out: &std::path::Path) -> Result<ExitCode> {
     configure(&mut app, cli)?;
     headless::screenshot(&dev, &mut app, parse_size(&cli.size)?, cli.click_patch, Duration::from_secs(600), out)?;
     println!("wrote {}", out.display());
+    // Where the panel's picture landed (offscreen points are pixels), so
+    // tests and scripts can compare the drawn pixels with --save-panel's.
+    if let Some(r) = app.image_rect {
+        println!("panel image at {} {} {} {}", r.min.x, r.min.y, r.width(), r.height());
+    }
     if let Some(path) = &cli.save_panel {
         app.save_panel(path)?;
         println!("wrote {}", path.display());

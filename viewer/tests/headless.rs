@@ -45,17 +45,61 @@ fn viewer(args: &[&str]) -> Output {
 
 /// Screenshots `args` into `NAME.png` and saves the panel into `NAME-panel.png`.
 fn shoot(name: &str, args: &[&str]) -> (RgbImage, RgbImage) {
+    let (shot, panel, _) = shoot_with_rect(name, args);
+    (shot, panel)
+}
+
+fn distinct_colors(img: &RgbImage) -> usize {
+    img.pixels().map(|p| p.0).collect::<std::collections::HashSet<_>>().len()
+}
+
+/// `shoot` that also returns where the panel's picture was drawn (x, y, w, h).
+fn shoot_with_rect(name: &str, args: &[&str]) -> (RgbImage, RgbImage, Option<[f32; 4]>) {
     let (shot, panel) = (out_path(&format!("{name}.png")), out_path(&format!("{name}-panel.png")));
     let mut all = vec!["--screenshot", shot.to_str().unwrap(), "--save-panel", panel.to_str().unwrap()];
     all.extend_from_slice(&["--size", "640x400"]);
     all.extend_from_slice(args);
     let out = viewer(&all);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    (image::open(&shot).unwrap().to_rgb8(), image::open(&panel).unwrap().to_rgb8())
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rect = stdout.lines().find_map(|l| l.strip_prefix("panel image at ")).map(|r| {
+        let v: Vec<f32> = r.split(' ').map(|x| x.parse().unwrap()).collect();
+        [v[0], v[1], v[2], v[3]]
+    });
+    (image::open(&shot).unwrap().to_rgb8(), image::open(&panel).unwrap().to_rgb8(), rect)
 }
 
-fn distinct_colors(img: &RgbImage) -> usize {
-    img.pixels().map(|p| p.0).collect::<std::collections::HashSet<_>>().len()
+/// Share of the screenshot's pixels inside the drawn rectangle that show the
+/// saved panel's texel there (nearest sampling, within rounding). The edge
+/// rows and columns, which the rectangle cuts, are left out.
+fn drawn_share(shot: &RgbImage, panel: &RgbImage, [x, y, w, h]: [f32; 4]) -> f64 {
+    let (pw, ph) = panel.dimensions();
+    let (mut same, mut all) = (0usize, 0usize);
+    for sy in (y.ceil() as u32 + 1)..((y + h).floor() as u32).saturating_sub(1) {
+        for sx in (x.ceil() as u32 + 1)..((x + w).floor() as u32).saturating_sub(1) {
+            let tx = (((sx as f32 + 0.5 - x) * pw as f32 / w) as u32).min(pw - 1);
+            let ty = (((sy as f32 + 0.5 - y) * ph as f32 / h) as u32).min(ph - 1);
+            let s = shot.get_pixel(sx, sy);
+            // The texel or a neighbour: where a screen pixel centre falls on a
+            // texel edge, the GPU's rounding may pick either side.
+            let near = |t: u32, n: u32| t.saturating_sub(1)..(t + 2).min(n);
+            let hit = near(ty, ph).any(|ny| {
+                near(tx, pw).any(|nx| panel.get_pixel(nx, ny).0.iter().zip(s.0).all(|(a, b)| a.abs_diff(b) <= 2))
+            });
+            same += usize::from(hit);
+            all += 1;
+        }
+    }
+    assert!(all > 100, "a drawn rectangle of {all} pixels");
+    same as f64 / all as f64
+}
+
+/// Screenshot pixels near one of the chart series' colours (UI text is grey).
+fn chart_line_pixels(shot: &RgbImage) -> usize {
+    let series = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
+    shot.pixels()
+        .filter(|p| series.iter().any(|c: &[u8; 3]| p.0.iter().zip(c).all(|(a, b)| a.abs_diff(*b) <= 24)))
+        .count()
 }
 
 #[test]
@@ -69,11 +113,24 @@ fn every_panel_screenshots_with_real_content() {
         ("charts", ["--checkpoint", ckpt.to_str().unwrap()]),
         ("loss", ["--run", run.to_str().unwrap()]),
     ] {
-        let (shot, saved) = shoot(&format!("panel-{panel}"), &[source[0], source[1], "--panel", panel]);
+        let (shot, saved, rect) = shoot_with_rect(&format!("panel-{panel}"), &[source[0], source[1], "--panel", panel]);
         assert_eq!(shot.dimensions(), (640, 400), "{panel}");
-        // Text, widgets and the panel's picture: far from one flat colour.
-        assert!(distinct_colors(&shot) > 40, "{panel}: {} colours", distinct_colors(&shot));
         assert!(distinct_colors(&saved) > 10, "{panel} saved: {} colours", distinct_colors(&saved));
+        match rect {
+            // The picture itself is on screen, pixel for pixel; egui places it
+            // at fractional points, so a few percent of samples land a texel off
+            // (a missing or different picture scores far lower).
+            Some(rect) => {
+                let share = drawn_share(&shot, &saved, rect);
+                assert!(share > 0.95, "{panel}: {:.1}% of the panel's pixels drawn at {rect:?}", 100.0 * share);
+            }
+            // Charts: the series lines are drawn, not just axis labels.
+            None => {
+                assert!(matches!(panel, "charts" | "loss"), "{panel} drew no picture");
+                let lines = chart_line_pixels(&shot);
+                assert!(lines > 40, "{panel}: {lines} pixels of chart lines");
+            }
+        }
     }
 }
 
