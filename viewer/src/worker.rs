@@ -242,11 +242,7 @@ impl State {
             let loaded = file.into_mae(&self.dev, None)?;
             Model::Mae(Box::new(loaded.mae), loaded.config.shots)
         } else {
-            let cfg = file.model_config()?;
-            Model::Encoder(
-                LoadedEncoder::from_tensors(&self.dev, &cfg, file.tensors)
-                    .with_context(|| format!("loading the encoder of {}", path.display()))?,
-            )
+            Model::Encoder(LoadedEncoder::from_file(&self.dev, file)?)
         };
         let info = ModelInfo {
             path: path.to_path_buf(),

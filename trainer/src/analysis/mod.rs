@@ -14,7 +14,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::classify::encoder_weights;
 use crate::config::{ModelConfig, Shot, parse_shots, validate_shots};
 use crate::data::augment::Transform;
 use crate::data::{self, DataSpec, Split};
@@ -22,6 +21,7 @@ use crate::masking::MaskPlan;
 use crate::model::vit::Taps;
 use crate::model::{LoadedEncoder, Mae, Route, VitEncoder};
 use crate::safetensors_io::write_atomic;
+use crate::train::checkpoint::CheckpointFile;
 use crate::train::metrics::MetricsLog;
 use crate::train::recon::save_png;
 use plot::Series;
@@ -127,9 +127,7 @@ fn analysis_images(spec: &str, model: &ModelConfig, n: usize) -> Result<(Vec<f32
 
 /// The encoder of any cmae checkpoint (pretrained MAE, probe or fine-tuned).
 pub fn encoder(dev: &Device, path: &Path) -> Result<LoadedEncoder> {
-    let (cfg, weights) = encoder_weights(path)?;
-    LoadedEncoder::from_tensors(dev, &cfg, weights)
-        .with_context(|| format!("loading the encoder of {}", path.display()))
+    LoadedEncoder::from_file(dev, CheckpointFile::read(path)?)
 }
 
 /// Runs the full (unmasked) encoder and returns what `taps` asked for.

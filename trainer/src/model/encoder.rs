@@ -17,7 +17,7 @@
 //! arithmetic on every kept token, so both orders give identical values; the
 //! timm order lets input masking be the layer-0 case of a later shot.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cmae_engine::{Device, Tape, Tensor, Var};
 
 use super::params::{Init, ParamSpec, ParamStore};
@@ -25,6 +25,7 @@ use super::posembed::sincos_2d;
 use super::vit::{DropPath, Layers, Taps, block_specs};
 use crate::config::ModelConfig;
 use crate::safetensors_io::F32Map;
+use crate::train::checkpoint::CheckpointFile;
 
 /// Whether the encoder's position embeddings train (timm fine-tuning) or stay
 /// the fixed sin-cos table (MAE pretraining, linear probing).
@@ -133,6 +134,13 @@ impl LoadedEncoder {
         }
         let (params, _decoder_or_head) = ParamStore::load(dev, &specs, tensors)?;
         Ok(Self { cfg: cfg.clone(), params, final_norm })
+    }
+
+    /// The encoder of a checkpoint already read, in the shape the file holds.
+    pub fn from_file(dev: &Device, file: CheckpointFile) -> Result<Self> {
+        let path = file.path.display().to_string();
+        let cfg = file.model_config()?;
+        Self::from_tensors(dev, &cfg, file.tensors).with_context(|| format!("loading the encoder of {path}"))
     }
 
     pub fn encoder(&self) -> VitEncoder<'_> {
