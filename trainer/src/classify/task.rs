@@ -1,0 +1,288 @@
+//! The linear-probe / fine-tuning task on the shared training loop: the
+//! optimizers and their per-layer rules, mixup and stochastic depth, and the
+//! run that ends with an evaluation on the test split.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use cmae_engine::{Device, Gradients, Tape, Tensor};
+use rand::Rng;
+use serde_json::json;
+
+use super::augment::{Mixup, RandAugment};
+use super::evaluation::evaluate;
+use super::{Classifier, ClassifyConfig, Mode, Perturb, model};
+use crate::config::ModelConfig;
+use crate::data::augment::Transform;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::{self, DataSpec, Split};
+use crate::model::vit::DropPath;
+use crate::rng::{Stream, stream_rng};
+use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
+use crate::train::checkpoint::{self, CheckpointFile, Meta};
+use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
+use crate::train::pretrain::schedule_steps;
+use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
+
+/// MAE's layer id for layer-wise lr decay: embeddings 0, block i → i+1, the rest `depth + 1`.
+pub fn layer_id(name: &str, depth: usize) -> usize {
+    if name == "cls_token" || name == "pos_embed" || name.starts_with("patch_embed") {
+        0
+    } else if let Some(rest) = name.strip_prefix("blocks.") {
+        rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
+    } else {
+        depth + 1
+    }
+}
+
+/// Fine-tuning's learning-rate multiplier for `name`: `decay^(depth + 1 − layer id)`,
+/// so the head trains at the full rate and the embeddings at `decay^(depth + 1)`.
+pub fn layer_decay_scale(name: &str, depth: usize, decay: f64) -> f64 {
+    decay.powi((depth + 1 - layer_id(name, depth)) as i32)
+}
+
+/// Fine-tuning's weight-decay rule (timm/MAE): none for 1-D parameters, biases,
+/// position embeddings and the cls token.
+pub fn finetune_decays(name: &str, shape: &[usize]) -> bool {
+    crate::model::decays(name, shape) && name != "pos_embed" && name != "cls_token"
+}
+
+enum Optimizer {
+    AdamW(AdamW),
+    Lars(Lars),
+}
+
+struct ClassifyTask<'a> {
+    cfg: &'a ClassifyConfig,
+    model: Classifier,
+    opt: Optimizer,
+    loader: Loader,
+}
+
+impl ClassifyTask<'_> {
+    /// Per-block drop-path scales for one micro-batch (linearly rising rates, as timm).
+    fn drop_path(&self, dev: &Device, b: usize, rng: &mut impl Rng) -> Result<Vec<(Tensor, Tensor)>> {
+        let (depth, rate) = (self.cfg.model.depth, self.cfg.train.drop_path);
+        if rate <= 0.0 || self.cfg.mode == Mode::Linprobe {
+            return Ok(Vec::new());
+        }
+        (0..depth)
+            .map(|i| {
+                let p = rate * i as f64 / (depth.max(2) - 1) as f64;
+                let attn = Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?;
+                Ok((attn, Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?))
+            })
+            .collect()
+    }
+}
+
+impl Task for ClassifyTask<'_> {
+    fn params(&self) -> &crate::model::ParamStore {
+        &self.model.params
+    }
+
+    fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()> {
+        self.model.params.replace_from(dev, weights)
+    }
+
+    fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
+        let (m, t) = (&self.cfg.model, &self.cfg.train);
+        let mut batch = self.loader.next_batch()?;
+        let mut rng = stream_rng(Stream::ClassifyStep, &[t.seed, step, micro]);
+        let targets = if self.cfg.mode == Mode::Finetune {
+            let mix =
+                Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing };
+            mix.apply(&mut batch.images, &batch.labels, m.in_chans, m.img_size, self.cfg.classes, &mut rng)
+        } else {
+            Mixup::targets(&batch.labels, self.cfg.classes, t.label_smoothing)
+        };
+        let b = batch.size;
+        let imgs = Tensor::from_f32(dev, &batch.images, &[b, m.in_chans, m.img_size, m.img_size])?;
+        let targets = Tensor::from_f32(dev, &targets, &[b, self.cfg.classes])?;
+        let weights = Tensor::from_f32(dev, &vec![1.0 / b as f32; b], &[b])?;
+        let scales = self.drop_path(dev, b, &mut rng)?;
+        let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
+        let tape = Tape::new(dev);
+        let logits = self.model.forward(&tape, &imgs, true, &drop, &Perturb::default())?;
+        let loss = tape.weighted_cross_entropy(&logits, &targets, &weights)?;
+        tape.backward(&loss, grads)?;
+        Ok(MicroStep { loss: loss.value().clone(), parts: None, images: b, skipped_images: batch.skipped })
+    }
+
+    fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()> {
+        let depth = self.cfg.model.depth;
+        let decay = self.cfg.train.layer_decay;
+        match &mut self.opt {
+            Optimizer::AdamW(o) => {
+                o.update(dev, &self.model.params, grads, lr, grad_scale, |name| layer_decay_scale(name, depth, decay))
+            }
+            Optimizer::Lars(o) => o.update(dev, &self.model.params, grads, lr, grad_scale),
+        }
+    }
+
+    fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>> {
+        match &self.opt {
+            Optimizer::AdamW(o) => o.state_to_host(dev, &self.model.params),
+            Optimizer::Lars(o) => o.state_to_host(dev),
+        }
+    }
+
+    fn load_optimizer_state(&mut self, dev: &Device, step: u64, state: F32Map) -> Result<()> {
+        match &mut self.opt {
+            Optimizer::AdamW(o) => o.load_state(dev, step, state),
+            Optimizer::Lars(o) => o.load_state(dev, state),
+        }
+    }
+}
+
+/// Where the encoder weights of a run come from (one file read).
+pub fn encoder_weights(path: &Path) -> Result<(ModelConfig, F32Map)> {
+    let file = CheckpointFile::read(path)?;
+    Ok((file.model_config()?, file.tensors))
+}
+
+/// Trains a linear probe or fine-tunes, then evaluates on the test split and
+/// writes `RUN/results.json`.
+pub fn train(
+    dev: &Device,
+    cfg: &ClassifyConfig,
+    flags: &RunFlags,
+    interrupt: &AtomicBool,
+) -> Result<(Summary, serde_json::Value)> {
+    cfg.validate()?;
+    // The data first: a run that cannot start leaves no run directory behind.
+    let spec = DataSpec::parse(&cfg.data.spec)?;
+    let (m, t) = (&cfg.model, &cfg.train);
+    let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, m.img_size)?;
+    if train_set.num_classes() != cfg.classes {
+        bail!("the data has {} classes, the config {}", train_set.num_classes(), cfg.classes);
+    }
+    runner::prepare_out(&flags.out, flags.resume, &cfg.to_ron(), |saved| {
+        let mut saved = ClassifyConfig::from_ron(saved)?;
+        saved.output = cfg.output.clone();
+        saved.data.workers = cfg.data.workers;
+        if saved != *cfg {
+            bail!(
+                "--resume with a different config than the run's ({}); resume with the same flags or start a new --out",
+                flags.out.join("config.ron").display()
+            );
+        }
+        Ok(())
+    })?;
+    let mut init_rng = stream_rng(Stream::ClassifyInit, &[t.seed]);
+    let model = if cfg.init.is_empty() {
+        Classifier::new(dev, m, cfg.mode, cfg.classes, &mut init_rng)?
+    } else {
+        let (_, weights) = encoder_weights(Path::new(&cfg.init))?;
+        Classifier::from_encoder(dev, m, cfg.mode, cfg.classes, weights, &mut init_rng)
+            .with_context(|| format!("initialising from {}", cfg.init))?
+    };
+    let opt = match cfg.mode {
+        Mode::Finetune => Optimizer::AdamW(AdamW::new(
+            dev,
+            &model.params,
+            AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: t.weight_decay, decays: finetune_decays },
+        )?),
+        Mode::Linprobe => {
+            Optimizer::Lars(Lars::new(dev, &model.params, model::probe_head, 0.9, t.weight_decay, 0.001)?)
+        }
+    };
+    let mut transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
+    transform.scale = (t.crop_min_scale, 1.0);
+    if cfg.mode == Mode::Finetune {
+        transform.randaug = t.randaug.then(RandAugment::default);
+        transform.erase = t.reprob;
+    }
+    let loader_cfg = LoaderConfig {
+        batch: t.batch,
+        seed: t.seed,
+        workers: cfg.data.workers,
+        bad_images: cfg.data.bad_images,
+        shuffle: true,
+        drop_last: true,
+        prefetch: 4,
+    };
+    let start = if flags.resume { checkpoint::latest(&flags.out)?.map_or(0, |(s, _)| s) } else { 0 };
+    let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
+    let batches_per_epoch = loader.batches_per_epoch();
+    let (total_steps, warmup_steps) =
+        schedule_steps(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, batches_per_epoch);
+    let sched = Schedule {
+        total_steps,
+        warmup_steps,
+        peak_lr: cfg.lr(),
+        min_lr: t.min_lr,
+        accum_iter: t.accum_iter as u64,
+        batches_per_epoch,
+    };
+    let mut task = ClassifyTask { cfg, model, opt, loader };
+    let cadence =
+        Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
+    let task_name = match cfg.mode {
+        Mode::Linprobe => "linprobe",
+        Mode::Finetune => "finetune",
+    };
+    let meta = Meta { task: task_name.into(), config: cfg.to_ron() };
+    let summary = runner::run(dev, &mut task, &sched, &meta, (flags, cadence), interrupt)?;
+    if summary.interrupted {
+        return Ok((summary, json!({})));
+    }
+    let test_set =
+        data::Subset::first(data::open(&spec, Split::Test, cfg.data.synthetic_size, m.img_size)?, cfg.data.test_images);
+    let eval = evaluate(dev, &task.model, test_set, cfg.data.bad_images, t.batch, t.seed, false)?;
+    let epochs = (summary.step * t.accum_iter as u64) as f64 / batches_per_epoch as f64;
+    let results = json!({
+        "mode": task_name,
+        "top1": eval.top1,
+        "top5": eval.top5,
+        "epochs": epochs,
+        "steps": summary.step,
+        "test_images": eval.images,
+        "classes": cfg.classes,
+        "init": if cfg.init.is_empty() { "scratch" } else { cfg.init.as_str() },
+        "checkpoint": summary.checkpoint.display().to_string(),
+    });
+    write_atomic(&flags.out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
+    Ok((summary, results))
+}
+
+/// Stochastic-depth scales for one branch: 0 with probability `p`, else 1/(1 − p).
+pub fn drop_path_scales(b: usize, p: f64, rng: &mut impl Rng) -> Vec<f32> {
+    (0..b).map(|_| if rng.random_bool(1.0 - p) { (1.0 / (1.0 - p)) as f32 } else { 0.0 }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn layer_ids_follow_mae() {
+        assert_eq!(layer_id("cls_token", 12), 0);
+        assert_eq!(layer_id("patch_embed.proj.weight", 12), 0);
+        assert_eq!(layer_id("blocks.0.attn.qkv.weight", 12), 1);
+        assert_eq!(layer_id("blocks.11.mlp.fc2.bias", 12), 12);
+        assert_eq!(layer_id("fc_norm.weight", 12), 13);
+        assert_eq!(layer_id("head.weight", 12), 13);
+        // Scales 0.65^(13 − id): the head trains at the full rate, embeddings at 0.65^13.
+        let s = |n: &str| layer_decay_scale(n, 12, 0.65);
+        assert_eq!(s("head.weight"), 1.0);
+        assert!((s("blocks.11.norm1.weight") - 0.65).abs() < 1e-12);
+        assert!((s("pos_embed") - 0.65f64.powi(13)).abs() < 1e-15);
+        assert!(!finetune_decays("pos_embed", &[1, 65, 192]) && !finetune_decays("cls_token", &[1, 1, 192]));
+        assert!(finetune_decays("blocks.0.attn.qkv.weight", &[576, 192]) && !finetune_decays("head.bias", &[10]));
+    }
+
+    #[test]
+    fn drop_path_keeps_the_expected_value() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let s = drop_path_scales(20000, 0.25, &mut rng);
+        assert!(s.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let dropped = s.iter().filter(|&&v| v == 0.0).count() as f64 / s.len() as f64;
+        let mean = s.iter().map(|&v| f64::from(v)).sum::<f64>() / s.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.01 && (mean - 1.0).abs() < 0.02, "{dropped} {mean}");
+        assert!(drop_path_scales(10, 0.0, &mut rng).iter().all(|&v| v == 1.0));
+    }
+}
