@@ -20,7 +20,8 @@ use crate::data::{self, DataSpec, Split};
 use crate::model::vit::DropPath;
 use crate::rng::{Stream, stream_rng};
 use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
-use crate::train::checkpoint::{self, CheckpointFile, Meta};
+use crate::train::checkpoint::{CheckpointFile, Meta};
+use crate::train::lifecycle;
 use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
 use crate::train::pretrain::schedule_steps;
 use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
@@ -158,18 +159,7 @@ pub fn train(
     if train_set.num_classes() != cfg.classes {
         bail!("the data has {} classes, the config {}", train_set.num_classes(), cfg.classes);
     }
-    runner::prepare_out(&flags.out, flags.resume, &cfg.to_ron(), |saved| {
-        let mut saved = ClassifyConfig::from_ron(saved)?;
-        saved.output = cfg.output.clone();
-        saved.data.workers = cfg.data.workers;
-        if saved != *cfg {
-            bail!(
-                "--resume with a different config than the run's ({}); resume with the same flags or start a new --out",
-                flags.out.join("config.ron").display()
-            );
-        }
-        Ok(())
-    })?;
+    let start = lifecycle::prepare(flags, cfg, &cfg.to_ron(), ClassifyConfig::from_ron)?;
     let mut init_rng = stream_rng(Stream::ClassifyInit, &[t.seed]);
     let model = if cfg.init.is_empty() {
         Classifier::new(dev, m, cfg.mode, cfg.classes, &mut init_rng)?
@@ -203,7 +193,6 @@ pub fn train(
         drop_last: true,
         prefetch: 4,
     };
-    let start = if flags.resume { checkpoint::latest(&flags.out)?.map_or(0, |(s, _)| s) } else { 0 };
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
     let batches_per_epoch = loader.batches_per_epoch();
     let (total_steps, warmup_steps) =

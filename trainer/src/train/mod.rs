@@ -2,6 +2,7 @@
 //! grids and the pretraining loop.
 
 pub mod checkpoint;
+pub mod lifecycle;
 pub mod metrics;
 pub mod optimizer;
 pub mod pretrain;

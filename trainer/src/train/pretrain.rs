@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cmae_engine::{Device, Gradients, Tape, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::Meta;
+use super::lifecycle;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::recon;
 use super::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
@@ -58,38 +59,6 @@ fn recon_batch(cfg: &PretrainConfig, spec: &DataSpec) -> Result<(Vec<f32>, usize
         images.extend(t.apply(&img, &mut rng));
     }
     Ok((images, n, t))
-}
-
-/// Config fields that may differ when resuming (they do not change the math).
-fn check_resumable(saved: &PretrainConfig, now: &PretrainConfig) -> Result<()> {
-    let strip = |c: &PretrainConfig| {
-        let mut c = c.clone();
-        c.output = saved.output.clone();
-        c.data.workers = 0;
-        c
-    };
-    let (a, b) = (serde_json::to_value(strip(saved))?, serde_json::to_value(strip(now))?);
-    let mut diffs = Vec::new();
-    for (section, fields) in a.as_object().into_iter().flatten() {
-        match fields.as_object() {
-            Some(fields) => {
-                for (k, v) in fields {
-                    if b[section][k] != *v {
-                        diffs.push(format!("{section}.{k}: {v} in the run, {} now", b[section][k]));
-                    }
-                }
-            }
-            None if b[section] != *fields => diffs.push(format!("{section} differs")),
-            None => {}
-        }
-    }
-    if !diffs.is_empty() {
-        bail!(
-            "--resume with a different config ({}); resume with the run's settings or start a new --out",
-            diffs.join("; ")
-        );
-    }
-    Ok(())
 }
 
 struct PretrainTask<'a> {
@@ -174,9 +143,8 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
-    runner::prepare_out(&opts.out, opts.resume, &cfg.to_ron(), |saved| {
-        check_resumable(&PretrainConfig::from_ron(saved)?, cfg)
-    })?;
+    // A resumed run starts its data exactly where the checkpoint stopped.
+    let start = lifecycle::prepare(opts, cfg, &cfg.to_ron(), PretrainConfig::from_ron)?;
     let (m, t) = (&cfg.model, &cfg.train);
     let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
     let opt = AdamW::new(
@@ -206,8 +174,6 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
         drop_last: true,
         prefetch: 4,
     };
-    // A resumed run starts its data exactly where the checkpoint stopped.
-    let start = if opts.resume { super::checkpoint::latest(&opts.out)?.map_or(0, |(s, _)| s) } else { 0 };
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
     let batches_per_epoch = loader.batches_per_epoch();
     let (total_steps, warmup_steps) =

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use cmae_engine::{Device, Gradients, PendingRead, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -16,7 +16,7 @@ use super::checkpoint::{self, Meta};
 use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
 use super::schedule::lr_at;
 use crate::model::ParamStore;
-use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
+use crate::safetensors_io::{F32Map, NamedF32};
 
 /// What one micro-batch produced: the loss and, optionally, per-part losses
 /// to report (the per-shot losses of pretraining).
@@ -91,33 +91,6 @@ pub struct Summary {
     pub artifact: Option<PathBuf>,
     /// Stopped early by Ctrl-C or `--stop-at`.
     pub interrupted: bool,
-}
-
-/// Prepares `out` for a run: a fresh directory (refusing to overwrite a run)
-/// or, with `resume`, the existing run's config checked by `same_config`.
-pub fn prepare_out(
-    out: &Path,
-    resume: bool,
-    config_text: &str,
-    same_config: impl Fn(&str) -> Result<()>,
-) -> Result<()> {
-    let config_path = out.join("config.ron");
-    let existing = checkpoint::latest(out)?;
-    if resume {
-        if existing.is_none() {
-            bail!(
-                "--resume: {} holds no checkpoint to resume from; drop --resume to start a new run there",
-                out.display()
-            );
-        }
-        let saved =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        same_config(&saved)?;
-    } else if existing.is_some() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_atomic(&config_path, config_text.as_bytes())
 }
 
 struct StepReads {
