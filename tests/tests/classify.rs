@@ -134,7 +134,9 @@ fn train(
     stop_at: Option<u64>,
 ) -> anyhow::Result<(cmae::train::runner::Summary, serde_json::Value)> {
     let flags = cmae::train::runner::RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
-    cmae::classify::train(shared_device(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))
+    let (summary, results) =
+        cmae::classify::train(shared_device(), cfg, &flags, &std::sync::atomic::AtomicBool::new(false))?;
+    Ok((summary, serde_json::to_value(results)?))
 }
 
 #[test]

@@ -269,16 +269,17 @@ fn run_classify(mode: classify::Mode, args: ClassifyArgs, run: RunArgs, scratch:
     let dev = Device::from_env()?;
     let flag = interrupt_flag()?;
     let (s, results) = classify::train(&dev, &cfg, &flags, &flag)?;
-    if s.interrupted {
-        println!(
+    match results {
+        None => println!(
             "stopped at step {}/{}; resume with: cmae {name} ... --out {} --resume",
             s.step,
             s.total_steps,
             s.out.display()
-        );
-    } else {
-        println!("{results}");
-        println!("results:    {}", s.out.join("results.json").display());
+        ),
+        Some(results) => {
+            println!("{}", serde_json::to_string(&results)?);
+            println!("results:    {}", s.out.join("results.json").display());
+        }
     }
     println!("checkpoint: {}", s.checkpoint.display());
     Ok(())

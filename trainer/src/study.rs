@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use cmae_engine::Device;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::analysis;
-use crate::classify::{self, ClassifyConfig, Mode};
+use crate::classify::{self, Accuracy, ClassifyConfig, ClassifyResults, Mode};
 use crate::config::{PretrainConfig, parse_shots};
 use crate::data::{self, DataSpec, Split};
 use crate::safetensors_io::write_atomic;
@@ -73,11 +74,11 @@ fn done_marker(dir: &Path) -> PathBuf {
     dir.join("study-done.json")
 }
 
-fn mark_done(dir: &Path, what: &Value) -> Result<()> {
+fn mark_done(dir: &Path, what: &impl Serialize) -> Result<()> {
     write_atomic(&done_marker(dir), serde_json::to_string_pretty(what)?.as_bytes())
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
         .with_context(|| format!("parsing {}", path.display()))
 }
@@ -97,6 +98,20 @@ fn stopped(interrupt: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// What a finished pretraining stage records in its done marker.
+#[derive(Serialize)]
+struct PretrainDone {
+    loss: Option<f64>,
+    step: u64,
+}
+
+/// `OUT/study-time.json`: the wall time of all invocations so far.
+#[derive(Serialize, Deserialize)]
+struct StudyTime {
+    #[serde(default)]
+    seconds: f64,
+}
+
 /// The study's wall time over all its invocations, kept in
 /// `OUT/study-time.json` after every arm so that a resumed study still reports
 /// what the whole comparison cost.
@@ -109,7 +124,7 @@ struct StudyClock {
 impl StudyClock {
     fn open(out: &Path) -> Result<Self> {
         let path = out.join("study-time.json");
-        let before = if path.is_file() { read_json(&path)?["seconds"].as_f64().unwrap_or(0.0) } else { 0.0 };
+        let before = if path.is_file() { read_json::<StudyTime>(&path)?.seconds } else { 0.0 };
         Ok(Self { path, before, started: std::time::Instant::now() })
     }
 
@@ -122,7 +137,7 @@ impl StudyClock {
     }
 
     fn save(&self) -> Result<()> {
-        write_atomic(&self.path, json!({ "seconds": self.total() }).to_string().as_bytes())
+        write_atomic(&self.path, serde_json::to_string(&StudyTime { seconds: self.total() })?.as_bytes())
     }
 }
 
@@ -130,9 +145,10 @@ struct Arm {
     name: String,
     shots: String,
     pretrained: Option<PathBuf>,
-    probe: Vec<Value>,
-    finetune: Vec<Value>,
-    eval: Vec<Value>,
+    probe: Vec<ClassifyResults>,
+    finetune: Vec<ClassifyResults>,
+    /// The fine-tuned models' robustness.
+    eval: Vec<Accuracy>,
 }
 
 /// The preset with the study's data and `--set` overrides.
@@ -163,7 +179,7 @@ fn pretrain_stage(
         let opts = RunFlags { out: dir.to_path_buf(), resume, quiet: o.quiet, stop_at: None };
         let s = pretrain::pretrain(dev, &cfg, &opts, interrupt)?;
         stopped(interrupt)?;
-        mark_done(dir, &json!({"step": s.step, "loss": s.last_loss}))?;
+        mark_done(dir, &PretrainDone { loss: s.last_loss, step: s.step })?;
     }
     Ok(dir.join("checkpoint.safetensors"))
 }
@@ -176,7 +192,7 @@ fn classify_stage(
     seed: u64,
     dir: &Path,
     interrupt: &AtomicBool,
-) -> Result<(Value, PathBuf)> {
+) -> Result<(ClassifyResults, PathBuf)> {
     let (resume, done) = stage(dir)?;
     if !done {
         let spec = expand_data(&o.data);
@@ -198,12 +214,14 @@ fn classify_stage(
         let flags = RunFlags { out: dir.to_path_buf(), resume, quiet: o.quiet, stop_at: None };
         let (_, results) = classify::train(dev, &cfg, &flags, interrupt)?;
         stopped(interrupt)?;
-        mark_done(dir, &results)?;
+        if let Some(results) = results {
+            mark_done(dir, &results)?;
+        }
     }
     Ok((read_json(&dir.join("results.json"))?, dir.join("checkpoint.safetensors")))
 }
 
-fn eval_stage(dev: &Device, o: &StudyOptions, checkpoint: &Path, path: &Path) -> Result<Value> {
+fn eval_stage(dev: &Device, o: &StudyOptions, checkpoint: &Path, path: &Path) -> Result<Accuracy> {
     if !path.is_file() {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -239,8 +257,9 @@ fn mean_std(values: &[f64]) -> String {
     format!("{mean:.2} ± {std:.2}")
 }
 
-fn column(results: &[Value], key: &str) -> Vec<f64> {
-    results.iter().filter_map(|r| r[key].as_f64()).collect()
+/// One figure of every seed's results, where the results have it.
+fn column<T>(results: &[T], figure: impl Fn(&T) -> Option<f64>) -> Vec<f64> {
+    results.iter().filter_map(figure).collect()
 }
 
 /// Runs (or resumes) the whole study and writes `OUT/report.md`.
@@ -377,11 +396,11 @@ pub fn run(dev: &Device, o: &StudyOptions, interrupt: &AtomicBool) -> Result<Pat
             "| {} | `{}` | {} | {} | {} | {} | {} |\n",
             a.name,
             a.shots,
-            mean_std(&column(&a.probe, "top1")),
-            mean_std(&column(&a.finetune, "top1")),
-            mean_std(&column(&a.finetune, "top5")),
-            mean_std(&column(&a.eval, "top1_occlusion50")),
-            mean_std(&column(&a.eval, "top1_shuffled")),
+            mean_std(&column(&a.probe, |r| Some(r.top1))),
+            mean_std(&column(&a.finetune, |r| Some(r.top1))),
+            mean_std(&column(&a.finetune, |r| Some(r.top5))),
+            mean_std(&column(&a.eval, |e| e.top1_occlusion50)),
+            mean_std(&column(&a.eval, |e| e.top1_shuffled)),
         ));
     }
     md.push_str("\n## Analyses (seed 0, pretrained encoders)\n\n");

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use cmae_engine::{Device, Tape, Tensor};
 use rand::Rng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Classifier, ClassifyConfig, Perturb};
 use crate::config::{BadImages, ModelConfig};
@@ -24,7 +24,7 @@ fn eval_transform(cfg: &ModelConfig, set: &dyn Dataset) -> Transform {
 }
 
 /// Accuracies in percent.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub top1: f64,
     pub top5: f64,

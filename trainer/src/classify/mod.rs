@@ -11,4 +11,6 @@ mod task;
 pub use config::{ClassifyConfig, ClassifyOutput, ClassifyTrain};
 pub use evaluation::{Accuracy, evaluate, load_classifier, occlusion_rows, shuffled_patches};
 pub use model::{Classifier, Mode, Perturb};
-pub use task::{drop_path_scales, encoder_weights, finetune_decays, layer_decay_scale, layer_id, train};
+pub use task::{
+    ClassifyResults, drop_path_scales, encoder_weights, finetune_decays, layer_decay_scale, layer_id, train,
+};

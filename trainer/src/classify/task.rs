@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 use cmae_engine::{Device, Gradients, Tape, Tensor};
 use rand::Rng;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::augment::{Mixup, RandAugment};
 use super::evaluation::evaluate;
@@ -143,14 +143,31 @@ pub fn encoder_weights(path: &Path) -> Result<(ModelConfig, F32Map)> {
     Ok((file.model_config()?, file.tensors))
 }
 
+/// What a finished run scored, as `RUN/results.json` keeps it (fields in
+/// alphabetical order, the order the file has always had).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyResults {
+    pub checkpoint: String,
+    pub classes: usize,
+    pub epochs: f64,
+    /// The pretrained checkpoint, or "scratch".
+    pub init: String,
+    pub mode: Mode,
+    pub steps: u64,
+    pub test_images: usize,
+    /// Accuracies in percent.
+    pub top1: f64,
+    pub top5: f64,
+}
+
 /// Trains a linear probe or fine-tunes, then evaluates on the test split and
-/// writes `RUN/results.json`.
+/// writes `RUN/results.json`; no results when the run stopped early.
 pub fn train(
     dev: &Device,
     cfg: &ClassifyConfig,
     flags: &RunFlags,
     interrupt: &AtomicBool,
-) -> Result<(Summary, serde_json::Value)> {
+) -> Result<(Summary, Option<ClassifyResults>)> {
     cfg.validate()?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
@@ -215,25 +232,25 @@ pub fn train(
     let meta = Meta { task: task_name.into(), config: cfg.to_ron() };
     let summary = runner::run(dev, &mut task, &sched, &meta, (flags, cadence), interrupt)?;
     if summary.interrupted {
-        return Ok((summary, json!({})));
+        return Ok((summary, None));
     }
     let test_set =
         data::Subset::first(data::open(&spec, Split::Test, cfg.data.synthetic_size, m.img_size)?, cfg.data.test_images);
     let eval = evaluate(dev, &task.model, test_set, cfg.data.bad_images, t.batch, t.seed, false)?;
     let epochs = (summary.step * t.accum_iter as u64) as f64 / batches_per_epoch as f64;
-    let results = json!({
-        "mode": task_name,
-        "top1": eval.top1,
-        "top5": eval.top5,
-        "epochs": epochs,
-        "steps": summary.step,
-        "test_images": eval.images,
-        "classes": cfg.classes,
-        "init": if cfg.init.is_empty() { "scratch" } else { cfg.init.as_str() },
-        "checkpoint": summary.checkpoint.display().to_string(),
-    });
+    let results = ClassifyResults {
+        checkpoint: summary.checkpoint.display().to_string(),
+        classes: cfg.classes,
+        epochs,
+        init: if cfg.init.is_empty() { "scratch".into() } else { cfg.init.clone() },
+        mode: cfg.mode,
+        steps: summary.step,
+        test_images: eval.images,
+        top1: eval.top1,
+        top5: eval.top5,
+    };
     write_atomic(&flags.out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
-    Ok((summary, results))
+    Ok((summary, Some(results)))
 }
 
 /// Stochastic-depth scales for one branch: 0 with probability `p`, else 1/(1 − p).
@@ -262,6 +279,25 @@ mod tests {
         assert!((s("pos_embed") - 0.65f64.powi(13)).abs() < 1e-15);
         assert!(!finetune_decays("pos_embed", &[1, 65, 192]) && !finetune_decays("cls_token", &[1, 1, 192]));
         assert!(finetune_decays("blocks.0.attn.qkv.weight", &[576, 192]) && !finetune_decays("head.bias", &[10]));
+    }
+
+    #[test]
+    fn results_keep_the_keys_and_order_of_results_json() {
+        let r = ClassifyResults {
+            checkpoint: "run/checkpoint.safetensors".into(),
+            classes: 10,
+            epochs: 1.5,
+            init: "scratch".into(),
+            mode: Mode::Finetune,
+            steps: 3,
+            test_images: 20,
+            top1: 50.0,
+            top5: 90.0,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"checkpoint":"run/checkpoint.safetensors","classes":10,"epochs":1.5,"init":"scratch","mode":"finetune","steps":3,"test_images":20,"top1":50.0,"top5":90.0}"#
+        );
     }
 
     #[test]
