@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use cmae::classify;
 use cmae::cli::{ClassifyArgs, ConfigArgs};
 use cmae::config::{PretrainConfig, parse_shots, validate_shots};
+use cmae::data::DataSpec;
 use cmae::data::augment::Transform;
-use cmae::data::{DataSpec, Split};
 use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
 use cmae::masking::MaskPlan;
 use cmae::train::runner::RunFlags;
@@ -375,14 +375,7 @@ fn run_reconstruct(
     let t = Transform::new(m.img_size, m.in_chans, (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()), false);
     let mut pixels = Vec::new();
     for path in images {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()?
-            .decode()
-            .with_context(|| format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display()))?;
-        let side = img.width().min(img.height());
-        let square = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side);
-        pixels.extend(t.apply(&square, &mut ChaCha8Rng::seed_from_u64(0)));
+        pixels.extend(t.apply(&cmae::data::open_centre_cropped(path)?, &mut ChaCha8Rng::seed_from_u64(0)));
     }
     let plan = MaskPlan::random(&shots, images.len(), m.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
     let r = recon::reconstruct(&dev, &loaded.mae, &pixels, images.len(), &shots, plan)?;
@@ -432,10 +425,8 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             let overrides: Vec<String> = std::iter::once("data.test_images=0".to_string()).chain(set).collect();
             let (model, cfg) = classify::Classifier::from_file(&dev, file, &overrides)?;
             let spec = DataSpec::parse(&data)?;
-            let test = cmae::data::Subset::first(
-                cmae::data::open(&spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?,
-                cfg.data.test_images,
-            );
+            let test =
+                cmae::data::test_subset(&spec, cfg.data.synthetic_size, cfg.model.img_size, cfg.data.test_images)?;
             if test.num_classes() != model.classes {
                 bail!("{data} has {} classes but the checkpoint's head has {}", test.num_classes(), model.classes);
             }

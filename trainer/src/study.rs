@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis;
 use crate::classify::{self, Accuracy, ClassifyConfig, ClassifyResults, Mode};
 use crate::config::{PretrainConfig, parse_shots};
-use crate::data::{self, DataSpec, Split};
+use crate::data::{self, DataSpec};
 use crate::safetensors_io::write_atomic;
 use crate::train::checkpoint;
 use crate::train::pretrain;
@@ -229,15 +229,8 @@ fn eval_stage(dev: &Device, o: &StudyOptions, checkpoint: &Path, path: &Path) ->
         let (model, cfg) = classify::load_classifier(dev, checkpoint)?;
         // The same test images as the run's own accuracy, so the robustness
         // columns compare with the clean one.
-        let test = data::Subset::first(
-            data::open(
-                &DataSpec::parse(&expand_data(&o.data))?,
-                Split::Test,
-                cfg.data.synthetic_size,
-                cfg.model.img_size,
-            )?,
-            cfg.data.test_images,
-        );
+        let spec = DataSpec::parse(&expand_data(&o.data))?;
+        let test = data::test_subset(&spec, cfg.data.synthetic_size, cfg.model.img_size, cfg.data.test_images)?;
         let acc = classify::evaluate(dev, &model, test, cfg.data.bad_images, 128, 0, true)?;
         write_atomic(path, serde_json::to_string_pretty(&acc)?.as_bytes())?;
     }

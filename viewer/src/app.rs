@@ -304,15 +304,7 @@ impl ViewerApp {
                 },
             ],
             (Panel::Loss, _, Some(f)) if !f.metrics.is_empty() => {
-                let steps = |value: &dyn Fn(&MetricsLine) -> Option<f64>| {
-                    f.metrics.iter().filter_map(|m| value(m).map(|v| (m.step as f64, v))).collect()
-                };
-                let shots = f.metrics.iter().map(|m| m.loss_per_shot.len()).max().unwrap_or(0);
-                let mut series = vec![Series { label: "loss".into(), points: steps(&|m| Some(m.loss)), dots: false }];
-                for s in 0..shots {
-                    let points = steps(&|m| m.loss_per_shot.get(s).copied().flatten());
-                    series.push(Series { label: format!("shot {s}"), points, dots: false });
-                }
+                let series = cmae::analysis::loss_series(&f.metrics);
                 vec![Chart { title: "pretraining loss", x: "step", y: "loss", series }]
             }
             _ => Vec::new(),

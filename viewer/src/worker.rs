@@ -275,16 +275,7 @@ impl State {
                 (images, set.mean_std())
             }
             Picture::File(path) => {
-                let img = image::ImageReader::open(path)
-                    .with_context(|| format!("cannot open image {}", path.display()))?
-                    .with_guessed_format()?
-                    .decode()
-                    .with_context(|| {
-                        format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display())
-                    })?;
-                let side = img.width().min(img.height());
-                let square = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side);
-                (vec![square], (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()))
+                (vec![data::open_centre_cropped(path)?], (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()))
             }
         };
         let transform = Transform::new(c.img_size, c.in_chans, stats, false);

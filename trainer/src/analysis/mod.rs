@@ -16,13 +16,13 @@ use serde_json::{Value, json};
 
 use crate::config::{ModelConfig, Shot, parse_shots, validate_shots};
 use crate::data::augment::Transform;
-use crate::data::{self, DataSpec, Split};
+use crate::data::{self, DataSpec};
 use crate::masking::MaskPlan;
 use crate::model::vit::Taps;
 use crate::model::{LoadedEncoder, Mae, Route, VitEncoder};
 use crate::safetensors_io::write_atomic;
 use crate::train::checkpoint::CheckpointFile;
-use crate::train::metrics::MetricsLog;
+use crate::train::metrics::{MetricsLine, MetricsLog};
 use crate::train::recon::save_png;
 use plot::Series;
 
@@ -110,19 +110,10 @@ pub fn half_mass_region(weights: &[f64]) -> Vec<usize> {
     out
 }
 
-/// The first `n` test images of a dataset, normalised, and the transform.
+/// The first `n` test images of a dataset (a synthetic one drawn 512 long),
+/// normalised, and the transform.
 fn analysis_images(spec: &str, model: &ModelConfig, n: usize) -> Result<(Vec<f32>, usize, Transform)> {
-    let spec = DataSpec::parse(spec)?;
-    let set = data::open(&spec, Split::Test, 512, model.img_size)?;
-    let t = Transform::new(model.img_size, model.in_chans, set.mean_std(), false);
-    let n = n.min(set.len());
-    let mut out = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    for i in 0..n {
-        let (img, _) = set.get(i).with_context(|| set.describe(i))?;
-        out.extend(t.apply(&img, &mut rng));
-    }
-    Ok((out, n, t))
+    data::first_test_images(&DataSpec::parse(spec)?, 512, model, n)
 }
 
 /// The encoder of any cmae checkpoint (pretrained MAE, probe or fine-tuned).
@@ -411,27 +402,32 @@ pub fn reversed_attention(
     }))
 }
 
+/// The total loss and each shot's loss over the steps of `metrics.jsonl`'s
+/// lines, one series each ("loss", "shot 0", ...); a shot's series has no
+/// points where the shot never dropped a patch.
+pub fn loss_series(lines: &[MetricsLine]) -> Vec<Series> {
+    let steps = |value: &dyn Fn(&MetricsLine) -> Option<f64>| {
+        lines.iter().filter_map(|l| value(l).map(|v| (l.step as f64, v))).collect()
+    };
+    let shots = lines.iter().map(|l| l.loss_per_shot.len()).max().unwrap_or(0);
+    std::iter::once(Series { label: "loss".into(), points: steps(&|l| Some(l.loss)), dots: false })
+        .chain((0..shots).map(|s| Series {
+            label: format!("shot {s}"),
+            points: steps(&|l| l.loss_per_shot.get(s).copied().flatten()),
+            dots: false,
+        }))
+        .collect()
+}
+
 /// `loss-curves`: total and per-shot pretraining losses from a run's metrics.jsonl.
 pub fn loss_curves(metrics: &Path, out: &Path) -> Result<Value> {
     let lines = MetricsLog::read(metrics)?;
     if lines.is_empty() {
         bail!("{} has no metrics yet", metrics.display());
     }
-    let shots = lines.iter().map(|l| l.loss_per_shot.len()).max().unwrap_or(0);
-    let mut series = vec![Series {
-        label: "loss".into(),
-        points: lines.iter().map(|l| (l.step as f64, l.loss)).collect(),
-        dots: false,
-    }];
-    for s in 0..shots {
-        let pts: Vec<(f64, f64)> = lines
-            .iter()
-            .filter_map(|l| l.loss_per_shot.get(s).copied().flatten().map(|v| (l.step as f64, v)))
-            .collect();
-        if !pts.is_empty() {
-            series.push(Series { label: format!("shot {s}"), points: pts, dots: false });
-        }
-    }
+    let mut series = loss_series(&lines);
+    // The total loss always has points; a shot that never dropped a patch has none.
+    series.retain(|s| !s.points.is_empty());
     plot::lines(&out.join("loss-curves.png"), "pretraining loss per shot", "step", "mean patch MSE", &series)?;
     let per: Vec<Value> = series.iter().map(|s| json!({"label": s.label, "points": s.points})).collect();
     Ok(json!({"kind": "loss-curves", "metrics": metrics.display().to_string(), "series": per}))

@@ -234,8 +234,7 @@ pub fn train(
     if summary.interrupted {
         return Ok((summary, None));
     }
-    let test_set =
-        data::Subset::first(data::open(&spec, Split::Test, cfg.data.synthetic_size, m.img_size)?, cfg.data.test_images);
+    let test_set = data::test_subset(&spec, cfg.data.synthetic_size, m.img_size, cfg.data.test_images)?;
     let eval = evaluate(dev, &task.model, test_set, cfg.data.bad_images, t.batch, t.seed, false)?;
     let epochs = (summary.step * t.accum_iter as u64) as f64 / batches_per_epoch as f64;
     let results = ClassifyResults {

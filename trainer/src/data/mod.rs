@@ -13,8 +13,13 @@ pub mod synthetic;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use image::DynamicImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::ModelConfig;
+use augment::Transform;
 
 /// Train or test split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +163,45 @@ pub fn open(spec: &DataSpec, split: Split, synthetic_len: usize, img_size: usize
         DataSpec::Cifar100(dir) => Arc::new(cifar::Cifar::open(dir, split, cifar::Kind::Cifar100)?),
         DataSpec::Folder(dir) => Arc::new(folder::Folder::open(dir, split)?),
     })
+}
+
+/// The first `n` test images (all of them when `n` is 0): the set every
+/// evaluation of a run scores, so that later evaluations compare with it.
+pub fn test_subset(spec: &DataSpec, synthetic_len: usize, img_size: usize, n: usize) -> Result<Arc<dyn Dataset>> {
+    Ok(Subset::first(open(spec, Split::Test, synthetic_len, img_size)?, n))
+}
+
+/// The first `n` test images (fewer if the split is smaller), normalised for
+/// `model` without augmentation, their count and the transform: the fixed
+/// images that reconstruction grids and analyses show.
+pub fn first_test_images(
+    spec: &DataSpec,
+    synthetic_len: usize,
+    model: &ModelConfig,
+    n: usize,
+) -> Result<(Vec<f32>, usize, Transform)> {
+    let set = open(spec, Split::Test, synthetic_len, model.img_size)?;
+    let t = Transform::new(model.img_size, model.in_chans, set.mean_std(), false);
+    let n = n.min(set.len());
+    let mut images = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for i in 0..n {
+        let (img, _) = set.get(i).with_context(|| set.describe(i))?;
+        images.extend(t.apply(&img, &mut rng));
+    }
+    Ok((images, n, t))
+}
+
+/// A photo from a file (PNG/JPEG), cropped to its centre square; the model's
+/// transform then resizes it without distortion.
+pub fn open_centre_cropped(path: &Path) -> Result<DynamicImage> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display()))?;
+    let side = img.width().min(img.height());
+    Ok(img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side))
 }
 
 #[cfg(test)]

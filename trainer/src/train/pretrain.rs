@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cmae_engine::{Device, Gradients, Tape, Tensor};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::Meta;
@@ -45,20 +44,6 @@ pub fn schedule_steps(
     let total = steps.map_or_else(|| (epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
     let warmup = total as f64 * (warmup_epochs / epochs).min(1.0);
     (total, warmup)
-}
-
-/// The fixed images every reconstruction grid shows: the first test images.
-fn recon_batch(cfg: &PretrainConfig, spec: &DataSpec) -> Result<(Vec<f32>, usize, Transform)> {
-    let test = data::open(spec, Split::Test, cfg.data.synthetic_size, cfg.model.img_size)?;
-    let t = Transform::new(cfg.model.img_size, cfg.model.in_chans, test.mean_std(), false);
-    let n = cfg.output.recon_images.min(test.len());
-    let mut images = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    for i in 0..n {
-        let (img, _) = test.get(i).with_context(|| test.describe(i))?;
-        images.extend(t.apply(&img, &mut rng));
-    }
-    Ok((images, n, t))
 }
 
 struct PretrainTask<'a> {
@@ -186,7 +171,9 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
         accum_iter: t.accum_iter as u64,
         batches_per_epoch,
     };
-    let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon: recon_batch(cfg, &spec)? };
+    // The fixed images every reconstruction grid shows.
+    let recon = data::first_test_images(&spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
+    let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon };
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
     let meta = Meta { task: "pretrain".into(), config: cfg.to_ron() };
