@@ -23,7 +23,6 @@ use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
 use crate::train::checkpoint::{CheckpointFile, Meta};
 use crate::train::lifecycle;
 use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
-use crate::train::pretrain::schedule_steps;
 use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 
 /// MAE's layer id for layer-wise lr decay: embeddings 0, block i → i+1, the rest `depth + 1`.
@@ -201,27 +200,16 @@ pub fn train(
         transform.randaug = t.randaug.then(RandAugment::default);
         transform.erase = t.reprob;
     }
-    let loader_cfg = LoaderConfig {
-        batch: t.batch,
-        seed: t.seed,
-        workers: cfg.data.workers,
-        bad_images: cfg.data.bad_images,
-        shuffle: true,
-        drop_last: true,
-        prefetch: 4,
-    };
+    let loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
-    let batches_per_epoch = loader.batches_per_epoch();
-    let (total_steps, warmup_steps) =
-        schedule_steps(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, batches_per_epoch);
-    let sched = Schedule {
-        total_steps,
-        warmup_steps,
-        peak_lr: cfg.lr(),
-        min_lr: t.min_lr,
-        accum_iter: t.accum_iter as u64,
-        batches_per_epoch,
-    };
+    let sched = Schedule::new(
+        t.epochs,
+        t.steps,
+        t.warmup_epochs,
+        t.accum_iter,
+        loader.batches_per_epoch(),
+        (cfg.lr(), t.min_lr),
+    );
     let mut task = ClassifyTask { cfg, model, opt, loader };
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
@@ -236,7 +224,7 @@ pub fn train(
     }
     let test_set = data::test_subset(&spec, cfg.data.synthetic_size, m.img_size, cfg.data.test_images)?;
     let eval = evaluate(dev, &task.model, test_set, cfg.data.bad_images, t.batch, t.seed, false)?;
-    let epochs = (summary.step * t.accum_iter as u64) as f64 / batches_per_epoch as f64;
+    let epochs = (summary.step * t.accum_iter as u64) as f64 / sched.batches_per_epoch as f64;
     let results = ClassifyResults {
         checkpoint: summary.checkpoint.display().to_string(),
         classes: cfg.classes,

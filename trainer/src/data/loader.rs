@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 
 use super::Dataset;
 use super::augment::Transform;
-use crate::config::BadImages;
+use crate::config::{BadImages, DataConfig};
 use crate::rng::{Stream, stream_rng};
 
 /// One batch: images `[B, C, H, W]` normalised, and labels.
@@ -44,6 +44,22 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Batches decoded ahead of the consumer.
     pub prefetch: u64,
+}
+
+impl LoaderConfig {
+    /// A training run's reads: shuffled every epoch, full batches only, a few
+    /// batches ahead of the GPU.
+    pub fn training(batch: usize, seed: u64, data: &DataConfig) -> Self {
+        Self {
+            batch,
+            seed,
+            workers: data.workers,
+            bad_images: data.bad_images,
+            shuffle: true,
+            drop_last: true,
+            prefetch: 4,
+        }
+    }
 }
 
 struct Shared {

@@ -31,21 +31,6 @@ pub fn init_rng(seed: u64) -> ChaCha8Rng {
     stream_rng(Stream::PretrainInit, &[seed])
 }
 
-/// Total optimizer steps and warmup steps of a run of `epochs` (or `steps`)
-/// over `batches_per_epoch` micro-batches.
-pub fn schedule_steps(
-    epochs: f64,
-    steps: Option<usize>,
-    warmup_epochs: f64,
-    accum: usize,
-    batches_per_epoch: u64,
-) -> (u64, f64) {
-    let per_epoch = batches_per_epoch as f64 / accum as f64;
-    let total = steps.map_or_else(|| (epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
-    let warmup = total as f64 * (warmup_epochs / epochs).min(1.0);
-    (total, warmup)
-}
-
 struct PretrainTask<'a> {
     cfg: &'a PretrainConfig,
     mae: Mae,
@@ -150,27 +135,10 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
         crate::config::shots_to_string(&cfg.shots)
     );
     let transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
-    let loader_cfg = LoaderConfig {
-        batch: t.batch,
-        seed: t.seed,
-        workers: cfg.data.workers,
-        bad_images: cfg.data.bad_images,
-        shuffle: true,
-        drop_last: true,
-        prefetch: 4,
-    };
+    let loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
-    let batches_per_epoch = loader.batches_per_epoch();
-    let (total_steps, warmup_steps) =
-        schedule_steps(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, batches_per_epoch);
-    let sched = Schedule {
-        total_steps,
-        warmup_steps,
-        peak_lr: cfg.lr(),
-        min_lr: 0.0,
-        accum_iter: t.accum_iter as u64,
-        batches_per_epoch,
-    };
+    let sched =
+        Schedule::new(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, loader.batches_per_epoch(), (cfg.lr(), 0.0));
     // The fixed images every reconstruction grid shows.
     let recon = data::first_test_images(&spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
     let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon };

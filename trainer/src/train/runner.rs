@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, Meta};
 use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
-use super::schedule::lr_at;
+use super::schedule::{lr_at, schedule_steps};
 use crate::model::ParamStore;
 use crate::safetensors_io::{F32Map, NamedF32};
 
@@ -60,6 +60,22 @@ pub struct Schedule {
     pub accum_iter: u64,
     /// Micro-batches per epoch (for the `epoch` metric).
     pub batches_per_epoch: u64,
+}
+
+impl Schedule {
+    /// The schedule of a run of `epochs` (or `steps`) with `warmup_epochs` of
+    /// warmup over `batches_per_epoch` micro-batches, `accum` a step.
+    pub fn new(
+        epochs: f64,
+        steps: Option<usize>,
+        warmup_epochs: f64,
+        accum: usize,
+        batches_per_epoch: u64,
+        (peak_lr, min_lr): (f64, f64),
+    ) -> Self {
+        let (total_steps, warmup_steps) = schedule_steps(epochs, steps, warmup_epochs, accum, batches_per_epoch);
+        Self { total_steps, warmup_steps, peak_lr, min_lr, accum_iter: accum as u64, batches_per_epoch }
+    }
 }
 
 /// Where a run writes and how it starts and stops, the same for every task

@@ -1,6 +1,21 @@
 //! MAE's per-iteration learning-rate schedule: linear warmup, then a
 //! half-cosine to 0.
 
+/// Total optimizer steps and warmup steps of a run of `epochs` (or `steps`)
+/// over `batches_per_epoch` micro-batches.
+pub fn schedule_steps(
+    epochs: f64,
+    steps: Option<usize>,
+    warmup_epochs: f64,
+    accum: usize,
+    batches_per_epoch: u64,
+) -> (u64, f64) {
+    let per_epoch = batches_per_epoch as f64 / accum as f64;
+    let total = steps.map_or_else(|| (epochs * per_epoch).ceil().max(1.0) as u64, |s| s as u64);
+    let warmup = total as f64 * (warmup_epochs / epochs).min(1.0);
+    (total, warmup)
+}
+
 /// Learning rate of optimizer step `step` (0-based) out of `total`, with
 /// `warmup` warmup steps, peak `peak` and a cosine floor `min`.
 pub fn lr_at(step: u64, total: u64, warmup: f64, peak: f64, min: f64) -> f64 {
