@@ -1,9 +1,11 @@
+// Rust wrapper: engine/src/kernels/batchnorm.rs
 // BatchNorm1d without affine parameters over x [rows, d] (features in
 // columns), one invocation per feature. The linear probe's head uses it on
 // frozen features, so no backward is needed.
 //
 // train: μ_j, σ²_j over the rows (biased), y = (x − μ)/sqrt(σ² + eps);
-//        running ← (1 − momentum)·running + momentum·(μ, σ²·n/(n−1))
+//        running_mean ← (1 − momentum)·running_mean + momentum·μ
+//        running_var  ← (1 − momentum)·running_var + momentum·σ²·n/(n−1)
 // eval:  y = (x − running_mean)/sqrt(running_var + eps)
 
 struct Params { rows: u32, d: u32, eps: f32, momentum: f32 }
@@ -11,7 +13,8 @@ struct Params { rows: u32, d: u32, eps: f32, momentum: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> running: array<f32>; // [2, d]: mean, var
+@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>; // [d]
+@group(0) @binding(4) var<storage, read_write> running_var: array<f32>; // [d]
 
 @compute @workgroup_size(64)
 fn train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -25,8 +28,8 @@ fn train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         let inv = inverseSqrt(var_b + p.eps);
         for (var r = 0u; r < p.rows; r++) { y[r * p.d + j] = (x[r * p.d + j] - mean) * inv; }
         let unbiased = sq / f32(max(p.rows, 2u) - 1u);
-        running[j] = (1.0 - p.momentum) * running[j] + p.momentum * mean;
-        running[p.d + j] = (1.0 - p.momentum) * running[p.d + j] + p.momentum * unbiased;
+        running_mean[j] = (1.0 - p.momentum) * running_mean[j] + p.momentum * mean;
+        running_var[j] = (1.0 - p.momentum) * running_var[j] + p.momentum * unbiased;
     }
 }
 
@@ -34,6 +37,6 @@ fn train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 fn eval(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var e = gid.x; e < p.rows * p.d; e += nwg.x * 64u) {
         let j = e % p.d;
-        y[e] = (x[e] - running[j]) * inverseSqrt(running[p.d + j] + p.eps);
+        y[e] = (x[e] - running_mean[j]) * inverseSqrt(running_var[j] + p.eps);
     }
 }

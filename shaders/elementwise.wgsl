@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/elementwise.rs
 // Elementwise kernels over vec4s. Tensor buffers are padded to 16 bytes, so
 // every kernel walks ceil(n/4) whole vec4s (the padding past n holds nothing
 // anyone reads); on llvmpipe one vec4 load costs about what one f32 load

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/gather.rs
 // Row gather and scatter per sample: the masking primitive.
 //
 // gather_rows:  out[b, out_off + k, :] = src[b, idx[b, k], :]

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/gelu.rs
 // Exact (erf) GELU, as PyTorch's nn.GELU() and timm's Mlp use.
 //
 // forward:  y = x · Φ(x),  Φ(x) = ½(1 + erf(x/√2))

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/layernorm.rs
 // LayerNorm over the last axis of x [rows, d], one invocation per row.
 //
 // forward:  μ = mean(x), σ⁻¹ = 1/sqrt(mean((x−μ)²) + eps), x̂ = (x−μ)σ⁻¹, y = γ·x̂ + β

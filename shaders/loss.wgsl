@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/loss.rs
 // Per-row losses and their gradients. The weighted total is formed by
 // reduce.wgsl (weighted_sums), so masking, per-shot means and loss weights are
 // all just row weights w computed on the host from the mask plan.

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/matmul.rs
 // Register-blocked matmul entry point without subgroup operations (appended
 // to matmul_common.wgsl): every lane loads its own A rows and B columns,
 // 24 vec4 loads per 512 FMAs.

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/matmul.rs
 // Register-blocked matmul entry point for adapters whose subgroups have 8
 // lanes (llvmpipe), appended to matmul_common.wgsl.
 //

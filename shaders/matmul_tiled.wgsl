@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/matmul.rs
 // Batched matmul for real GPUs: shared-memory tiles.
 //
 //   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col])      op(X) = X or Xᵀ

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/optim.rs
 // Optimizer updates, one dispatch per parameter tensor.
 //
 // adamw (PyTorch's AdamW, in its order of operations):

@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/patch.rs
 // Patches of square images [B, C, H, W] (H = W = grid·p).
 //
 // patchify: out[b, i, :] = the pixels of patch i = row·grid + col, ordered

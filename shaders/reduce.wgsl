@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/reduce.rs
 // Sums over rows, in a fixed order (no atomics), so results are bit-for-bit
 // reproducible from run to run.
 //

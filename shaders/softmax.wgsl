@@ -1,3 +1,4 @@
+// Rust wrapper: engine/src/kernels/softmax.rs
 // Row softmax, in place, one invocation per row (rows are short: attention
 // scores have T ≤ a few hundred columns, and a row per invocation needs no
 // barriers, which matters on CPU adapters).

@@ -16,6 +16,9 @@ pub enum Error {
     /// An error reported by the GPU driver or wgpu itself.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// A write into storage that another handle still reads.
+    #[error("{0}")]
+    Aliased(String),
     /// Misuse of the autodiff tape (e.g. backward from a non-scalar).
     #[error("autodiff: {0}")]
     Autodiff(String),

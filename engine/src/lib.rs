@@ -12,4 +12,4 @@ pub mod tensor;
 pub use autodiff::{Gradients, Tape, Var};
 pub use device::{Device, MatmulKind, MemoryStats, PendingRead};
 pub use error::{Error, Result};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Tensor, TensorMut};

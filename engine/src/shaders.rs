@@ -1,19 +1,22 @@
 //! The WGSL sources, compiled into the binary so nothing is read at run time.
 
 /// One shader module, made of one or more files from `shaders/` (a shared
-/// part first, then the file with the entry point).
+/// part first, then the file with the entry point), and the file in
+/// `engine/src/kernels/` whose typed wrapper dispatches it.
 #[derive(Debug)]
 pub struct Shader {
     pub name: &'static str,
     pub files: &'static [&'static str],
+    pub wrapper: &'static str,
     pub source: &'static str,
 }
 
 macro_rules! shaders {
-    ($($ident:ident => [$($file:literal),+]),* $(,)?) => {
+    ($($ident:ident => $wrapper:literal, [$($file:literal),+]),* $(,)?) => {
         $(pub static $ident: Shader = Shader {
             name: shaders!(@last $($file),+),
             files: &[$($file),+],
+            wrapper: $wrapper,
             source: concat!($(include_str!(concat!("../../shaders/", $file)), "\n"),+),
         };)*
         /// Every shader, for validation tests and tools.
@@ -24,17 +27,17 @@ macro_rules! shaders {
 }
 
 shaders! {
-    MATMUL_REGISTER => ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
-    MATMUL_SUBGROUP => ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
-    MATMUL_TILED => ["matmul_params.wgsl", "matmul_tiled.wgsl"],
-    SOFTMAX => ["softmax.wgsl"],
-    LAYERNORM => ["layernorm.wgsl"],
-    GELU => ["gelu.wgsl"],
-    ELEMENTWISE => ["elementwise.wgsl"],
-    REDUCE => ["reduce.wgsl"],
-    GATHER => ["gather.wgsl"],
-    PATCH => ["patch.wgsl"],
-    LOSS => ["loss.wgsl"],
-    OPTIM => ["optim.wgsl"],
-    BATCHNORM => ["batchnorm.wgsl"],
+    MATMUL_REGISTER => "matmul.rs", ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP => "matmul.rs", ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED => "matmul.rs", ["matmul_params.wgsl", "matmul_tiled.wgsl"],
+    SOFTMAX => "softmax.rs", ["softmax.wgsl"],
+    LAYERNORM => "layernorm.rs", ["layernorm.wgsl"],
+    GELU => "gelu.rs", ["gelu.wgsl"],
+    ELEMENTWISE => "elementwise.rs", ["elementwise.wgsl"],
+    REDUCE => "reduce.rs", ["reduce.wgsl"],
+    GATHER => "gather.rs", ["gather.wgsl"],
+    PATCH => "patch.rs", ["patch.wgsl"],
+    LOSS => "loss.rs", ["loss.wgsl"],
+    OPTIM => "optim.rs", ["optim.wgsl"],
+    BATCHNORM => "batchnorm.rs", ["batchnorm.wgsl"],
 }

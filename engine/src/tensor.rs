@@ -1,10 +1,18 @@
-//! GPU tensors: a pooled buffer with a shape. Contiguous, row-major, immutable
-//! by convention; layout changes are explicit kernels.
+//! GPU tensors: pooled storage with a shape, contiguous and row-major.
+//!
+//! A [`Tensor`] is immutable: clones and reshapes share its storage, and the
+//! tape keeps clones for the backward pass, so nothing may write it. A
+//! [`TensorMut`] is the one handle that kernels write in place (parameters,
+//! optimizer state, running statistics, a kernel's fresh output), as candle's
+//! `Var`; a write is refused while any other handle shares its storage, so
+//! changing values under a saved activation is an error, not a silent wrong
+//! gradient.
 
-use std::sync::{Arc, Weak};
+use std::ops::Deref;
+use std::sync::Arc;
 
-use crate::device::{Device, Inner, lock};
-use crate::error::{Result, shape_err};
+use crate::device::{Access, Binding, Device, PendingRead, Storage};
+use crate::error::{Error, Result, shape_err};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -13,21 +21,8 @@ pub enum DType {
     U32,
 }
 
-struct Storage {
-    buffer: Option<wgpu::Buffer>,
-    owner: Weak<Inner>,
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        if let (Some(buf), Some(owner)) = (self.buffer.take(), self.owner.upgrade()) {
-            lock(&owner.pool).give_back(buf);
-        }
-    }
-}
-
-/// A GPU tensor. Cloning shares the buffer; it goes back to the pool when the
-/// last clone is dropped.
+/// An immutable GPU tensor. Cloning shares the buffer; it goes back to the
+/// pool when the last clone is dropped.
 #[derive(Clone)]
 pub struct Tensor {
     storage: Arc<Storage>,
@@ -42,30 +37,15 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
-    /// A tensor whose contents are whatever the pooled buffer held.
-    /// Kernels that write every element use this for their outputs.
-    pub fn uninit(dev: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
-        let bytes = (shape.iter().product::<usize>() * 4) as u64;
-        let buffer = dev.alloc(bytes)?;
-        Ok(Self {
-            storage: Arc::new(Storage { buffer: Some(buffer), owner: dev.downgrade() }),
-            shape: shape.to_vec(),
-            dtype,
-        })
-    }
-
     pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Self> {
-        check_len("from_f32", data.len(), shape)?;
-        dev.upload(bytemuck::cast_slice(data), shape, DType::F32)
+        Ok(TensorMut::from_f32(dev, data, shape)?.freeze())
     }
 
     pub fn from_u32(dev: &Device, data: &[u32], shape: &[usize]) -> Result<Self> {
         check_len("from_u32", data.len(), shape)?;
-        dev.upload(bytemuck::cast_slice(data), shape, DType::U32)
-    }
-
-    pub fn zeros(dev: &Device, shape: &[usize]) -> Result<Self> {
-        crate::kernels::elementwise::full(dev, shape, 0.0)
+        let mut t = TensorMut::uninit(dev, shape, DType::U32)?;
+        t.write(dev, bytemuck::cast_slice(data))?;
+        Ok(t.freeze())
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -90,13 +70,9 @@ impl Tensor {
         let rank = self.shape.len() as isize;
         let i = if axis < 0 { rank + axis } else { axis };
         if !(0..rank).contains(&i) {
-            return Err(crate::error::shape_err("dim", format!("axis {axis} of a tensor of shape {:?}", self.shape)));
+            return Err(shape_err("dim", format!("axis {axis} of a tensor of shape {:?}", self.shape)));
         }
         Ok(self.shape[i as usize])
-    }
-
-    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
-        self.storage.buffer.as_ref().expect("buffer lives until drop")
     }
 
     /// The same data under another shape with the same element count.
@@ -110,12 +86,123 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
-    pub fn to_vec_f32(&self, dev: &Device) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&dev.read_bytes(self)?))
+    /// The only handle on its storage becomes writable; a shared one is an error.
+    pub fn into_mut(self) -> Result<TensorMut> {
+        if Arc::strong_count(&self.storage) > 1 {
+            return Err(Error::Aliased(format!(
+                "a tensor of shape {:?} cannot become mutable while other handles share it",
+                self.shape
+            )));
+        }
+        Ok(TensorMut(self))
     }
 
-    pub fn to_vec_u32(&self, dev: &Device) -> Result<Vec<u32>> {
-        Ok(bytemuck::pod_collect_to_vec(&dev.read_bytes(self)?))
+    pub(crate) fn bind(&self, slot: u32) -> Binding<'_> {
+        Binding { slot, access: Access::Read, storage: &self.storage, shape: &self.shape, bytes: self.byte_len() }
+    }
+
+    /// Reads the values back once this stream's batch has run: `.await` it,
+    /// or [`PendingRead::wait`] to block.
+    pub fn read_f32(&self, dev: &Device) -> Result<PendingRead<f32>> {
+        self.expect_dtype("read_f32", DType::F32)?;
+        dev.read_later(&self.bind(0))
+    }
+
+    pub fn read_u32(&self, dev: &Device) -> Result<PendingRead<u32>> {
+        self.expect_dtype("read_u32", DType::U32)?;
+        dev.read_later(&self.bind(0))
+    }
+
+    /// The values, waiting for all work recorded on `dev`'s stream.
+    pub fn wait_f32(&self, dev: &Device) -> Result<Vec<f32>> {
+        self.read_f32(dev)?.wait()
+    }
+
+    pub fn wait_u32(&self, dev: &Device) -> Result<Vec<u32>> {
+        self.read_u32(dev)?.wait()
+    }
+
+    fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(shape_err(op, format!("tensor {:?} is {:?}", self.shape, self.dtype)));
+        }
+        Ok(())
+    }
+}
+
+impl AsRef<Tensor> for Tensor {
+    fn as_ref(&self) -> &Tensor {
+        self
+    }
+}
+
+impl AsRef<Tensor> for TensorMut {
+    fn as_ref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+/// A tensor that kernels may write in place. Not `Clone`: there is one
+/// writable handle, and [`TensorMut::freeze`] turns it into a [`Tensor`].
+pub struct TensorMut(Tensor);
+
+impl std::fmt::Debug for TensorMut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TensorMut({:?}, {:?})", self.0.dtype, self.0.shape)
+    }
+}
+
+impl Deref for TensorMut {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+impl TensorMut {
+    /// A tensor whose contents are whatever the pooled buffer held.
+    /// Kernels that write every element use this for their outputs.
+    pub fn uninit(dev: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
+        let bytes = (shape.iter().product::<usize>() * 4) as u64;
+        let storage = Arc::new(dev.alloc(bytes)?);
+        Ok(Self(Tensor { storage, shape: shape.to_vec(), dtype }))
+    }
+
+    pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Self> {
+        check_len("from_f32", data.len(), shape)?;
+        let mut t = Self::uninit(dev, shape, DType::F32)?;
+        t.write(dev, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    /// Gives up writing: the values become an ordinary immutable tensor.
+    pub fn freeze(self) -> Tensor {
+        self.0
+    }
+
+    pub fn as_tensor(&self) -> &Tensor {
+        &self.0
+    }
+
+    /// The same storage under another shape, still the only writable handle.
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        check_len("reshape", self.numel(), shape)?;
+        Ok(Self(Tensor { shape: shape.to_vec(), ..self.0 }))
+    }
+
+    /// Overwrites the contents with host bytes (recorded in order, like a dispatch).
+    pub fn write(&mut self, dev: &Device, data: &[u8]) -> Result<()> {
+        dev.write_bytes(&self.bind_mut(0), data)
+    }
+
+    /// Overwrites the start of this tensor with all of `src`.
+    pub fn copy_from(&mut self, dev: &Device, src: &Tensor) -> Result<()> {
+        dev.copy_bytes(&src.bind(0), &self.bind_mut(0), src.byte_len())
+    }
+
+    pub(crate) fn bind_mut(&self, slot: u32) -> Binding<'_> {
+        Binding { access: Access::Write, ..self.0.bind(slot) }
     }
 }
 

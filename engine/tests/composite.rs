@@ -66,7 +66,7 @@ fn no_grad_records_nothing_and_backward_refuses() {
     let x = tape.param("x", &Tensor::from_f32(d, &[1.0, 2.0], &[2]).unwrap());
     let y = tape.mean(&tape.mul(&x, &x).unwrap()).unwrap();
     assert!(!y.requires_grad());
-    assert_eq!(y.value().to_vec_f32(d).unwrap(), vec![2.5]);
+    assert_eq!(y.value().wait_f32(d).unwrap(), vec![2.5]);
     let err = tape.backward(&y, &mut Gradients::default()).unwrap_err().to_string();
     assert!(err.contains("does not depend"), "{err}");
 }
@@ -83,14 +83,14 @@ fn gradients_accumulate_across_backward_calls() {
         tape.backward(&loss, &mut grads).unwrap();
     }
     // d mean(x²)/dx = 2x/3, three times.
-    assert_eq!(grads.get("x").unwrap().to_vec_f32(d).unwrap(), vec![2.0, -4.0, 6.0]);
+    assert_eq!(grads.get("x").unwrap().wait_f32(d).unwrap(), vec![2.0, -4.0, 6.0]);
     // A parameter used twice gets both contributions.
     let tape = Tape::new(d);
     let (a, b) = (tape.param("p", &xt), tape.param("p", &xt));
     let loss = tape.mean(&tape.add(&a, &b).unwrap()).unwrap();
     let mut g2 = Gradients::default();
     tape.backward(&loss, &mut g2).unwrap();
-    assert_eq!(g2.get("p").unwrap().to_vec_f32(d).unwrap(), vec![2.0 / 3.0; 3]);
+    assert_eq!(g2.get("p").unwrap().wait_f32(d).unwrap(), vec![2.0 / 3.0; 3]);
 }
 
 #[test]

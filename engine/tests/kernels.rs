@@ -2,13 +2,13 @@
 
 mod common;
 
+use cmae_engine::Tensor;
 use cmae_engine::kernels::attention::attention;
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use cmae_engine::kernels::{batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
-use cmae_engine::{DType, Tensor};
 use common::reference::{self as refr, to64};
-use common::{assert_close, dev, download, rand_vec, upload};
+use common::{assert_close, dev, download, rand_vec, upload, upload_mut};
 
 /// Elementwise results differ from f64 only by one f32 rounding (2⁻²⁴ ≈ 6e-8
 /// relative); 1e-6 relative plus 1e-6 absolute covers that with margin.
@@ -29,8 +29,8 @@ fn elementwise_ops_match() {
         let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a) * f64::from(*b)).collect();
         assert_close("mul", &download(&elementwise::mul(d, &xt, &yt).unwrap()), &want, ELEM.0, ELEM.1);
         assert_close("fill", &download(&elementwise::full(d, &[n], 0.25).unwrap()), &vec![0.25; n], 0.0, 0.0);
-        let acc = upload(&x, &[n]);
-        elementwise::accumulate(d, &acc, &yt, 3.0).unwrap();
+        let mut acc = upload_mut(&x, &[n]);
+        elementwise::accumulate(d, &mut acc, &yt, 3.0).unwrap();
         let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a) + 3.0 * f64::from(*b)).collect();
         assert_close("accumulate", &download(&acc), &want, ELEM.0, ELEM.1);
     }
@@ -86,8 +86,8 @@ fn layer_norm_matches() {
 fn softmax_rows_match() {
     for (rows, cols) in [(1usize, 1usize), (3, 17), (65, 65), (2, 197)] {
         let x: Vec<f32> = rand_vec(rows * cols, 11).iter().map(|v| v * 20.0).collect();
-        let t = upload(&x, &[rows, cols]);
-        softmax::softmax_in_place(dev(), &t).unwrap();
+        let mut t = upload_mut(&x, &[rows, cols]);
+        softmax::softmax_in_place(dev(), &mut t).unwrap();
         assert_close(
             &format!("softmax {rows}x{cols}"),
             &download(&t),
@@ -133,8 +133,8 @@ fn gather_and_scatter_rows_match() {
     }
     assert_close("scatter_add_rows", &back, &want, 0.0, 0.0);
     // copy_rows with offsets.
-    let out = Tensor::zeros(dev(), &[b, n + 2, dim]).unwrap();
-    gather::copy_rows(dev(), &xt, 3, &out, 2, 4).unwrap();
+    let mut out = elementwise::zeros(dev(), &[b, n + 2, dim]).unwrap();
+    gather::copy_rows(dev(), &xt, 3, &mut out, 2, 4).unwrap();
     let got = download(&out);
     for bi in 0..b {
         for r in 0..4 {
@@ -221,9 +221,9 @@ fn patchify_orders_and_norm_pix_match() {
         assert_close(&format!("patchify {order:?}"), &got, &want, 0.0, 0.0);
     }
     let cols = p * p * c;
-    let t = patchify(dev(), &it, p, PatchOrder::ChannelLast).unwrap();
+    let mut t = patchify(dev(), &it, p, PatchOrder::ChannelLast).unwrap().into_mut().unwrap();
     let raw = to64(&download(&t));
-    norm_pix_in_place(dev(), &t).unwrap();
+    norm_pix_in_place(dev(), &mut t).unwrap();
     let want: Vec<f64> = raw
         .chunks(cols)
         .flat_map(|row| {
@@ -272,8 +272,11 @@ fn adamw_matches_pytorch_formula_over_several_steps() {
     let n = 1031;
     let mut p = to64(&rand_vec(n, 37));
     let (mut m, mut v) = (vec![0.0f64; n], vec![0.0f64; n]);
-    let (pt, mt, vt) =
-        (upload(&rand_vec(n, 37), &[n]), Tensor::zeros(dev(), &[n]).unwrap(), Tensor::zeros(dev(), &[n]).unwrap());
+    let (mut pt, mut mt, mut vt) = (
+        upload_mut(&rand_vec(n, 37), &[n]),
+        elementwise::zeros(dev(), &[n]).unwrap(),
+        elementwise::zeros(dev(), &[n]).unwrap(),
+    );
     let (lr, b1, b2, eps, wd) = (1e-2f64, 0.9f64, 0.95f64, 1e-8f64, 0.05f64);
     for step in 1..=5u64 {
         let g = rand_vec(n, 100 + step);
@@ -286,7 +289,7 @@ fn adamw_matches_pytorch_formula_over_several_steps() {
             step,
             grad_scale: 0.5,
         };
-        optim::adamw(dev(), &pt, &upload(&g, &[n]), &mt, &vt, s).unwrap();
+        optim::adamw(dev(), &mut pt, &upload(&g, &[n]), &mut mt, &mut vt, s).unwrap();
         for i in 0..n {
             let gi = 0.5 * f64::from(g[i]);
             p[i] *= 1.0 - lr * wd;
@@ -305,20 +308,20 @@ fn adamw_matches_pytorch_formula_over_several_steps() {
 #[test]
 fn kernel_wrappers_reject_bad_shapes_with_both_shapes_named() {
     let d = dev();
-    let a = Tensor::zeros(d, &[2, 3]).unwrap();
-    let b = Tensor::zeros(d, &[3, 2]).unwrap();
+    let a = elementwise::full(d, &[2, 3], 0.0).unwrap();
+    let b = elementwise::full(d, &[3, 2], 0.0).unwrap();
     let msg = elementwise::add(d, &a, &b).unwrap_err().to_string();
     assert!(msg.contains("[2, 3]") && msg.contains("[3, 2]"), "{msg}");
-    let g = Tensor::zeros(d, &[4]).unwrap();
+    let g = elementwise::full(d, &[4], 0.0).unwrap();
     let msg = layernorm::layer_norm(d, &a, &g, &g, 1e-6).unwrap_err().to_string();
     assert!(msg.contains("[4]") && msg.contains("[2, 3]"), "{msg}");
-    let x = Tensor::zeros(d, &[2, 5, 4]).unwrap();
+    let x = elementwise::full(d, &[2, 5, 4], 0.0).unwrap();
     let idx = Tensor::from_u32(d, &[0, 1, 2], &[3, 1]).unwrap();
     let msg = gather::gather_rows(d, &x, &idx).unwrap_err().to_string();
     assert!(msg.contains("[3, 1]"), "{msg}");
-    let f = Tensor::uninit(d, &[2, 1], DType::F32).unwrap();
+    let f = Tensor::from_f32(d, &[0.0, 1.0], &[2, 1]).unwrap();
     assert!(gather::gather_rows(d, &x, &f).is_err(), "f32 indices are rejected");
-    let msg = attention(d, &Tensor::zeros(d, &[2, 5, 10]).unwrap(), 3).unwrap_err().to_string();
+    let msg = attention(d, &elementwise::full(d, &[2, 5, 10], 0.0).unwrap(), 3).unwrap_err().to_string();
     assert!(msg.contains("[2, 5, 10]"), "{msg}");
 }
 
@@ -326,8 +329,10 @@ fn kernel_wrappers_reject_bad_shapes_with_both_shapes_named() {
 fn batch_norm_train_and_eval_match() {
     let (rows, d) = (13usize, 5usize);
     let x = rand_vec(rows * d, 51);
-    let running = upload(&[0.5, -0.5, 0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.25], &[2, d]);
-    let y = download(&batchnorm::batch_norm_train(dev(), &upload(&x, &[rows, d]), &running, 1e-6, 0.1).unwrap());
+    let (mut mean, mut var) =
+        (upload_mut(&[0.5, -0.5, 0.0, 1.0, 2.0], &[d]), upload_mut(&[1.0, 1.0, 1.0, 0.5, 0.25], &[d]));
+    let features = upload(&x, &[rows, d]);
+    let y = download(&batchnorm::batch_norm_train(dev(), &features, (&mut mean, &mut var), 1e-6, 0.1).unwrap());
     let mut want = vec![0.0; rows * d];
     let mut want_running = vec![0.5, -0.5, 0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.25];
     for j in 0..d {
@@ -341,8 +346,9 @@ fn batch_norm_train_and_eval_match() {
         want_running[d + j] = 0.9 * want_running[d + j] + 0.1 * var * rows as f64 / (rows - 1) as f64;
     }
     assert_close("batch_norm train", &y, &want, ROWS.0, ROWS.1);
-    assert_close("running stats", &download(&running), &want_running, ROWS.0, ROWS.1);
-    let y = download(&batchnorm::batch_norm_eval(dev(), &upload(&x, &[rows, d]), &running, 1e-6).unwrap());
+    let running = [download(&mean), download(&var)].concat();
+    assert_close("running stats", &running, &want_running, ROWS.0, ROWS.1);
+    let y = download(&batchnorm::batch_norm_eval(dev(), &features, (&mean, &var), 1e-6).unwrap());
     let want: Vec<f64> = (0..rows * d)
         .map(|e| (f64::from(x[e]) - want_running[e % d]) / (want_running[d + e % d] + 1e-6).sqrt())
         .collect();
@@ -357,9 +363,9 @@ fn lars_matches_a_hand_computed_step() {
         let p = rand_vec(n, 61);
         let g = rand_vec(n, 62);
         let mu0 = rand_vec(n, 63);
-        let (pt, mt) = (upload(&p, &[n]), upload(&mu0, &[n]));
+        let (mut pt, mut mt) = (upload_mut(&p, &[n]), upload_mut(&mu0, &[n]));
         let s = optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.05, trust: 0.001, scaled, grad_scale: 0.5 };
-        optim::lars(dev(), &pt, &upload(&g, &[n]), &mt, s).unwrap();
+        optim::lars(dev(), &mut pt, &upload(&g, &[n]), &mut mt, s).unwrap();
         let dp: Vec<f64> =
             (0..n).map(|i| 0.5 * f64::from(g[i]) + if scaled { 0.05 * f64::from(p[i]) } else { 0.0 }).collect();
         let q = if scaled {

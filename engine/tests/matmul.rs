@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 
+use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::matmul::{MatView, Matmul, linear, matmul};
 use cmae_engine::{Device, MatmulKind, Tensor};
 use common::{assert_close, rand_vec};
@@ -65,7 +66,7 @@ fn check_all_shapes(kind: MatmulKind) {
                     let bt = Tensor::from_f32(&dev, &b, &bsh).unwrap();
                     let c = matmul(&dev, &at, &bt, ta, tb).unwrap();
                     assert_eq!(c.shape(), &[m, n]);
-                    let got = c.to_vec_f32(&dev).unwrap();
+                    let got = c.wait_f32(&dev).unwrap();
                     let want = reference(&a, &b, m, n, k, ta, tb);
                     assert_close(&format!("{kind:?} m={m} n={n} k={k} ta={ta} tb={tb}"), &got, &want, ATOL, RTOL);
                 }
@@ -129,7 +130,7 @@ fn linear_with_fused_bias_matches_f64() {
             }
             assert_close(
                 &format!("{kind:?} linear {rows}x{inp}->{out}"),
-                &y.to_vec_f32(&dev).unwrap(),
+                &y.wait_f32(&dev).unwrap(),
                 &want,
                 ATOL,
                 RTOL,
@@ -148,7 +149,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
         let d = h * hd;
         let qkv = rand_vec(b * t * 3 * d, 7);
         let qkv_t = Tensor::from_f32(&dev, &qkv, &[b, t, 3 * d]).unwrap();
-        let scores = Tensor::zeros(&dev, &[b * h, t, t]).unwrap();
+        let scores = zeros(&dev, &[b * h, t, t]).unwrap();
         Matmul {
             a: MatView { t: &qkv_t, off: 0, row: 3 * d, b0: t * 3 * d, b1: hd },
             b: MatView { t: &qkv_t, off: d, row: 3 * d, b0: t * 3 * d, b1: hd },
@@ -166,7 +167,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
         }
         .run(&dev)
         .unwrap();
-        let got = scores.to_vec_f32(&dev).unwrap();
+        let got = scores.wait_f32(&dev).unwrap();
         let mut want = vec![0.0f64; b * h * t * t];
         for bi in 0..b {
             for hi in 0..h {
@@ -190,11 +191,11 @@ fn strided_batched_views_address_heads_inside_qkv() {
 #[test]
 fn shape_mismatches_are_errors_naming_both_shapes() {
     let dev = device(MatmulKind::Register);
-    let a = Tensor::zeros(&dev, &[4, 5]).unwrap();
-    let b = Tensor::zeros(&dev, &[6, 7]).unwrap();
+    let a = zeros(&dev, &[4, 5]).unwrap().freeze();
+    let b = zeros(&dev, &[6, 7]).unwrap();
     let err = matmul(&dev, &a, &b, false, false).unwrap_err().to_string();
     assert!(err.contains("[4, 5]") && err.contains("[6, 7]"), "{err}");
-    let w = Tensor::zeros(&dev, &[3, 4]).unwrap();
+    let w = zeros(&dev, &[3, 4]).unwrap().freeze();
     let err = linear(&dev, &a, &w, None).unwrap_err().to_string();
     assert!(err.contains("[4, 5]") && err.contains("[3, 4]"), "{err}");
     let view_err = Matmul {

@@ -1,9 +1,10 @@
 //! Classifiers on the GPU: they can fit data, and evaluation counts right.
 
-use cmae::classify::{Classifier, Mode, Perturb};
+use cmae::classify::{Classifier, Mode};
 use cmae::config::PretrainConfig;
+use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::optim::{AdamWStep, adamw};
-use cmae_engine::{Gradients, Tape, Tensor};
+use cmae_engine::{Gradients, Tape, Tensor, TensorMut};
 use cmae_tests::{fresh_temp_dir, shared_device};
 use rand::SeedableRng;
 
@@ -24,14 +25,15 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
     use cmae::train::optimizer::{AdamW, AdamWConfig};
     let d = shared_device();
     let cfg = small_model();
-    let model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut model =
+        Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
     let pixels: Vec<f32> = (0..4 * 3 * 16 * 16).map(|i| ((i * 131) % 61) as f32 / 30.0 - 1.0).collect();
     let imgs = Tensor::from_f32(d, &pixels, &[4, 3, 16, 16]).unwrap();
     let targets =
         Tensor::from_f32(d, &cmae::classify::augment::Mixup::targets(&[0, 1, 2, 3], 4, 0.1), &[4, 4]).unwrap();
     let w = Tensor::from_f32(d, &[0.25; 4], &[4]).unwrap();
     let tape = Tape::new(d);
-    let logits = model.forward(&tape, &imgs, true, &[], &Perturb::default()).unwrap();
+    let logits = model.forward_train(&tape, &imgs, &[]).unwrap();
     let loss = tape.weighted_cross_entropy(&logits, &targets, &w).unwrap();
     let mut grads = Gradients::default();
     tape.backward(&loss, &mut grads).unwrap();
@@ -39,17 +41,17 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
         .params
         .trainable()
         .map(|(n, t)| {
-            let g = grads.get(n).unwrap().to_vec_f32(d).unwrap();
-            (n.to_string(), t.to_vec_f32(d).unwrap(), g)
+            let g = grads.get(n).unwrap().wait_f32(d).unwrap();
+            (n.to_string(), t.wait_f32(d).unwrap(), g)
         })
         .collect();
     let (lr, wd, decay, depth) = (1e-3, 0.05, 0.65, cfg.depth);
     let adamw_cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decays: finetune_decays };
     let mut opt = AdamW::new(d, &model.params, adamw_cfg).unwrap();
-    opt.update(d, &model.params, &grads, lr, 1.0, |n| layer_decay_scale(n, depth, decay)).unwrap();
+    opt.update(d, &mut model.params, &grads, lr, 1.0, |n| layer_decay_scale(n, depth, decay)).unwrap();
     let mut scales_seen = std::collections::BTreeSet::new();
     for (name, p0, g) in &before {
-        let p1 = model.params.get(name).unwrap().to_vec_f32(d).unwrap();
+        let p1 = model.params.get(name).unwrap().wait_f32(d).unwrap();
         let shape = model.params.get(name).unwrap().shape().to_vec();
         let s = layer_decay_scale(name, depth, decay);
         let wd_here = if finetune_decays(name, &shape) { wd } else { 0.0 };
@@ -71,33 +73,33 @@ fn finetune_classifier_overfits_a_fixed_batch() {
     let d = shared_device();
     let cfg = small_model();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rng).unwrap();
+    let mut model = Classifier::new(d, &cfg, Mode::Finetune, 4, &mut rng).unwrap();
     let b = 8;
     let pixels: Vec<f32> = (0..b * 3 * 16 * 16).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
     let imgs = Tensor::from_f32(d, &pixels, &[b, 3, 16, 16]).unwrap();
     let labels = [0u32, 1, 2, 3, 3, 2, 1, 0];
     let targets = Tensor::from_f32(d, &cmae::classify::augment::Mixup::targets(&labels, 4, 0.0), &[b, 4]).unwrap();
     let w = Tensor::from_f32(d, &vec![1.0 / b as f32; b], &[b]).unwrap();
-    let state: Vec<(String, Tensor, Tensor)> = model
+    let mut state: Vec<(String, TensorMut, TensorMut)> = model
         .params
         .trainable()
-        .map(|(n, t)| (n.to_string(), Tensor::zeros(d, t.shape()).unwrap(), Tensor::zeros(d, t.shape()).unwrap()))
+        .map(|(n, t)| (n.to_string(), zeros(d, t.shape()).unwrap(), zeros(d, t.shape()).unwrap()))
         .collect();
     let mut losses = Vec::new();
     for step in 1..=60u64 {
         let tape = Tape::new(d);
-        let logits = model.forward(&tape, &imgs, true, &[], &Perturb::default()).unwrap();
+        let logits = model.forward_train(&tape, &imgs, &[]).unwrap();
         let loss = tape.weighted_cross_entropy(&logits, &targets, &w).unwrap();
         let mut g = Gradients::default();
         tape.backward(&loss, &mut g).unwrap();
-        for (name, m, v) in &state {
-            let p = model.params.get(name).unwrap();
+        for (name, m, v) in &mut state {
+            let p = model.params.trainable_by_name(name).unwrap();
             let grad = g.get(name).unwrap_or_else(|| panic!("no gradient for {name}")).reshape(p.shape()).unwrap();
             let s =
                 AdamWStep { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step, grad_scale: 1.0 };
             adamw(d, p, &grad, m, v, s).unwrap();
         }
-        losses.push(loss.value().to_vec_f32(d).unwrap()[0]);
+        losses.push(loss.value().wait_f32(d).unwrap()[0]);
     }
     let ln4 = 4f32.ln();
     assert!((losses[0] - ln4).abs() < 0.1, "starts at chance: {}", losses[0]);

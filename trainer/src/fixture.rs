@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::optim::{AdamWStep, adamw};
-use cmae_engine::{Device, Gradients, Tape, Tensor};
+use cmae_engine::{Device, Gradients, Tape, Tensor, TensorMut};
 use serde::Deserialize;
 
 use crate::config::{ModelConfig, Shot, validate_shots};
 use crate::masking::MaskPlan;
-use crate::model::params::Init;
+use crate::model::params::{Init, Kind};
 use crate::model::{Mae, ParamStore, decays, param_specs};
 use crate::safetensors_io::{self, HostTensor};
 
@@ -200,10 +201,10 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
     let mut grads = Gradients::default();
     tape.backward(&out.loss, &mut grads)?;
 
-    let loss = f64::from(out.loss.value().to_vec_f32(dev)?[0]);
+    let loss = f64::from(out.loss.value().wait_f32(dev)?[0]);
     let loss_ref = fx.reference("out.loss", "out.loss_f64")?[0];
     checks.push(Check { name: "loss".into(), error: (loss - loss_ref).abs(), bound: 1e-4 * loss_ref.abs().max(1.0) });
-    let per_shot = out.per_shot.to_vec_f32(dev)?;
+    let per_shot = out.per_shot.wait_f32(dev)?;
     for (k, want) in fx.tensor("out.loss_per_shot")?.to_f64()?.iter().enumerate() {
         if want.is_nan() {
             continue;
@@ -215,21 +216,24 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
             bound: 1e-4 * want.abs().max(1.0),
         });
     }
-    let pred = out.pred.value().to_vec_f32(dev)?;
+    let pred = out.pred.value().wait_f32(dev)?;
     let (error, bound) = rel_l2(&pred, &fx.tensor("out.pred")?.to_f64()?);
     checks.push(Check { name: "pred".into(), error, bound });
 
-    for s in specs.iter().filter(|s| s.trainable()) {
+    for s in specs.iter().filter(|s| s.kind() == Kind::Trainable) {
         let want = fx.reference(&format!("grad.{}", s.name), &format!("grad_f64.{}", s.name))?;
-        let got = grads.get(&s.name).map(|g| g.to_vec_f32(dev)).transpose()?;
+        let got = grads.get(&s.name).map(|g| g.wait_f32(dev)).transpose()?;
         checks.push(gradient_check(&s.name, got.as_deref(), &want));
     }
 
     if let Some(h) = &fx.adamw {
-        for s in specs.iter().filter(|s| s.trainable() && fx.tensors.contains_key(&format!("adamw.{}", s.name))) {
-            let p = Tensor::from_f32(dev, &fx.f32s(&s.name)?.1, &s.shape)?;
+        for s in specs
+            .iter()
+            .filter(|s| s.kind() == Kind::Trainable && fx.tensors.contains_key(&format!("adamw.{}", s.name)))
+        {
+            let mut p = TensorMut::from_f32(dev, &fx.f32s(&s.name)?.1, &s.shape)?;
             let g = Tensor::from_f32(dev, &fx.f32s(&format!("grad.{}", s.name))?.1, &s.shape)?;
-            let (m, v) = (Tensor::zeros(dev, &s.shape)?, Tensor::zeros(dev, &s.shape)?);
+            let (mut m, mut v) = (zeros(dev, &s.shape)?, zeros(dev, &s.shape)?);
             let step = AdamWStep {
                 lr: h.lr as f32,
                 beta1: h.beta1 as f32,
@@ -239,8 +243,8 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
                 step: 1,
                 grad_scale: 1.0,
             };
-            adamw(dev, &p, &g, &m, &v, step)?;
-            let got = p.to_vec_f32(dev)?;
+            adamw(dev, &mut p, &g, &mut m, &mut v, step)?;
+            let got = p.wait_f32(dev)?;
             let want = fx.tensor(&format!("adamw.{}", s.name))?.to_f64()?;
             let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
             checks.push(Check { name: format!("adamw.{}", s.name), error: err, bound: 1e-5 });

@@ -296,9 +296,9 @@ mod tests {
         assert_eq!(plan.shots[1].dropped_patches, vec![3]);
         assert_eq!(plan.shots[0].dropped_patches, vec![0, 2]);
         let g = plan.upload(&dev, &shots).unwrap();
-        assert_eq!(g.gathers[1].1.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls row 0, then visible token 1 at row 2");
-        assert_eq!(g.restore.to_vec_u32(&dev).unwrap(), vec![0, 2], "cls → row 0, patch 1 → row 2");
-        assert_eq!(g.mask_rows.to_vec_f32(&dev).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(g.gathers[1].1.wait_u32(&dev).unwrap(), vec![0, 2], "cls row 0, then visible token 1 at row 2");
+        assert_eq!(g.restore.wait_u32(&dev).unwrap(), vec![0, 2], "cls → row 0, patch 1 → row 2");
+        assert_eq!(g.mask_rows.wait_f32(&dev).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
         assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 3], vec![1]]).is_err(), "repeated index");
         assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 4], vec![1]]).is_err(), "out of range");
     }

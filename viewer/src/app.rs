@@ -87,7 +87,9 @@ impl Training {
 
     pub fn resume(&mut self) {
         self.stop.store(false, Ordering::SeqCst);
-        let (dev, cfg, stop) = (self.device.clone(), self.config.clone(), self.stop.clone());
+        // A stream of its own: a training step is never flushed or waited on
+        // by the model worker's reconstructions, nor the other way round.
+        let (dev, cfg, stop) = (self.device.new_stream(), self.config.clone(), self.stop.clone());
         let resume = cmae::train::checkpoint::latest(&self.out).ok().flatten().is_some();
         let opts = cmae::train::runner::RunFlags { out: self.out.clone(), resume, quiet: true, stop_at: None };
         self.thread = Some(std::thread::spawn(move || cmae::train::pretrain::pretrain(&dev, &cfg, &opts, &stop)));

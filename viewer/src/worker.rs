@@ -104,8 +104,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; `wake` is called after each reply (to repaint the UI).
+    /// Starts the thread on a stream of its own (see `Training::resume`);
+    /// `wake` is called after each reply (to repaint the UI).
     pub fn start(dev: Device, wake: impl Fn() + Send + 'static) -> Self {
+        let dev = dev.new_stream();
         let (tx, jobs) = channel::<Job>();
         let (replies, rx) = channel::<Reply>();
         let handle = std::thread::Builder::new()
@@ -309,12 +311,8 @@ impl State {
         let imgs = Tensor::from_f32(&self.dev, &pic.chw, &[pic.rows, c.in_chans, c.img_size, c.img_size])?;
         let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
         enc.forward(&Tape::no_grad(&self.dev), &imgs, &Route::default(), &mut taps)?;
-        let probs = taps
-            .attention
-            .unwrap_or_default()
-            .iter()
-            .map(|p| p.to_vec_f32(&self.dev))
-            .collect::<Result<Vec<_>, _>>()?;
+        let probs =
+            taps.attention.unwrap_or_default().iter().map(|p| p.wait_f32(&self.dev)).collect::<Result<Vec<_>, _>>()?;
         self.probs = Some(probs);
         Ok(())
     }

@@ -5,7 +5,7 @@ use super::{Tape, Var};
 use crate::error::{Result, shape_err};
 use crate::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use crate::kernels::{attention, elementwise, gather, gelu, layernorm, loss, matmul};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 impl Tape {
     /// `x·Wᵀ + b` over the last axis; W is `[out, in]`.
@@ -143,14 +143,15 @@ impl Tape {
         if tok.value.numel() != d {
             return Err(shape_err("prepend_token", format!("token {:?} for tokens {:?}", tok.shape(), x.shape())));
         }
-        let out = elementwise::broadcast(&self.dev, &tok.value.reshape(&[d])?, &[b, n + 1, d])?;
-        gather::copy_rows(&self.dev, &x.value, 0, &out, 1, n)?;
+        let mut out = elementwise::broadcast(&self.dev, &tok.value.reshape(&[d])?, &[b, n + 1, d])?.into_mut()?;
+        gather::copy_rows(&self.dev, &x.value, 0, &mut out, 1, n)?;
+        let out = out.freeze();
         let tok_shape = tok.shape().to_vec();
         Ok(self.record(out, &[x, tok], move |dev, dy, needs| {
             let dx = if needs[0] {
-                let dx = Tensor::uninit(dev, &[b, n, d], DType::F32)?;
-                gather::copy_rows(dev, dy, 1, &dx, 0, n)?;
-                Some(dx)
+                let mut dx = TensorMut::uninit(dev, &[b, n, d], DType::F32)?;
+                gather::copy_rows(dev, dy, 1, &mut dx, 0, n)?;
+                Some(dx.freeze())
             } else {
                 None
             };
@@ -175,8 +176,9 @@ impl Tape {
         if fill_rows.numel() != b * rows {
             return Err(shape_err("unshuffle", format!("fill mask {:?} for {b}×{rows} rows", fill_rows.shape())));
         }
-        let out = elementwise::broadcast(&self.dev, &fill.value.reshape(&[d])?, &[b, rows, d])?;
-        gather::scatter_rows(&self.dev, &x.value, 0, idx, &out, false)?;
+        let mut out = elementwise::broadcast(&self.dev, &fill.value.reshape(&[d])?, &[b, rows, d])?.into_mut()?;
+        gather::scatter_rows(&self.dev, &x.value, 0, idx, &mut out, false)?;
+        let out = out.freeze();
         let (idx, mask, fill_shape) = (idx.clone(), fill_rows.clone(), fill.shape().to_vec());
         Ok(self.record(out, &[x, fill], move |dev, dy, needs| {
             let dx = if needs[0] { Some(gather::gather_rows(dev, dy, &idx)?) } else { None };
@@ -234,12 +236,12 @@ impl Tape {
         if n == 0 {
             return Err(shape_err("drop_first_token", format!("tokens {:?} have no first token", x.shape())));
         }
-        let out = Tensor::uninit(&self.dev, &[b, n - 1, d], DType::F32)?;
-        gather::copy_rows(&self.dev, &x.value, 1, &out, 0, n - 1)?;
-        Ok(self.record(out, &[x], move |dev, dy, _| {
-            let dx = elementwise::full(dev, &[b, n, d], 0.0)?;
-            gather::copy_rows(dev, dy, 0, &dx, 1, n - 1)?;
-            Ok(vec![Some(dx)])
+        let mut out = TensorMut::uninit(&self.dev, &[b, n - 1, d], DType::F32)?;
+        gather::copy_rows(&self.dev, &x.value, 1, &mut out, 0, n - 1)?;
+        Ok(self.record(out.freeze(), &[x], move |dev, dy, _| {
+            let mut dx = elementwise::zeros(dev, &[b, n, d])?;
+            gather::copy_rows(dev, dy, 0, &mut dx, 1, n - 1)?;
+            Ok(vec![Some(dx.freeze())])
         }))
     }
 }
@@ -265,19 +267,19 @@ impl Tape {
         }
         let n = t - from;
         let ones = elementwise::full(&self.dev, &[n], 1.0)?;
-        let out = Tensor::uninit(&self.dev, &[b, d], DType::F32)?;
+        let out = TensorMut::uninit(&self.dev, &[b, d], DType::F32)?;
         let ones_row = matmul::MatView { t: &ones, off: 0, row: n, b0: 0, b1: 0 };
         let tokens = matmul::MatView { t: &x.value, off: from * d, row: d, b0: t * d, b1: 0 };
         let out_view = matmul::MatView { t: &out, off: 0, row: d, b0: d, b1: 0 };
         pooling(ones_row, tokens, out_view, (1, d, n), b, 1.0 / n as f32).run(&self.dev)?;
-        Ok(self.record(out, &[x], move |dev, dy, _| {
+        Ok(self.record(out.freeze(), &[x], move |dev, dy, _| {
             // Each pooled token gets dy/n: a [n, 1]·[1, D] product per sample.
-            let dx = elementwise::full(dev, &[b, t, d], 0.0)?;
+            let dx = elementwise::zeros(dev, &[b, t, d])?;
             let ones_col = matmul::MatView { t: &ones, off: 0, row: 1, b0: 0, b1: 0 };
             let dy_row = matmul::MatView { t: dy, off: 0, row: d, b0: d, b1: 0 };
             let dx_view = matmul::MatView { t: &dx, off: from * d, row: d, b0: t * d, b1: 0 };
             pooling(ones_col, dy_row, dx_view, (n, d, 1), b, 1.0 / n as f32).run(dev)?;
-            Ok(vec![Some(dx)])
+            Ok(vec![Some(dx.freeze())])
         }))
     }
 }
@@ -286,7 +288,7 @@ impl Tape {
 fn pooling<'a>(
     a: matmul::MatView<'a>,
     b: matmul::MatView<'a>,
-    c: matmul::MatView<'a>,
+    c: matmul::MatView<'a, TensorMut>,
     (m, n, k): (usize, usize, usize),
     outer: usize,
     alpha: f32,

@@ -1,28 +1,37 @@
-//! The GPU device: adapter, pipeline cache, buffer pool and command batching.
+//! The GPU device: one shared [`Context`] (adapter, limits, pipeline and
+//! module caches, readback buffers) and the stream a handle records on.
 //!
-//! Kernels never submit work themselves. Each dispatch is appended to one open
-//! compute pass of one open command encoder; its small parameter block goes to
-//! a host-side arena that is written to a single uniform buffer just before
-//! the batch is submitted. A whole training step is therefore one submit, and
+//! A [`Device`] is a handle on both. Clones share the stream, so one thread
+//! can pass its device around freely; a thread that records on its own (the
+//! viewer's model worker next to its training thread) takes
+//! [`Device::new_stream`], which shares everything but the recording. Kernels
+//! never submit work themselves: they append to the handle's stream, and
 //! nothing waits on the GPU until a caller asks to read a tensor.
 
+mod abi;
 mod adapter;
-mod overhead;
+mod context;
 mod pool;
 mod profile;
+mod read;
+mod storage;
+mod stream;
 
+pub use abi::{EntryAbi, reflect};
 pub use adapter::{AdapterRequest, wanted_features};
-pub use overhead::DispatchOverhead;
 pub use profile::KernelTime;
+pub use read::PendingRead;
+pub use storage::Storage;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
-use crate::tensor::{DType, Tensor};
+pub(crate) use context::Context;
 use profile::Profiler;
+use read::ReadSlot;
+use stream::Stream;
 
 /// Which matmul kernel family runs on this adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +54,45 @@ pub struct KernelSpec<'a> {
     pub constants: &'a [(&'static str, f64)],
     /// Name used in profiles (`cmae bench pretrain --profile`).
     pub label: &'static str,
+    /// The `@workgroup_size` the wrapper computes its dispatch grid for
+    /// (checked against the shader when the pipeline is built).
+    pub workgroup: [u32; 3],
 }
 
-/// Bytes in use and waiting in the buffer pool.
+/// Whether a kernel only reads a binding or writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// One storage binding of a dispatch: made by `Tensor::bind` (read) or
+/// `TensorMut::bind_mut` (write), so only a mutable tensor can be written.
+pub struct Binding<'a> {
+    pub(crate) slot: u32,
+    pub(crate) access: Access,
+    pub(crate) storage: &'a Arc<Storage>,
+    pub(crate) shape: &'a [usize],
+    pub(crate) bytes: u64,
+}
+
+impl Binding<'_> {
+    /// Writing into storage another handle still sees (a tensor the tape
+    /// keeps for backward, a view, another stream's unsubmitted batch) would
+    /// change values someone treats as immutable: refuse it.
+    fn check_unaliased(&self, op: &str) -> Result<()> {
+        if self.access == Access::Write && Arc::strong_count(self.storage) > 1 {
+            return Err(Error::Aliased(format!(
+                "{op} writes into a tensor of shape {:?} that other handles still read (a tape kept for backward, \
+                 a view or clone, or another stream's unsubmitted work); drop them before writing",
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes in use and waiting in the buffer pools of all streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryStats {
     pub in_use_bytes: u64,
@@ -56,45 +101,9 @@ pub struct MemoryStats {
 
 #[derive(Clone)]
 pub struct Device {
-    inner: Arc<Inner>,
+    pub(crate) ctx: Arc<Context>,
+    stream: Arc<Stream>,
 }
-
-pub(crate) struct Inner {
-    pub(crate) device: wgpu::Device,
-    pub(crate) queue: wgpu::Queue,
-    info: wgpu::AdapterInfo,
-    limits: wgpu::Limits,
-    matmul_kind: Mutex<MatmulKind>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pub(crate) pool: Mutex<pool::Pool>,
-    readback_pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    recorder: Mutex<Recorder>,
-    gpu_error: Arc<Mutex<Option<String>>>,
-    /// FLOPs of every matmul recorded so far, counted from the shapes each
-    /// dispatch was given: the measured side of `cmae bench`'s FLOP estimate.
-    matmul_flops: AtomicU64,
-}
-
-#[derive(Hash, PartialEq, Eq)]
-struct PipelineKey {
-    shader: &'static str,
-    entry: &'static str,
-    constants: Vec<(&'static str, u64)>,
-}
-
-struct Recorder {
-    encoder: Option<wgpu::CommandEncoder>,
-    pass: Option<wgpu::ComputePass<'static>>,
-    /// Parameter blocks and upload data for the batch being recorded.
-    arena: Vec<u8>,
-    arena_buf: wgpu::Buffer,
-    /// Async reads whose buffers get mapped once the batch is submitted.
-    to_map: Vec<Arc<ReadSlot>>,
-    profiler: Option<Profiler>,
-}
-
-const INITIAL_ARENA: u64 = 4 << 20;
 
 impl Device {
     /// Opens the adapter chosen by `CMAE_BACKEND` / `CMAE_ADAPTER` (or the best one).
@@ -128,104 +137,79 @@ impl Device {
     /// Wraps a device someone else opened (the viewer passes eframe's), so the
     /// model and the UI share one GPU.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        let gpu_error = Arc::new(Mutex::new(None::<String>));
-        let sink = gpu_error.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(e.to_string());
-            }
-        }));
-        let matmul_kind = match std::env::var("CMAE_MATMUL").as_deref() {
-            Ok("register") => MatmulKind::Register,
-            Ok("subgroup") if subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
-            Ok("tiled") => MatmulKind::Tiled,
-            _ if info.device_type == wgpu::DeviceType::Cpu && subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
-            _ if info.device_type == wgpu::DeviceType::Cpu => MatmulKind::Register,
-            _ => MatmulKind::Tiled,
-        };
-        let limits = device.limits();
-        let arena_buf = make_arena(&device, INITIAL_ARENA);
-        Self {
-            inner: Arc::new(Inner {
-                info,
-                limits,
-                matmul_kind: Mutex::new(matmul_kind),
-                pipelines: Mutex::default(),
-                modules: Mutex::default(),
-                pool: Mutex::default(),
-                readback_pool: Mutex::default(),
-                recorder: Mutex::new(Recorder {
-                    encoder: None,
-                    pass: None,
-                    arena: Vec::with_capacity(INITIAL_ARENA as usize),
-                    arena_buf,
-                    to_map: Vec::new(),
-                    profiler: None,
-                }),
-                gpu_error,
-                matmul_flops: AtomicU64::new(0),
-                device,
-                queue,
-            }),
-        }
+        let ctx = Arc::new(Context::new(device, queue, info));
+        Self { stream: Arc::new(Stream::new(ctx.clone())), ctx }
+    }
+
+    /// A handle on the same context that records on a stream of its own.
+    /// Give one to each thread that records GPU work independently.
+    pub fn new_stream(&self) -> Self {
+        Self { ctx: self.ctx.clone(), stream: Arc::new(Stream::new(self.ctx.clone())) }
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
-        &self.inner.info
+        &self.ctx.info
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
-        &self.inner.limits
+        &self.ctx.limits
     }
 
     pub fn features(&self) -> wgpu::Features {
-        self.inner.device.features()
+        self.ctx.device.features()
     }
 
     pub fn wgpu_device(&self) -> &wgpu::Device {
-        &self.inner.device
+        &self.ctx.device
     }
 
     pub fn wgpu_queue(&self) -> &wgpu::Queue {
-        &self.inner.queue
+        &self.ctx.queue
     }
 
     pub fn matmul_kind(&self) -> MatmulKind {
-        *lock(&self.inner.matmul_kind)
+        *lock(&self.ctx.matmul_kind)
     }
 
     /// Forces a matmul family (tests run both on every adapter).
     pub fn set_matmul_kind(&self, kind: MatmulKind) {
-        *lock(&self.inner.matmul_kind) = kind;
+        *lock(&self.ctx.matmul_kind) = kind;
     }
 
-    /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this device.
+    /// Whether this device can run [`MatmulKind::Subgroup`].
+    pub fn supports_subgroup_matmul(&self) -> bool {
+        self.ctx.supports_subgroup_matmul()
+    }
+
+    /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this stream.
     pub fn matmul_flops(&self) -> u64 {
-        self.inner.matmul_flops.load(Ordering::Relaxed)
+        self.stream.matmul_flops.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_matmul_flops(&self, flops: u64) {
-        self.inner.matmul_flops.fetch_add(flops, Ordering::Relaxed);
+        self.stream.matmul_flops.fetch_add(flops, Ordering::Relaxed);
+    }
+
+    /// `(shader, entry)` pairs whose wrappers passed the ABI check so far.
+    pub fn checked_kernels(&self) -> Vec<(&'static str, &'static str)> {
+        self.ctx.checked_kernels()
     }
 
     pub fn memory(&self) -> MemoryStats {
-        let pool = lock(&self.inner.pool);
-        MemoryStats { in_use_bytes: pool.in_use, pooled_bytes: pool.pooled }
+        MemoryStats {
+            in_use_bytes: self.ctx.in_use.load(Ordering::Relaxed),
+            pooled_bytes: self.ctx.pooled.load(Ordering::Relaxed),
+        }
     }
 
-    /// Releases pooled buffers back to the driver.
+    /// Releases this stream's pooled buffers back to the driver.
     pub fn trim_pool(&self) {
-        lock(&self.inner.pool).trim();
-    }
-
-    pub(crate) fn downgrade(&self) -> Weak<Inner> {
-        Arc::downgrade(&self.inner)
+        lock(&self.stream.pool).trim(&self.ctx);
     }
 
     /// A pooled storage buffer of at least `bytes`; fails cleanly past the adapter's limits.
-    pub(crate) fn alloc(&self, bytes: u64) -> Result<wgpu::Buffer> {
-        let max = self.inner.limits.max_buffer_size;
+    pub(crate) fn alloc(&self, bytes: u64) -> Result<Storage> {
+        let max = self.ctx.limits.max_buffer_size;
         if bytes > max {
             return Err(Error::Limit(format!(
                 "a tensor of {} MiB exceeds this adapter's largest buffer ({} MiB); use a smaller --batch",
@@ -233,51 +217,90 @@ impl Device {
                 max >> 20
             )));
         }
-        Ok(lock(&self.inner.pool).take(&self.inner.device, bytes))
+        let buffer = lock(&self.stream.pool).take(&self.ctx, bytes);
+        Ok(Storage::new(buffer, &self.stream))
     }
 
-    /// Appends one dispatch to the open batch. Each tensor binds at the given
-    /// binding number of group 0; the parameter block binds at 0.
+    /// Keeps another stream's storage alive until this stream's batch is submitted.
+    fn hold_if_foreign(&self, rec: &mut stream::Recorder, storage: &Arc<Storage>) {
+        if storage.stream_id != self.stream.id {
+            rec.keep_alive.push(storage.clone());
+        }
+    }
+
+    /// Submits another stream's batch that wrote one of `storages` and is not
+    /// submitted yet, so this stream's work runs after those writes. Called
+    /// before this stream's recorder is locked, so two streams never wait
+    /// on each other's lock while holding their own.
+    fn order_after_writers<'s>(&self, storages: impl IntoIterator<Item = &'s Arc<Storage>>) -> Result<()> {
+        for storage in storages {
+            let mark = storage.last_write();
+            if mark.stream_id == self.stream.id || mark.batch == 0 {
+                continue;
+            }
+            if let Some(writer) = mark.stream.upgrade() {
+                let mut rec = lock(&writer.recorder);
+                if rec.submitted < mark.batch {
+                    rec.submit(&self.ctx)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that this stream's batch being recorded writes `storage`.
+    fn mark_written(&self, rec: &stream::Recorder, storage: &Storage) {
+        storage.mark_written(storage::WriteMark {
+            stream: Arc::downgrade(&self.stream),
+            stream_id: self.stream.id,
+            batch: rec.submitted + 1,
+        });
+    }
+
+    /// Appends one dispatch to this stream's open batch. Each binding binds at
+    /// its number in group 0; the parameter block binds at 0.
     pub(crate) fn dispatch<P: bytemuck::Pod>(
         &self,
         spec: KernelSpec<'_>,
         params: &P,
-        tensors: &[(u32, &Tensor)],
+        bindings: &[Binding<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
-        let max_groups = self.inner.limits.max_compute_workgroups_per_dimension;
+        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max_groups) {
             return Err(Error::Limit(format!(
                 "{}: dispatch of {groups:?} workgroups exceeds this adapter's {max_groups} per dimension",
                 spec.label
             )));
         }
-        if groups.contains(&0) {
-            return Ok(());
-        }
-        let max_binding = self.inner.limits.max_storage_buffer_binding_size;
-        for (_, t) in tensors {
-            if t.byte_len() > max_binding {
+        let max_binding = self.ctx.limits.max_storage_buffer_binding_size;
+        for b in bindings {
+            if b.bytes > max_binding {
                 return Err(Error::Limit(format!(
                     "{}: a tensor of shape {:?} ({} MiB) exceeds this adapter's {} MiB storage binding limit; use a smaller --batch",
                     spec.label,
-                    t.shape(),
-                    t.byte_len() >> 20,
+                    b.shape,
+                    b.bytes >> 20,
                     max_binding >> 20
                 )));
             }
+            b.check_unaliased(spec.label)?;
         }
-        let pipeline = self.pipeline(&spec)?;
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.ctx.pipeline(&spec, size_of::<P>(), bindings)?;
+        self.order_after_writers(bindings.iter().map(|b| b.storage))?;
         let param_bytes = bytemuck::bytes_of(params);
         let param_size = (param_bytes.len() as u64).next_multiple_of(16);
-        let align = u64::from(self.inner.limits.min_uniform_buffer_offset_alignment);
+        let align = u64::from(self.ctx.limits.min_uniform_buffer_offset_alignment);
 
-        let mut rec = lock(&self.inner.recorder);
-        let offset = rec.reserve(self, param_size, align)?;
+        let mut rec = lock(&self.stream.recorder);
+        let offset = rec.reserve(&self.ctx, param_size, align)?;
         rec.arena[offset as usize..offset as usize + param_bytes.len()].copy_from_slice(param_bytes);
 
         let layout = pipeline.get_bind_group_layout(0);
-        let mut entries = Vec::with_capacity(tensors.len() + 1);
+        let mut entries = Vec::with_capacity(bindings.len() + 1);
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -286,378 +309,124 @@ impl Device {
                 size: std::num::NonZeroU64::new(param_size),
             }),
         });
-        for &(binding, t) in tensors {
+        for b in bindings {
             entries.push(wgpu::BindGroupEntry {
-                binding,
+                binding: b.slot,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: t.buffer(),
+                    buffer: b.storage.buffer(),
                     offset: 0,
-                    size: std::num::NonZeroU64::new(t.byte_len().next_multiple_of(16)),
+                    size: std::num::NonZeroU64::new(b.bytes.next_multiple_of(16)),
                 }),
             });
         }
-        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(spec.label),
             layout: &layout,
             entries: &entries,
         });
-        rec.record_dispatch(self, spec.label, &pipeline, &bind_group, groups)
-    }
-
-    fn pipeline(&self, spec: &KernelSpec<'_>) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = PipelineKey {
-            shader: spec.shader.name,
-            entry: spec.entry,
-            constants: spec.constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
-        };
-        if let Some(p) = lock(&self.inner.pipelines).get(&key) {
-            return Ok(p.clone());
+        for b in bindings {
+            self.hold_if_foreign(&mut rec, b.storage);
+            if b.access == Access::Write {
+                self.mark_written(&rec, b.storage);
+            }
         }
-        let module = {
-            let mut modules = lock(&self.inner.modules);
-            modules
-                .entry(spec.shader.name)
-                .or_insert_with(|| {
-                    self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(spec.shader.name),
-                        source: wgpu::ShaderSource::Wgsl(spec.shader.source.into()),
-                    })
-                })
-                .clone()
-        };
-        let pipeline = self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(spec.label),
-            layout: None,
-            module: &module,
-            entry_point: Some(spec.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: spec.constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        self.check_gpu_error()?;
-        let pipeline = Arc::new(pipeline);
-        lock(&self.inner.pipelines).insert(key, pipeline.clone());
-        Ok(pipeline)
+        rec.record_dispatch(&self.ctx, spec.label, &pipeline, &bind_group, groups)
     }
 
-    /// Uploads host data into a new tensor. The copy is recorded in order with
-    /// the dispatches, so a pooled buffer still read by recorded work is safe.
-    pub fn upload(&self, data: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let t = Tensor::uninit(self, shape, dtype)?;
-        self.write(&t, data)?;
-        Ok(t)
-    }
-
-    /// Overwrites a tensor's contents (recorded in order, like a dispatch).
-    pub fn write(&self, t: &Tensor, data: &[u8]) -> Result<()> {
-        if data.len() as u64 != t.byte_len() {
+    /// Records a copy of host bytes into a tensor (in order with the dispatches).
+    pub(crate) fn write_bytes(&self, dst: &Binding<'_>, data: &[u8]) -> Result<()> {
+        if data.len() as u64 != dst.bytes {
             return Err(crate::error::shape_err(
                 "write",
-                format!("{} bytes for a tensor of shape {:?} ({} bytes)", data.len(), t.shape(), t.byte_len()),
+                format!("{} bytes for a tensor of shape {:?} ({} bytes)", data.len(), dst.shape, dst.bytes),
             ));
         }
+        dst.check_unaliased("write")?;
         if data.is_empty() {
             return Ok(());
         }
-        let mut rec = lock(&self.inner.recorder);
-        let offset = rec.reserve(self, data.len() as u64, 16)?;
+        self.order_after_writers([dst.storage])?;
+        let mut rec = lock(&self.stream.recorder);
+        let offset = rec.reserve(&self.ctx, data.len() as u64, 16)?;
         rec.arena[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         rec.close_pass();
         let arena_buf = rec.arena_buf.clone();
-        rec.encoder(self).copy_buffer_to_buffer(&arena_buf, offset, t.buffer(), 0, data.len() as u64);
+        rec.encoder(&self.ctx).copy_buffer_to_buffer(&arena_buf, offset, dst.storage.buffer(), 0, data.len() as u64);
+        self.hold_if_foreign(&mut rec, dst.storage);
+        self.mark_written(&rec, dst.storage);
         Ok(())
     }
 
-    /// Copies `bytes` from one tensor's start into another's start.
-    pub fn copy(&self, src: &Tensor, dst: &Tensor, bytes: u64) -> Result<()> {
-        if bytes > src.byte_len() || bytes > dst.byte_len() || !bytes.is_multiple_of(4) {
+    /// Records a copy of `bytes` from one tensor's start into another's start.
+    pub(crate) fn copy_bytes(&self, src: &Binding<'_>, dst: &Binding<'_>, bytes: u64) -> Result<()> {
+        if bytes > src.bytes || bytes > dst.bytes || !bytes.is_multiple_of(4) {
             return Err(crate::error::shape_err(
                 "copy",
-                format!("{bytes} bytes from {:?} into {:?}", src.shape(), dst.shape()),
+                format!("{bytes} bytes from {:?} into {:?}", src.shape, dst.shape),
             ));
         }
-        let mut rec = lock(&self.inner.recorder);
+        dst.check_unaliased("copy")?;
+        self.order_after_writers([src.storage, dst.storage])?;
+        let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
-        rec.encoder(self).copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+        rec.encoder(&self.ctx).copy_buffer_to_buffer(src.storage.buffer(), 0, dst.storage.buffer(), 0, bytes);
+        self.hold_if_foreign(&mut rec, src.storage);
+        self.hold_if_foreign(&mut rec, dst.storage);
+        self.mark_written(&rec, dst.storage);
         Ok(())
     }
 
-    /// Submits everything recorded so far. Does not wait.
-    pub fn flush(&self) -> Result<()> {
-        lock(&self.inner.recorder).submit(self)
-    }
-
-    /// Submits and waits until the GPU is idle.
-    pub fn sync(&self) -> Result<()> {
-        self.flush()?;
-        self.wait_idle()
-    }
-
-    fn wait_idle(&self) -> Result<()> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        self.check_gpu_error()
-    }
-
-    fn check_gpu_error(&self) -> Result<()> {
-        match lock(&self.inner.gpu_error).take() {
-            Some(msg) => Err(Error::Gpu(msg)),
-            None => Ok(()),
-        }
-    }
-
-    /// Reads a tensor back to the host, waiting for all recorded work.
-    pub fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
-        self.read_later(t)?.wait()
-    }
-
-    /// Schedules a read of `t` at the end of the current batch. The result is
-    /// collected later with [`PendingRead::try_take`] or [`PendingRead::wait`],
-    /// so the training loop never stalls on the GPU for its loss value.
-    pub fn read_later(&self, t: &Tensor) -> Result<PendingRead> {
-        let bytes = t.byte_len().next_multiple_of(4).max(4);
+    /// Schedules a read of `src` at the end of this stream's batch.
+    pub(crate) fn read_later<T: bytemuck::Pod>(&self, src: &Binding<'_>) -> Result<PendingRead<T>> {
+        let bytes = src.bytes.next_multiple_of(4).max(4);
         let class = pool::size_class(bytes);
-        let buffer = lock(&self.inner.readback_pool).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
-            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = lock(&self.ctx.readback_pool).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("cmae readback"),
                 size: class,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
-        let slot = Arc::new(ReadSlot { buffer, len: t.byte_len(), state: Mutex::new(MapState::Recorded) });
-        let mut rec = lock(&self.inner.recorder);
+        let slot = Arc::new(ReadSlot::new(buffer, src.bytes));
+        self.order_after_writers([src.storage])?;
+        let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
-        if t.byte_len() > 0 {
-            rec.encoder(self).copy_buffer_to_buffer(t.buffer(), 0, &slot.buffer, 0, bytes);
+        if src.bytes > 0 {
+            rec.encoder(&self.ctx).copy_buffer_to_buffer(src.storage.buffer(), 0, &slot.buffer, 0, bytes);
         }
+        self.hold_if_foreign(&mut rec, src.storage);
         rec.to_map.push(slot.clone());
-        Ok(PendingRead { device: self.clone(), slot: Some(slot) })
+        Ok(PendingRead::new(self.clone(), slot))
     }
 
-    /// Turns per-dispatch GPU timing on or off (needs TIMESTAMP_QUERY).
+    /// Submits everything this stream recorded so far. Does not wait.
+    pub fn flush(&self) -> Result<()> {
+        lock(&self.stream.recorder).submit(&self.ctx)
+    }
+
+    /// Submits and waits until the GPU is idle.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.ctx.wait_idle()
+    }
+
+    /// Turns per-dispatch GPU timing of this stream on or off (needs TIMESTAMP_QUERY).
     pub fn set_profiling(&self, on: bool) -> Result<()> {
-        let mut rec = lock(&self.inner.recorder);
-        rec.submit(self)?;
-        rec.profiler = if on { Some(Profiler::new(self)?) } else { None };
+        let mut rec = lock(&self.stream.recorder);
+        rec.submit(&self.ctx)?;
+        rec.profiler = if on { Some(Profiler::new(&self.ctx)?) } else { None };
         Ok(())
     }
 
     /// Time per kernel label since profiling was turned on, slowest first.
     pub fn take_profile(&self) -> Result<Vec<KernelTime>> {
-        let mut rec = lock(&self.inner.recorder);
-        rec.submit(self)?;
+        let mut rec = lock(&self.stream.recorder);
+        rec.submit(&self.ctx)?;
         Ok(rec.profiler.as_mut().map(Profiler::take).unwrap_or_default())
     }
 }
 
-/// The subgroup matmul assumes exactly 8 lanes per subgroup.
-fn subgroups_of_8(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
-    device.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
-}
-
-impl Device {
-    /// Whether this device can run [`MatmulKind::Subgroup`].
-    pub fn supports_subgroup_matmul(&self) -> bool {
-        subgroups_of_8(&self.inner.device, &self.inner.info)
-    }
-}
-
-fn make_arena(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("cmae params+uploads"),
-        size,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Recorder {
-    fn encoder(&mut self, dev: &Device) -> &mut wgpu::CommandEncoder {
-        self.encoder.get_or_insert_with(|| {
-            dev.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cmae batch") })
-        })
-    }
-
-    fn close_pass(&mut self) {
-        self.pass = None;
-    }
-
-    /// Space for `size` bytes in the arena; submits the batch first when full,
-    /// and grows the arena when one item alone is larger than it.
-    fn reserve(&mut self, dev: &Device, size: u64, align: u64) -> Result<u64> {
-        let mut offset = (self.arena.len() as u64).next_multiple_of(align);
-        if offset + size > self.arena_buf.size() {
-            self.submit(dev)?;
-            offset = 0;
-            if size > self.arena_buf.size() {
-                self.arena_buf = make_arena(&dev.inner.device, size.next_power_of_two());
-            }
-        }
-        self.arena.resize((offset + size) as usize, 0);
-        Ok(offset)
-    }
-
-    fn record_dispatch(
-        &mut self,
-        dev: &Device,
-        label: &'static str,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        groups: [u32; 3],
-    ) -> Result<()> {
-        if self.profiler.as_ref().is_some_and(Profiler::full) {
-            self.submit(dev)?;
-        }
-        let query_pair = self.profiler.as_mut().map(|p| p.next_pair(label));
-        let inside_pass = self.profiler.as_ref().is_none_or(|p| p.inside_passes);
-        if !inside_pass {
-            // Timestamps only at pass boundaries: give this dispatch a pass of its own.
-            self.close_pass();
-            let (qs, first) = (self.profiler.as_ref().unwrap().query_set.clone(), query_pair.unwrap());
-            let encoder = self.encoder(dev);
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(label),
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &qs,
-                    beginning_of_pass_write_index: Some(first),
-                    end_of_pass_write_index: Some(first + 1),
-                }),
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-            return Ok(());
-        }
-        if self.pass.is_none() {
-            let encoder = self.encoder(dev);
-            let pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cmae"), timestamp_writes: None });
-            self.pass = Some(pass.forget_lifetime());
-        }
-        let qs = self.profiler.as_ref().map(|p| p.query_set.clone());
-        let pass = self.pass.as_mut().expect("pass was just opened");
-        if let (Some(qs), Some(q)) = (&qs, query_pair) {
-            pass.write_timestamp(qs, q);
-        }
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        if let (Some(qs), Some(q)) = (&qs, query_pair) {
-            pass.write_timestamp(qs, q + 1);
-        }
-        Ok(())
-    }
-
-    fn submit(&mut self, dev: &Device) -> Result<()> {
-        self.close_pass();
-        if self.encoder.is_none() && self.arena.is_empty() {
-            return Ok(());
-        }
-        if let Some(profiler) = self.profiler.as_mut() {
-            let encoder = self.encoder.get_or_insert_with(|| {
-                dev.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cmae batch") })
-            });
-            profiler.resolve(encoder);
-        }
-        if !self.arena.is_empty() {
-            dev.inner.queue.write_buffer(&self.arena_buf, 0, &self.arena);
-            self.arena.clear();
-        }
-        let commands = self.encoder.take().map(|e| e.finish());
-        dev.inner.queue.submit(commands);
-        for slot in self.to_map.drain(..) {
-            let s = slot.clone();
-            *lock(&slot.state) = MapState::Submitted;
-            slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-                *lock(&s.state) = match r {
-                    Ok(()) => MapState::Mapped,
-                    Err(e) => MapState::Failed(e.to_string()),
-                };
-            });
-        }
-        if let Some(profiler) = self.profiler.as_mut() {
-            dev.wait_idle()?;
-            profiler.collect(dev)?;
-        }
-        dev.check_gpu_error()
-    }
-}
-
-enum MapState {
-    Recorded,
-    Submitted,
-    Mapped,
-    Failed(String),
-}
-
-struct ReadSlot {
-    buffer: wgpu::Buffer,
-    len: u64,
-    state: Mutex<MapState>,
-}
-
-/// A tensor read that completes after its batch runs on the GPU.
-pub struct PendingRead {
-    device: Device,
-    slot: Option<Arc<ReadSlot>>,
-}
-
-impl PendingRead {
-    /// The bytes if the GPU has finished, without blocking.
-    pub fn try_take(&mut self) -> Result<Option<Vec<u8>>> {
-        let _ = self.device.inner.device.poll(wgpu::PollType::Poll);
-        self.take_if_mapped()
-    }
-
-    /// Blocks until the bytes are available (submitting the batch if needed).
-    pub fn wait(mut self) -> Result<Vec<u8>> {
-        let recorded = self.slot.as_ref().is_some_and(|s| matches!(*lock(&s.state), MapState::Recorded));
-        if recorded {
-            self.device.flush()?;
-        }
-        loop {
-            self.device.wait_idle()?;
-            if let Some(bytes) = self.take_if_mapped()? {
-                return Ok(bytes);
-            }
-        }
-    }
-
-    fn take_if_mapped(&mut self) -> Result<Option<Vec<u8>>> {
-        let Some(slot) = self.slot.as_ref() else {
-            return Err(Error::Gpu("this read was already taken".into()));
-        };
-        let state = std::mem::replace(&mut *lock(&slot.state), MapState::Recorded);
-        match state {
-            MapState::Mapped => {}
-            MapState::Failed(msg) => {
-                return Err(Error::Gpu(format!("reading a tensor back: {msg}")));
-            }
-            other => {
-                *lock(&slot.state) = other;
-                return Ok(None);
-            }
-        }
-        let bytes = {
-            let view =
-                slot.buffer.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading a tensor back: {e}")))?;
-            view[..slot.len as usize].to_vec()
-        };
-        slot.buffer.unmap();
-        let slot = self.slot.take().expect("checked above");
-        if let Ok(slot) = Arc::try_unwrap(slot) {
-            let class = slot.buffer.size();
-            lock(&self.device.inner.readback_pool).entry(class).or_default().push(slot.buffer);
-        }
-        Ok(Some(bytes))
-    }
 }

@@ -5,11 +5,14 @@
 //! allocates nothing. Size classes are an eighth of an octave apart, which
 //! bounds the waste at 12.5% while letting nearby sizes share buffers.
 //!
-//! A buffer may be handed out again while commands that used it are still
-//! recorded and not yet submitted: that is safe because all work runs in
-//! submission order on one queue and wgpu puts barriers between the uses.
+//! Each stream has its own free lists. A buffer may be handed out again while
+//! commands of that stream that used it are still recorded and not yet
+//! submitted: that is safe because the stream submits in recording order on
+//! one queue and wgpu puts barriers between the uses.
 
 use std::collections::HashMap;
+
+use super::Context;
 
 /// The rounded size a request of `bytes` is served with.
 pub fn size_class(bytes: u64) -> u64 {
@@ -19,25 +22,22 @@ pub fn size_class(bytes: u64) -> u64 {
     bytes.div_ceil(step) * step
 }
 
+/// One stream's free lists. Byte counts live in the context, summed over streams.
 #[derive(Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
-    /// Bytes of buffers handed out and not yet returned.
-    pub in_use: u64,
-    /// Bytes of buffers waiting in the free lists.
-    pub pooled: u64,
 }
 
 impl Pool {
     /// A buffer of at least `bytes`, reused when one of its class is free.
-    pub fn take(&mut self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    pub fn take(&mut self, ctx: &Context, bytes: u64) -> wgpu::Buffer {
         let class = size_class(bytes);
-        self.in_use += class;
+        ctx.count_in_use(class as i64);
         if let Some(buf) = self.free.get_mut(&class).and_then(Vec::pop) {
-            self.pooled -= class;
+            ctx.count_pooled(-(class as i64));
             return buf;
         }
-        device.create_buffer(&wgpu::BufferDescriptor {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("cmae tensor"),
             size: class,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -45,17 +45,18 @@ impl Pool {
         })
     }
 
-    pub fn give_back(&mut self, buf: wgpu::Buffer) {
-        let class = buf.size();
-        self.in_use -= class;
-        self.pooled += class;
-        self.free.entry(class).or_default().push(buf);
+    pub fn give_back(&mut self, ctx: &Context, buf: wgpu::Buffer) {
+        let class = buf.size() as i64;
+        ctx.count_in_use(-class);
+        ctx.count_pooled(class);
+        self.free.entry(buf.size()).or_default().push(buf);
     }
 
     /// Frees every pooled buffer (e.g. between runs with different shapes).
-    pub fn trim(&mut self) {
-        self.free.clear();
-        self.pooled = 0;
+    pub fn trim(&mut self, ctx: &Context) {
+        for buf in self.free.drain().flat_map(|(_, v)| v) {
+            ctx.count_pooled(-(buf.size() as i64));
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::Device;
+use super::Context;
 use crate::error::{Error, Result};
 
 const QUERY_CAPACITY: u32 = 4096;
@@ -20,7 +20,7 @@ pub struct KernelTime {
     pub total_ms: f64,
 }
 
-pub(super) struct Profiler {
+pub(crate) struct Profiler {
     pub query_set: wgpu::QuerySet,
     pub inside_passes: bool,
     resolve_buf: wgpu::Buffer,
@@ -31,15 +31,15 @@ pub(super) struct Profiler {
 }
 
 impl Profiler {
-    pub fn new(dev: &Device) -> Result<Self> {
-        let features = dev.features();
+    pub fn new(ctx: &Context) -> Result<Self> {
+        let features = ctx.device.features();
         if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Err(Error::Limit(format!(
                 "adapter {} has no timestamp queries, so kernels cannot be profiled",
-                dev.info().name
+                ctx.info.name
             )));
         }
-        let device = dev.wgpu_device();
+        let device = &ctx.device;
         let bytes = u64::from(QUERY_CAPACITY) * 8;
         Ok(Self {
             query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -61,7 +61,7 @@ impl Profiler {
                 mapped_at_creation: false,
             }),
             labels: Vec::new(),
-            period_ns: f64::from(dev.wgpu_queue().get_timestamp_period()),
+            period_ns: f64::from(ctx.queue.get_timestamp_period()),
             totals: HashMap::new(),
         })
     }
@@ -86,7 +86,7 @@ impl Profiler {
     }
 
     /// Reads the resolved timestamps of the batch that was just waited for.
-    pub fn collect(&mut self, dev: &Device) -> Result<()> {
+    pub fn collect(&mut self, ctx: &Context) -> Result<()> {
         if self.labels.is_empty() {
             return Ok(());
         }
@@ -95,7 +95,7 @@ impl Profiler {
         self.read_buf.map_async(wgpu::MapMode::Read, ..n * 8, move |r| {
             let _ = tx.send(r);
         });
-        dev.wgpu_device()
+        ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for timestamps: {e}")))?;
         rx.recv()

@@ -11,7 +11,7 @@ use super::matmul::{MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
 use crate::device::Device;
 use crate::error::{Result, shape_err};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -37,17 +37,17 @@ fn dims(qkv: &Tensor, heads: usize) -> Result<Dims> {
 
 impl Dims {
     /// Head h of part `part` (0 q, 1 k, 2 v) of the packed qkv tensor.
-    fn qkv_view<'a>(&self, qkv: &'a Tensor, part: usize) -> MatView<'a> {
+    fn qkv_view<'a, T>(&self, qkv: &'a T, part: usize) -> MatView<'a, T> {
         MatView { t: qkv, off: part * self.d, row: 3 * self.d, b0: self.t * 3 * self.d, b1: self.hd }
     }
 
     /// Head h of a `[B, T, D]` tensor.
-    fn head_view<'a>(&self, x: &'a Tensor) -> MatView<'a> {
+    fn head_view<'a, T>(&self, x: &'a T) -> MatView<'a, T> {
         MatView { t: x, off: 0, row: self.d, b0: self.t * self.d, b1: self.hd }
     }
 
     /// One `[T, T]` matrix per (batch, head) of a `[B·H, T, T]` tensor.
-    fn scores_view<'a>(&self, s: &'a Tensor) -> MatView<'a> {
+    fn scores_view<'a, T>(&self, s: &'a T) -> MatView<'a, T> {
         MatView { t: s, off: 0, row: self.t, b0: self.heads * self.t * self.t, b1: self.t * self.t }
     }
 
@@ -59,7 +59,7 @@ impl Dims {
     fn matmul<'a>(
         &self,
         label: &'static str,
-        [a, b, c]: [MatView<'a>; 3],
+        (a, b, c): (MatView<'a>, MatView<'a>, MatView<'a, TensorMut>),
         (m, n, k): (usize, usize, usize),
         (trans_a, trans_b): (bool, bool),
         alpha: f32,
@@ -72,14 +72,15 @@ impl Dims {
 /// Returns `(out [B, T, D], probs [B·H, T, T])`.
 pub fn attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let s = dims(qkv, heads)?;
-    let probs = Tensor::uninit(dev, &[s.b * s.heads, s.t, s.t], DType::F32)?;
-    let views = [s.qkv_view(qkv, 0), s.qkv_view(qkv, 1), s.scores_view(&probs)];
+    let mut probs = TensorMut::uninit(dev, &[s.b * s.heads, s.t, s.t], DType::F32)?;
+    let views = (s.qkv_view(qkv, 0), s.qkv_view(qkv, 1), s.scores_view(&probs));
     s.matmul("attn_qk", views, (s.t, s.t, s.hd), (false, true), s.scale()).run(dev)?;
-    softmax_in_place(dev, &probs)?;
-    let out = Tensor::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
-    let views = [s.scores_view(&probs), s.qkv_view(qkv, 2), s.head_view(&out)];
+    softmax_in_place(dev, &mut probs)?;
+    let probs = probs.freeze();
+    let out = TensorMut::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
+    let views = (s.scores_view(&probs), s.qkv_view(qkv, 2), s.head_view(&out));
     s.matmul("attn_pv", views, (s.t, s.hd, s.t), (false, false), 1.0).run(dev)?;
-    Ok((out, probs))
+    Ok((out.freeze(), probs))
 }
 
 /// Gradient w.r.t. the packed qkv, given the forward's `probs` and `dout`.
@@ -91,17 +92,18 @@ pub fn attention_backward(dev: &Device, qkv: &Tensor, probs: &Tensor, dout: &Ten
         let detail = format!("dout {:?} / probs {:?} for qkv {:?}", dout.shape(), probs.shape(), qkv.shape());
         return Err(shape_err("attention_backward", detail));
     }
-    let ds = Tensor::uninit(dev, probs.shape(), DType::F32)?;
-    let views = [s.head_view(dout), s.qkv_view(qkv, 2), s.scores_view(&ds)];
+    let mut ds = TensorMut::uninit(dev, probs.shape(), DType::F32)?;
+    let views = (s.head_view(dout), s.qkv_view(qkv, 2), s.scores_view(&ds));
     s.matmul("attn_dp", views, (s.t, s.t, s.hd), (false, true), 1.0).run(dev)?;
-    softmax_backward_in_place(dev, probs, &ds)?;
-    let dqkv = Tensor::uninit(dev, qkv.shape(), DType::F32)?;
+    softmax_backward_in_place(dev, probs, &mut ds)?;
+    let ds = ds.freeze();
+    let dqkv = TensorMut::uninit(dev, qkv.shape(), DType::F32)?;
     let scale = s.scale();
-    let views = [s.scores_view(&ds), s.qkv_view(qkv, 1), s.qkv_view(&dqkv, 0)];
+    let views = (s.scores_view(&ds), s.qkv_view(qkv, 1), s.qkv_view(&dqkv, 0));
     s.matmul("attn_dq", views, (s.t, s.hd, s.t), (false, false), scale).run(dev)?;
-    let views = [s.scores_view(&ds), s.qkv_view(qkv, 0), s.qkv_view(&dqkv, 1)];
+    let views = (s.scores_view(&ds), s.qkv_view(qkv, 0), s.qkv_view(&dqkv, 1));
     s.matmul("attn_dk", views, (s.t, s.hd, s.t), (true, false), scale).run(dev)?;
-    let views = [s.scores_view(probs), s.head_view(dout), s.qkv_view(&dqkv, 2)];
+    let views = (s.scores_view(probs), s.head_view(dout), s.qkv_view(&dqkv, 2));
     s.matmul("attn_dv", views, (s.t, s.hd, s.t), (true, false), 1.0).run(dev)?;
-    Ok(dqkv)
+    Ok(dqkv.freeze())
 }

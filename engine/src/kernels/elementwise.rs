@@ -1,10 +1,10 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`).
 
 use super::{expect_f32, grid, same_shape, u32_of};
-use crate::device::{Device, KernelSpec};
+use crate::device::{Binding, Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -15,23 +15,36 @@ struct Params {
     beta: f32,
 }
 
-fn spec(entry: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::ELEMENTWISE, entry, constants: &[], label: entry }
+/// The kernels work on vec4s: `n.div_ceil(4)` items, 256 per workgroup.
+fn run(dev: &Device, entry: &'static str, p: Params, bindings: &[Binding<'_>]) -> Result<()> {
+    let spec =
+        KernelSpec { shader: &shaders::ELEMENTWISE, entry, constants: &[], label: entry, workgroup: [256, 1, 1] };
+    dev.dispatch(spec, &p, bindings, grid((p.n as usize).div_ceil(4), spec.workgroup))
 }
 
-/// The kernels work on vec4s: `n.div_ceil(4)` items.
-fn run(dev: &Device, entry: &'static str, p: Params, bindings: &[(u32, &Tensor)]) -> Result<()> {
-    dev.dispatch(spec(entry), &p, bindings, grid((p.n as usize).div_ceil(4), 256))
+/// A fresh output of `x`'s shape, written by `entry` from `inputs`.
+fn map(
+    dev: &Device,
+    entry: &'static str,
+    p: Params,
+    shape: &[usize],
+    x: &Tensor,
+    y: Option<&Tensor>,
+) -> Result<Tensor> {
+    let out = TensorMut::uninit(dev, shape, DType::F32)?;
+    match y {
+        Some(y) => run(dev, entry, p, &[x.bind(1), y.bind(2), out.bind_mut(3)])?,
+        None => run(dev, entry, p, &[x.bind(1), out.bind_mut(3)])?,
+    }
+    Ok(out.freeze())
 }
 
 /// `alpha·x + beta·y`.
 pub fn axpby(dev: &Device, alpha: f32, x: &Tensor, beta: f32, y: &Tensor) -> Result<Tensor> {
     same_shape("axpby", x, y)?;
     expect_f32("axpby", "x", x)?;
-    let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { n: u32_of("axpby", x.numel())?, period: 1, alpha, beta };
-    run(dev, "axpby", p, &[(1, x), (2, y), (3, &out)])?;
-    Ok(out)
+    map(dev, "axpby", p, x.shape(), x, Some(y))
 }
 
 pub fn add(dev: &Device, x: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -49,18 +62,14 @@ pub fn add_broadcast(dev: &Device, x: &Tensor, v: &Tensor, alpha: f32) -> Result
     if !x.shape().ends_with(v.shape()) || v.numel() == 0 {
         return Err(shape_err(op, format!("{:?} is not a suffix of {:?}", v.shape(), x.shape())));
     }
-    let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { n: u32_of(op, x.numel())?, period: u32_of(op, v.numel())?, alpha, beta: 0.0 };
-    run(dev, "add_bcast", p, &[(1, x), (2, v), (3, &out)])?;
-    Ok(out)
+    map(dev, "add_bcast", p, x.shape(), x, Some(v))
 }
 
 pub fn mul(dev: &Device, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("mul", x, y)?;
-    let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { n: u32_of("mul", x.numel())?, period: 1, alpha: 0.0, beta: 0.0 };
-    run(dev, "mul", p, &[(1, x), (2, y), (3, &out)])?;
-    Ok(out)
+    map(dev, "mul", p, x.shape(), x, Some(y))
 }
 
 /// Multiplies each leading-axis slice `x[b, ..]` by `s[b]`.
@@ -69,11 +78,9 @@ pub fn scale_rows(dev: &Device, x: &Tensor, s: &Tensor) -> Result<Tensor> {
     if x.shape().first() != Some(&s.numel()) {
         return Err(shape_err(op, format!("scales {:?} for {:?}", s.shape(), x.shape())));
     }
-    let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
     let period = x.numel() / s.numel().max(1);
     let p = Params { n: u32_of(op, x.numel())?, period: u32_of(op, period)?, alpha: 0.0, beta: 0.0 };
-    run(dev, "scale_rows", p, &[(1, x), (2, s), (3, &out)])?;
-    Ok(out)
+    map(dev, "scale_rows", p, x.shape(), x, Some(s))
 }
 
 /// A tensor of `shape` whose trailing elements repeat `v` (e.g. a mask token in every row).
@@ -82,25 +89,29 @@ pub fn broadcast(dev: &Device, v: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if !shape.ends_with(v.shape()) || v.numel() == 0 {
         return Err(shape_err(op, format!("{:?} is not a suffix of {shape:?}", v.shape())));
     }
-    let out = Tensor::uninit(dev, shape, DType::F32)?;
-    let p = Params { n: u32_of(op, out.numel())?, period: u32_of(op, v.numel())?, alpha: 0.0, beta: 0.0 };
-    run(dev, "broadcast", p, &[(1, v), (3, &out)])?;
-    Ok(out)
+    let p = Params { n: u32_of(op, shape.iter().product())?, period: u32_of(op, v.numel())?, alpha: 0.0, beta: 0.0 };
+    map(dev, "broadcast", p, shape, v, None)
 }
 
 pub fn full(dev: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
-    let out = Tensor::uninit(dev, shape, DType::F32)?;
+    Ok(filled(dev, shape, value)?.freeze())
+}
+
+/// A writable tensor of zeros (optimizer state, gradient scatter targets).
+pub fn zeros(dev: &Device, shape: &[usize]) -> Result<TensorMut> {
+    filled(dev, shape, 0.0)
+}
+
+fn filled(dev: &Device, shape: &[usize], value: f32) -> Result<TensorMut> {
+    let out = TensorMut::uninit(dev, shape, DType::F32)?;
     let p = Params { n: u32_of("full", out.numel())?, period: 1, alpha: value, beta: 0.0 };
-    run(dev, "fill", p, &[(3, &out)])?;
+    run(dev, "fill", p, &[out.bind_mut(3)])?;
     Ok(out)
 }
 
 /// `acc += alpha·inc`, in place (gradient accumulation).
-pub fn accumulate(dev: &Device, acc: &Tensor, inc: &Tensor, alpha: f32) -> Result<()> {
+pub fn accumulate(dev: &Device, acc: &mut TensorMut, inc: &Tensor, alpha: f32) -> Result<()> {
     same_shape("accumulate", acc, inc)?;
-    if acc.same_storage(inc) {
-        return Err(shape_err("accumulate", "a tensor cannot be accumulated into itself"));
-    }
     let p = Params { n: u32_of("accumulate", acc.numel())?, period: 1, alpha, beta: 0.0 };
-    run(dev, "accumulate", p, &[(2, inc), (3, acc)])
+    run(dev, "accumulate", p, &[inc.bind(2), acc.bind_mut(3)])
 }

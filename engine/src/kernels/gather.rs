@@ -4,7 +4,7 @@ use super::{expect_f32, grid, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -17,6 +17,11 @@ struct Params {
     src_off: u32,
     out_off: u32,
     add: u32,
+}
+
+/// Every entry point handles one element per invocation, 256 per workgroup.
+fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
+    KernelSpec { shader: &shaders::GATHER, entry, constants: &[], label, workgroup: [256, 1, 1] }
 }
 
 fn dims3(op: &'static str, name: &str, t: &Tensor) -> Result<[usize; 3]> {
@@ -36,7 +41,7 @@ fn index_dims(op: &'static str, idx: &Tensor, batch: usize) -> Result<usize> {
 /// `out[b, out_off + k, :] = src[b, idx[b, k], :]` into an existing `out`.
 /// Index values must be `< src rows`; the wrapper cannot see them, so the
 /// masking code that builds them guarantees it.
-pub fn gather_rows_into(dev: &Device, src: &Tensor, idx: &Tensor, out: &Tensor, out_off: usize) -> Result<()> {
+pub fn gather_rows_into(dev: &Device, src: &Tensor, idx: &Tensor, out: &mut TensorMut, out_off: usize) -> Result<()> {
     let op = "gather_rows";
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
@@ -58,22 +63,29 @@ pub fn gather_rows_into(dev: &Device, src: &Tensor, idx: &Tensor, out: &Tensor, 
         out_off: u32_of(op, out_off)?,
         add: 0,
     };
-    let spec = KernelSpec { shader: &shaders::GATHER, entry: "gather_rows", constants: &[], label: "gather_rows" };
-    dev.dispatch(spec, &p, &[(1, src), (2, idx), (3, out)], grid(b * k * d, 256))
+    let spec = spec("gather_rows", "gather_rows");
+    dev.dispatch(spec, &p, &[src.bind(1), idx.bind(2), out.bind_mut(3)], grid(b * k * d, spec.workgroup))
 }
 
 /// `src[b, idx[b, k], :]` for every k: shape `[B, keep, D]`.
 pub fn gather_rows(dev: &Device, src: &Tensor, idx: &Tensor) -> Result<Tensor> {
     let [b, _, d] = dims3("gather_rows", "source", src)?;
     let k = index_dims("gather_rows", idx, b)?;
-    let out = Tensor::uninit(dev, &[b, k, d], DType::F32)?;
-    gather_rows_into(dev, src, idx, &out, 0)?;
-    Ok(out)
+    let mut out = TensorMut::uninit(dev, &[b, k, d], DType::F32)?;
+    gather_rows_into(dev, src, idx, &mut out, 0)?;
+    Ok(out.freeze())
 }
 
 /// `out[b, idx[b, k], :] (+)= src[b, src_off + k, :]` for k < keep, in place.
 /// Indices must be distinct within a sample (masking indices are).
-pub fn scatter_rows(dev: &Device, src: &Tensor, src_off: usize, idx: &Tensor, out: &Tensor, add: bool) -> Result<()> {
+pub fn scatter_rows(
+    dev: &Device,
+    src: &Tensor,
+    src_off: usize,
+    idx: &Tensor,
+    out: &mut TensorMut,
+    add: bool,
+) -> Result<()> {
     let op = if add { "scatter_add_rows" } else { "scatter_rows" };
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
@@ -92,20 +104,27 @@ pub fn scatter_rows(dev: &Device, src: &Tensor, src_off: usize, idx: &Tensor, ou
         out_off: 0,
         add: u32::from(add),
     };
-    let spec = KernelSpec { shader: &shaders::GATHER, entry: "scatter_rows", constants: &[], label: op };
-    dev.dispatch(spec, &p, &[(1, src), (2, idx), (3, out)], grid(b * k * d, 256))
+    let spec = spec("scatter_rows", op);
+    dev.dispatch(spec, &p, &[src.bind(1), idx.bind(2), out.bind_mut(3)], grid(b * k * d, spec.workgroup))
 }
 
 /// The gather's backward: zeros `[B, rows, D]` with `dy[b, k]` added at `idx[b, k]`.
 pub fn scatter_add_rows(dev: &Device, dy: &Tensor, idx: &Tensor, rows: usize) -> Result<Tensor> {
     let [b, _, d] = dims3("scatter_add_rows", "gradient", dy)?;
-    let out = super::elementwise::full(dev, &[b, rows, d], 0.0)?;
-    scatter_rows(dev, dy, 0, idx, &out, true)?;
-    Ok(out)
+    let mut out = super::elementwise::zeros(dev, &[b, rows, d])?;
+    scatter_rows(dev, dy, 0, idx, &mut out, true)?;
+    Ok(out.freeze())
 }
 
 /// `out[b, out_off + k, :] = src[b, src_off + k, :]` for k < count, in place.
-pub fn copy_rows(dev: &Device, src: &Tensor, src_off: usize, out: &Tensor, out_off: usize, count: usize) -> Result<()> {
+pub fn copy_rows(
+    dev: &Device,
+    src: &Tensor,
+    src_off: usize,
+    out: &mut TensorMut,
+    out_off: usize,
+    count: usize,
+) -> Result<()> {
     let op = "copy_rows";
     expect_f32(op, "source", src)?;
     let [b, n, d] = dims3(op, "source", src)?;
@@ -126,8 +145,8 @@ pub fn copy_rows(dev: &Device, src: &Tensor, src_off: usize, out: &Tensor, out_o
         out_off: u32_of(op, out_off)?,
         add: 0,
     };
-    let spec = KernelSpec { shader: &shaders::GATHER, entry: "copy_rows", constants: &[], label: op };
-    dev.dispatch(spec, &p, &[(1, src), (3, out)], grid(b * count * d, 256))
+    let spec = spec("copy_rows", op);
+    dev.dispatch(spec, &p, &[src.bind(1), out.bind_mut(3)], grid(b * count * d, spec.workgroup))
 }
 
 /// Swaps the last two axes: `[.., r, c]` → `[.., c, r]` (a new contiguous tensor).
@@ -143,7 +162,7 @@ pub fn transpose(dev: &Device, x: &Tensor) -> Result<Tensor> {
     let mut shape = s.to_vec();
     let n = shape.len();
     shape.swap(n - 2, n - 1);
-    let out = Tensor::uninit(dev, &shape, DType::F32)?;
+    let out = TensorMut::uninit(dev, &shape, DType::F32)?;
     let p = Params {
         batch: u32_of(op, batch)?,
         k: u32_of(op, r)?,
@@ -154,7 +173,7 @@ pub fn transpose(dev: &Device, x: &Tensor) -> Result<Tensor> {
         out_off: 0,
         add: 0,
     };
-    let spec = KernelSpec { shader: &shaders::GATHER, entry: "transpose", constants: &[], label: op };
-    dev.dispatch(spec, &p, &[(1, x), (3, &out)], grid(x.numel(), 256))?;
-    Ok(out)
+    let spec = spec("transpose", op);
+    dev.dispatch(spec, &p, &[x.bind(1), out.bind_mut(3)], grid(x.numel(), spec.workgroup))?;
+    Ok(out.freeze())
 }

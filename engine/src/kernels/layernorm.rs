@@ -5,7 +5,7 @@ use super::{grid, rows_cols, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -19,7 +19,7 @@ struct Params {
 const PARAM_CHUNK: usize = 64;
 
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::LAYERNORM, entry, constants: &[], label }
+    KernelSpec { shader: &shaders::LAYERNORM, entry, constants: &[], label, workgroup: [64, 1, 1] }
 }
 
 fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Params, usize)> {
@@ -34,15 +34,12 @@ fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Par
 pub fn layer_norm(dev: &Device, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (p, rows) = params("layer_norm", x, gamma, eps)?;
     same_shape("layer_norm", gamma, beta)?;
-    let y = Tensor::uninit(dev, x.shape(), DType::F32)?;
-    let stats = Tensor::uninit(dev, &[rows, 2], DType::F32)?;
-    dev.dispatch(
-        spec("forward", "layernorm"),
-        &p,
-        &[(1, x), (2, gamma), (3, beta), (4, &y), (5, &stats)],
-        grid(rows, 64),
-    )?;
-    Ok((y, stats))
+    let y = TensorMut::uninit(dev, x.shape(), DType::F32)?;
+    let stats = TensorMut::uninit(dev, &[rows, 2], DType::F32)?;
+    let spec = spec("forward", "layernorm");
+    let bindings = [x.bind(1), gamma.bind(2), beta.bind(3), y.bind_mut(4), stats.bind_mut(5)];
+    dev.dispatch(spec, &p, &bindings, grid(rows, spec.workgroup))?;
+    Ok((y.freeze(), stats.freeze()))
 }
 
 /// Gradients `(dx, dγ, dβ)`.
@@ -60,24 +57,19 @@ pub fn layer_norm_backward(
         return Err(shape_err(op, format!("stats {:?} for {rows} rows", stats.shape())));
     }
     let d = p.d as usize;
-    let dx = Tensor::uninit(dev, x.shape(), DType::F32)?;
-    dev.dispatch(
-        spec("backward_input", "layernorm_backward"),
-        &p,
-        &[(1, x), (2, gamma), (6, dy), (7, stats), (8, &dx)],
-        grid(rows, 64),
-    )?;
+    let dx = TensorMut::uninit(dev, x.shape(), DType::F32)?;
+    let input_spec = spec("backward_input", "layernorm_backward");
+    let bindings = [x.bind(1), gamma.bind(2), dy.bind(6), stats.bind(7), dx.bind_mut(8)];
+    dev.dispatch(input_spec, &p, &bindings, grid(rows, input_spec.workgroup))?;
     let chunks = rows.div_ceil(PARAM_CHUNK);
     // Rows of the partial sums are padded to whole vec4s.
     let d_pad = d.next_multiple_of(4);
-    let partial = Tensor::uninit(dev, &[chunks, 2, d_pad], DType::F32)?;
-    dev.dispatch(
-        spec("backward_params", "layernorm_backward_params"),
-        &p,
-        &[(1, x), (6, dy), (7, stats), (8, &partial)],
-        grid(chunks * d_pad / 4, 64),
-    )?;
+    let partial = TensorMut::uninit(dev, &[chunks, 2, d_pad], DType::F32)?;
+    let params_spec = spec("backward_params", "layernorm_backward_params");
+    let bindings = [x.bind(1), dy.bind(6), stats.bind(7), partial.bind_mut(8)];
+    dev.dispatch(params_spec, &p, &bindings, grid(chunks * d_pad / 4, params_spec.workgroup))?;
+    let partial = partial.freeze();
     let dgamma = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: 0 }, None)?;
     let dbeta = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: d_pad }, None)?;
-    Ok((dx, dgamma, dbeta))
+    Ok((dx.freeze(), dgamma, dbeta))
 }

@@ -1,26 +1,36 @@
 //! Batched matmul with transposed-operand variants and an optional fused bias.
-//! Kernels: `shaders/matmul_register.wgsl` (CPU adapters), `shaders/matmul_tiled.wgsl` (GPUs).
+//! Kernels: `shaders/matmul_register.wgsl` and `shaders/matmul_subgroup.wgsl` (CPU adapters),
+//! `shaders/matmul_tiled.wgsl` (GPUs).
 
-use crate::device::{Device, KernelSpec, MatmulKind};
+use crate::device::{Binding, Device, KernelSpec, MatmulKind};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 /// A strided matrix inside a tensor: batch `z = outer·heads + inner` starts at
 /// `off + outer·b0 + inner·b1`, rows are `row` elements apart. This addresses
 /// one head of a `[B, T, 3D]` qkv tensor without copying it.
-#[derive(Debug, Clone, Copy)]
-pub struct MatView<'a> {
-    pub t: &'a Tensor,
+/// The output view is `MatView<TensorMut>`: a matmul writes only a mutable tensor.
+#[derive(Debug)]
+pub struct MatView<'a, T = Tensor> {
+    pub t: &'a T,
     pub off: usize,
     pub row: usize,
     pub b0: usize,
     pub b1: usize,
 }
 
-impl<'a> MatView<'a> {
+impl<T> Clone for MatView<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for MatView<'_, T> {}
+
+impl<'a, T> MatView<'a, T> {
     /// A contiguous `[rows, row]` matrix per batch, batches one after another.
-    pub fn contiguous(t: &'a Tensor, row: usize, batch_stride: usize) -> Self {
+    pub fn contiguous(t: &'a T, row: usize, batch_stride: usize) -> Self {
         Self { t, off: 0, row, b0: batch_stride, b1: 0 }
     }
 }
@@ -30,7 +40,7 @@ impl<'a> MatView<'a> {
 pub struct Matmul<'a> {
     pub a: MatView<'a>,
     pub b: MatView<'a>,
-    pub c: MatView<'a>,
+    pub c: MatView<'a, TensorMut>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -62,19 +72,27 @@ struct MatmulParams {
 }
 
 /// Largest flat index a view touches, or None for an empty matrix.
-fn last_index(v: &MatView<'_>, rows: usize, cols: usize, outer: usize, heads: usize) -> Option<usize> {
+fn last_index<T>(v: &MatView<'_, T>, rows: usize, cols: usize, outer: usize, heads: usize) -> Option<usize> {
     if rows == 0 || cols == 0 || outer == 0 || heads == 0 {
         return None;
     }
     Some(v.off + (outer - 1) * v.b0 + (heads - 1) * v.b1 + (rows - 1) * v.row + cols - 1)
 }
 
-fn check_view(op: &'static str, name: &str, v: &MatView<'_>, rows: usize, cols: usize, mm: &Matmul<'_>) -> Result<()> {
-    if v.t.dtype() != DType::F32 {
-        return Err(shape_err(op, format!("{name} must be f32, got {:?}", v.t.dtype())));
+fn check_view<T: AsRef<Tensor>>(
+    op: &'static str,
+    name: &str,
+    v: &MatView<'_, T>,
+    rows: usize,
+    cols: usize,
+    mm: &Matmul<'_>,
+) -> Result<()> {
+    let t = v.t.as_ref();
+    if t.dtype() != DType::F32 {
+        return Err(shape_err(op, format!("{name} must be f32, got {:?}", t.dtype())));
     }
     if let Some(last) = last_index(v, rows, cols, mm.outer, mm.heads)
-        && last >= v.t.numel()
+        && last >= t.numel()
     {
         return Err(shape_err(
             op,
@@ -82,7 +100,7 @@ fn check_view(op: &'static str, name: &str, v: &MatView<'_>, rows: usize, cols: 
                 "{name} as {} batches of [{rows}, {cols}] (row stride {}) does not fit in tensor {:?}",
                 mm.outer * mm.heads,
                 v.row,
-                v.t.shape()
+                t.shape()
             ),
         ));
     }
@@ -118,20 +136,20 @@ impl Matmul<'_> {
         let to_u32 = |v: usize| -> Result<u32> {
             u32::try_from(v).map_err(|_| shape_err(op, format!("extent {v} exceeds u32 indexing")))
         };
-        for v in [&self.a, &self.b, &self.c] {
-            to_u32(v.t.numel())?;
+        for t in [self.a.t, self.b.t, self.c.t.as_tensor()] {
+            to_u32(t.numel())?;
         }
-        let view = |v: &MatView<'_>| -> Result<[u32; 4]> {
-            Ok([to_u32(v.off)?, to_u32(v.row)?, to_u32(v.b0)?, to_u32(v.b1)?])
+        let view = |[off, row, b0, b1]: [usize; 4]| -> Result<[u32; 4]> {
+            Ok([to_u32(off)?, to_u32(row)?, to_u32(b0)?, to_u32(b1)?])
         };
         let params = MatmulParams {
             m: to_u32(self.m)?,
             n: to_u32(self.n)?,
             k: to_u32(self.k)?,
             heads: to_u32(self.heads)?,
-            a: view(&self.a)?,
-            b: view(&self.b)?,
-            c: view(&self.c)?,
+            a: view([self.a.off, self.a.row, self.a.b0, self.a.b1])?,
+            b: view([self.b.off, self.b.row, self.b.b0, self.b.b1])?,
+            c: view([self.c.off, self.c.row, self.c.b0, self.c.b1])?,
             alpha: self.alpha,
             has_bias: u32::from(self.bias.is_some()),
             bias_off: 0,
@@ -147,8 +165,11 @@ impl Matmul<'_> {
                     entry: "main",
                     constants: &self.trans_constants(),
                     label,
+                    workgroup: [16, 16, 1],
                 };
-                let groups = [params.n.div_ceil(64), params.m.div_ceil(64), params.batches];
+                // Each invocation computes a 4×4 block of C.
+                let tile = spec.workgroup.map(|w| w * 4);
+                let groups = [params.n.div_ceil(tile[0]), params.m.div_ceil(tile[1]), params.batches];
                 dev.dispatch(spec, &params, &self.bindings(), groups)
             }
         }
@@ -158,8 +179,8 @@ impl Matmul<'_> {
         [("TRANS_A", f64::from(u8::from(self.trans_a))), ("TRANS_B", f64::from(u8::from(self.trans_b)))]
     }
 
-    fn bindings(&self) -> [(u32, &Tensor); 4] {
-        [(1, self.a.t), (2, self.b.t), (3, self.bias.unwrap_or(self.b.t)), (4, self.c.t)]
+    fn bindings(&self) -> [Binding<'_>; 4] {
+        [self.a.t.bind(1), self.b.t.bind(2), self.bias.unwrap_or(self.b.t).bind(3), self.c.t.bind_mut(4)]
     }
 
     fn run_register(
@@ -175,11 +196,12 @@ impl Matmul<'_> {
         let [ta, tb] = self.trans_constants();
         let constants = [ta, tb, ("VEC", f64::from(u8::from(vec_ok)))];
         let shader = if subgroup { &shaders::MATMUL_SUBGROUP } else { &shaders::MATMUL_REGISTER };
-        let spec = KernelSpec { shader, entry: "main", constants: &constants, label };
-        // The subgroup kernel rounds row blocks up to whole 8-lane subgroups.
+        let spec = KernelSpec { shader, entry: "main", constants: &constants, label, workgroup: [64, 1, 1] };
+        // Each invocation computes an 8×16 block of C; the subgroup kernel
+        // rounds row blocks up to whole 8-lane subgroups.
         let blocks_m = if subgroup { params.m.div_ceil(8).next_multiple_of(8) } else { params.m.div_ceil(8) };
         let blocks = u64::from(blocks_m) * u64::from(params.n.div_ceil(16)) * u64::from(params.batches);
-        dev.dispatch(spec, params, &self.bindings(), flat_groups(dev, blocks.div_ceil(64)))
+        dev.dispatch(spec, params, &self.bindings(), flat_groups(dev, blocks.div_ceil(u64::from(spec.workgroup[0]))))
     }
 }
 
@@ -224,7 +246,7 @@ pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool
         ));
     }
     let shape = if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] };
-    let c = Tensor::uninit(dev, &shape, DType::F32)?;
+    let c = TensorMut::uninit(dev, &shape, DType::F32)?;
     Matmul {
         a: MatView::contiguous(a, a2[1], a2[0] * a2[1]),
         b: MatView::contiguous(b, b2[1], b2[0] * b2[1]),
@@ -241,7 +263,7 @@ pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool
         label: None,
     }
     .run(dev)?;
-    Ok(c)
+    Ok(c.freeze())
 }
 
 fn t(trans: bool) -> &'static str {
@@ -261,7 +283,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
     let rows = x.numel() / k.max(1);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has an axis") = *n;
-    let y = Tensor::uninit(dev, &shape, DType::F32)?;
+    let y = TensorMut::uninit(dev, &shape, DType::F32)?;
     Matmul {
         a: MatView::contiguous(x, k, 0),
         b: MatView::contiguous(w, k, 0),
@@ -278,5 +300,5 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
         label: None,
     }
     .run(dev)?;
-    Ok(y)
+    Ok(y.freeze())
 }

@@ -21,9 +21,10 @@ use crate::tensor::{DType, Tensor};
 /// few enough that CPU adapters do not pay per-workgroup overhead.
 const MAX_GROUPS: usize = 16384;
 
-/// Workgroups for a grid-stride loop over `n` items, `per_group` at a time.
-pub(crate) fn grid(n: usize, per_group: usize) -> [u32; 3] {
-    [n.div_ceil(per_group).min(MAX_GROUPS) as u32, 1, 1]
+/// Workgroups for a grid-stride loop over `n` items, one per invocation of a
+/// one-dimensional `workgroup` (the size its `KernelSpec` declares).
+pub(crate) fn grid(n: usize, workgroup: [u32; 3]) -> [u32; 3] {
+    [n.div_ceil(workgroup[0] as usize).min(MAX_GROUPS) as u32, 1, 1]
 }
 
 pub(crate) fn u32_of(op: &'static str, v: usize) -> Result<u32> {

@@ -4,7 +4,7 @@ use super::{grid, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::Result;
 use crate::shaders;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorMut};
 
 /// AdamW hyper-parameters for one update of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,9 +35,21 @@ struct Params {
     grad_scale: f32,
 }
 
+/// Both updates handle a vec4 per invocation, 256 invocations per workgroup.
+fn spec(entry: &'static str) -> KernelSpec<'static> {
+    KernelSpec { shader: &shaders::OPTIM, entry, constants: &[], label: entry, workgroup: [256, 1, 1] }
+}
+
 /// Updates `param`, `m` and `v` in place.
-pub fn adamw(dev: &Device, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, s: AdamWStep) -> Result<()> {
-    for t in [grad, m, v] {
+pub fn adamw(
+    dev: &Device,
+    param: &mut TensorMut,
+    grad: &Tensor,
+    m: &mut TensorMut,
+    v: &mut TensorMut,
+    s: AdamWStep,
+) -> Result<()> {
+    for t in [grad, m.as_tensor(), v.as_tensor()] {
         same_shape("adamw", param, t)?;
     }
     // Bias corrections in f64 so late steps keep full precision.
@@ -54,8 +66,9 @@ pub fn adamw(dev: &Device, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor
         bias_c2_sqrt: (1.0 - f64::from(s.beta2).powf(step)).sqrt() as f32,
         grad_scale: s.grad_scale,
     };
-    let spec = KernelSpec { shader: &shaders::OPTIM, entry: "adamw", constants: &[], label: "adamw" };
-    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, m), (4, v)], grid(param.numel().div_ceil(4), 256))
+    let spec = spec("adamw");
+    let bindings = [grad.bind(1), param.bind_mut(2), m.bind_mut(3), v.bind_mut(4)];
+    dev.dispatch(spec, &p, &bindings, grid(param.numel().div_ceil(4), spec.workgroup))
 }
 
 /// LARS hyper-parameters for one update of one tensor (MAE's `util/lars.py`).
@@ -86,10 +99,10 @@ struct LarsParams {
 }
 
 /// Updates `param` and its momentum `mu` in place.
-pub fn lars(dev: &Device, param: &Tensor, grad: &Tensor, mu: &Tensor, s: LarsStep) -> Result<()> {
+pub fn lars(dev: &Device, param: &mut TensorMut, grad: &Tensor, mu: &mut TensorMut, s: LarsStep) -> Result<()> {
     use super::elementwise::axpby;
     use super::reduce::weighted_sums;
-    for t in [grad, mu] {
+    for t in [grad, mu.as_tensor()] {
         same_shape("lars", param, t)?;
     }
     let n = param.numel();
@@ -110,6 +123,7 @@ pub fn lars(dev: &Device, param: &Tensor, grad: &Tensor, mu: &Tensor, s: LarsSte
         grad_scale: s.grad_scale,
         _pad2: [0.0; 3],
     };
-    let spec = KernelSpec { shader: &shaders::OPTIM, entry: "lars", constants: &[], label: "lars" };
-    dev.dispatch(spec, &p, &[(1, grad), (2, param), (3, mu), (5, &norm_p), (6, &norm_dp)], grid(n.div_ceil(4), 256))
+    let spec = spec("lars");
+    let bindings = [grad.bind(1), param.bind_mut(2), mu.bind_mut(3), norm_p.bind(5), norm_dp.bind(6)];
+    dev.dispatch(spec, &p, &bindings, grid(n.div_ceil(4), spec.workgroup))
 }

@@ -4,7 +4,7 @@ use super::{grid, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -38,7 +38,7 @@ pub fn patchify(dev: &Device, imgs: &Tensor, psize: usize, order: PatchOrder) ->
         return Err(shape_err(op, format!("images {:?} are not square multiples of patch {psize}", imgs.shape())));
     }
     let g = h / psize;
-    let out = Tensor::uninit(dev, &[*b, g * g, psize * psize * c], DType::F32)?;
+    let out = TensorMut::uninit(dev, &[*b, g * g, psize * psize * c], DType::F32)?;
     let p = Params {
         batch: u32_of(op, *b)?,
         chans: u32_of(op, *c)?,
@@ -49,13 +49,19 @@ pub fn patchify(dev: &Device, imgs: &Tensor, psize: usize, order: PatchOrder) ->
         cols: 0,
         _pad: 0,
     };
-    let spec = KernelSpec { shader: &shaders::PATCH, entry: "patchify", constants: &[], label: "patchify" };
-    dev.dispatch(spec, &p, &[(1, imgs), (2, &out)], grid(out.numel(), 256))?;
-    Ok(out)
+    let spec = KernelSpec {
+        shader: &shaders::PATCH,
+        entry: "patchify",
+        constants: &[],
+        label: "patchify",
+        workgroup: [256, 1, 1],
+    };
+    dev.dispatch(spec, &p, &[imgs.bind(1), out.bind_mut(2)], grid(out.numel(), spec.workgroup))?;
+    Ok(out.freeze())
 }
 
 /// Normalises each patch (last axis) by its mean and unbiased variance, in place.
-pub fn norm_pix_in_place(dev: &Device, patches: &Tensor) -> Result<()> {
+pub fn norm_pix_in_place(dev: &Device, patches: &mut TensorMut) -> Result<()> {
     let op = "norm_pix";
     let (rows, cols) = super::rows_cols(op, patches)?;
     let p = Params {
@@ -68,6 +74,12 @@ pub fn norm_pix_in_place(dev: &Device, patches: &Tensor) -> Result<()> {
         cols: u32_of(op, cols)?,
         _pad: 0,
     };
-    let spec = KernelSpec { shader: &shaders::PATCH, entry: "norm_pix", constants: &[], label: "norm_pix" };
-    dev.dispatch(spec, &p, &[(2, patches)], grid(rows, 64))
+    let spec = KernelSpec {
+        shader: &shaders::PATCH,
+        entry: "norm_pix",
+        constants: &[],
+        label: "norm_pix",
+        workgroup: [64, 1, 1],
+    };
+    dev.dispatch(spec, &p, &[patches.bind_mut(2)], grid(rows, spec.workgroup))
 }

@@ -4,7 +4,7 @@ use super::{grid, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -70,7 +70,7 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
 fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, chunk: usize) -> Result<Tensor> {
     let op = "sum_rows";
     let chunks = x.rows.div_ceil(chunk);
-    let out = Tensor::uninit(dev, &[chunks, x.cols], DType::F32)?;
+    let out = TensorMut::uninit(dev, &[chunks, x.cols], DType::F32)?;
     let p = Params {
         rows: u32_of(op, x.rows)?,
         cols: u32_of(op, x.cols)?,
@@ -80,9 +80,16 @@ fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, chunk: usize) ->
         weighted: u32::from(weights.is_some()),
         _pad: [0; 2],
     };
-    let spec = KernelSpec { shader: &shaders::REDUCE, entry: "sum_rows", constants: &[], label: "sum_rows" };
-    dev.dispatch(spec, &p, &[(1, x.t), (2, weights.unwrap_or(x.t)), (3, &out)], grid(chunks * x.cols, 64))?;
-    Ok(out)
+    let spec = KernelSpec {
+        shader: &shaders::REDUCE,
+        entry: "sum_rows",
+        constants: &[],
+        label: "sum_rows",
+        workgroup: [64, 1, 1],
+    };
+    let bindings = [x.t.bind(1), weights.unwrap_or(x.t).bind(2), out.bind_mut(3)];
+    dev.dispatch(spec, &p, &bindings, grid(chunks * x.cols, spec.workgroup))?;
+    Ok(out.freeze())
 }
 
 /// `out[s] = Σ_i w[s, i] · x[i]` for weights `[S, n]` and `x` of n elements.
@@ -95,7 +102,7 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if *wn != n {
         return Err(shape_err(op, format!("weights {:?} for {n} values {:?}", w.shape(), x.shape())));
     }
-    let out = Tensor::uninit(dev, &[*s], DType::F32)?;
+    let out = TensorMut::uninit(dev, &[*s], DType::F32)?;
     let p = Params {
         rows: u32_of(op, n)?,
         cols: u32_of(op, *s)?,
@@ -105,7 +112,14 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         weighted: 1,
         _pad: [0; 2],
     };
-    let spec = KernelSpec { shader: &shaders::REDUCE, entry: "weighted_sums", constants: &[], label: "weighted_sums" };
-    dev.dispatch(spec, &p, &[(1, x), (2, w), (3, &out)], [u32_of(op, *s)?, 1, 1])?;
-    Ok(out)
+    // One workgroup per sum: its invocations stride over the n values.
+    let spec = KernelSpec {
+        shader: &shaders::REDUCE,
+        entry: "weighted_sums",
+        constants: &[],
+        label: "weighted_sums",
+        workgroup: [256, 1, 1],
+    };
+    dev.dispatch(spec, &p, &[x.bind(1), w.bind(2), out.bind_mut(3)], [u32_of(op, *s)?, 1, 1])?;
+    Ok(out.freeze())
 }

@@ -4,7 +4,7 @@ use super::{grid, rows_cols, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::Result;
 use crate::shaders;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -20,17 +20,29 @@ fn params(op: &'static str, t: &Tensor) -> Result<(Params, usize)> {
 }
 
 /// Replaces each row of `s` (last axis) by its softmax.
-pub fn softmax_in_place(dev: &Device, s: &Tensor) -> Result<()> {
+pub fn softmax_in_place(dev: &Device, s: &mut TensorMut) -> Result<()> {
     let (p, rows) = params("softmax", s)?;
-    let spec = KernelSpec { shader: &shaders::SOFTMAX, entry: "forward", constants: &[], label: "softmax" };
-    dev.dispatch(spec, &p, &[(1, s)], grid(rows, 64))
+    let spec = KernelSpec {
+        shader: &shaders::SOFTMAX,
+        entry: "forward",
+        constants: &[],
+        label: "softmax",
+        workgroup: [64, 1, 1],
+    };
+    dev.dispatch(spec, &p, &[s.bind_mut(1)], grid(rows, spec.workgroup))
 }
 
 /// Turns `dp` (gradient w.r.t. the softmax output `probs`) into the gradient
 /// w.r.t. the softmax input, in place.
-pub fn softmax_backward_in_place(dev: &Device, probs: &Tensor, dp: &Tensor) -> Result<()> {
+pub fn softmax_backward_in_place(dev: &Device, probs: &Tensor, dp: &mut TensorMut) -> Result<()> {
     same_shape("softmax_backward", probs, dp)?;
     let (p, rows) = params("softmax_backward", dp)?;
-    let spec = KernelSpec { shader: &shaders::SOFTMAX, entry: "backward", constants: &[], label: "softmax_backward" };
-    dev.dispatch(spec, &p, &[(1, dp), (2, probs)], grid(rows, 64))
+    let spec = KernelSpec {
+        shader: &shaders::SOFTMAX,
+        entry: "backward",
+        constants: &[],
+        label: "softmax_backward",
+        workgroup: [64, 1, 1],
+    };
+    dev.dispatch(spec, &p, &[dp.bind_mut(1), probs.bind(2)], grid(rows, spec.workgroup))
 }

@@ -46,14 +46,14 @@ pub fn check(what: &str, inputs: &[Input], gpu: impl Fn(&Tape, &[Var]) -> Var, c
     tape.backward(&loss, &mut grads).unwrap();
 
     // The forward loss itself must agree before gradients mean anything.
-    let got_loss = f64::from(loss.value().to_vec_f32(d).unwrap()[0]);
+    let got_loss = f64::from(loss.value().wait_f32(d).unwrap()[0]);
     let want_loss = loss64(&base);
     assert!((got_loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1e-2), "{what}: loss {got_loss} vs {want_loss}");
 
     let h = 1e-6;
     for (k, input) in inputs.iter().enumerate() {
         let g = grads.get(input.name).unwrap_or_else(|| panic!("{what}: no gradient for {}", input.name));
-        let got = g.to_vec_f32(d).unwrap();
+        let got = g.wait_f32(d).unwrap();
         assert_eq!(got.len(), input.data.len(), "{what}: gradient size of {}", input.name);
         // Every element for small inputs, an even sample of 64 for large ones.
         let step = (input.data.len() / 64).max(1);

@@ -7,7 +7,7 @@ pub mod reference;
 
 use std::sync::OnceLock;
 
-use cmae_engine::{Device, Tensor};
+use cmae_engine::{Device, Tensor, TensorMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,8 +26,13 @@ pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_f32(dev(), data, shape).unwrap()
 }
 
+/// A tensor the test then writes in place (in-place kernels, optimizer state).
+pub fn upload_mut(data: &[f32], shape: &[usize]) -> TensorMut {
+    TensorMut::from_f32(dev(), data, shape).unwrap()
+}
+
 pub fn download(t: &Tensor) -> Vec<f32> {
-    t.to_vec_f32(dev()).unwrap()
+    t.wait_f32(dev()).unwrap()
 }
 
 /// Max |got − want| / (atol + rtol·|want|) ≤ 1 over all elements, else panics

@@ -163,7 +163,7 @@ pub fn attention_layers(
         let mut per_layer = Vec::new();
         for probs in taps.attention.unwrap_or_default() {
             let (d, e) =
-                attention_stats(&probs.to_vec_f32(dev)?, n, c.num_heads, 1 + c.num_patches(), c.grid(), c.patch_size);
+                attention_stats(&probs.wait_f32(dev)?, n, c.num_heads, 1 + c.num_patches(), c.grid(), c.patch_size);
             per_layer.push(if entropy { e } else { d });
         }
         let label = label_of(path);
@@ -188,13 +188,13 @@ pub fn cka(dev: &Device, a: &Path, b: &Path, spec: &str, n: usize, out: &Path) -
         .hidden
         .unwrap_or_default()
         .iter()
-        .map(|t| t.to_vec_f32(dev))
+        .map(|t| t.wait_f32(dev))
         .collect::<Result<_, _>>()?;
     let hb: Vec<Vec<f32>> = run_encoder(dev, &mb.encoder(), &images, n, false, true)?
         .hidden
         .unwrap_or_default()
         .iter()
-        .map(|t| t.to_vec_f32(dev))
+        .map(|t| t.wait_f32(dev))
         .collect::<Result<_, _>>()?;
     let m: Vec<Vec<f64>> =
         ha.iter().map(|x| hb.iter().map(|y| linear_cka(x, ma.cfg.embed_dim, y, mb.cfg.embed_dim)).collect()).collect();
@@ -281,7 +281,7 @@ pub fn attention_maps(dev: &Device, checkpoint: &Path, spec: &str, n: usize, out
     let c = model.cfg.clone();
     let (images, n, t) = analysis_images(spec, &c, n.min(8))?;
     let taps = run_encoder(dev, &model.encoder(), &images, n, true, false)?;
-    let last = taps.attention.unwrap_or_default().pop().context("the model has no blocks")?.to_vec_f32(dev)?;
+    let last = taps.attention.unwrap_or_default().pop().context("the model has no blocks")?.wait_f32(dev)?;
     let (tokens, heads, l) = (1 + c.num_patches(), c.num_heads, c.num_patches());
     let scale = (96 / c.img_size as u32).max(1);
     let plane = c.in_chans * c.img_size * c.img_size;
@@ -333,7 +333,7 @@ pub fn reversed_attention_one(
     let imgs = Tensor::from_f32(dev, chw, &[1, c.in_chans, c.img_size, c.img_size])?;
     let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
     mae.encode_masked(&Tape::no_grad(dev), &imgs, &plan.upload(dev, shots)?, &mut taps)?;
-    let probs = taps.attention.unwrap_or_default()[shots[k].layer - 1].to_vec_f32(dev)?;
+    let probs = taps.attention.unwrap_or_default()[shots[k].layer - 1].wait_f32(dev)?;
     let sp = &plan.shots[k];
     let (tokens, heads) = (1 + sp.visible, c.num_heads);
     // Original patch ids of the tokens visible before shot k.

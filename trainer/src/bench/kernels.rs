@@ -114,7 +114,7 @@ pub fn run(dev: &Device, opts: &Options, mut emit: impl FnMut(Value)) -> Result<
     }
     if want("dispatch") {
         let n = 1000;
-        let o = dev.measure_dispatch_overhead(n)?;
+        let o = super::overhead::measure(dev, n)?;
         out(
             json!({"kernel": "dispatch_overhead", "dispatches": n, "ms": round(o.engine_ms), "raw_ms": round(o.raw_ms),
             "ratio": round(o.engine_ms / o.raw_ms)}),

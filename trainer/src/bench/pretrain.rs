@@ -64,14 +64,21 @@ pub fn step_gflop(m: &ModelConfig, shots: &[Shot], batch: usize) -> f64 {
 }
 
 /// One full training step (forward, backward, AdamW) on a fixed batch.
-fn step(dev: &Device, mae: &Mae, opt: &mut AdamW, imgs: &Tensor, shots: &[Shot], rng: &mut ChaCha8Rng) -> Result<()> {
+fn step(
+    dev: &Device,
+    mae: &mut Mae,
+    opt: &mut AdamW,
+    imgs: &Tensor,
+    shots: &[Shot],
+    rng: &mut ChaCha8Rng,
+) -> Result<()> {
     let b = imgs.shape()[0];
     let plan = MaskPlan::random(shots, b, mae.cfg.num_patches(), rng).upload(dev, shots)?;
     let tape = Tape::new(dev);
     let out = mae.forward(&tape, imgs, &plan, false)?;
     let mut grads = Gradients::default();
     tape.backward(&out.loss, &mut grads)?;
-    opt.update(dev, &mae.params, &grads, 1e-4, 1.0, |_| 1.0)?;
+    opt.update(dev, &mut mae.params, &grads, 1e-4, 1.0, |_| 1.0)?;
     Ok(())
 }
 
@@ -85,7 +92,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let m = cfg.model.clone();
     let batch = cfg.train.batch;
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
-    let mae = Mae::new(dev, &m, &mut init_rng(0))?;
+    let mut mae = Mae::new(dev, &m, &mut init_rng(0))?;
     let mut opt = AdamW::new(
         dev,
         &mae.params,
@@ -106,7 +113,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let mut first_step_s = None;
     for shots in &settings {
         for _ in 0..opts.warmup.max(1) {
-            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
         }
@@ -117,7 +124,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     for _ in 0..opts.steps.max(1) {
         for (shots, t) in settings.iter().zip(&mut times) {
             let start = Instant::now();
-            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
             dev.sync()?;
             t.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -151,7 +158,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     if opts.profile {
         for shots in &settings {
             dev.set_profiling(true)?;
-            step(dev, &mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
             let profile = dev.take_profile()?;
             dev.set_profiling(false)?;
             let total: f64 = profile.iter().map(|k| k.total_ms).sum();
@@ -195,16 +202,17 @@ mod tests {
         let mut m = PretrainConfig::preset("micro").unwrap().model;
         m.depth = 4;
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mae = Mae::new(&dev, &m, &mut rng).unwrap();
+        let mut mae = Mae::new(&dev, &m, &mut rng).unwrap();
         let adamw =
             AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, decays: crate::model::decays };
         let mut opt = AdamW::new(&dev, &mae.params, adamw).unwrap();
         let batch = 3;
-        let imgs = Tensor::zeros(&dev, &[batch, m.in_chans, m.img_size, m.img_size]).unwrap();
+        let imgs =
+            cmae_engine::kernels::elementwise::full(&dev, &[batch, m.in_chans, m.img_size, m.img_size], 0.0).unwrap();
         for shots in ["0:0.75", "0:0.5,2:0.3", "0:0.25,1:0.5,4:0.5"] {
             let shots = parse_shots(shots).unwrap();
             let before = dev.matmul_flops();
-            step(&dev, &mae, &mut opt, &imgs, &shots, &mut rng).unwrap();
+            step(&dev, &mut mae, &mut opt, &imgs, &shots, &mut rng).unwrap();
             let counted = (dev.matmul_flops() - before) as f64 / 1e9;
             let estimate = step_gflop(&m, &shots, batch);
             assert!(

@@ -94,7 +94,7 @@ pub fn evaluate(
         let imgs = Tensor::from_f32(dev, &images, &[b, m.in_chans, m.img_size, m.img_size])?;
         let run = |p: &Perturb<'_>| -> Result<Vec<f32>> {
             let tape = Tape::no_grad(dev);
-            Ok(model.forward(&tape, &imgs, false, &[], p)?.value().to_vec_f32(dev)?)
+            Ok(model.forward(&tape, &imgs, p)?.value().wait_f32(dev)?)
         };
         let logits = run(&Perturb::default())?;
         top1 += hits(&logits, &labels, model.classes, 1);

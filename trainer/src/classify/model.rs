@@ -5,7 +5,7 @@
 
 use anyhow::{Result, bail};
 use cmae_engine::kernels::{batchnorm, gather};
-use cmae_engine::{DType, Device, Tape, Tensor, Var};
+use cmae_engine::{DType, Device, Tape, Tensor, TensorMut, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +32,8 @@ pub fn param_specs(c: &ModelConfig, mode: Mode, classes: usize) -> Vec<ParamSpec
         Mode::Linprobe => {
             specs.extend(final_norm_specs(c));
             specs.extend([
-                ParamSpec::new("head.0.running_mean", &[d], Init::Fixed(vec![0.0; d])),
-                ParamSpec::new("head.0.running_var", &[d], Init::Fixed(vec![1.0; d])),
+                ParamSpec::new(RUNNING_MEAN, &[d], Init::Buffer(vec![0.0; d])),
+                ParamSpec::new(RUNNING_VAR, &[d], Init::Buffer(vec![1.0; d])),
                 ParamSpec::new("head.1.weight", &[classes, d], Init::Normal(0.01)),
                 ParamSpec::new("head.1.bias", &[classes], Init::Zeros),
             ]);
@@ -47,6 +47,12 @@ pub fn param_specs(c: &ModelConfig, mode: Mode, classes: usize) -> Vec<ParamSpec
     }
     specs
 }
+
+/// The probe's BatchNorm1d running statistics (buffers, as in PyTorch).
+const RUNNING_MEAN: &str = "head.0.running_mean";
+const RUNNING_VAR: &str = "head.0.running_var";
+const BN_EPS: f32 = 1e-6;
+const BN_MOMENTUM: f32 = 0.1;
 
 /// The names of a linear probe's trainable parameters (the encoder is frozen).
 pub fn probe_head(name: &str) -> bool {
@@ -159,68 +165,60 @@ impl Classifier {
     /// The probe's features: the cls token of the normed tokens, `[B, D]` (no gradient).
     pub fn probe_features(&self, tape: &Tape, x: &Var) -> Result<Tensor> {
         let [b, _, d] = *x.shape() else { bail!("tokens {:?} are not [B, T, D]", x.shape()) };
-        let cls = Tensor::uninit(tape.device(), &[b, 1, d], DType::F32)?;
-        gather::copy_rows(tape.device(), x.value(), 0, &cls, 0, 1)?;
-        Ok(cls.reshape(&[b, d])?)
+        let mut cls = TensorMut::uninit(tape.device(), &[b, 1, d], DType::F32)?;
+        gather::copy_rows(tape.device(), x.value(), 0, &mut cls, 0, 1)?;
+        Ok(cls.freeze().reshape(&[b, d])?)
     }
 
-    /// The probe's head: BatchNorm1d (batch statistics in training, running
-    /// ones otherwise) then Linear, on features that carry no gradient.
-    pub fn probe_head(&self, tape: &Tape, features: &Tensor, train: bool) -> Result<Var> {
-        let dev = tape.device();
-        let running = self.params.get("head.0.running_mean")?;
-        let var = self.params.get("head.0.running_var")?;
-        // The kernel keeps mean and variance in one [2, D] tensor.
-        let d = running.numel();
-        let stats = Tensor::uninit(dev, &[2, d], DType::F32)?;
-        dev.copy(running, &stats, running.byte_len())?;
-        copy_at(dev, var, &stats, d)?;
-        let normed = if train {
-            let y = batchnorm::batch_norm_train(dev, features, &stats, 1e-6, 0.1)?;
-            split_stats(dev, &stats, running, var)?;
-            y
-        } else {
-            batchnorm::batch_norm_eval(dev, features, &stats, 1e-6)?
-        };
+    /// The probe's head in evaluation: BatchNorm1d with the running
+    /// statistics, then Linear, on features that carry no gradient.
+    pub fn probe_head(&self, tape: &Tape, features: &Tensor) -> Result<Var> {
+        let stats = (self.params.buffer(RUNNING_MEAN)?, self.params.buffer(RUNNING_VAR)?);
+        let normed = batchnorm::batch_norm_eval(tape.device(), features, stats, BN_EPS)?;
         self.layers(tape).linear(&tape.constant(normed), "head.1")
     }
 
-    /// Logits `[B, classes]`.
-    pub fn forward(
-        &self,
-        tape: &Tape,
-        imgs: &Tensor,
-        train: bool,
-        drop: &[DropPath<'_>],
-        perturb: &Perturb<'_>,
-    ) -> Result<Var> {
+    /// The probe's head in training: BatchNorm1d with the batch statistics,
+    /// updating the running ones in place, then Linear.
+    pub fn probe_head_train(&mut self, tape: &Tape, features: &Tensor) -> Result<Var> {
+        let [mean, var] = self.params.buffers_mut([RUNNING_MEAN, RUNNING_VAR])?;
+        let normed = batchnorm::batch_norm_train(tape.device(), features, (mean, var), BN_EPS, BN_MOMENTUM)?;
+        self.layers(tape).linear(&tape.constant(normed), "head.1")
+    }
+
+    /// Evaluation logits `[B, classes]`.
+    pub fn forward(&self, tape: &Tape, imgs: &Tensor, perturb: &Perturb<'_>) -> Result<Var> {
         match self.mode {
             Mode::Finetune => {
-                let tokens = self.encode(tape, imgs, drop, perturb, &mut Taps::default())?;
+                let tokens = self.encode(tape, imgs, &[], perturb, &mut Taps::default())?;
                 self.finetune_head(tape, &tokens)
             }
             Mode::Linprobe => {
-                // The encoder is frozen: run it without recording anything.
-                let frozen = Tape::no_grad(tape.device());
-                let tokens = self.encode(&frozen, imgs, &[], perturb, &mut Taps::default())?;
-                let features = self.probe_features(&frozen, &tokens)?;
-                self.probe_head(tape, &features, train)
+                let features = self.frozen_features(tape.device(), imgs, perturb)?;
+                self.probe_head(tape, &features)
             }
         }
     }
-}
 
-/// Copies `src` into `dst` starting at element `at` (a one-row copy).
-fn copy_at(dev: &Device, src: &Tensor, dst: &Tensor, at: usize) -> Result<()> {
-    let n = src.numel();
-    gather::copy_rows(dev, &src.reshape(&[1, 1, n])?, 0, &dst.reshape(&[1, dst.numel() / n, n])?, at / n, 1)?;
-    Ok(())
-}
+    /// Training logits `[B, classes]`: with stochastic depth when fine-tuning;
+    /// the probe updates its running statistics, hence `&mut self`.
+    pub fn forward_train(&mut self, tape: &Tape, imgs: &Tensor, drop: &[DropPath<'_>]) -> Result<Var> {
+        match self.mode {
+            Mode::Finetune => {
+                let tokens = self.encode(tape, imgs, drop, &Perturb::default(), &mut Taps::default())?;
+                self.finetune_head(tape, &tokens)
+            }
+            Mode::Linprobe => {
+                let features = self.frozen_features(tape.device(), imgs, &Perturb::default())?;
+                self.probe_head_train(tape, &features)
+            }
+        }
+    }
 
-/// Writes the updated `[2, D]` statistics back into the two parameter tensors.
-fn split_stats(dev: &Device, stats: &Tensor, mean: &Tensor, var: &Tensor) -> Result<()> {
-    let d = mean.numel();
-    dev.copy(stats, mean, mean.byte_len())?;
-    gather::copy_rows(dev, &stats.reshape(&[1, 2, d])?, 1, &var.reshape(&[1, 1, d])?, 0, 1)?;
-    Ok(())
+    /// The probe's encoder is frozen: it runs without recording anything.
+    fn frozen_features(&self, dev: &Device, imgs: &Tensor, perturb: &Perturb<'_>) -> Result<Tensor> {
+        let frozen = Tape::no_grad(dev);
+        let tokens = self.encode(&frozen, imgs, &[], perturb, &mut Taps::default())?;
+        self.probe_features(&frozen, &tokens)
+    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::augment::{Mixup, RandAugment};
 use super::evaluation::evaluate;
-use super::{Classifier, ClassifyConfig, Mode, Perturb, model};
+use super::{Classifier, ClassifyConfig, Mode, model};
 use crate::config::ModelConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -104,7 +104,7 @@ impl Task for ClassifyTask<'_> {
         let scales = self.drop_path(dev, b, &mut rng)?;
         let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
         let tape = Tape::new(dev);
-        let logits = self.model.forward(&tape, &imgs, true, &drop, &Perturb::default())?;
+        let logits = self.model.forward_train(&tape, &imgs, &drop)?;
         let loss = tape.weighted_cross_entropy(&logits, &targets, &weights)?;
         tape.backward(&loss, grads)?;
         Ok(MicroStep { loss: loss.value().clone(), parts: None, images: b, skipped_images: batch.skipped })
@@ -115,9 +115,10 @@ impl Task for ClassifyTask<'_> {
         let decay = self.cfg.train.layer_decay;
         match &mut self.opt {
             Optimizer::AdamW(o) => {
-                o.update(dev, &self.model.params, grads, lr, grad_scale, |name| layer_decay_scale(name, depth, decay))
+                let scale = |name: &str| layer_decay_scale(name, depth, decay);
+                o.update(dev, &mut self.model.params, grads, lr, grad_scale, scale)
             }
-            Optimizer::Lars(o) => o.update(dev, &self.model.params, grads, lr, grad_scale),
+            Optimizer::Lars(o) => o.update(dev, &mut self.model.params, grads, lr, grad_scale),
         }
     }
 

@@ -114,10 +114,12 @@ impl Mae {
     /// MAE's reconstruction target: patchify (row, col, channel), optionally norm-pix.
     pub fn target(&self, dev: &Device, imgs: &Tensor) -> Result<Tensor> {
         let t = patchify(dev, imgs, self.cfg.patch_size, PatchOrder::ChannelLast)?;
-        if self.cfg.norm_pix_loss {
-            norm_pix_in_place(dev, &t)?;
+        if !self.cfg.norm_pix_loss {
+            return Ok(t);
         }
-        Ok(t)
+        let mut t = t.into_mut()?;
+        norm_pix_in_place(dev, &mut t)?;
+        Ok(t.freeze())
     }
 
     /// The whole pretraining pass.

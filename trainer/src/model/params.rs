@@ -5,7 +5,7 @@ use crate::safetensors_io::{F32Map, NamedF32};
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cmae_engine::{Device, Tensor};
+use cmae_engine::{Device, Tensor, TensorMut};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -17,8 +17,10 @@ pub enum Init {
     Zeros,
     Ones,
     Normal(f64),
-    /// A fixed table (position embeddings, running statistics): stored, never trained.
+    /// A fixed table (position embeddings): stored, never trained.
     Fixed(Vec<f32>),
+    /// State a training forward pass updates (BatchNorm running statistics).
+    Buffer(Vec<f32>),
     /// A trainable parameter that starts from a table (fine-tuned position embeddings).
     Table(Vec<f32>),
 }
@@ -35,8 +37,12 @@ impl ParamSpec {
         Self { name: name.into(), shape: shape.to_vec(), init }
     }
 
-    pub fn trainable(&self) -> bool {
-        !matches!(self.init, Init::Fixed(_))
+    pub fn kind(&self) -> Kind {
+        match self.init {
+            Init::Fixed(_) => Kind::Fixed,
+            Init::Buffer(_) => Kind::Buffer,
+            _ => Kind::Trainable,
+        }
     }
 
     fn initial_values(&self, rng: &mut impl Rng) -> Vec<f32> {
@@ -44,7 +50,7 @@ impl ParamSpec {
         match &self.init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
-            Init::Fixed(v) | Init::Table(v) => v.clone(),
+            Init::Fixed(v) | Init::Table(v) | Init::Buffer(v) => v.clone(),
             Init::Normal(std) => {
                 let dist = Normal::new(0.0, *std).expect("a positive std");
                 (0..n).map(|_| dist.sample(rng) as f32).collect()
@@ -64,24 +70,37 @@ pub fn decays(name: &str, shape: &[usize]) -> bool {
     shape.len() > 1 && !name.ends_with(".bias")
 }
 
-pub struct Param {
-    pub tensor: Tensor,
-    pub trainable: bool,
+/// One named tensor of a model. Parameters are read by forward passes and
+/// written only by the optimizer (`trainable_mut`); fixed tables are never
+/// written; buffers (BatchNorm running statistics) are state a training
+/// forward pass updates, kept apart from the parameters as PyTorch's
+/// `register_buffer`, so no optimizer sees them and no tape reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Trainable,
+    Fixed,
+    Buffer,
 }
 
-/// Parameters in a fixed order (the order of their specs).
+pub struct Param {
+    pub tensor: TensorMut,
+    pub kind: Kind,
+}
+
+/// A model's named tensors in a fixed order (the order of their specs): the
+/// checkpoint's state dict, parameters and buffers alike.
 pub struct ParamStore {
-    names: Vec<String>,
-    map: HashMap<String, Param>,
+    entries: Vec<(String, Param)>,
+    index: HashMap<String, usize>,
 }
 
 impl ParamStore {
     /// Fresh parameters from their specs and a seeded RNG.
     pub fn init(dev: &Device, specs: &[ParamSpec], rng: &mut impl Rng) -> Result<Self> {
-        let mut store = Self { names: Vec::new(), map: HashMap::new() };
+        let mut store = Self { entries: Vec::new(), index: HashMap::new() };
         for s in specs {
             let values = s.initial_values(rng);
-            store.insert(&s.name, Tensor::from_f32(dev, &values, &s.shape)?, s.trainable());
+            store.insert(&s.name, TensorMut::from_f32(dev, &values, &s.shape)?, s.kind());
         }
         Ok(store)
     }
@@ -90,7 +109,7 @@ impl ParamStore {
     /// be present with its exact shape. Returns the store and the names found
     /// in `tensors` that no spec wants.
     pub fn load(dev: &Device, specs: &[ParamSpec], mut tensors: F32Map) -> Result<(Self, Vec<String>)> {
-        let mut store = Self { names: Vec::new(), map: HashMap::new() };
+        let mut store = Self { entries: Vec::new(), index: HashMap::new() };
         for s in specs {
             let (shape, data) = tensors
                 .remove(&s.name)
@@ -103,56 +122,106 @@ impl ParamStore {
                     s.shape
                 );
             }
-            store.insert(&s.name, Tensor::from_f32(dev, &data, &shape).with_context(|| s.name.clone())?, s.trainable());
+            store.insert(&s.name, TensorMut::from_f32(dev, &data, &shape).with_context(|| s.name.clone())?, s.kind());
         }
         let mut extra: Vec<String> = tensors.into_keys().collect();
         extra.sort();
         Ok((store, extra))
     }
 
-    /// Overwrites every parameter with the tensor of the same name in `weights`
+    /// Overwrites every tensor with the one of the same name in `weights`
     /// (a checkpoint), checking shapes.
     pub fn replace_from(&mut self, dev: &Device, mut weights: F32Map) -> Result<()> {
-        for name in &self.names {
-            let p = self.map.get_mut(name).expect("names and map agree");
+        for (name, p) in &mut self.entries {
             let (shape, data) =
                 weights.remove(name).ok_or_else(|| anyhow!("the checkpoint has no parameter {name}"))?;
             if shape != p.tensor.shape() {
                 bail!("checkpoint parameter {name} has shape {shape:?}, the model {:?}", p.tensor.shape());
             }
-            p.tensor = Tensor::from_f32(dev, &data, &shape)?;
+            p.tensor = TensorMut::from_f32(dev, &data, &shape)?;
         }
         Ok(())
     }
 
-    fn insert(&mut self, name: &str, tensor: Tensor, trainable: bool) {
-        self.names.push(name.to_string());
-        self.map.insert(name.to_string(), Param { tensor, trainable });
+    fn insert(&mut self, name: &str, tensor: TensorMut, kind: Kind) {
+        self.index.insert(name.to_string(), self.entries.len());
+        self.entries.push((name.to_string(), Param { tensor, kind }));
     }
 
+    fn lookup(&self, name: &str) -> Option<&Param> {
+        self.index.get(name).map(|&i| &self.entries[i].1)
+    }
+
+    /// A parameter or fixed table (not a buffer), for reading.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.entry(name).map(|p| &p.tensor)
+        self.entry(name).map(|p| p.tensor.as_tensor())
     }
 
     pub fn entry(&self, name: &str) -> Result<&Param> {
-        self.map.get(name).ok_or_else(|| anyhow!("model has no parameter {name}"))
+        match self.lookup(name) {
+            Some(p) if p.kind != Kind::Buffer => Ok(p),
+            Some(_) => bail!("{name} is a buffer, not a parameter"),
+            None => bail!("model has no parameter {name}"),
+        }
     }
 
-    /// Parameters in spec order.
+    /// A buffer, for a forward pass that updates it in place.
+    pub fn buffer_mut(&mut self, name: &str) -> Result<&mut TensorMut> {
+        match self.index.get(name).map(|&i| &mut self.entries[i].1) {
+            Some(p) if p.kind == Kind::Buffer => Ok(&mut p.tensor),
+            _ => bail!("model has no buffer {name}"),
+        }
+    }
+
+    /// Several buffers at once (a BatchNorm's running mean and variance).
+    pub fn buffers_mut<const N: usize>(&mut self, names: [&str; N]) -> Result<[&mut TensorMut; N]> {
+        let mut at = [0; N];
+        for (i, name) in names.iter().enumerate() {
+            at[i] = match self.index.get(*name) {
+                Some(&i) if self.entries[i].1.kind == Kind::Buffer => i,
+                _ => bail!("model has no buffer {name}"),
+            };
+        }
+        let entries = self.entries.get_disjoint_mut(at).map_err(|_| anyhow!("buffers {names:?} repeat"))?;
+        Ok(entries.map(|(_, p)| &mut p.tensor))
+    }
+
+    /// A buffer, for reading (evaluation-mode BatchNorm).
+    pub fn buffer(&self, name: &str) -> Result<&Tensor> {
+        match self.lookup(name) {
+            Some(p) if p.kind == Kind::Buffer => Ok(p.tensor.as_tensor()),
+            _ => bail!("model has no buffer {name}"),
+        }
+    }
+
+    /// Every tensor in spec order, buffers included (the state dict).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Param)> {
-        self.names.iter().map(|n| (n.as_str(), &self.map[n]))
+        self.entries.iter().map(|(n, p)| (n.as_str(), p))
     }
 
     pub fn trainable(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.iter().filter(|(_, p)| p.trainable).map(|(n, p)| (n, &p.tensor))
+        self.iter().filter(|(_, p)| p.kind == Kind::Trainable).map(|(n, p)| (n, p.tensor.as_tensor()))
+    }
+
+    /// The trainable parameters for an optimizer step, in spec order.
+    pub fn trainable_mut(&mut self) -> impl Iterator<Item = (&str, &mut TensorMut)> {
+        self.entries.iter_mut().filter(|(_, p)| p.kind == Kind::Trainable).map(|(n, p)| (n.as_str(), &mut p.tensor))
+    }
+
+    /// One trainable parameter, for an optimizer that updates a subset (LARS).
+    pub fn trainable_by_name(&mut self, name: &str) -> Result<&mut TensorMut> {
+        match self.index.get(name).map(|&i| &mut self.entries[i].1) {
+            Some(p) if p.kind == Kind::Trainable => Ok(&mut p.tensor),
+            _ => bail!("model has no trainable parameter {name}"),
+        }
     }
 
     pub fn count_trainable(&self) -> usize {
         self.trainable().map(|(_, t)| t.numel()).sum()
     }
 
-    /// Every parameter downloaded, in order: `(name, shape, values)`.
+    /// Every tensor downloaded, in order: `(name, shape, values)`.
     pub fn to_host(&self, dev: &Device) -> Result<Vec<NamedF32>> {
-        self.iter().map(|(n, p)| Ok((n.to_string(), p.tensor.shape().to_vec(), p.tensor.to_vec_f32(dev)?))).collect()
+        self.iter().map(|(n, p)| Ok((n.to_string(), p.tensor.shape().to_vec(), p.tensor.wait_f32(dev)?))).collect()
     }
 }

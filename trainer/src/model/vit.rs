@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use cmae_engine::kernels::patch::{PatchOrder, patchify};
 use cmae_engine::{Tape, Tensor, Var};
 
-use super::params::{Init, ParamSpec, ParamStore};
+use super::params::{Init, Kind, ParamSpec, ParamStore};
 use crate::config::ModelConfig;
 
 pub const LN_EPS: f32 = 1e-6;
@@ -59,7 +59,10 @@ impl Layers<'_> {
     /// it is a fixed table (MAE's sin-cos position embeddings).
     pub fn p(&self, name: &str) -> Result<Var> {
         let p = self.params.entry(name)?;
-        Ok(if p.trainable { self.tape.param(name, &p.tensor) } else { self.tape.constant(p.tensor.clone()) })
+        Ok(match p.kind {
+            Kind::Trainable => self.tape.param(name, &p.tensor),
+            _ => self.tape.constant(p.tensor.as_tensor().clone()),
+        })
     }
 
     pub fn layer_norm(&self, x: &Var, prefix: &str) -> Result<Var> {

@@ -4,8 +4,9 @@ use crate::safetensors_io::{F32Map, NamedF32};
 use std::collections::HashMap;
 
 use anyhow::{Result, anyhow, bail};
+use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw, lars};
-use cmae_engine::{Device, Gradients, Tensor};
+use cmae_engine::{Device, Gradients, TensorMut};
 
 use crate::model::ParamStore;
 
@@ -24,8 +25,8 @@ pub struct AdamW {
     pub cfg: AdamWConfig,
     /// Optimizer steps taken.
     pub step: u64,
-    m: HashMap<String, Tensor>,
-    v: HashMap<String, Tensor>,
+    m: HashMap<String, TensorMut>,
+    v: HashMap<String, TensorMut>,
 }
 
 impl AdamW {
@@ -33,8 +34,8 @@ impl AdamW {
         let mut m = HashMap::new();
         let mut v = HashMap::new();
         for (name, t) in params.trainable() {
-            m.insert(name.to_string(), Tensor::zeros(dev, t.shape())?);
-            v.insert(name.to_string(), Tensor::zeros(dev, t.shape())?);
+            m.insert(name.to_string(), zeros(dev, t.shape())?);
+            v.insert(name.to_string(), zeros(dev, t.shape())?);
         }
         Ok(Self { cfg, step: 0, m, v })
     }
@@ -44,14 +45,14 @@ impl AdamW {
     pub fn update(
         &mut self,
         dev: &Device,
-        params: &ParamStore,
+        params: &mut ParamStore,
         grads: &Gradients,
         lr: f64,
         grad_scale: f32,
         lr_scale: impl Fn(&str) -> f64,
     ) -> Result<()> {
         self.step += 1;
-        for (name, p) in params.trainable() {
+        for (name, p) in params.trainable_mut() {
             let g = grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?;
             // The patch embedding's gradient comes back in its linear view [D, C·p·p].
             let g = g.reshape(p.shape())?;
@@ -64,7 +65,9 @@ impl AdamW {
                 step: self.step,
                 grad_scale,
             };
-            adamw(dev, p, &g, &self.m[name], &self.v[name], step)?;
+            let (m, v) = (self.m.get_mut(name), self.v.get_mut(name));
+            let (Some(m), Some(v)) = (m, v) else { bail!("no optimizer state for parameter {name}") };
+            adamw(dev, p, &g, m, v, step)?;
         }
         Ok(())
     }
@@ -73,8 +76,8 @@ impl AdamW {
     pub fn state_to_host(&self, dev: &Device, params: &ParamStore) -> Result<Vec<NamedF32>> {
         let mut out = Vec::new();
         for (name, p) in params.trainable() {
-            out.push((format!("exp_avg.{name}"), p.shape().to_vec(), self.m[name].to_vec_f32(dev)?));
-            out.push((format!("exp_avg_sq.{name}"), p.shape().to_vec(), self.v[name].to_vec_f32(dev)?));
+            out.push((format!("exp_avg.{name}"), p.shape().to_vec(), self.m[name].wait_f32(dev)?));
+            out.push((format!("exp_avg_sq.{name}"), p.shape().to_vec(), self.v[name].wait_f32(dev)?));
         }
         Ok(out)
     }
@@ -96,7 +99,7 @@ pub struct Lars {
     momentum: f64,
     weight_decay: f64,
     trust: f64,
-    mu: Vec<(String, Tensor)>,
+    mu: Vec<(String, TensorMut)>,
 }
 
 impl Lars {
@@ -111,7 +114,7 @@ impl Lars {
         let mu = params
             .trainable()
             .filter(|(n, _)| which(n))
-            .map(|(n, t)| Ok((n.to_string(), Tensor::zeros(dev, t.shape())?)))
+            .map(|(n, t)| Ok((n.to_string(), zeros(dev, t.shape())?)))
             .collect::<Result<Vec<_>>>()?;
         if mu.is_empty() {
             bail!("LARS has no parameters to train");
@@ -122,13 +125,13 @@ impl Lars {
     pub fn update(
         &mut self,
         dev: &Device,
-        params: &ParamStore,
+        params: &mut ParamStore,
         grads: &Gradients,
         lr: f64,
         grad_scale: f32,
     ) -> Result<()> {
-        for (name, mu) in &self.mu {
-            let p = params.get(name)?;
+        for (name, mu) in &mut self.mu {
+            let p = params.trainable_by_name(name)?;
             let g = grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?.reshape(p.shape())?;
             // Biases and other 1-D parameters get neither decay nor the trust ratio.
             let scaled = p.shape().len() > 1;
@@ -147,7 +150,7 @@ impl Lars {
 
     /// `(momentum.NAME, shape, values)` for a checkpoint.
     pub fn state_to_host(&self, dev: &Device) -> Result<Vec<crate::safetensors_io::NamedF32>> {
-        self.mu.iter().map(|(n, t)| Ok((format!("momentum.{n}"), t.shape().to_vec(), t.to_vec_f32(dev)?))).collect()
+        self.mu.iter().map(|(n, t)| Ok((format!("momentum.{n}"), t.shape().to_vec(), t.wait_f32(dev)?))).collect()
     }
 
     pub fn load_state(&mut self, dev: &Device, mut host: crate::safetensors_io::F32Map) -> Result<()> {
@@ -159,11 +162,11 @@ impl Lars {
 }
 
 /// Replaces `t` with the checkpoint's `key`, which must have `t`'s shape.
-fn restore(dev: &Device, host: &mut F32Map, key: &str, t: &mut Tensor) -> Result<()> {
+fn restore(dev: &Device, host: &mut F32Map, key: &str, t: &mut TensorMut) -> Result<()> {
     let (shape, data) = host.remove(key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
     if shape != t.shape() {
         bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
     }
-    *t = Tensor::from_f32(dev, &data, &shape)?;
+    *t = TensorMut::from_f32(dev, &data, &shape)?;
     Ok(())
 }

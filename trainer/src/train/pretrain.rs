@@ -74,7 +74,7 @@ impl Task for PretrainTask<'_> {
     }
 
     fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()> {
-        self.opt.update(dev, &self.mae.params, grads, lr, grad_scale, |_| 1.0)
+        self.opt.update(dev, &mut self.mae.params, grads, lr, grad_scale, |_| 1.0)
     }
 
     fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>> {

@@ -40,8 +40,8 @@ pub fn reconstruct(
     let imgs = Tensor::from_f32(dev, images, &[batch, c.in_chans, c.img_size, c.img_size])?;
     let tape = Tape::no_grad(dev);
     let out = mae.forward(&tape, &imgs, &plan.upload(dev, shots)?, false)?;
-    let mut pred = out.pred.value().to_vec_f32(dev)?;
-    let patch_loss = out.patch_loss.to_vec_f32(dev)?;
+    let mut pred = out.pred.value().wait_f32(dev)?;
+    let patch_loss = out.patch_loss.wait_f32(dev)?;
     let pd = c.patch_dim();
     if c.norm_pix_loss {
         // Undo norm-pix with the statistics of the true patch (MAE's visualisation).
@@ -51,7 +51,7 @@ pub fn reconstruct(
             c.patch_size,
             cmae_engine::kernels::patch::PatchOrder::ChannelLast,
         )?
-        .to_vec_f32(dev)?;
+        .wait_f32(dev)?;
         for (p, t) in pred.chunks_mut(pd).zip(raw.chunks(pd)) {
             let mean = t.iter().sum::<f32>() / pd as f32;
             let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (pd.max(2) - 1) as f32;

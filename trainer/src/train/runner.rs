@@ -111,8 +111,8 @@ pub struct Summary {
 
 struct StepReads {
     step: u64,
-    loss: Vec<PendingRead>,
-    parts: Vec<PendingRead>,
+    loss: Vec<PendingRead<f32>>,
+    parts: Vec<PendingRead<f32>>,
 }
 
 /// Mean loss and parts of a finished step (waits for the GPU).
@@ -120,11 +120,11 @@ fn resolve(reads: StepReads) -> Result<(u64, f64, Vec<f64>)> {
     let micro = reads.loss.len() as f64;
     let mut loss = 0.0;
     for r in reads.loss {
-        loss += f64::from(bytemuck::pod_read_unaligned::<f32>(&r.wait()?[..4])) / micro;
+        loss += f64::from(r.wait()?[0]) / micro;
     }
     let mut parts: Vec<f64> = Vec::new();
     for r in reads.parts {
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&r.wait()?);
+        let v = r.wait()?;
         parts.resize(v.len(), 0.0);
         for (acc, x) in parts.iter_mut().zip(v) {
             *acc += f64::from(x) / micro;
@@ -196,9 +196,9 @@ pub fn run(
             let m = task.micro_step(dev, step, micro, &mut grads)?;
             skipped_total += m.skipped_images as u64;
             window.1 += m.images;
-            reads.loss.push(dev.read_later(&m.loss)?);
+            reads.loss.push(m.loss.read_f32(dev)?);
             if let Some(parts) = &m.parts {
-                reads.parts.push(dev.read_later(parts)?);
+                reads.parts.push(parts.read_f32(dev)?);
             }
         }
         let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr, sched.min_lr);

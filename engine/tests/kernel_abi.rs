@@ -1,0 +1,133 @@
+//! The kernel ABI in one place: every WGSL entry point is dispatched once
+//! through its Rust wrapper on a fresh device, and the device checks each new
+//! pipeline against naga's reflection of the shader (uniform size against
+//! `size_of` of the wrapper's `Params`, bindings and their access against
+//! what the wrapper binds, `@workgroup_size` against the size the wrapper
+//! computes its grid for). This test makes sure no entry point escapes that
+//! check, and that each shader and its wrapper name each other.
+
+use cmae_engine::device::reflect;
+use cmae_engine::kernels::matmul::{linear, matmul};
+use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
+use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
+use cmae_engine::kernels::{attention, batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
+use cmae_engine::shaders::ALL;
+use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
+
+/// Calls every kernel wrapper once on small shapes.
+fn dispatch_every_wrapper(d: &Device) {
+    let t = |v: &[f32], s: &[usize]| Tensor::from_f32(d, v, s).unwrap();
+    let x = t(&[0.5, -1.0, 2.0, 0.25, 1.5, -0.5], &[2, 3]);
+    let row = t(&[1.0, 2.0, 3.0], &[3]);
+    let pair = t(&[1.0, 2.0], &[2]);
+
+    elementwise::axpby(d, 1.0, &x, 2.0, &x).unwrap();
+    elementwise::add_broadcast(d, &x, &row, 1.0).unwrap();
+    elementwise::mul(d, &x, &x).unwrap();
+    elementwise::scale_rows(d, &x, &pair).unwrap();
+    elementwise::broadcast(d, &row, &[2, 3]).unwrap();
+    let mut acc = elementwise::zeros(d, &[2, 3]).unwrap();
+    elementwise::accumulate(d, &mut acc, &x, 1.0).unwrap();
+
+    let tokens = t(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], &[2, 2, 2]);
+    let idx = Tensor::from_u32(d, &[1, 0], &[2, 1]).unwrap();
+    gather::gather_rows(d, &tokens, &idx).unwrap();
+    gather::scatter_add_rows(d, &gather::gather_rows(d, &tokens, &idx).unwrap(), &idx, 2).unwrap();
+    let mut out = elementwise::zeros(d, &[2, 2, 2]).unwrap();
+    gather::copy_rows(d, &tokens, 0, &mut out, 1, 1).unwrap();
+    gather::transpose(d, &x).unwrap();
+
+    gelu::gelu_backward(d, &x, &gelu::gelu(d, &x).unwrap()).unwrap();
+    let (y, stats) = layernorm::layer_norm(d, &x, &row, &row, 1e-6).unwrap();
+    layernorm::layer_norm_backward(d, &x, &row, &stats, &y).unwrap();
+
+    let weights = t(&[1.0, 1.0], &[2]);
+    let one = t(&[1.0], &[1]);
+    loss::mse_rows(d, &x, &y).unwrap();
+    loss::mse_rows_backward(d, &x, &y, &weights, &one).unwrap();
+    loss::xent_rows(d, &x, &y).unwrap();
+    loss::xent_rows_backward(d, &x, &y, &weights, &one).unwrap();
+
+    let mut probs = TensorMut::from_f32(d, &[0.0, 1.0, 2.0, 3.0], &[2, 2]).unwrap();
+    softmax::softmax_in_place(d, &mut probs).unwrap();
+    let probs = probs.freeze();
+    let mut dp = TensorMut::from_f32(d, &[1.0, 0.0, 0.0, 1.0], &[2, 2]).unwrap();
+    softmax::softmax_backward_in_place(d, &probs, &mut dp).unwrap();
+
+    let imgs = t(&[0.5; 16], &[1, 1, 4, 4]);
+    let mut patches = patchify(d, &imgs, 2, PatchOrder::ChannelLast).unwrap().into_mut().unwrap();
+    norm_pix_in_place(d, &mut patches).unwrap();
+
+    sum_rows(d, RowView::of(&x, 3), Some(&weights)).unwrap();
+    weighted_sums(d, &row, &t(&[1.0, 1.0, 1.0], &[1, 3])).unwrap();
+
+    let mut mean = TensorMut::from_f32(d, &[0.0; 3], &[3]).unwrap();
+    let mut var = TensorMut::from_f32(d, &[1.0; 3], &[3]).unwrap();
+    batchnorm::batch_norm_train(d, &x, (&mut mean, &mut var), 1e-6, 0.1).unwrap();
+    batchnorm::batch_norm_eval(d, &x, (&mean, &var), 1e-6).unwrap();
+
+    let grad = t(&[0.1, 0.2], &[2]);
+    let mut param = TensorMut::from_f32(d, &[1.0, 2.0], &[2]).unwrap();
+    let (mut m, mut v) = (elementwise::zeros(d, &[2]).unwrap(), elementwise::zeros(d, &[2]).unwrap());
+    let adamw =
+        optim::AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
+    optim::adamw(d, &mut param, &grad, &mut m, &mut v, adamw).unwrap();
+    let lars =
+        optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, trust: 0.001, scaled: true, grad_scale: 1.0 };
+    optim::lars(d, &mut param, &grad, &mut m, lars).unwrap();
+
+    let qkv = t(&[0.1; 2 * 3 * 6], &[2, 3, 6]);
+    attention::attention(d, &qkv, 1).unwrap();
+
+    let mut kinds = vec![MatmulKind::Register, MatmulKind::Tiled];
+    if d.supports_subgroup_matmul() {
+        kinds.push(MatmulKind::Subgroup);
+    }
+    for kind in kinds {
+        d.set_matmul_kind(kind);
+        matmul(d, &x, &x, false, true).unwrap();
+        linear(d, &x, &x, Some(&pair)).unwrap();
+    }
+    d.sync().unwrap();
+}
+
+#[test]
+fn every_entry_point_passes_the_abi_check_through_its_wrapper() {
+    // A private device: its record of checked kernels is this test's alone.
+    let d = Device::from_env().expect("a GPU adapter (CI installs lavapipe)");
+    dispatch_every_wrapper(&d);
+    let checked = d.checked_kernels();
+    let mut missed = Vec::new();
+    for shader in ALL {
+        if shader.name == "matmul_subgroup.wgsl" && !d.supports_subgroup_matmul() {
+            if std::env::var_os("CMAE_REQUIRE_SUBGROUPS").is_some() {
+                panic!("CMAE_REQUIRE_SUBGROUPS is set but {} has no 8-lane subgroups", d.info().name);
+            }
+            eprintln!("NOT RUN: {} has no 8-lane subgroups, so matmul_subgroup.wgsl was not checked", d.info().name);
+            continue;
+        }
+        for entry in reflect(shader).unwrap() {
+            if !checked.iter().any(|&(s, e)| s == shader.name && e == entry.entry) {
+                missed.push(format!("{}::{}", shader.name, entry.entry));
+            }
+        }
+    }
+    assert!(missed.is_empty(), "entry points no wrapper dispatched (so never ABI-checked): {missed:?}");
+}
+
+#[test]
+fn each_shader_and_its_wrapper_name_each_other() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for shader in ALL {
+        let wrapper = format!("engine/src/kernels/{}", shader.wrapper);
+        let rust = std::fs::read_to_string(root.join("..").join(&wrapper))
+            .unwrap_or_else(|e| panic!("{}: wrapper {wrapper}: {e}", shader.name));
+        assert!(rust.contains(&format!("shaders/{}", shader.name)), "{wrapper} does not name shaders/{}", shader.name);
+        let wgsl = std::fs::read_to_string(root.join("../shaders").join(shader.name)).unwrap();
+        assert!(
+            wgsl.lines().next().is_some_and(|l| l == format!("// Rust wrapper: {wrapper}")),
+            "shaders/{} does not start by naming {wrapper}",
+            shader.name
+        );
+    }
+}
