@@ -59,6 +59,13 @@ pub struct KernelSpec<'a> {
     pub workgroup: [u32; 3],
 }
 
+impl KernelSpec<'static> {
+    /// A kernel without override constants on a one-dimensional workgroup of `threads`.
+    pub const fn new(shader: &'static Shader, entry: &'static str, label: &'static str, threads: u32) -> Self {
+        Self { shader, entry, constants: &[], label, workgroup: [threads, 1, 1] }
+    }
+}
+
 /// Whether a kernel only reads a binding or writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {

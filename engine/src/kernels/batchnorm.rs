@@ -38,13 +38,7 @@ pub fn batch_norm_train(
     let (rows, d) = check(x, mean, var)?;
     let y = TensorMut::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { rows: u32_of("batch_norm", rows)?, d: u32_of("batch_norm", d)?, eps, momentum };
-    let spec = KernelSpec {
-        shader: &shaders::BATCHNORM,
-        entry: "train",
-        constants: &[],
-        label: "batch_norm",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::BATCHNORM, "train", "batch_norm", 64);
     let bindings = [x.bind(1), y.bind_mut(2), mean.bind_mut(3), var.bind_mut(4)];
     dev.dispatch(spec, &p, &bindings, grid(d, spec.workgroup))?;
     Ok(y.freeze())
@@ -55,13 +49,7 @@ pub fn batch_norm_eval(dev: &Device, x: &Tensor, (mean, var): (&Tensor, &Tensor)
     let (rows, d) = check(x, mean, var)?;
     let y = TensorMut::uninit(dev, x.shape(), DType::F32)?;
     let p = Params { rows: u32_of("batch_norm", rows)?, d: u32_of("batch_norm", d)?, eps, momentum: 0.0 };
-    let spec = KernelSpec {
-        shader: &shaders::BATCHNORM,
-        entry: "eval",
-        constants: &[],
-        label: "batch_norm",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::BATCHNORM, "eval", "batch_norm", 64);
     let bindings = [x.bind(1), y.bind_mut(2), mean.bind(3), var.bind(4)];
     dev.dispatch(spec, &p, &bindings, grid(rows * d, spec.workgroup))?;
     Ok(y.freeze())

@@ -17,8 +17,7 @@ struct Params {
 
 /// The kernels work on vec4s: `n.div_ceil(4)` items, 256 per workgroup.
 fn run(dev: &Device, entry: &'static str, p: Params, bindings: &[Binding<'_>]) -> Result<()> {
-    let spec =
-        KernelSpec { shader: &shaders::ELEMENTWISE, entry, constants: &[], label: entry, workgroup: [256, 1, 1] };
+    let spec = KernelSpec::new(&shaders::ELEMENTWISE, entry, entry, 256);
     dev.dispatch(spec, &p, bindings, grid((p.n as usize).div_ceil(4), spec.workgroup))
 }
 

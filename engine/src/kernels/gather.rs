@@ -21,7 +21,7 @@ struct Params {
 
 /// Every entry point handles one element per invocation, 256 per workgroup.
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::GATHER, entry, constants: &[], label, workgroup: [256, 1, 1] }
+    KernelSpec::new(&shaders::GATHER, entry, label, 256)
 }
 
 fn dims3(op: &'static str, name: &str, t: &Tensor) -> Result<[usize; 3]> {

@@ -15,7 +15,7 @@ struct Params {
 
 /// Both entry points handle a vec4 per invocation, 256 invocations per workgroup.
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::GELU, entry, constants: &[], label, workgroup: [256, 1, 1] }
+    KernelSpec::new(&shaders::GELU, entry, label, 256)
 }
 
 pub fn gelu(dev: &Device, x: &Tensor) -> Result<Tensor> {

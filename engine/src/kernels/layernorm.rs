@@ -19,7 +19,7 @@ struct Params {
 const PARAM_CHUNK: usize = 64;
 
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::LAYERNORM, entry, constants: &[], label, workgroup: [64, 1, 1] }
+    KernelSpec::new(&shaders::LAYERNORM, entry, label, 64)
 }
 
 fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Params, usize)> {

@@ -17,7 +17,7 @@ struct Params {
 /// Row kernels run one row per invocation, 64 per workgroup; the MSE
 /// backward one element per invocation, 256 per workgroup.
 fn spec(entry: &'static str, threads: u32) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::LOSS, entry, constants: &[], label: entry, workgroup: [threads, 1, 1] }
+    KernelSpec::new(&shaders::LOSS, entry, entry, threads)
 }
 
 fn params(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<(Params, usize, usize)> {

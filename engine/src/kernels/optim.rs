@@ -37,7 +37,7 @@ struct Params {
 
 /// Both updates handle a vec4 per invocation, 256 invocations per workgroup.
 fn spec(entry: &'static str) -> KernelSpec<'static> {
-    KernelSpec { shader: &shaders::OPTIM, entry, constants: &[], label: entry, workgroup: [256, 1, 1] }
+    KernelSpec::new(&shaders::OPTIM, entry, entry, 256)
 }
 
 /// Updates `param`, `m` and `v` in place.

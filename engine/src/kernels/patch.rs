@@ -49,13 +49,7 @@ pub fn patchify(dev: &Device, imgs: &Tensor, psize: usize, order: PatchOrder) ->
         cols: 0,
         _pad: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::PATCH,
-        entry: "patchify",
-        constants: &[],
-        label: "patchify",
-        workgroup: [256, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::PATCH, "patchify", "patchify", 256);
     dev.dispatch(spec, &p, &[imgs.bind(1), out.bind_mut(2)], grid(out.numel(), spec.workgroup))?;
     Ok(out.freeze())
 }
@@ -74,12 +68,6 @@ pub fn norm_pix_in_place(dev: &Device, patches: &mut TensorMut) -> Result<()> {
         cols: u32_of(op, cols)?,
         _pad: 0,
     };
-    let spec = KernelSpec {
-        shader: &shaders::PATCH,
-        entry: "norm_pix",
-        constants: &[],
-        label: "norm_pix",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::PATCH, "norm_pix", "norm_pix", 64);
     dev.dispatch(spec, &p, &[patches.bind_mut(2)], grid(rows, spec.workgroup))
 }

@@ -80,13 +80,7 @@ fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, chunk: usize) ->
         weighted: u32::from(weights.is_some()),
         _pad: [0; 2],
     };
-    let spec = KernelSpec {
-        shader: &shaders::REDUCE,
-        entry: "sum_rows",
-        constants: &[],
-        label: "sum_rows",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::REDUCE, "sum_rows", "sum_rows", 64);
     let bindings = [x.t.bind(1), weights.unwrap_or(x.t).bind(2), out.bind_mut(3)];
     dev.dispatch(spec, &p, &bindings, grid(chunks * x.cols, spec.workgroup))?;
     Ok(out.freeze())
@@ -113,13 +107,7 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         _pad: [0; 2],
     };
     // One workgroup per sum: its invocations stride over the n values.
-    let spec = KernelSpec {
-        shader: &shaders::REDUCE,
-        entry: "weighted_sums",
-        constants: &[],
-        label: "weighted_sums",
-        workgroup: [256, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::REDUCE, "weighted_sums", "weighted_sums", 256);
     dev.dispatch(spec, &p, &[x.bind(1), w.bind(2), out.bind_mut(3)], [u32_of(op, *s)?, 1, 1])?;
     Ok(out.freeze())
 }

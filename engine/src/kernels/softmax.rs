@@ -22,13 +22,7 @@ fn params(op: &'static str, t: &Tensor) -> Result<(Params, usize)> {
 /// Replaces each row of `s` (last axis) by its softmax.
 pub fn softmax_in_place(dev: &Device, s: &mut TensorMut) -> Result<()> {
     let (p, rows) = params("softmax", s)?;
-    let spec = KernelSpec {
-        shader: &shaders::SOFTMAX,
-        entry: "forward",
-        constants: &[],
-        label: "softmax",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::SOFTMAX, "forward", "softmax", 64);
     dev.dispatch(spec, &p, &[s.bind_mut(1)], grid(rows, spec.workgroup))
 }
 
@@ -37,12 +31,6 @@ pub fn softmax_in_place(dev: &Device, s: &mut TensorMut) -> Result<()> {
 pub fn softmax_backward_in_place(dev: &Device, probs: &Tensor, dp: &mut TensorMut) -> Result<()> {
     same_shape("softmax_backward", probs, dp)?;
     let (p, rows) = params("softmax_backward", dp)?;
-    let spec = KernelSpec {
-        shader: &shaders::SOFTMAX,
-        entry: "backward",
-        constants: &[],
-        label: "softmax_backward",
-        workgroup: [64, 1, 1],
-    };
+    let spec = KernelSpec::new(&shaders::SOFTMAX, "backward", "softmax_backward", 64);
     dev.dispatch(spec, &p, &[dp.bind_mut(1), probs.bind(2)], grid(rows, spec.workgroup))
 }
