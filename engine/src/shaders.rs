@@ -31,6 +31,7 @@ shaders! {
     MATMUL_SUBGROUP => "matmul.rs", ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
     MATMUL_TILED => "matmul.rs", ["matmul_params.wgsl", "matmul_tiled.wgsl"],
     SOFTMAX => "softmax.rs", ["softmax.wgsl"],
+    ATTENTION => "attention.rs", ["attention.wgsl"],
     LAYERNORM => "layernorm.rs", ["layernorm.wgsl"],
     GELU => "gelu.rs", ["gelu.wgsl"],
     ELEMENTWISE => "elementwise.rs", ["elementwise.wgsl"],

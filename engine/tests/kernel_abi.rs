@@ -78,6 +78,9 @@ fn dispatch_every_wrapper(d: &Device) {
 
     let qkv = t(&[0.1; 2 * 3 * 6], &[2, 3, 6]);
     attention::attention(d, &qkv, 1).unwrap();
+    let qkv = t(&[0.1; 2 * 3 * 48], &[2, 3, 48]);
+    let (out, lse) = attention::fused_attention(d, &qkv, 1).unwrap();
+    attention::fused_attention_backward(d, &qkv, &out, &lse, &out, 1).unwrap();
 
     let mut kinds = vec![MatmulKind::Register, MatmulKind::Tiled];
     if d.supports_subgroup_matmul() {

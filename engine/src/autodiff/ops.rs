@@ -108,8 +108,17 @@ impl Tape {
         }))
     }
 
-    /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`.
+    /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`:
+    /// the fused kernel where it takes the head dim (it keeps no `[B·H, T, T]`
+    /// tensor), the composed path otherwise.
     pub fn attention(&self, qkv: &Var, heads: usize) -> Result<Var> {
+        if attention::fused_supported(&qkv.value, heads) {
+            let (out, lse) = attention::fused_attention(&self.dev, &qkv.value, heads)?;
+            let (qv, ov) = (qkv.value.clone(), out.clone());
+            return Ok(self.record(out, &[qkv], move |dev, dout, _| {
+                Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, dout, heads)?)])
+            }));
+        }
         let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
         let qv = qkv.value.clone();
         Ok(self.record(out, &[qkv], move |dev, dout, _| {

@@ -28,6 +28,8 @@ pub(crate) struct Context {
     /// Bytes of tensor buffers handed out (in use) and waiting in stream pools.
     pub(crate) in_use: AtomicU64,
     pub(crate) pooled: AtomicU64,
+    /// The most `in_use` has been since the last `reset_peak`.
+    pub(crate) peak_in_use: AtomicU64,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl Context {
             gpu_error,
             in_use: AtomicU64::new(0),
             pooled: AtomicU64::new(0),
+            peak_in_use: AtomicU64::new(0),
             device,
             queue,
         }
@@ -154,7 +157,8 @@ impl Context {
     }
 
     pub(crate) fn count_in_use(&self, delta: i64) {
-        add_signed(&self.in_use, delta);
+        let now = add_signed(&self.in_use, delta);
+        self.peak_in_use.fetch_max(now, Ordering::Relaxed);
     }
 
     pub(crate) fn count_pooled(&self, delta: i64) {
@@ -162,11 +166,12 @@ impl Context {
     }
 }
 
-fn add_signed(counter: &AtomicU64, delta: i64) {
+/// Adds `delta` and returns the new value.
+fn add_signed(counter: &AtomicU64, delta: i64) -> u64 {
     if delta >= 0 {
-        counter.fetch_add(delta as u64, Ordering::Relaxed);
+        counter.fetch_add(delta as u64, Ordering::Relaxed) + delta as u64
     } else {
-        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
     }
 }
 

@@ -197,6 +197,21 @@ impl Device {
         self.stream.matmul_flops.fetch_add(flops, Ordering::Relaxed);
     }
 
+    /// Dispatches recorded on this stream so far.
+    pub fn dispatches(&self) -> u64 {
+        self.stream.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// The most tensor memory in use (all streams) since [`Device::reset_peak_memory`].
+    pub fn peak_memory_bytes(&self) -> u64 {
+        self.ctx.peak_in_use.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak from what is in use now.
+    pub fn reset_peak_memory(&self) {
+        self.ctx.peak_in_use.store(self.ctx.in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// `(shader, entry)` pairs whose wrappers passed the ABI check so far.
     pub fn checked_kernels(&self) -> Vec<(&'static str, &'static str)> {
         self.ctx.checked_kernels()
@@ -337,6 +352,7 @@ impl Device {
                 self.mark_written(&rec, b.storage);
             }
         }
+        self.stream.dispatches.fetch_add(1, Ordering::Relaxed);
         rec.record_dispatch(&self.ctx, spec.label, &pipeline, &bind_group, groups)
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct Stream {
     /// FLOPs of every matmul recorded on this stream, counted from the shapes
     /// each dispatch was given: the measured side of `cmae bench`'s estimate.
     pub(crate) matmul_flops: AtomicU64,
+    /// Dispatches recorded on this stream (`cmae bench pretrain` reports them per step).
+    pub(crate) dispatches: AtomicU64,
 }
 
 impl Stream {
@@ -47,6 +49,7 @@ impl Stream {
             }),
             pool: Mutex::default(),
             matmul_flops: AtomicU64::new(0),
+            dispatches: AtomicU64::new(0),
             ctx,
         }
     }

@@ -1,16 +1,22 @@
-//! Multi-head softmax attention, `softmax(Q·Kᵀ·scale)·V` per (batch, head),
-//! built from the strided matmul and the row softmax.
+//! Multi-head softmax attention, `softmax(Q·Kᵀ·scale)·V` per (batch, head).
 //!
 //! Q, K and V are read in place from the packed qkv projection `[B, T, 3·D]`
 //! (timm layout: q|k|v, heads contiguous inside each), and the output is
 //! written straight into `[B, T, D]`, so no head transposes are materialised.
-//! The largest intermediate is one `[B·H, T, T]` probability tensor, kept for
-//! the backward.
+//!
+//! Two paths. The fused kernel (`shaders/attention.wgsl`, [`fused_attention`])
+//! keeps only the output and each row's log-sum-exp and recomputes the
+//! probabilities in the backward: no `[B·H, T, T]` tensor, so memory grows
+//! with T, not T². The composed path ([`attention`]: strided matmuls and the
+//! row softmax) materialises the probabilities: it serves the attention maps
+//! (analyses, viewer) and head dims the fused kernel does not take.
 
 use super::matmul::{MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
-use crate::device::Device;
+use super::u32_of;
+use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
+use crate::shaders;
 use crate::tensor::{DType, Tensor, TensorMut};
 
 /// Sizes of one attention call.
@@ -105,5 +111,99 @@ pub fn attention_backward(dev: &Device, qkv: &Tensor, probs: &Tensor, dout: &Ten
     s.matmul("attn_dk", views, (s.t, s.hd, s.t), (true, false), scale).run(dev)?;
     let views = (s.scores_view(probs), s.head_view(dout), s.qkv_view(&dqkv, 2));
     s.matmul("attn_dv", views, (s.t, s.hd, s.t), (true, false), 1.0).run(dev)?;
+    Ok(dqkv.freeze())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FusedParams {
+    batch: u32,
+    t: u32,
+    d: u32,
+    heads: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+/// Head dims the fused kernel takes: whole vec4s up to 128 (its private row
+/// buffers hold 32 vec4s).
+pub fn fused_supported(qkv: &Tensor, heads: usize) -> bool {
+    dims(qkv, heads).is_ok_and(|s| fused_head_dim(s.hd))
+}
+
+fn fused_head_dim(hd: usize) -> bool {
+    hd % 4 == 0 && (4..=128).contains(&hd)
+}
+
+struct Fused {
+    params: FusedParams,
+    constants: [(&'static str, f64); 1],
+    groups: [u32; 3],
+}
+
+impl Fused {
+    fn new(s: &Dims) -> Result<Self> {
+        let op = "fused_attention";
+        if !fused_head_dim(s.hd) {
+            return Err(shape_err(op, format!("head dim {} is not a multiple of 4 in 4..=128", s.hd)));
+        }
+        let params = FusedParams {
+            batch: u32_of(op, s.b)?,
+            t: u32_of(op, s.t)?,
+            d: u32_of(op, s.d)?,
+            heads: u32_of(op, s.heads)?,
+            scale: s.scale(),
+            _pad: [0; 3],
+        };
+        // One workgroup per (block of 64 rows, batch·head).
+        let groups = [u32_of(op, s.t.div_ceil(64))?, u32_of(op, s.b * s.heads)?, 1];
+        Ok(Self { params, constants: [("HD4", (s.hd / 4) as f64)], groups })
+    }
+
+    fn spec(&self, entry: &'static str, label: &'static str) -> KernelSpec<'_> {
+        KernelSpec { shader: &shaders::ATTENTION, entry, constants: &self.constants, label, workgroup: [64, 1, 1] }
+    }
+}
+
+/// Fused attention: `(out [B, T, D], lse [B·H, T])`, the row log-sum-exps
+/// that let the backward recompute the probabilities.
+pub fn fused_attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let s = dims(qkv, heads)?;
+    let f = Fused::new(&s)?;
+    let out = TensorMut::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
+    let lse = TensorMut::uninit(dev, &[s.b * s.heads, s.t], DType::F32)?;
+    let bindings = [qkv.bind(1), lse.bind_mut(4), out.bind_mut(6)];
+    dev.dispatch(f.spec("forward", "attn_fused"), &f.params, &bindings, f.groups)?;
+    Ok((out.freeze(), lse.freeze()))
+}
+
+/// Gradient w.r.t. the packed qkv from the forward's `out` and `lse` and `dout`.
+pub fn fused_attention_backward(
+    dev: &Device,
+    qkv: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    let s = dims(qkv, heads)?;
+    if out.shape() != [s.b, s.t, s.d] || dout.shape() != out.shape() || lse.shape() != [s.b * s.heads, s.t] {
+        let detail = format!(
+            "out {:?} / dout {:?} / lse {:?} for qkv {:?}",
+            out.shape(),
+            dout.shape(),
+            lse.shape(),
+            qkv.shape()
+        );
+        return Err(shape_err("fused_attention_backward", detail));
+    }
+    let f = Fused::new(&s)?;
+    let dsum = TensorMut::uninit(dev, lse.shape(), DType::F32)?;
+    let dqkv = TensorMut::uninit(dev, qkv.shape(), DType::F32)?;
+    let bindings = [qkv.bind(1), out.bind(2), dout.bind(3), lse.bind(4), dsum.bind_mut(5), dqkv.bind_mut(6)];
+    dev.dispatch(f.spec("backward_q", "attn_fused_dq"), &f.params, &bindings, f.groups)?;
+    let dsum = dsum.freeze();
+    let bindings = [qkv.bind(1), dout.bind(3), lse.bind(4), dsum.bind(5), dqkv.bind_mut(6)];
+    dev.dispatch(f.spec("backward_kv", "attn_fused_dkv"), &f.params, &bindings, f.groups)?;
     Ok(dqkv.freeze())
 }

@@ -43,18 +43,32 @@ fn matmul_case(
         "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
 }
 
-fn attention_case(dev: &Device, opts: &Options, (batch, heads, t, hd): (usize, usize, usize, usize)) -> Result<Value> {
+/// Forward and backward of one attention shape, composed (matmuls and the
+/// softmax, `[B·H, T, T]` probabilities) or fused (`fused`).
+fn attention_case(
+    dev: &Device,
+    opts: &Options,
+    (batch, heads, t, hd): (usize, usize, usize, usize),
+    fused: bool,
+) -> Result<Value> {
     let d = heads * hd;
     let qkv = filled(dev, &[batch, t, 3 * d], 3)?;
     let dout = filled(dev, &[batch, t, d], 4)?;
     let ms = median_ms(opts.warmup, opts.runs, || {
-        let (_, probs) = attention::attention(dev, &qkv, heads)?;
-        attention::attention_backward(dev, &qkv, &probs, &dout, heads)?;
+        if fused {
+            let (out, lse) = attention::fused_attention(dev, &qkv, heads)?;
+            attention::fused_attention_backward(dev, &qkv, &out, &lse, &dout, heads)?;
+        } else {
+            let (_, probs) = attention::attention(dev, &qkv, heads)?;
+            attention::attention_backward(dev, &qkv, &probs, &dout, heads)?;
+        }
         Ok(dev.sync()?)
     })?;
     // Forward: Q·Kᵀ and P·V; backward: four more products of the same size.
+    // The fused kernel's recomputation is not counted: same work, same FLOPs.
     let flops = 12.0 * (batch * heads * t * t * hd) as f64;
-    Ok(json!({"kernel": "attention_fwd_bwd", "bh": batch * heads, "t": t, "hd": hd,
+    let kernel = if fused { "attention_fused_fwd_bwd" } else { "attention_fwd_bwd" };
+    Ok(json!({"kernel": kernel, "bh": batch * heads, "t": t, "hd": hd,
         "ms": round(ms), "gflops": round(flops / ms / 1e6)}))
 }
 
@@ -104,8 +118,15 @@ pub fn run(dev: &Device, opts: &Options, mut emit: impl FnMut(Value)) -> Result<
     }
     if want("attention") {
         // (B·H, T, hd) = (192, 17, 64): tiny/ViT-S masked encoder; (96, 197, 64): ViT-B full.
-        out(attention_case(dev, opts, (64, 3, 17, 64))?);
-        out(attention_case(dev, opts, (8, 12, 197, 64))?);
+        for fused in [false, true] {
+            out(attention_case(dev, opts, (64, 3, 17, 64), fused)?);
+            out(attention_case(dev, opts, (8, 12, 197, 64), fused)?);
+        }
+        // The fused kernel alone at the sequence lengths of the presets' encoders
+        // (B·H = 64 each, head dim 64).
+        for t in [17, 50, 65, 257] {
+            out(attention_case(dev, opts, (16, 4, t, 64), true)?);
+        }
     }
     if want("gather") || want("scatter") {
         for v in gather_cases(dev, opts, (64, 65, 16, 192))? {

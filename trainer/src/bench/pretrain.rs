@@ -111,12 +111,19 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
         })
         .collect::<Result<_>>()?;
     let mut first_step_s = None;
+    // Per setting, from its last untimed step: dispatches and peak MiB in use.
+    let mut costs = Vec::new();
     for shots in &settings {
+        let mut last = (0, 0.0);
         for _ in 0..opts.warmup.max(1) {
+            let dispatches = dev.dispatches();
+            dev.reset_peak_memory();
             step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
+            last = (dev.dispatches() - dispatches, dev.peak_memory_bytes() as f64 / f64::from(1 << 20));
         }
+        costs.push(last);
     }
     // Settings take turns, round after round, so drifts in machine speed hit
     // them alike and the per-setting medians compare fairly.
@@ -138,7 +145,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let mins: Vec<f64> = times.iter().map(|t| t[0]).collect();
     let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
     let gflop0 = step_gflop(&m, &settings[0], batch);
-    for ((shots, &ms), &min) in settings.iter().zip(&medians).zip(&mins) {
+    for (((shots, &ms), &min), &(dispatches, peak_mb)) in settings.iter().zip(&medians).zip(&mins).zip(&costs) {
         let gflop = step_gflop(&m, shots, batch);
         emit(json!({
             "preset": opts.preset,
@@ -153,6 +160,8 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
             "vs_first_gflop": (gflop / gflop0 * 10000.0).round() / 10000.0,
             "adapter": dev.info().name,
             "first_step_s": first_step_s.map(|s| (s * 100.0).round() / 100.0),
+            "dispatches_per_step": dispatches,
+            "gpu_peak_mb": (peak_mb * 10.0).round() / 10.0,
         }));
     }
     if opts.profile {
