@@ -132,7 +132,7 @@ pub fn fused_supported(qkv: &Tensor, heads: usize) -> bool {
 }
 
 fn fused_head_dim(hd: usize) -> bool {
-    hd % 4 == 0 && (4..=128).contains(&hd)
+    hd.is_multiple_of(4) && (4..=128).contains(&hd)
 }
 
 struct Fused {
