@@ -8,8 +8,8 @@
 // tiles of the other side's rows in workgroup memory, so each K/V (or Q/dO)
 // row is read from storage once per 64 rows instead of once per row.
 //
-// forward:      s_ij = scale·q_i·k_j, online softmax over j:
-//               m ← max(m, s), l ← l·e^(m_old − m) + e^(s − m), o ← o·e^(m_old − m) + e^(s − m)·v_j
+// forward:      s_ij = scale·q_i·k_j, online softmax over tiles of keys J:
+//               m ← max(m, max_J s), l ← l·e^(m_old − m) + Σ_J e^(s − m), o ← o·e^(m_old − m) + Σ_J e^(s − m)·v_j
 //               out_i = o / l,  lse_i = m + ln l
 // backward_q:   D_i = dO_i·out_i,  p_ij = e^(s_ij − lse_i),  ds_ij = p_ij·(dO_i·v_j − D_i)
 //               dq_i = scale·Σ_j ds_ij·k_j   (also writes D for backward_kv)
@@ -27,6 +27,8 @@ const MAXV: u32 = 32u;
 // 16 KiB every adapter has; backward_kv stages two of 6 KiB plus the rows'
 // lse and D (at most TILE_KV rows, for a head dim of 4).
 const TILE: u32 = 512u;
+// Keys per forward tile (bounds the private score buffer).
+const FWD_ROWS: u32 = 64u;
 const TILE_KV: u32 = 384u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -72,7 +74,10 @@ fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     }
     var m = -3.0e38;
     var l = 0.0;
-    let rows = TILE / HD4;
+    // Scores of one tile are kept so the running max moves (and o is
+    // rescaled) once per tile, not once per key.
+    var scores: array<f32, FWD_ROWS>;
+    let rows = min(TILE / HD4, FWD_ROWS);
     for (var j0 = 0u; j0 < p.t; j0 += rows) {
         let n = min(rows, p.t - j0);
         for (var e = lid.x; e < n * HD4; e += WG) {
@@ -83,20 +88,23 @@ fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
         }
         workgroupBarrier();
         if live {
+            var top = m;
             for (var j = 0u; j < n; j++) {
                 var s = 0.0;
                 for (var c = 0u; c < HD4; c++) {
                     s += dot(q[c], tile_a[j * HD4 + c]);
                 }
-                if s > m {
-                    let shrink = exp(m - s);
-                    l *= shrink;
-                    for (var c = 0u; c < HD4; c++) {
-                        o[c] *= shrink;
-                    }
-                    m = s;
-                }
-                let w = exp(s - m);
+                scores[j] = s;
+                top = max(top, s);
+            }
+            let shrink = exp(m - top);
+            l *= shrink;
+            for (var c = 0u; c < HD4; c++) {
+                o[c] *= shrink;
+            }
+            m = top;
+            for (var j = 0u; j < n; j++) {
+                let w = exp(scores[j] - m);
                 l += w;
                 for (var c = 0u; c < HD4; c++) {
                     o[c] += w * tile_b[j * HD4 + c];

@@ -5,7 +5,9 @@
 
 mod common;
 
-use cmae_engine::kernels::attention::{attention, fused_attention, fused_attention_backward, fused_supported};
+use cmae_engine::kernels::attention::{
+    AttentionPath, attention, fused_attention, fused_attention_backward, fused_supported, training_path,
+};
 use common::reference::to64;
 use common::{assert_close, dev, download, rand_vec, upload};
 
@@ -159,4 +161,24 @@ fn head_dims_outside_the_fused_kernel_are_refused_or_routed() {
     assert!(!fused_supported(&qkv, 3), "head dim 6 takes the composed path");
     let err = fused_attention(dev(), &qkv, 3).unwrap_err().to_string();
     assert!(err.contains("head dim 6"), "{err}");
+}
+
+/// Without `CMAE_ATTENTION`, a CPU adapter takes the fused kernel for short
+/// sequences and where the probabilities would not fit one binding (a micro
+/// model at 64 px with patch 2: T = 1025), a GPU always.
+#[test]
+fn training_path_follows_the_heuristic() {
+    if std::env::var_os("CMAE_ATTENTION").is_some() {
+        panic!("unset CMAE_ATTENTION to test the built-in choice");
+    }
+    let d = dev();
+    let shape = |b: usize, t: usize| upload(&vec![0.0; b * t * 3 * 64], &[b, t, 3 * 64]);
+    let cpu = d.info().device_type == wgpu::DeviceType::Cpu;
+    assert_eq!(training_path(d, &shape(2, 17), 1), AttentionPath::Fused);
+    let long = if cpu { AttentionPath::Composed } else { AttentionPath::Fused };
+    assert_eq!(training_path(d, &shape(2, 197), 1), long);
+    let too_big = (d.limits().max_storage_buffer_binding_size / (1025 * 1025 * 4) + 1) as usize;
+    assert_eq!(training_path(d, &shape(too_big, 1025), 1), AttentionPath::Fused);
+    let odd_head = upload(&vec![0.0; 17 * 3 * 6], &[1, 17, 3 * 6]);
+    assert_eq!(training_path(d, &odd_head, 1), AttentionPath::Composed);
 }

@@ -108,11 +108,11 @@ impl Tape {
         }))
     }
 
-    /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`:
-    /// the fused kernel where it takes the head dim (it keeps no `[B·H, T, T]`
-    /// tensor), the composed path otherwise.
+    /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`,
+    /// by the fused kernel (it keeps no `[B·H, T, T]` tensor) or the composed
+    /// path, as [`attention::training_path`] chooses.
     pub fn attention(&self, qkv: &Var, heads: usize) -> Result<Var> {
-        if attention::fused_supported(&qkv.value, heads) {
+        if attention::training_path(&self.dev, &qkv.value, heads) == attention::AttentionPath::Fused {
             let (out, lse) = attention::fused_attention(&self.dev, &qkv.value, heads)?;
             let (qv, ov) = (qkv.value.clone(), out.clone());
             return Ok(self.record(out, &[qkv], move |dev, dout, _| {

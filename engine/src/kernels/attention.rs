@@ -125,6 +125,39 @@ struct FusedParams {
     _pad: [u32; 3],
 }
 
+/// Which kernels a training step's attention runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    Fused,
+    Composed,
+}
+
+/// The path for a training step (`CMAE_ATTENTION=fused|composed` forces
+/// one where the fused kernel takes the head dim). Without it: fused on GPUs
+/// (no T² tensor, three dispatches instead of six) and wherever the
+/// probabilities would not fit one storage binding; on CPU adapters the
+/// composed path's subgroup matmuls win from about T = 50 (lavapipe,
+/// `cmae bench kernels --filter attention`: fused 1.1–1.3× at T = 17,
+/// 0.3× at T = 197), so there the fused kernel takes short sequences only.
+pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> AttentionPath {
+    let Ok(s) = dims(qkv, heads) else { return AttentionPath::Composed };
+    if !fused_head_dim(s.hd) {
+        return AttentionPath::Composed;
+    }
+    match std::env::var("CMAE_ATTENTION").as_deref() {
+        Ok("fused") => return AttentionPath::Fused,
+        Ok("composed") => return AttentionPath::Composed,
+        _ => {}
+    }
+    let probs_bytes = (s.b * s.heads * s.t * s.t * 4) as u64;
+    let cpu = dev.info().device_type == wgpu::DeviceType::Cpu;
+    if !cpu || probs_bytes > dev.limits().max_storage_buffer_binding_size || s.t <= 32 {
+        AttentionPath::Fused
+    } else {
+        AttentionPath::Composed
+    }
+}
+
 /// Head dims the fused kernel takes: whole vec4s up to 128 (its private row
 /// buffers hold 32 vec4s).
 pub fn fused_supported(qkv: &Tensor, heads: usize) -> bool {
