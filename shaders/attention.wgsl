@@ -56,6 +56,17 @@ fn row_at(b: u32, r: u32, h: u32) -> u32 {
     return ((b * p.t + r) * p.d + h * HD4 * 4u) / 4u;
 }
 
+// The workgroup's invocations copy K and V rows j0..j0+n of head h into
+// tile_a and tile_b.
+fn stage_keys(lane: u32, b: u32, h: u32, j0: u32, n: u32) {
+    for (var e = lane; e < n * HD4; e += WG) {
+        let r = e / HD4;
+        let c = e % HD4;
+        tile_a[e] = qkv[qkv_at(b, j0 + r, 1u, h) + c];
+        tile_b[e] = qkv[qkv_at(b, j0 + r, 2u, h) + c];
+    }
+}
+
 @compute @workgroup_size(64)
 fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let z = wid.y;
@@ -80,12 +91,7 @@ fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     let rows = min(TILE / HD4, FWD_ROWS);
     for (var j0 = 0u; j0 < p.t; j0 += rows) {
         let n = min(rows, p.t - j0);
-        for (var e = lid.x; e < n * HD4; e += WG) {
-            let r = e / HD4;
-            let c = e % HD4;
-            tile_a[e] = qkv[qkv_at(b, j0 + r, 1u, h) + c];
-            tile_b[e] = qkv[qkv_at(b, j0 + r, 2u, h) + c];
-        }
+        stage_keys(lid.x, b, h, j0, n);
         workgroupBarrier();
         if live {
             var top = m;
@@ -150,12 +156,7 @@ fn backward_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let rows = TILE / HD4;
     for (var j0 = 0u; j0 < p.t; j0 += rows) {
         let n = min(rows, p.t - j0);
-        for (var e = lid.x; e < n * HD4; e += WG) {
-            let r = e / HD4;
-            let c = e % HD4;
-            tile_a[e] = qkv[qkv_at(b, j0 + r, 1u, h) + c];
-            tile_b[e] = qkv[qkv_at(b, j0 + r, 2u, h) + c];
-        }
+        stage_keys(lid.x, b, h, j0, n);
         workgroupBarrier();
         if live {
             for (var j = 0u; j < n; j++) {

@@ -188,7 +188,8 @@ impl Device {
         self.ctx.supports_subgroup_matmul()
     }
 
-    /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this stream.
+    /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this
+    /// stream, fused attention counting the products it computes in one pass.
     pub fn matmul_flops(&self) -> u64 {
         self.stream.matmul_flops.load(Ordering::Relaxed)
     }

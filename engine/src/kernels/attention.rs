@@ -57,6 +57,13 @@ impl Dims {
         MatView { t: s, off: 0, row: self.t, b0: self.heads * self.t * self.t, b1: self.t * self.t }
     }
 
+    /// FLOPs of `n` `[T, T]`-by-head-dim products over every (batch, head):
+    /// what the fused kernel counts for the products it replaces (its
+    /// recomputation in the backward is not counted, as it adds no math).
+    fn products_flops(&self, n: u64) -> u64 {
+        n * 2 * (self.b * self.heads * self.t * self.t * self.hd) as u64
+    }
+
     fn scale(&self) -> f32 {
         (self.hd as f32).powf(-0.5)
     }
@@ -207,6 +214,7 @@ pub fn fused_attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tens
     let lse = TensorMut::uninit(dev, &[s.b * s.heads, s.t], DType::F32)?;
     let bindings = [qkv.bind(1), lse.bind_mut(4), out.bind_mut(6)];
     dev.dispatch(f.spec("forward", "attn_fused"), &f.params, &bindings, f.groups)?;
+    dev.count_matmul_flops(s.products_flops(2));
     Ok((out.freeze(), lse.freeze()))
 }
 
@@ -238,5 +246,6 @@ pub fn fused_attention_backward(
     let dsum = dsum.freeze();
     let bindings = [qkv.bind(1), dout.bind(3), lse.bind(4), dsum.bind(5), dqkv.bind_mut(6)];
     dev.dispatch(f.spec("backward_kv", "attn_fused_dkv"), &f.params, &bindings, f.groups)?;
+    dev.count_matmul_flops(s.products_flops(4));
     Ok(dqkv.freeze())
 }
