@@ -88,14 +88,12 @@ impl<T: bytemuck::Pod> PendingRead<T> {
         let Some(slot) = self.slot.as_ref() else {
             return Err(Error::Gpu("this read was already taken".into()));
         };
-        let state = std::mem::replace(&mut *lock(&slot.state), MapState::Recorded);
-        match state {
+        // Inspected under one lock: the map callback may run on another
+        // thread's poll at any moment, and must not be overwritten.
+        match &*lock(&slot.state) {
             MapState::Mapped => {}
             MapState::Failed(msg) => return Err(Error::Gpu(format!("reading a tensor back: {msg}"))),
-            other => {
-                *lock(&slot.state) = other;
-                return Ok(None);
-            }
+            MapState::Recorded | MapState::Submitted => return Ok(None),
         }
         let values = {
             let view =
