@@ -19,6 +19,9 @@ pub enum Error {
     /// A write into storage that another handle still reads.
     #[error("{0}")]
     Aliased(String),
+    /// A `CMAE_*` environment variable with a value the engine does not know.
+    #[error("{0}")]
+    Env(String),
     /// Misuse of the autodiff tape (e.g. backward from a non-scalar).
     #[error("autodiff: {0}")]
     Autodiff(String),

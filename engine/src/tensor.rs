@@ -42,10 +42,7 @@ impl Tensor {
     }
 
     pub fn from_u32(dev: &Device, data: &[u32], shape: &[usize]) -> Result<Self> {
-        check_len("from_u32", data.len(), shape)?;
-        let mut t = TensorMut::uninit(dev, shape, DType::U32)?;
-        t.write(dev, bytemuck::cast_slice(data))?;
-        Ok(t.freeze())
+        Ok(TensorMut::upload("from_u32", dev, data, shape, DType::U32)?.freeze())
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -170,8 +167,18 @@ impl TensorMut {
     }
 
     pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Self> {
-        check_len("from_f32", data.len(), shape)?;
-        let mut t = Self::uninit(dev, shape, DType::F32)?;
+        Self::upload("from_f32", dev, data, shape, DType::F32)
+    }
+
+    fn upload<T: bytemuck::Pod>(
+        op: &'static str,
+        dev: &Device,
+        data: &[T],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Self> {
+        check_len(op, data.len(), shape)?;
+        let mut t = Self::uninit(dev, shape, dtype)?;
         t.write(dev, bytemuck::cast_slice(data))?;
         Ok(t)
     }

@@ -5,8 +5,9 @@
 
 mod common;
 
+use cmae_engine::Tensor;
 use cmae_engine::kernels::attention::{
-    AttentionPath, attention, fused_attention, fused_attention_backward, fused_supported, training_path,
+    AttentionPath, attention, fused_attention, fused_attention_backward, training_path,
 };
 use common::reference::to64;
 use common::{assert_close, dev, download, rand_vec, upload};
@@ -120,7 +121,6 @@ fn fused_forward_matches_the_f64_reference() {
     for s in &SHAPES {
         let qkv = rand_vec(s.b * s.t * 3 * s.d(), 5 + s.t as u64);
         let qkv_t = upload(&qkv, &[s.b, s.t, 3 * s.d()]);
-        assert!(fused_supported(&qkv_t, s.heads), "{}", s.name());
         let (out, lse) = fused_attention(dev(), &qkv_t, s.heads).unwrap();
         let (want_out, want_lse) = forward_ref(&to64(&qkv), s);
         assert_close(&format!("fused out {}", s.name()), &download(&out), &want_out, ATOL, RTOL);
@@ -158,7 +158,7 @@ fn fused_and_composed_paths_agree() {
 #[test]
 fn head_dims_outside_the_fused_kernel_are_refused_or_routed() {
     let qkv = upload(&rand_vec(2 * 5 * 3 * 18, 1), &[2, 5, 3 * 18]);
-    assert!(!fused_supported(&qkv, 3), "head dim 6 takes the composed path");
+    assert_eq!(training_path(dev(), &qkv, 3).unwrap(), AttentionPath::Composed, "head dim 6");
     let err = fused_attention(dev(), &qkv, 3).unwrap_err().to_string();
     assert!(err.contains("head dim 6"), "{err}");
 }
@@ -174,11 +174,12 @@ fn training_path_follows_the_heuristic() {
     let d = dev();
     let shape = |b: usize, t: usize| upload(&vec![0.0; b * t * 3 * 64], &[b, t, 3 * 64]);
     let cpu = d.info().device_type == wgpu::DeviceType::Cpu;
-    assert_eq!(training_path(d, &shape(2, 17), 1), AttentionPath::Fused);
+    let path = |qkv: &Tensor| training_path(d, qkv, 1).unwrap();
+    assert_eq!(path(&shape(2, 17)), AttentionPath::Fused);
     let long = if cpu { AttentionPath::Composed } else { AttentionPath::Fused };
-    assert_eq!(training_path(d, &shape(2, 197), 1), long);
+    assert_eq!(path(&shape(2, 197)), long);
     let too_big = (d.limits().max_storage_buffer_binding_size / (1025 * 1025 * 4) + 1) as usize;
-    assert_eq!(training_path(d, &shape(too_big, 1025), 1), AttentionPath::Fused);
+    assert_eq!(path(&shape(too_big, 1025)), AttentionPath::Fused);
     let odd_head = upload(&vec![0.0; 17 * 3 * 6], &[1, 17, 3 * 6]);
-    assert_eq!(training_path(d, &odd_head, 1), AttentionPath::Composed);
+    assert_eq!(path(&odd_head), AttentionPath::Composed);
 }

@@ -1,6 +1,7 @@
 //! Every WGSL file in shaders/ parses and validates with naga, so a broken
 //! shader fails `cargo test` before it reaches a GPU.
 
+use cmae_engine::device::reflect;
 use cmae_engine::shaders::ALL;
 
 #[test]
@@ -17,11 +18,11 @@ fn every_shader_validates_with_naga() {
     registered.dedup();
     assert_eq!(on_disk, registered, "every file in shaders/ is part of a shader in engine/src/shaders.rs");
 
+    // The engine's own reflection parses and validates each shader, as the
+    // device does before building a pipeline from it.
     for shader in ALL {
-        let module = naga::front::wgsl::parse_str(shader.source)
-            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+        if let Err(e) = reflect(shader) {
+            panic!("{e}");
+        }
     }
 }

@@ -154,3 +154,18 @@ fn eval_takes_set_overrides() {
     assert!(line.contains("tset_images"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An attention path the engine does not know is named with the fix, not ignored.
+#[test]
+fn unknown_attention_path_is_named() {
+    let dir = temp("attention-env");
+    let out = Command::new(env!("CARGO_BIN_EXE_cmae"))
+        .args(["pretrain", "--preset", "micro", "--steps", "1", "--out", dir.join("run").to_str().unwrap()])
+        .env("CMAE_ATTENTION", "flash")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = error_line(&out);
+    assert!(line.contains("CMAE_ATTENTION=flash") && line.contains("fused or composed"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

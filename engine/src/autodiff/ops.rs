@@ -112,17 +112,13 @@ impl Tape {
     /// by the fused kernel (it keeps no `[B·H, T, T]` tensor) or the composed
     /// path, as [`attention::training_path`] chooses.
     pub fn attention(&self, qkv: &Var, heads: usize) -> Result<Var> {
-        if attention::training_path(&self.dev, &qkv.value, heads) == attention::AttentionPath::Fused {
-            let (out, lse) = attention::fused_attention(&self.dev, &qkv.value, heads)?;
-            let (qv, ov) = (qkv.value.clone(), out.clone());
-            return Ok(self.record(out, &[qkv], move |dev, dout, _| {
-                Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, dout, heads)?)])
-            }));
+        if attention::training_path(&self.dev, &qkv.value, heads)? == attention::AttentionPath::Composed {
+            return Ok(self.attention_with_probs(qkv, heads)?.0);
         }
-        let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
-        let qv = qkv.value.clone();
+        let (out, lse) = attention::fused_attention(&self.dev, &qkv.value, heads)?;
+        let (qv, ov) = (qkv.value.clone(), out.clone());
         Ok(self.record(out, &[qkv], move |dev, dout, _| {
-            Ok(vec![Some(attention::attention_backward(dev, &qv, &probs, dout, heads)?)])
+            Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, dout, heads)?)])
         }))
     }
 

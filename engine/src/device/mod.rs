@@ -106,9 +106,9 @@ pub struct MemoryStats {
     pub pooled_bytes: u64,
 }
 
+/// A handle on a stream, and through it on the context it records for.
 #[derive(Clone)]
 pub struct Device {
-    pub(crate) ctx: Arc<Context>,
     stream: Arc<Stream>,
 }
 
@@ -144,48 +144,51 @@ impl Device {
     /// Wraps a device someone else opened (the viewer passes eframe's), so the
     /// model and the UI share one GPU.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        let ctx = Arc::new(Context::new(device, queue, info));
-        Self { stream: Arc::new(Stream::new(ctx.clone())), ctx }
+        Self { stream: Arc::new(Stream::new(Arc::new(Context::new(device, queue, info)))) }
     }
 
     /// A handle on the same context that records on a stream of its own.
     /// Give one to each thread that records GPU work independently.
     pub fn new_stream(&self) -> Self {
-        Self { ctx: self.ctx.clone(), stream: Arc::new(Stream::new(self.ctx.clone())) }
+        Self { stream: Arc::new(Stream::new(self.stream.ctx.clone())) }
+    }
+
+    pub(crate) fn ctx(&self) -> &Context {
+        &self.stream.ctx
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
-        &self.ctx.info
+        &self.ctx().info
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
-        &self.ctx.limits
+        &self.ctx().limits
     }
 
     pub fn features(&self) -> wgpu::Features {
-        self.ctx.device.features()
+        self.ctx().device.features()
     }
 
     pub fn wgpu_device(&self) -> &wgpu::Device {
-        &self.ctx.device
+        &self.ctx().device
     }
 
     pub fn wgpu_queue(&self) -> &wgpu::Queue {
-        &self.ctx.queue
+        &self.ctx().queue
     }
 
     pub fn matmul_kind(&self) -> MatmulKind {
-        *lock(&self.ctx.matmul_kind)
+        *lock(&self.ctx().matmul_kind)
     }
 
     /// Forces a matmul family (tests run both on every adapter).
     pub fn set_matmul_kind(&self, kind: MatmulKind) {
-        *lock(&self.ctx.matmul_kind) = kind;
+        *lock(&self.ctx().matmul_kind) = kind;
     }
 
     /// Whether this device can run [`MatmulKind::Subgroup`].
     pub fn supports_subgroup_matmul(&self) -> bool {
-        self.ctx.supports_subgroup_matmul()
+        self.ctx().supports_subgroup_matmul()
     }
 
     /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this
@@ -205,34 +208,34 @@ impl Device {
 
     /// The most tensor memory in use (all streams) since [`Device::reset_peak_memory`].
     pub fn peak_memory_bytes(&self) -> u64 {
-        self.ctx.peak_in_use.load(Ordering::Relaxed)
+        self.ctx().peak_in_use.load(Ordering::Relaxed)
     }
 
     /// Starts a new peak from what is in use now.
     pub fn reset_peak_memory(&self) {
-        self.ctx.peak_in_use.store(self.ctx.in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.ctx().peak_in_use.store(self.ctx().in_use.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// `(shader, entry)` pairs whose wrappers passed the ABI check so far.
     pub fn checked_kernels(&self) -> Vec<(&'static str, &'static str)> {
-        self.ctx.checked_kernels()
+        self.ctx().checked_kernels()
     }
 
     pub fn memory(&self) -> MemoryStats {
         MemoryStats {
-            in_use_bytes: self.ctx.in_use.load(Ordering::Relaxed),
-            pooled_bytes: self.ctx.pooled.load(Ordering::Relaxed),
+            in_use_bytes: self.ctx().in_use.load(Ordering::Relaxed),
+            pooled_bytes: self.ctx().pooled.load(Ordering::Relaxed),
         }
     }
 
     /// Releases this stream's pooled buffers back to the driver.
     pub fn trim_pool(&self) {
-        lock(&self.stream.pool).trim(&self.ctx);
+        lock(&self.stream.pool).trim(self.ctx());
     }
 
     /// A pooled storage buffer of at least `bytes`; fails cleanly past the adapter's limits.
     pub(crate) fn alloc(&self, bytes: u64) -> Result<Storage> {
-        let max = self.ctx.limits.max_buffer_size;
+        let max = self.ctx().limits.max_buffer_size;
         if bytes > max {
             return Err(Error::Limit(format!(
                 "a tensor of {} MiB exceeds this adapter's largest buffer ({} MiB); use a smaller --batch",
@@ -240,7 +243,7 @@ impl Device {
                 max >> 20
             )));
         }
-        let buffer = lock(&self.stream.pool).take(&self.ctx, bytes);
+        let buffer = lock(&self.stream.pool).take(self.ctx(), bytes);
         Ok(Storage::new(buffer, &self.stream))
     }
 
@@ -257,14 +260,10 @@ impl Device {
     /// on each other's lock while holding their own.
     fn order_after_writers<'s>(&self, storages: impl IntoIterator<Item = &'s Arc<Storage>>) -> Result<()> {
         for storage in storages {
-            let mark = storage.last_write();
-            if mark.stream_id == self.stream.id || mark.batch == 0 {
-                continue;
-            }
-            if let Some(writer) = mark.stream.upgrade() {
+            if let Some((writer, batch)) = storage.foreign_writer(self.stream.id) {
                 let mut rec = lock(&writer.recorder);
-                if rec.submitted < mark.batch {
-                    rec.submit(&self.ctx)?;
+                if rec.submitted < batch {
+                    rec.submit(self.ctx())?;
                 }
             }
         }
@@ -273,11 +272,7 @@ impl Device {
 
     /// Notes that this stream's batch being recorded writes `storage`.
     fn mark_written(&self, rec: &stream::Recorder, storage: &Storage) {
-        storage.mark_written(storage::WriteMark {
-            stream: Arc::downgrade(&self.stream),
-            stream_id: self.stream.id,
-            batch: rec.submitted + 1,
-        });
+        storage.mark_written(&self.stream, rec.submitted + 1);
     }
 
     /// Appends one dispatch to this stream's open batch. Each binding binds at
@@ -289,14 +284,14 @@ impl Device {
         bindings: &[Binding<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
-        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension;
+        let max_groups = self.ctx().limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max_groups) {
             return Err(Error::Limit(format!(
                 "{}: dispatch of {groups:?} workgroups exceeds this adapter's {max_groups} per dimension",
                 spec.label
             )));
         }
-        let max_binding = self.ctx.limits.max_storage_buffer_binding_size;
+        let max_binding = self.ctx().limits.max_storage_buffer_binding_size;
         for b in bindings {
             if b.bytes > max_binding {
                 return Err(Error::Limit(format!(
@@ -312,14 +307,14 @@ impl Device {
         if groups.contains(&0) {
             return Ok(());
         }
-        let pipeline = self.ctx.pipeline(&spec, size_of::<P>(), bindings)?;
+        let pipeline = self.ctx().pipeline(&spec, size_of::<P>(), bindings)?;
         self.order_after_writers(bindings.iter().map(|b| b.storage))?;
         let param_bytes = bytemuck::bytes_of(params);
         let param_size = (param_bytes.len() as u64).next_multiple_of(16);
-        let align = u64::from(self.ctx.limits.min_uniform_buffer_offset_alignment);
+        let align = u64::from(self.ctx().limits.min_uniform_buffer_offset_alignment);
 
         let mut rec = lock(&self.stream.recorder);
-        let offset = rec.reserve(&self.ctx, param_size, align)?;
+        let offset = rec.reserve(self.ctx(), param_size, align)?;
         rec.arena[offset as usize..offset as usize + param_bytes.len()].copy_from_slice(param_bytes);
 
         let layout = pipeline.get_bind_group_layout(0);
@@ -342,7 +337,7 @@ impl Device {
                 }),
             });
         }
-        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let bind_group = self.ctx().device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(spec.label),
             layout: &layout,
             entries: &entries,
@@ -354,7 +349,7 @@ impl Device {
             }
         }
         self.stream.dispatches.fetch_add(1, Ordering::Relaxed);
-        rec.record_dispatch(&self.ctx, spec.label, &pipeline, &bind_group, groups)
+        rec.record_dispatch(self.ctx(), spec.label, &pipeline, &bind_group, groups)
     }
 
     /// Records a copy of host bytes into a tensor (in order with the dispatches).
@@ -371,11 +366,11 @@ impl Device {
         }
         self.order_after_writers([dst.storage])?;
         let mut rec = lock(&self.stream.recorder);
-        let offset = rec.reserve(&self.ctx, data.len() as u64, 16)?;
+        let offset = rec.reserve(self.ctx(), data.len() as u64, 16)?;
         rec.arena[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         rec.close_pass();
         let arena_buf = rec.arena_buf.clone();
-        rec.encoder(&self.ctx).copy_buffer_to_buffer(&arena_buf, offset, dst.storage.buffer(), 0, data.len() as u64);
+        rec.encoder(self.ctx()).copy_buffer_to_buffer(&arena_buf, offset, dst.storage.buffer(), 0, data.len() as u64);
         self.hold_if_foreign(&mut rec, dst.storage);
         self.mark_written(&rec, dst.storage);
         Ok(())
@@ -393,7 +388,7 @@ impl Device {
         self.order_after_writers([src.storage, dst.storage])?;
         let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
-        rec.encoder(&self.ctx).copy_buffer_to_buffer(src.storage.buffer(), 0, dst.storage.buffer(), 0, bytes);
+        rec.encoder(self.ctx()).copy_buffer_to_buffer(src.storage.buffer(), 0, dst.storage.buffer(), 0, bytes);
         self.hold_if_foreign(&mut rec, src.storage);
         self.hold_if_foreign(&mut rec, dst.storage);
         self.mark_written(&rec, dst.storage);
@@ -404,8 +399,8 @@ impl Device {
     pub(crate) fn read_later<T: bytemuck::Pod>(&self, src: &Binding<'_>) -> Result<PendingRead<T>> {
         let bytes = src.bytes.next_multiple_of(4).max(4);
         let class = pool::size_class(bytes);
-        let buffer = lock(&self.ctx.readback_pool).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
-            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = lock(&self.ctx().readback_pool).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
+            self.ctx().device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("cmae readback"),
                 size: class,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -417,7 +412,7 @@ impl Device {
         let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
         if src.bytes > 0 {
-            rec.encoder(&self.ctx).copy_buffer_to_buffer(src.storage.buffer(), 0, &slot.buffer, 0, bytes);
+            rec.encoder(self.ctx()).copy_buffer_to_buffer(src.storage.buffer(), 0, &slot.buffer, 0, bytes);
         }
         self.hold_if_foreign(&mut rec, src.storage);
         rec.to_map.push(slot.clone());
@@ -426,27 +421,27 @@ impl Device {
 
     /// Submits everything this stream recorded so far. Does not wait.
     pub fn flush(&self) -> Result<()> {
-        lock(&self.stream.recorder).submit(&self.ctx)
+        lock(&self.stream.recorder).submit(self.ctx())
     }
 
     /// Submits and waits until the GPU is idle.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
-        self.ctx.wait_idle()
+        self.ctx().wait_idle()
     }
 
     /// Turns per-dispatch GPU timing of this stream on or off (needs TIMESTAMP_QUERY).
     pub fn set_profiling(&self, on: bool) -> Result<()> {
         let mut rec = lock(&self.stream.recorder);
-        rec.submit(&self.ctx)?;
-        rec.profiler = if on { Some(Profiler::new(&self.ctx)?) } else { None };
+        rec.submit(self.ctx())?;
+        rec.profiler = if on { Some(Profiler::new(self.ctx())?) } else { None };
         Ok(())
     }
 
     /// Time per kernel label since profiling was turned on, slowest first.
     pub fn take_profile(&self) -> Result<Vec<KernelTime>> {
         let mut rec = lock(&self.stream.recorder);
-        rec.submit(&self.ctx)?;
+        rec.submit(self.ctx())?;
         Ok(rec.profiler.as_mut().map(Profiler::take).unwrap_or_default())
     }
 }

@@ -62,7 +62,7 @@ impl<T: bytemuck::Pod> PendingRead<T> {
 
     /// The values if the GPU has finished, without blocking.
     pub fn try_take(&mut self) -> Result<Option<Vec<T>>> {
-        let _ = self.device.ctx.device.poll(wgpu::PollType::Poll);
+        let _ = self.device.ctx().device.poll(wgpu::PollType::Poll);
         self.take_if_mapped()
     }
 
@@ -70,7 +70,7 @@ impl<T: bytemuck::Pod> PendingRead<T> {
     pub fn wait(mut self) -> Result<Vec<T>> {
         self.submit_if_recorded()?;
         loop {
-            self.device.ctx.wait_idle()?;
+            self.device.ctx().wait_idle()?;
             if let Some(values) = self.take_if_mapped()? {
                 return Ok(values);
             }
@@ -104,7 +104,7 @@ impl<T: bytemuck::Pod> PendingRead<T> {
         let slot = self.slot.take().expect("checked above");
         if let Ok(slot) = Arc::try_unwrap(slot) {
             let class = slot.buffer.size();
-            lock(&self.device.ctx.readback_pool).entry(class).or_default().push(slot.buffer);
+            lock(&self.device.ctx().readback_pool).entry(class).or_default().push(slot.buffer);
         }
         Ok(Some(values))
     }

@@ -24,11 +24,10 @@ pub struct Storage {
 
 /// The stream and batch (1-based count of that stream's submits) that last
 /// recorded a write into a storage; batch 0 means nothing was written yet.
-#[derive(Clone)]
-pub(crate) struct WriteMark {
-    pub(crate) stream: Weak<Stream>,
-    pub(crate) stream_id: u64,
-    pub(crate) batch: u64,
+struct WriteMark {
+    stream: Weak<Stream>,
+    stream_id: u64,
+    batch: u64,
 }
 
 impl Storage {
@@ -42,12 +41,25 @@ impl Storage {
         }
     }
 
-    pub(crate) fn last_write(&self) -> WriteMark {
-        lock(&self.last_write).clone()
+    /// Another stream whose batch `batch` wrote this storage, when that is
+    /// not `reader` (the stream about to use it). Nothing is cloned in the
+    /// common case: the last writer is the reader itself.
+    pub(crate) fn foreign_writer(&self, reader: u64) -> Option<(Arc<Stream>, u64)> {
+        let mark = lock(&self.last_write);
+        if mark.stream_id == reader || mark.batch == 0 {
+            return None;
+        }
+        Some((mark.stream.upgrade()?, mark.batch))
     }
 
-    pub(crate) fn mark_written(&self, mark: WriteMark) {
-        *lock(&self.last_write) = mark;
+    /// Notes that `writer`'s batch `batch` writes this storage.
+    pub(crate) fn mark_written(&self, writer: &Arc<Stream>, batch: u64) {
+        let mut mark = lock(&self.last_write);
+        if mark.stream_id != writer.id {
+            mark.stream = Arc::downgrade(writer);
+            mark.stream_id = writer.id;
+        }
+        mark.batch = batch;
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {

@@ -15,7 +15,9 @@ use super::matmul::{MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
 use super::u32_of;
 use crate::device::{Device, KernelSpec};
-use crate::error::{Result, shape_err};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result, shape_err};
 use crate::shaders;
 use crate::tensor::{DType, Tensor, TensorMut};
 
@@ -141,36 +143,44 @@ pub enum AttentionPath {
 
 /// The path for a training step (`CMAE_ATTENTION=fused|composed` forces
 /// one where the fused kernel takes the head dim). Without it: fused on GPUs
-/// (no T² tensor, three dispatches instead of six) and wherever the
+/// (no T² tensor, three dispatches instead of eight) and wherever the
 /// probabilities would not fit one storage binding; on CPU adapters the
 /// composed path's subgroup matmuls win from about T = 50 (lavapipe,
 /// `cmae bench kernels --filter attention`: fused 1.1–1.3× at T = 17,
 /// 0.3× at T = 197), so there the fused kernel takes short sequences only.
-pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> AttentionPath {
-    let Ok(s) = dims(qkv, heads) else { return AttentionPath::Composed };
+pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> Result<AttentionPath> {
+    let s = dims(qkv, heads)?;
     if !fused_head_dim(s.hd) {
-        return AttentionPath::Composed;
+        return Ok(AttentionPath::Composed);
     }
-    match std::env::var("CMAE_ATTENTION").as_deref() {
-        Ok("fused") => return AttentionPath::Fused,
-        Ok("composed") => return AttentionPath::Composed,
-        _ => {}
+    if let Some(path) = forced_path()? {
+        return Ok(path);
     }
     let probs_bytes = (s.b * s.heads * s.t * s.t * 4) as u64;
     let cpu = dev.info().device_type == wgpu::DeviceType::Cpu;
-    if !cpu || probs_bytes > dev.limits().max_storage_buffer_binding_size || s.t <= 32 {
+    Ok(if !cpu || probs_bytes > dev.limits().max_storage_buffer_binding_size || s.t <= 32 {
         AttentionPath::Fused
     } else {
         AttentionPath::Composed
-    }
+    })
+}
+
+/// `CMAE_ATTENTION`, read once per process (a step asks once per block).
+fn forced_path() -> Result<Option<AttentionPath>> {
+    static FORCED: OnceLock<std::result::Result<Option<AttentionPath>, String>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("CMAE_ATTENTION").as_deref() {
+        Err(_) => Ok(None),
+        Ok("fused") => Ok(Some(AttentionPath::Fused)),
+        Ok("composed") => Ok(Some(AttentionPath::Composed)),
+        Ok(other) => {
+            Err(format!("CMAE_ATTENTION={other} is not an attention path; set fused or composed, or unset it"))
+        }
+    });
+    forced.clone().map_err(Error::Env)
 }
 
 /// Head dims the fused kernel takes: whole vec4s up to 128 (its private row
 /// buffers hold 32 vec4s).
-pub fn fused_supported(qkv: &Tensor, heads: usize) -> bool {
-    dims(qkv, heads).is_ok_and(|s| fused_head_dim(s.hd))
-}
-
 fn fused_head_dim(hd: usize) -> bool {
     hd.is_multiple_of(4) && (4..=128).contains(&hd)
 }

@@ -21,7 +21,7 @@ fn run(dev: &Device, entry: &'static str, p: Params, bindings: &[Binding<'_>]) -
     dev.dispatch(spec, &p, bindings, grid((p.n as usize).div_ceil(4), spec.workgroup))
 }
 
-/// A fresh output of `x`'s shape, written by `entry` from `inputs`.
+/// A fresh output of `shape`, written by `entry` from `x` (binding 1) and `y` (binding 2).
 fn map(
     dev: &Device,
     entry: &'static str,
