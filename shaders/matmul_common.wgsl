@@ -1,7 +1,7 @@
 // Shared part of the register-blocked matmuls for CPU-like adapters
 // (matmul_register.wgsl, matmul_subgroup.wgsl are appended to it).
 //
-//   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col])      op(X) = X or Xᵀ
+//   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col]) (+ beta·C[z])      op(X) = X or Xᵀ
 //
 // On llvmpipe every storage load is a per-lane scalar loop and workgroup
 // memory is no faster than storage, so these kernels use no shared memory:
@@ -105,9 +105,11 @@ fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
         for (var t = 0u; t < 4u; t++) {
             let cc = col + t;
             if (cc < p.n) {
-                var add = 0.0;
-                if (p.has_bias != 0u) { add = bias[p.bias_off + cc]; }
-                c[c_base + r * p.c_row + cc] = v[t] + add;
+                var out = v[t];
+                if (p.has_bias != 0u) { out += bias[cc]; }
+                let at = c_base + r * p.c_row + cc;
+                if (p.beta != 0.0) { out += p.beta * c[at]; }
+                c[at] = out;
             }
         }
     }

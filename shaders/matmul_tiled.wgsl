@@ -1,7 +1,7 @@
 // Rust wrapper: engine/src/kernels/matmul.rs
 // Batched matmul for real GPUs: shared-memory tiles.
 //
-//   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col])      op(X) = X or Xᵀ
+//   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col]) (+ beta·C[z])      op(X) = X or Xᵀ
 //
 // Same parameters and operand layouts as matmul_register.wgsl. A 16×16
 // workgroup computes a 64×64 tile of C; each step stages a 64×16 slice of A
@@ -81,8 +81,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let col = tile_col + lid.x + 16u * j;
             if (col >= p.n) { continue; }
             var v = p.alpha * acc[i * 4u + j];
-            if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
-            c[c_base + r * p.c_row + col] = v;
+            if (p.has_bias != 0u) { v += bias[col]; }
+            let at = c_base + r * p.c_row + col;
+            if (p.beta != 0.0) { v += p.beta * c[at]; }
+            c[at] = v;
         }
     }
 }

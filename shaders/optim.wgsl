@@ -1,5 +1,6 @@
 // Rust wrapper: engine/src/kernels/optim.rs
-// Optimizer updates, one dispatch per parameter tensor.
+// Optimizer updates: AdamW per tensor or over a whole pack of tensors in one
+// dispatch (adamw_packed), LARS per tensor.
 //
 // adamw (PyTorch's AdamW, in its order of operations):
 //   p ← p·(1 − lr·wd)
@@ -29,6 +30,49 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         let mi = m[i] + (1.0 - a.beta1) * (g - m[i]);
         let vi = a.beta2 * v[i] + (1.0 - a.beta2) * g * g;
         w -= step * mi / (sqrt(vi) / a.bias_c2_sqrt + a.eps);
+        param[i] = w;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// adamw_packed: the same update over every member of a pack (parameters,
+// gradients, m and v packed alike, see TensorMut::packed_zeros), one
+// dispatch for the whole model like a multi-tensor apply. Member s covers
+// vec4s [start, end) of the span with its own lr and weight decay; vec4s
+// between members (alignment padding) belong to none and are left alone.
+
+struct Segment { start: u32, end: u32, lr: f32, weight_decay: f32 }
+struct AdamWPacked {
+    segments: u32, n4: u32, _pad0: u32, _pad1: u32,
+    beta1: f32, beta2: f32, eps: f32, grad_scale: f32,
+    bias_c1: f32, bias_c2_sqrt: f32, _pad2: f32, _pad3: f32,
+}
+
+@group(0) @binding(0) var<uniform> ap: AdamWPacked;
+@group(0) @binding(5) var<storage, read> segments: array<Segment>;
+
+/// The member holding vec4 i: the last whose start is ≤ i (binary search).
+fn segment_of(i: u32) -> u32 {
+    var lo = 0u;
+    var hi = ap.segments;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (segments[mid].start <= i) { lo = mid; } else { hi = mid; }
+    }
+    return lo;
+}
+
+@compute @workgroup_size(256)
+fn adamw_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < ap.n4; i += nwg.x * 256u) {
+        let seg = segments[segment_of(i)];
+        if (i >= seg.end) { continue; }
+        let g = grad[i] * ap.grad_scale;
+        var w = param[i] * (1.0 - seg.lr * seg.weight_decay);
+        let mi = m[i] + (1.0 - ap.beta1) * (g - m[i]);
+        let vi = ap.beta2 * v[i] + (1.0 - ap.beta2) * g * g;
+        w -= (seg.lr / ap.bias_c1) * mi / (sqrt(vi) / ap.bias_c2_sqrt + ap.eps);
         param[i] = w;
         m[i] = mi;
         v[i] = vi;

@@ -7,6 +7,12 @@
 //! `Var`; a write is refused while any other handle shares its storage, so
 //! changing values under a saved activation is an error, not a silent wrong
 //! gradient.
+//!
+//! A tensor is a byte range (a [`Region`]) of a pooled buffer: usually the
+//! whole buffer, or one member of a pack ([`TensorMut::packed_zeros`]) that
+//! lays several tensors side by side so one kernel can update them all at
+//! once (the optimizer's multi-tensor step). Aliasing is tracked per region,
+//! so the members of a pack are written independently.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -21,11 +27,19 @@ pub enum DType {
     U32,
 }
 
+/// The byte range of a buffer that a tensor's elements occupy. Handles that
+/// share one region see the same elements, so a write is refused while more
+/// than one handle holds it.
+struct Region {
+    storage: Arc<Storage>,
+    offset: u64,
+}
+
 /// An immutable GPU tensor. Cloning shares the buffer; it goes back to the
-/// pool when the last clone is dropped.
+/// pool when the last clone (and the last member of its pack) is dropped.
 #[derive(Clone)]
 pub struct Tensor {
-    storage: Arc<Storage>,
+    region: Arc<Region>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -75,17 +89,17 @@ impl Tensor {
     /// The same data under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
         check_len("reshape", self.numel(), shape)?;
-        Ok(Self { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Self { region: self.region.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
-    /// True when both tensors share one buffer.
+    /// True when both tensors are the same elements (clones and reshapes of one tensor).
     pub fn same_storage(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
+        Arc::ptr_eq(&self.region, &other.region)
     }
 
-    /// The only handle on its storage becomes writable; a shared one is an error.
+    /// The only handle on its elements becomes writable; a shared one is an error.
     pub fn into_mut(self) -> Result<TensorMut> {
-        if Arc::strong_count(&self.storage) > 1 {
+        if self.is_shared() {
             return Err(Error::Aliased(format!(
                 "a tensor of shape {:?} cannot become mutable while other handles share it",
                 self.shape
@@ -94,8 +108,20 @@ impl Tensor {
         Ok(TensorMut(self))
     }
 
+    fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.region) > 1
+    }
+
     pub(crate) fn bind(&self, slot: u32) -> Binding<'_> {
-        Binding { slot, access: Access::Read, storage: &self.storage, shape: &self.shape, bytes: self.byte_len() }
+        Binding {
+            slot,
+            access: Access::Read,
+            storage: &self.region.storage,
+            offset: self.region.offset,
+            shape: &self.shape,
+            bytes: self.byte_len(),
+            shared: self.is_shared(),
+        }
     }
 
     /// Reads the values back once this stream's batch has run: `.await` it,
@@ -163,7 +189,32 @@ impl TensorMut {
     pub fn uninit(dev: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
         let bytes = (shape.iter().product::<usize>() * 4) as u64;
         let storage = Arc::new(dev.alloc(bytes)?);
-        Ok(Self(Tensor { storage, shape: shape.to_vec(), dtype }))
+        Ok(Self(Tensor { region: Arc::new(Region { storage, offset: 0 }), shape: shape.to_vec(), dtype }))
+    }
+
+    /// Zero-filled f32 tensors of `shapes` side by side in one buffer, each
+    /// starting at an offset the adapter can bind, with zeros between them.
+    /// Each member is a writable tensor of its own; a multi-tensor kernel
+    /// given every member at once treats them as one span (see [`Span`]).
+    pub fn packed_zeros(dev: &Device, shapes: &[Vec<usize>]) -> Result<Vec<TensorMut>> {
+        let align = u64::from(dev.limits().min_storage_buffer_offset_alignment).max(16);
+        let mut offsets = Vec::with_capacity(shapes.len());
+        let mut end = 0u64;
+        for shape in shapes {
+            offsets.push(end);
+            end = (end + shape.iter().product::<usize>() as u64 * 4).next_multiple_of(align);
+        }
+        let whole = crate::kernels::elementwise::zeros(dev, &[(end / 4) as usize])?;
+        let storage = whole.0.region.storage.clone();
+        storage.set_regions(shapes.len());
+        Ok(shapes
+            .iter()
+            .zip(offsets)
+            .map(|(shape, offset)| {
+                let region = Arc::new(Region { storage: storage.clone(), offset });
+                Self(Tensor { region, shape: shape.clone(), dtype: DType::F32 })
+            })
+            .collect())
     }
 
     pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Self> {
@@ -210,6 +261,65 @@ impl TensorMut {
 
     pub(crate) fn bind_mut(&self, slot: u32) -> Binding<'_> {
         Binding { access: Access::Write, ..self.0.bind(slot) }
+    }
+}
+
+/// Every member of one pack ([`TensorMut::packed_zeros`]) seen as one range
+/// of elements, for a kernel that handles them all in one dispatch. Member i
+/// starts at element `starts[i]` of the span.
+pub(crate) struct Span<'a> {
+    storage: &'a Arc<Storage>,
+    offset: u64,
+    shape: [usize; 1],
+    shared: bool,
+    pub(crate) starts: Vec<usize>,
+}
+
+impl<'a> Span<'a> {
+    /// The span of `members`, which must be all the members of one pack, in order.
+    pub(crate) fn of(op: &'static str, members: &[&'a Tensor]) -> Result<Self> {
+        let (Some(first), Some(last)) = (members.first(), members.last()) else {
+            return Err(shape_err(op, "no tensors to update"));
+        };
+        let storage = &first.region.storage;
+        let whole_pack = storage.regions() == members.len()
+            && members.iter().all(|t| Arc::ptr_eq(&t.region.storage, storage) && t.dtype == DType::F32)
+            && members.windows(2).all(|w| w[0].region.offset + w[0].byte_len() <= w[1].region.offset);
+        if !whole_pack {
+            return Err(shape_err(
+                op,
+                format!(
+                    "the {} tensors are not every member of one pack in order (make them with TensorMut::packed_zeros)",
+                    members.len()
+                ),
+            ));
+        }
+        let offset = first.region.offset;
+        let end = last.region.offset + last.byte_len();
+        Ok(Self {
+            storage,
+            offset,
+            shape: [((end - offset) / 4) as usize],
+            shared: members.iter().any(|t| t.is_shared()),
+            starts: members.iter().map(|t| ((t.region.offset - offset) / 4) as usize).collect(),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Reads every member; `shared` makes a write refused if any member is.
+    pub(crate) fn bind(&self, slot: u32, access: Access) -> Binding<'_> {
+        Binding {
+            slot,
+            access,
+            storage: self.storage,
+            offset: self.offset,
+            shape: &self.shape,
+            bytes: self.shape[0] as u64 * 4,
+            shared: self.shared,
+        }
     }
 }
 

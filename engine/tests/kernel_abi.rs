@@ -39,7 +39,7 @@ fn dispatch_every_wrapper(d: &Device) {
 
     gelu::gelu_backward(d, &x, &gelu::gelu(d, &x).unwrap()).unwrap();
     let (y, stats) = layernorm::layer_norm(d, &x, &row, &row, 1e-6).unwrap();
-    layernorm::layer_norm_backward(d, &x, &row, &stats, &y).unwrap();
+    layernorm::layer_norm_backward(d, &x, &row, &stats, &y, layernorm::ParamGrads::New).unwrap();
 
     let weights = t(&[1.0, 1.0], &[2]);
     let one = t(&[1.0], &[1]);
@@ -72,6 +72,17 @@ fn dispatch_every_wrapper(d: &Device) {
     let adamw =
         optim::AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
     optim::adamw(d, &mut param, &grad, &mut m, &mut v, adamw).unwrap();
+    let pack = || TensorMut::packed_zeros(d, &[vec![2], vec![3]]).unwrap();
+    let (mut params, grads, mut ms, mut vs) = (pack(), pack(), pack(), pack());
+    optim::adamw_packed(
+        d,
+        &mut params.iter_mut().collect::<Vec<_>>(),
+        &grads.iter().map(|t| t.as_tensor()).collect::<Vec<_>>(),
+        &mut ms.iter_mut().collect::<Vec<_>>(),
+        &mut vs.iter_mut().collect::<Vec<_>>(),
+        &[adamw; 2],
+    )
+    .unwrap();
     let lars =
         optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, trust: 0.001, scaled: true, grad_scale: 1.0 };
     optim::lars(d, &mut param, &grad, &mut m, lars).unwrap();

@@ -164,7 +164,7 @@ fn transpose_swaps_the_last_two_axes() {
 
 #[test]
 fn row_sums_match() {
-    for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3), (130, 12)] {
+    for (rows, cols) in [(1usize, 1usize), (3, 17), (1088, 65), (4160, 3), (130, 12), (1088, 192)] {
         let x = rand_vec(rows * cols, 19);
         let w = rand_vec(rows, 20);
         let got = download(

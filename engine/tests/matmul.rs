@@ -7,8 +7,8 @@ mod common;
 use std::io::Write;
 
 use cmae_engine::kernels::elementwise::zeros;
-use cmae_engine::kernels::matmul::{MatView, Matmul, linear, matmul};
-use cmae_engine::{Device, MatmulKind, Tensor};
+use cmae_engine::kernels::matmul::{MatView, Matmul, linear, matmul, matmul_accumulate};
+use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
 use common::{assert_close, rand_vec};
 
 /// f32 products summed over k ≤ 200 terms of size ≤ 1: the rounding error of
@@ -139,6 +139,36 @@ fn linear_with_fused_bias_matches_f64() {
     }
 }
 
+/// `C += op(A)·op(B)` in place (a parameter gradient accumulated where it
+/// lives), on every family and transpose, into an accumulator whose shape is
+/// not the product's (a patch embedding's `[D, C, p, p]` weight).
+#[test]
+fn accumulating_products_add_to_what_is_there() {
+    for kind in kinds() {
+        let dev = device(kind);
+        for (m, n, k) in [(13, 12, 1088), (3, 65, 17), (64, 48, 5)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = rand_vec(m * k, 11);
+                let b = rand_vec(k * n, 12);
+                let before = rand_vec(m * n, 13);
+                let at = Tensor::from_f32(&dev, &a, &if ta { [k, m] } else { [m, k] }).unwrap();
+                let bt = Tensor::from_f32(&dev, &b, &if tb { [n, k] } else { [k, n] }).unwrap();
+                let mut acc = TensorMut::from_f32(&dev, &before, &[m * n]).unwrap();
+                matmul_accumulate(&dev, &at, &bt, ta, tb, &mut acc).unwrap();
+                let want: Vec<f64> =
+                    reference(&a, &b, m, n, k, ta, tb).iter().zip(&before).map(|(p, &c)| p + f64::from(c)).collect();
+                // k = 1088 terms: the f32 dot product's error grows like k·2⁻²⁴ (≈ 6.5e-5 relative).
+                let label = format!("{kind:?} C += A·B m={m} n={n} k={k} ta={ta} tb={tb}");
+                assert_close(&label, &acc.wait_f32(&dev).unwrap(), &want, 1e-3, RTOL);
+            }
+        }
+        let mut wrong = zeros(&dev, &[5]).unwrap();
+        let a = zeros(&dev, &[2, 3]).unwrap().freeze();
+        let err = matmul_accumulate(&dev, &a, &a, true, false, &mut wrong).unwrap_err().to_string();
+        assert!(err.contains("[5]") && err.contains("[3, 3]"), "{err}");
+    }
+}
+
 /// Q·Kᵀ per (batch, head) straight out of a packed `[B, T, 3·H·hd]` qkv tensor,
 /// written with a row stride into a wider output: the views attention uses.
 #[test]
@@ -162,6 +192,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
             trans_a: false,
             trans_b: true,
             alpha: 0.5,
+            beta: 0.0,
             bias: None,
             label: None,
         }
@@ -210,6 +241,7 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
         trans_a: false,
         trans_b: true,
         alpha: 1.0,
+        beta: 0.0,
         bias: None,
         label: None,
     }

@@ -35,8 +35,12 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
     let tape = Tape::new(d);
     let logits = model.forward_train(&tape, &imgs, &[]).unwrap();
     let loss = tape.weighted_cross_entropy(&logits, &targets, &w).unwrap();
-    let mut grads = Gradients::default();
+    let (lr, wd, decay, depth) = (1e-3, 0.05, 0.65, cfg.depth);
+    let adamw_cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decays: finetune_decays };
+    let mut opt = AdamW::new(d, &model.params, adamw_cfg).unwrap();
+    let mut grads = opt.new_gradients(d, &model.params).unwrap();
     tape.backward(&loss, &mut grads).unwrap();
+    drop(tape);
     let before: Vec<(String, Vec<f32>, Vec<f32>)> = model
         .params
         .trainable()
@@ -45,9 +49,6 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
             (n.to_string(), t.wait_f32(d).unwrap(), g)
         })
         .collect();
-    let (lr, wd, decay, depth) = (1e-3, 0.05, 0.65, cfg.depth);
-    let adamw_cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decays: finetune_decays };
-    let mut opt = AdamW::new(d, &model.params, adamw_cfg).unwrap();
     opt.update(d, &mut model.params, &grads, lr, 1.0, |n| layer_decay_scale(n, depth, decay)).unwrap();
     let mut scales_seen = std::collections::BTreeSet::new();
     for (name, p0, g) in &before {

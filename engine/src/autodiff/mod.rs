@@ -8,6 +8,13 @@
 //! Parameters are named leaves; their gradients land in a [`Gradients`] map
 //! that keeps accumulating across backward calls (gradient accumulation).
 //! With grad disabled (evaluation, the viewer) nothing is recorded at all.
+//!
+//! [`Gradients::packed`] keeps the parameters' gradients in one pack laid out
+//! like the parameters (for a one-dispatch optimizer step). Backward then
+//! hands each op the member of every parameter input as a *sink*: ops whose
+//! kernels can accumulate in place (the matmul of a linear layer's dW, the
+//! row sums of its bias) add straight into it, and nothing else is allocated
+//! or added for that gradient.
 
 mod ops;
 
@@ -17,7 +24,7 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernels::elementwise;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorMut};
 
 /// A tensor on the tape. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -41,9 +48,36 @@ impl Var {
     }
 }
 
-/// Computes the input gradients from the output gradient. `needs[i]` says
-/// whether input i wants one, so e.g. a linear layer on the images skips dX.
-type BackwardFn = Box<dyn FnOnce(&Device, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+/// Computes the input gradients from the output gradient: `Some` for each
+/// input that needs one, unless the op added it into that input's sink.
+type BackwardFn = Box<dyn FnOnce(&mut Backward<'_>, &Tensor) -> Result<Vec<Option<Tensor>>>>;
+
+/// What an op's backward gets besides its output's gradient.
+pub(crate) struct Backward<'a> {
+    pub(crate) dev: &'a Device,
+    needs: &'a [bool],
+    sinks: &'a mut [Option<TensorMut>],
+}
+
+impl Backward<'_> {
+    /// Whether input `i` wants a gradient (a linear layer on the images skips dX).
+    pub(crate) fn needs(&self, i: usize) -> bool {
+        self.needs[i]
+    }
+
+    /// Where input `i`'s gradient accumulates, when it has such a place (a
+    /// packed parameter gradient): the op adds its contribution into it in
+    /// place and returns `None` for that input.
+    pub(crate) fn sink(&mut self, i: usize) -> Option<&mut TensorMut> {
+        self.sinks.get_mut(i)?.as_mut()
+    }
+
+    /// The sinks of two inputs at once, when both have one.
+    pub(crate) fn sink_pair(&mut self, i: usize, j: usize) -> Option<(&mut TensorMut, &mut TensorMut)> {
+        let [a, b] = self.sinks.get_disjoint_mut([i, j]).ok()?;
+        Some((a.as_mut()?, b.as_mut()?))
+    }
+}
 
 struct Node {
     output: usize,
@@ -66,36 +100,77 @@ pub struct Tape {
     inner: RefCell<Inner>,
 }
 
-/// Parameter gradients by name.
+/// Parameter gradients by name, accumulating over backward calls
+/// (gradient accumulation).
 #[derive(Default)]
 pub struct Gradients {
     map: HashMap<String, Tensor>,
+    /// Packed members by name, in pack order (see [`Gradients::packed`]).
+    /// A member is `None` only while an op writes into it during backward.
+    packed: Vec<(String, Option<TensorMut>)>,
+    packed_index: HashMap<String, usize>,
 }
 
 impl Gradients {
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.map.get(name)
+    /// Zeroed gradients for `params` (name and shape, in order) in one pack,
+    /// like the parameters' own pack, for [`crate::kernels::optim::adamw_packed`].
+    /// Backward accumulates into them in place. Parameters not listed get
+    /// their gradient by name as usual.
+    pub fn packed(dev: &Device, params: &[(&str, &[usize])]) -> Result<Self> {
+        let shapes: Vec<Vec<usize>> = params.iter().map(|(_, s)| s.to_vec()).collect();
+        let members = TensorMut::packed_zeros(dev, &shapes)?;
+        let packed: Vec<(String, Option<TensorMut>)> =
+            params.iter().zip(members).map(|((n, _), t)| (n.to_string(), Some(t))).collect();
+        let packed_index = packed.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        Ok(Self { map: HashMap::new(), packed, packed_index })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
-        self.map.iter()
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        match self.packed_index.get(name) {
+            Some(&i) => self.packed[i].1.as_ref().map(|t| t.as_tensor()),
+            None => self.map.get(name),
+        }
+    }
+
+    /// The packed members in pack order (empty unless [`Gradients::packed`]).
+    pub fn packed_members(&self) -> Vec<&Tensor> {
+        self.packed.iter().filter_map(|(_, t)| t.as_ref().map(|t| t.as_tensor())).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        let packed = self.packed.iter().filter_map(|(n, t)| Some((n.as_str(), t.as_ref()?.as_tensor())));
+        packed.chain(self.map.iter().map(|(n, t)| (n.as_str(), t)))
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.packed.len() + self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
-    pub fn clear(&mut self) {
-        self.map.clear();
+    /// Takes `name`'s packed member out while an op adds into it.
+    fn take_sink(&mut self, name: &str) -> Option<TensorMut> {
+        self.packed.get_mut(*self.packed_index.get(name)?)?.1.take()
     }
 
-    /// Adds `g` to the gradient of `name`. Out of place: a stored tensor may be
-    /// shared with another parameter's gradient.
+    fn put_sink(&mut self, name: &str, t: TensorMut) {
+        if let Some(&i) = self.packed_index.get(name) {
+            self.packed[i].1 = Some(t);
+        }
+    }
+
+    /// Adds `g` to the gradient of `name`: in place into its packed member,
+    /// else out of place (a stored tensor may be shared with another
+    /// parameter's gradient).
     fn add(&mut self, dev: &Device, name: &str, g: Tensor) -> Result<()> {
+        if let Some(mut sink) = self.take_sink(name) {
+            let shape = sink.shape().to_vec();
+            let added = g.reshape(&shape).and_then(|g| elementwise::accumulate(dev, &mut sink, &g, 1.0));
+            self.put_sink(name, sink);
+            return added;
+        }
         let sum = match self.map.get(name) {
             Some(old) => elementwise::add(dev, old, &g)?,
             None => g,
@@ -150,7 +225,7 @@ impl Tape {
         &self,
         value: Tensor,
         inputs: &[&Var],
-        backward: impl FnOnce(&Device, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+        backward: impl FnOnce(&mut Backward<'_>, &Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
         let needs: Vec<bool> = inputs.iter().map(|v| v.requires_grad).collect();
         let requires_grad = self.grad_enabled && needs.iter().any(|&n| n);
@@ -185,7 +260,19 @@ impl Tape {
             let Some(grad_out) = pending.remove(&node.output) else {
                 continue;
             };
-            let grads_in = (node.backward)(&self.dev, &grad_out, &node.needs)?;
+            // Packed parameter gradients this op may add into in place.
+            let sink_names: Vec<Option<&String>> =
+                node.inputs.iter().zip(&node.needs).map(|(id, &need)| params.get(id).filter(|_| need)).collect();
+            let mut sinks: Vec<Option<TensorMut>> =
+                sink_names.iter().map(|name| name.and_then(|n| grads.take_sink(n))).collect();
+            let grads_in =
+                (node.backward)(&mut Backward { dev: &self.dev, needs: &node.needs, sinks: &mut sinks }, &grad_out);
+            for (name, sink) in sink_names.iter().zip(sinks) {
+                if let (Some(name), Some(sink)) = (name, sink) {
+                    grads.put_sink(name, sink);
+                }
+            }
+            let grads_in = grads_in?;
             if grads_in.len() != node.inputs.len() {
                 return Err(Error::Autodiff("an op returned the wrong number of gradients".into()));
             }
@@ -193,6 +280,12 @@ impl Tape {
                 let Some(g) = g.filter(|_| *need) else {
                     continue;
                 };
+                if let Some(name) = params.get(input)
+                    && grads.packed_index.contains_key(name)
+                {
+                    grads.add(&self.dev, name, g)?;
+                    continue;
+                }
                 let sum = match pending.remove(input) {
                     Some(old) => elementwise::add(&self.dev, &old, &g)?,
                     None => g,

@@ -3,7 +3,7 @@
 
 use super::{Tape, Var};
 use crate::error::{Result, shape_err};
-use crate::kernels::reduce::{RowView, sum_rows, weighted_sums};
+use crate::kernels::reduce::{RowView, sum_rows, sum_rows_accumulate, weighted_sums};
 use crate::kernels::{attention, elementwise, gather, gelu, layernorm, loss, matmul};
 use crate::tensor::{DType, Tensor, TensorMut};
 
@@ -16,17 +16,37 @@ impl Tape {
         let (xv, wv) = (x.value.clone(), w.value.clone());
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        Ok(self.record(y, &inputs, move |dev, dy, needs| {
+        let has_bias = b.is_some();
+        Ok(self.record(y, &inputs, move |bw, dy| {
+            let dev = bw.dev;
             let k = xv.dim(-1)?;
             let n = wv.dim(0)?;
             let dy2 = dy.reshape(&[dy.numel() / n, n])?;
             let x2 = xv.reshape(&[xv.numel() / k, k])?;
-            let dx =
-                if needs[0] { Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?) } else { None };
-            let dw = if needs[1] { Some(matmul::matmul(dev, &dy2, &x2, true, false)?) } else { None };
+            let dx = if bw.needs(0) {
+                Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?)
+            } else {
+                None
+            };
+            let (need_w, need_b) = (bw.needs(1), has_bias && bw.needs(2));
+            let dw = match bw.sink(1) {
+                Some(acc) => {
+                    matmul::matmul_accumulate(dev, &dy2, &x2, true, false, acc)?;
+                    None
+                }
+                None if need_w => Some(matmul::matmul(dev, &dy2, &x2, true, false)?),
+                None => None,
+            };
             let mut out = vec![dx, dw];
-            if needs.len() == 3 {
-                out.push(if needs[2] { Some(sum_rows(dev, RowView::of(dy, n), None)?) } else { None });
+            if has_bias {
+                out.push(match bw.sink(2) {
+                    Some(acc) => {
+                        sum_rows_accumulate(dev, RowView::of(dy, n), None, acc)?;
+                        None
+                    }
+                    None if need_b => Some(sum_rows(dev, RowView::of(dy, n), None)?),
+                    None => None,
+                });
             }
             Ok(out)
         }))
@@ -36,13 +56,14 @@ impl Tape {
     pub fn matmul(&self, a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
         let c = matmul::matmul(&self.dev, &a.value, &b.value, trans_a, trans_b)?;
         let (av, bv) = (a.value.clone(), b.value.clone());
-        Ok(self.record(c, &[a, b], move |dev, dc, needs| {
-            let da = match (needs[0], trans_a) {
+        Ok(self.record(c, &[a, b], move |bw, dc| {
+            let dev = bw.dev;
+            let da = match (bw.needs(0), trans_a) {
                 (false, _) => None,
                 (true, false) => Some(matmul::matmul(dev, dc, &bv, false, !trans_b)?),
                 (true, true) => Some(matmul::matmul(dev, &bv, dc, trans_b, true)?),
             };
-            let db = match (needs[1], trans_b) {
+            let db = match (bw.needs(1), trans_b) {
                 (false, _) => None,
                 (true, false) => Some(matmul::matmul(dev, &av, dc, !trans_a, false)?),
                 (true, true) => Some(matmul::matmul(dev, dc, &av, true, trans_a)?),
@@ -53,15 +74,16 @@ impl Tape {
 
     pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
         let y = elementwise::add(&self.dev, &a.value, &b.value)?;
-        Ok(self.record(y, &[a, b], |_, dy, _| Ok(vec![Some(dy.clone()), Some(dy.clone())])))
+        Ok(self.record(y, &[a, b], |_, dy| Ok(vec![Some(dy.clone()), Some(dy.clone())])))
     }
 
     /// `x + v` with `v` repeated over the leading axes (`v`'s shape is a suffix of `x`'s).
     pub fn add_broadcast(&self, x: &Var, v: &Var) -> Result<Var> {
         let y = elementwise::add_broadcast(&self.dev, &x.value, &v.value, 1.0)?;
         let vshape = v.shape().to_vec();
-        Ok(self.record(y, &[x, v], move |dev, dy, needs| {
-            let dv = if needs[1] {
+        Ok(self.record(y, &[x, v], move |bw, dy| {
+            let dev = bw.dev;
+            let dv = if bw.needs(1) {
                 let n = vshape.iter().product();
                 Some(sum_rows(dev, RowView::of(dy, n), None)?.reshape(&vshape)?)
             } else {
@@ -73,15 +95,16 @@ impl Tape {
 
     pub fn scale(&self, x: &Var, alpha: f32) -> Result<Var> {
         let y = elementwise::scale(&self.dev, &x.value, alpha)?;
-        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(elementwise::scale(dev, dy, alpha)?)])))
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(elementwise::scale(bw.dev, dy, alpha)?)])))
     }
 
     pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
         let y = elementwise::mul(&self.dev, &a.value, &b.value)?;
         let (av, bv) = (a.value.clone(), b.value.clone());
-        Ok(self.record(y, &[a, b], move |dev, dy, needs| {
-            let da = if needs[0] { Some(elementwise::mul(dev, dy, &bv)?) } else { None };
-            let db = if needs[1] { Some(elementwise::mul(dev, dy, &av)?) } else { None };
+        Ok(self.record(y, &[a, b], move |bw, dy| {
+            let dev = bw.dev;
+            let da = if bw.needs(0) { Some(elementwise::mul(dev, dy, &bv)?) } else { None };
+            let db = if bw.needs(1) { Some(elementwise::mul(dev, dy, &av)?) } else { None };
             Ok(vec![da, db])
         }))
     }
@@ -90,21 +113,27 @@ impl Tape {
     pub fn scale_rows(&self, x: &Var, s: &Tensor) -> Result<Var> {
         let y = elementwise::scale_rows(&self.dev, &x.value, s)?;
         let s = s.clone();
-        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(elementwise::scale_rows(dev, dy, &s)?)])))
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(elementwise::scale_rows(bw.dev, dy, &s)?)])))
     }
 
     pub fn gelu(&self, x: &Var) -> Result<Var> {
         let y = gelu::gelu(&self.dev, &x.value)?;
         let xv = x.value.clone();
-        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(gelu::gelu_backward(dev, &xv, dy)?)])))
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(gelu::gelu_backward(bw.dev, &xv, dy)?)])))
     }
 
     pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         let (y, stats) = layernorm::layer_norm(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
         let (xv, gv) = (x.value.clone(), gamma.value.clone());
-        Ok(self.record(y, &[x, gamma, beta], move |dev, dy, _| {
-            let (dx, dg, db) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy)?;
-            Ok(vec![Some(dx), Some(dg), Some(db)])
+        Ok(self.record(y, &[x, gamma, beta], move |bw, dy| {
+            let dev = bw.dev;
+            let param_grads = match bw.sink_pair(1, 2) {
+                Some((dg, db)) => layernorm::ParamGrads::AddTo(dg, db),
+                None => layernorm::ParamGrads::New,
+            };
+            let (dx, new) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, param_grads)?;
+            let (dg, db) = new.map_or((None, None), |(g, b)| (Some(g), Some(b)));
+            Ok(vec![Some(dx), dg, db])
         }))
     }
 
@@ -117,7 +146,8 @@ impl Tape {
         }
         let (out, lse) = attention::fused_attention(&self.dev, &qkv.value, heads)?;
         let (qv, ov) = (qkv.value.clone(), out.clone());
-        Ok(self.record(out, &[qkv], move |dev, dout, _| {
+        Ok(self.record(out, &[qkv], move |bw, dout| {
+            let dev = bw.dev;
             Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, dout, heads)?)])
         }))
     }
@@ -127,7 +157,8 @@ impl Tape {
     pub fn attention_with_probs(&self, qkv: &Var, heads: usize) -> Result<(Var, Tensor)> {
         let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
         let (qv, saved) = (qkv.value.clone(), probs.clone());
-        let var = self.record(out, &[qkv], move |dev, dout, _| {
+        let var = self.record(out, &[qkv], move |bw, dout| {
+            let dev = bw.dev;
             Ok(vec![Some(attention::attention_backward(dev, &qv, &saved, dout, heads)?)])
         });
         Ok((var, probs))
@@ -137,7 +168,7 @@ impl Tape {
     pub fn gather_rows(&self, x: &Var, idx: &Tensor) -> Result<Var> {
         let y = gather::gather_rows(&self.dev, &x.value, idx)?;
         let (idx, rows) = (idx.clone(), x.value.dim(1)?);
-        Ok(self.record(y, &[x], move |dev, dy, _| Ok(vec![Some(gather::scatter_add_rows(dev, dy, &idx, rows)?)])))
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(gather::scatter_add_rows(bw.dev, dy, &idx, rows)?)])))
     }
 
     /// `[tok; x[b]]` for every sample: `[B, n, D]` → `[B, n+1, D]` (the cls token).
@@ -152,15 +183,16 @@ impl Tape {
         gather::copy_rows(&self.dev, &x.value, 0, &mut out, 1, n)?;
         let out = out.freeze();
         let tok_shape = tok.shape().to_vec();
-        Ok(self.record(out, &[x, tok], move |dev, dy, needs| {
-            let dx = if needs[0] {
+        Ok(self.record(out, &[x, tok], move |bw, dy| {
+            let dev = bw.dev;
+            let dx = if bw.needs(0) {
                 let mut dx = TensorMut::uninit(dev, &[b, n, d], DType::F32)?;
                 gather::copy_rows(dev, dy, 1, &mut dx, 0, n)?;
                 Some(dx.freeze())
             } else {
                 None
             };
-            let dtok = if needs[1] {
+            let dtok = if bw.needs(1) {
                 let rows = RowView { t: dy, rows: b, cols: d, stride: (n + 1) * d, offset: 0 };
                 Some(sum_rows(dev, rows, None)?.reshape(&tok_shape)?)
             } else {
@@ -185,9 +217,10 @@ impl Tape {
         gather::scatter_rows(&self.dev, &x.value, 0, idx, &mut out, false)?;
         let out = out.freeze();
         let (idx, mask, fill_shape) = (idx.clone(), fill_rows.clone(), fill.shape().to_vec());
-        Ok(self.record(out, &[x, fill], move |dev, dy, needs| {
-            let dx = if needs[0] { Some(gather::gather_rows(dev, dy, &idx)?) } else { None };
-            let dfill = if needs[1] {
+        Ok(self.record(out, &[x, fill], move |bw, dy| {
+            let dev = bw.dev;
+            let dx = if bw.needs(0) { Some(gather::gather_rows(dev, dy, &idx)?) } else { None };
+            let dfill = if bw.needs(1) {
                 Some(sum_rows(dev, RowView::of(dy, d), Some(&mask))?.reshape(&fill_shape)?)
             } else {
                 None
@@ -204,7 +237,7 @@ impl Tape {
         let total = weighted_sums(&self.dev, &rows_loss, &w.reshape(&[1, w.numel()])?)?;
         let (pv, tv, wv) = (pred.value.clone(), target.clone(), w.clone());
         let var = self
-            .record(total, &[pred], move |dev, g, _| Ok(vec![Some(loss::mse_rows_backward(dev, &pv, &tv, &wv, g)?)]));
+            .record(total, &[pred], move |bw, g| Ok(vec![Some(loss::mse_rows_backward(bw.dev, &pv, &tv, &wv, g)?)]));
         Ok((var, rows_loss))
     }
 
@@ -213,7 +246,8 @@ impl Tape {
         let rows_loss = loss::xent_rows(&self.dev, &logits.value, target)?;
         let total = weighted_sums(&self.dev, &rows_loss, &w.reshape(&[1, w.numel()])?)?;
         let (lv, tv, wv) = (logits.value.clone(), target.clone(), w.clone());
-        Ok(self.record(total, &[logits], move |dev, g, _| {
+        Ok(self.record(total, &[logits], move |bw, g| {
+            let dev = bw.dev;
             Ok(vec![Some(loss::xent_rows_backward(dev, &lv, &tv, &wv, g)?)])
         }))
     }
@@ -224,7 +258,8 @@ impl Tape {
         let w = elementwise::full(&self.dev, &[1, n], 1.0 / n as f32)?;
         let y = weighted_sums(&self.dev, &x.value.reshape(&[n])?, &w)?;
         let shape = x.shape().to_vec();
-        Ok(self.record(y, &[x], move |dev, g, _| {
+        Ok(self.record(y, &[x], move |bw, g| {
+            let dev = bw.dev;
             let ones = elementwise::full(dev, &shape, 1.0 / n as f32)?;
             let g1 = g.reshape(&[1])?;
             Ok(vec![Some(elementwise::scale_rows(dev, &ones.reshape(&[1, n])?, &g1)?.reshape(&shape)?)])
@@ -243,7 +278,8 @@ impl Tape {
         }
         let mut out = TensorMut::uninit(&self.dev, &[b, n - 1, d], DType::F32)?;
         gather::copy_rows(&self.dev, &x.value, 1, &mut out, 0, n - 1)?;
-        Ok(self.record(out.freeze(), &[x], move |dev, dy, _| {
+        Ok(self.record(out.freeze(), &[x], move |bw, dy| {
+            let dev = bw.dev;
             let mut dx = elementwise::zeros(dev, &[b, n, d])?;
             gather::copy_rows(dev, dy, 0, &mut dx, 1, n - 1)?;
             Ok(vec![Some(dx.freeze())])
@@ -256,7 +292,7 @@ impl Tape {
     pub fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
         let y = x.value.reshape(shape)?;
         let back = x.shape().to_vec();
-        Ok(self.record(y, &[x], move |_, dy, _| Ok(vec![Some(dy.reshape(&back)?)])))
+        Ok(self.record(y, &[x], move |_, dy| Ok(vec![Some(dy.reshape(&back)?)])))
     }
 }
 
@@ -277,7 +313,8 @@ impl Tape {
         let tokens = matmul::MatView { t: &x.value, off: from * d, row: d, b0: t * d, b1: 0 };
         let out_view = matmul::MatView { t: &out, off: 0, row: d, b0: d, b1: 0 };
         pooling(ones_row, tokens, out_view, (1, d, n), b, 1.0 / n as f32).run(&self.dev)?;
-        Ok(self.record(out.freeze(), &[x], move |dev, dy, _| {
+        Ok(self.record(out.freeze(), &[x], move |bw, dy| {
+            let dev = bw.dev;
             // Each pooled token gets dy/n: a [n, 1]·[1, D] product per sample.
             let dx = elementwise::zeros(dev, &[b, t, d])?;
             let ones_col = matmul::MatView { t: &ones, off: 0, row: 1, b0: 0, b1: 0 };
@@ -299,5 +336,20 @@ fn pooling<'a>(
     alpha: f32,
 ) -> matmul::Matmul<'a> {
     let label = Some("mean_tokens");
-    matmul::Matmul { a, b, c, m, n, k, outer, heads: 1, trans_a: false, trans_b: false, alpha, bias: None, label }
+    matmul::Matmul {
+        a,
+        b,
+        c,
+        m,
+        n,
+        k,
+        outer,
+        heads: 1,
+        trans_a: false,
+        trans_b: false,
+        alpha,
+        beta: 0.0,
+        bias: None,
+        label,
+    }
 }

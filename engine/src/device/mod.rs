@@ -79,8 +79,12 @@ pub struct Binding<'a> {
     pub(crate) slot: u32,
     pub(crate) access: Access,
     pub(crate) storage: &'a Arc<Storage>,
+    /// Byte offset of the tensor in its buffer (non-zero for a pack's members).
+    pub(crate) offset: u64,
     pub(crate) shape: &'a [usize],
     pub(crate) bytes: u64,
+    /// Whether another handle shares these elements.
+    pub(crate) shared: bool,
 }
 
 impl Binding<'_> {
@@ -88,7 +92,7 @@ impl Binding<'_> {
     /// keeps for backward, a view, another stream's unsubmitted batch) would
     /// change values someone treats as immutable: refuse it.
     fn check_unaliased(&self, op: &str) -> Result<()> {
-        if self.access == Access::Write && Arc::strong_count(self.storage) > 1 {
+        if self.access == Access::Write && self.shared {
             return Err(Error::Aliased(format!(
                 "{op} writes into a tensor of shape {:?} that other handles still read (a tape kept for backward, \
                  a view or clone, or another stream's unsubmitted work); drop them before writing",
@@ -332,7 +336,7 @@ impl Device {
                 binding: b.slot,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.storage.buffer(),
-                    offset: 0,
+                    offset: b.offset,
                     size: std::num::NonZeroU64::new(b.bytes.next_multiple_of(16)),
                 }),
             });
@@ -370,7 +374,13 @@ impl Device {
         rec.arena[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         rec.close_pass();
         let arena_buf = rec.arena_buf.clone();
-        rec.encoder(self.ctx()).copy_buffer_to_buffer(&arena_buf, offset, dst.storage.buffer(), 0, data.len() as u64);
+        rec.encoder(self.ctx()).copy_buffer_to_buffer(
+            &arena_buf,
+            offset,
+            dst.storage.buffer(),
+            dst.offset,
+            data.len() as u64,
+        );
         self.hold_if_foreign(&mut rec, dst.storage);
         self.mark_written(&rec, dst.storage);
         Ok(())
@@ -388,7 +398,13 @@ impl Device {
         self.order_after_writers([src.storage, dst.storage])?;
         let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
-        rec.encoder(self.ctx()).copy_buffer_to_buffer(src.storage.buffer(), 0, dst.storage.buffer(), 0, bytes);
+        rec.encoder(self.ctx()).copy_buffer_to_buffer(
+            src.storage.buffer(),
+            src.offset,
+            dst.storage.buffer(),
+            dst.offset,
+            bytes,
+        );
         self.hold_if_foreign(&mut rec, src.storage);
         self.hold_if_foreign(&mut rec, dst.storage);
         self.mark_written(&rec, dst.storage);
@@ -412,7 +428,7 @@ impl Device {
         let mut rec = lock(&self.stream.recorder);
         rec.close_pass();
         if src.bytes > 0 {
-            rec.encoder(self.ctx()).copy_buffer_to_buffer(src.storage.buffer(), 0, &slot.buffer, 0, bytes);
+            rec.encoder(self.ctx()).copy_buffer_to_buffer(src.storage.buffer(), src.offset, &slot.buffer, 0, bytes);
         }
         self.hold_if_foreign(&mut rec, src.storage);
         rec.to_map.push(slot.clone());

@@ -9,6 +9,7 @@
 //! written by another stream's unsubmitted batch submits that batch first
 //! (see [`Storage::last_write`]), so it never reads values not yet written.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::stream::Stream;
@@ -20,6 +21,8 @@ pub struct Storage {
     home: Weak<Stream>,
     ctx: Weak<Context>,
     last_write: Mutex<WriteMark>,
+    /// Tensors carved out of this buffer (more than one for a pack).
+    regions: AtomicUsize,
 }
 
 /// The stream and batch (1-based count of that stream's submits) that last
@@ -38,6 +41,7 @@ impl Storage {
             home: Arc::downgrade(home),
             ctx: Arc::downgrade(&home.ctx),
             last_write: Mutex::new(WriteMark { stream: Arc::downgrade(home), stream_id: home.id, batch: 0 }),
+            regions: AtomicUsize::new(1),
         }
     }
 
@@ -60,6 +64,15 @@ impl Storage {
             mark.stream_id = writer.id;
         }
         mark.batch = batch;
+    }
+
+    pub(crate) fn regions(&self) -> usize {
+        self.regions.load(Ordering::Relaxed)
+    }
+
+    /// Records that `n` tensors share this buffer (a pack); set once, at packing.
+    pub(crate) fn set_regions(&self, n: usize) {
+        self.regions.store(n, Ordering::Relaxed);
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {

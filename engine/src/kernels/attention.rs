@@ -80,7 +80,7 @@ impl Dims {
         alpha: f32,
     ) -> Matmul<'a> {
         let (outer, heads) = (self.b, self.heads);
-        Matmul { a, b, c, m, n, k, outer, heads, trans_a, trans_b, alpha, bias: None, label: Some(label) }
+        Matmul { a, b, c, m, n, k, outer, heads, trans_a, trans_b, alpha, beta: 0.0, bias: None, label: Some(label) }
     }
 }
 

@@ -1,6 +1,5 @@
 //! LayerNorm over the last axis (`shaders/layernorm.wgsl`).
 
-use super::reduce::{RowView, sum_rows};
 use super::{grid, rows_cols, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
@@ -13,10 +12,12 @@ struct Params {
     rows: u32,
     d: u32,
     eps: f32,
-    chunk: u32,
+    /// The parameter gradients are added to what their tensors hold.
+    accumulate: u32,
 }
 
-const PARAM_CHUNK: usize = 64;
+/// Rows per workgroup of the backward pass (its workgroup size).
+const CHUNK: usize = 64;
 
 fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
     KernelSpec::new(&shaders::LAYERNORM, entry, label, 64)
@@ -27,7 +28,7 @@ fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Par
     if gamma.numel() != d {
         return Err(shape_err(op, format!("weight {:?} for input {:?}", gamma.shape(), x.shape())));
     }
-    Ok((Params { rows: u32_of(op, rows)?, d: u32_of(op, d)?, eps, chunk: PARAM_CHUNK as u32 }, rows))
+    Ok((Params { rows: u32_of(op, rows)?, d: u32_of(op, d)?, eps, accumulate: 0 }, rows))
 }
 
 /// Returns `(y, stats)`; `stats` `[rows, 2]` holds (mean, 1/σ) for the backward.
@@ -42,34 +43,63 @@ pub fn layer_norm(dev: &Device, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: 
     Ok((y.freeze(), stats.freeze()))
 }
 
-/// Gradients `(dx, dγ, dβ)`.
+/// Where the backward pass puts dγ and dβ.
+pub enum ParamGrads<'a> {
+    /// New tensors, returned.
+    New,
+    /// Added into these (gradients accumulated in place, e.g. packed parameter gradients).
+    AddTo(&'a mut TensorMut, &'a mut TensorMut),
+}
+
+/// The input gradient, and `(dγ, dβ)` unless they were added into [`ParamGrads::AddTo`]:
+/// two dispatches, the input gradient and partial parameter sums per chunk of
+/// rows in one, then the chunks added up.
 pub fn layer_norm_backward(
     dev: &Device,
     x: &Tensor,
     gamma: &Tensor,
     stats: &Tensor,
     dy: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+    param_grads: ParamGrads<'_>,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let op = "layer_norm_backward";
-    let (p, rows) = params(op, x, gamma, 0.0)?;
+    let (mut p, rows) = params(op, x, gamma, 0.0)?;
     same_shape(op, x, dy)?;
     if stats.numel() != rows * 2 {
         return Err(shape_err(op, format!("stats {:?} for {rows} rows", stats.shape())));
     }
     let d = p.d as usize;
     let dx = TensorMut::uninit(dev, x.shape(), DType::F32)?;
-    let input_spec = spec("backward_input", "layernorm_backward");
-    let bindings = [x.bind(1), gamma.bind(2), dy.bind(6), stats.bind(7), dx.bind_mut(8)];
-    dev.dispatch(input_spec, &p, &bindings, grid(rows, input_spec.workgroup))?;
-    let chunks = rows.div_ceil(PARAM_CHUNK);
+    let chunks = rows.div_ceil(CHUNK);
     // Rows of the partial sums are padded to whole vec4s.
-    let d_pad = d.next_multiple_of(4);
-    let partial = TensorMut::uninit(dev, &[chunks, 2, d_pad], DType::F32)?;
-    let params_spec = spec("backward_params", "layernorm_backward_params");
-    let bindings = [x.bind(1), dy.bind(6), stats.bind(7), partial.bind_mut(8)];
-    dev.dispatch(params_spec, &p, &bindings, grid(chunks * d_pad / 4, params_spec.workgroup))?;
+    let partial = TensorMut::uninit(dev, &[chunks, 2, d.next_multiple_of(4)], DType::F32)?;
+    let spec = spec("backward", "layernorm_backward");
+    let bindings = [x.bind(1), gamma.bind(2), dy.bind(6), stats.bind(7), dx.bind_mut(8), partial.bind_mut(9)];
+    dev.dispatch(spec, &p, &bindings, grid(chunks * CHUNK, spec.workgroup))?;
     let partial = partial.freeze();
-    let dgamma = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: 0 }, None)?;
-    let dbeta = sum_rows(dev, RowView { t: &partial, rows: chunks, cols: d, stride: 2 * d_pad, offset: d_pad }, None)?;
-    Ok((dx.freeze(), dgamma, dbeta))
+    match param_grads {
+        ParamGrads::AddTo(dg, db) => {
+            for t in [&*dg, &*db] {
+                if t.numel() != d {
+                    return Err(shape_err(op, format!("a gradient {:?} for a weight {:?}", t.shape(), gamma.shape())));
+                }
+            }
+            p.accumulate = 1;
+            finish(dev, &p, &partial, (dg, db))?;
+            Ok((dx.freeze(), None))
+        }
+        ParamGrads::New => {
+            let dg = TensorMut::uninit(dev, &[d], DType::F32)?;
+            let db = TensorMut::uninit(dev, &[d], DType::F32)?;
+            finish(dev, &p, &partial, (&dg, &db))?;
+            Ok((dx.freeze(), Some((dg.freeze(), db.freeze()))))
+        }
+    }
+}
+
+/// Adds up the chunks' partial sums into dγ and dβ.
+fn finish(dev: &Device, p: &Params, partial: &Tensor, (dgamma, dbeta): (&TensorMut, &TensorMut)) -> Result<()> {
+    let spec = spec("backward_params_finish", "layernorm_backward_params");
+    let bindings = [partial.bind(10), dgamma.bind_mut(11), dbeta.bind_mut(12)];
+    dev.dispatch(spec, p, &bindings, grid(p.d as usize, spec.workgroup))
 }

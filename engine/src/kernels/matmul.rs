@@ -35,7 +35,7 @@ impl<'a, T> MatView<'a, T> {
     }
 }
 
-/// One matmul: `C = alpha·op(A)·op(B) (+ bias)`, shapes `[m, k]·[k, n]` per batch.
+/// One matmul: `C = alpha·op(A)·op(B) (+ bias) (+ beta·C)`, shapes `[m, k]·[k, n]` per batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Matmul<'a> {
     pub a: MatView<'a>,
@@ -50,6 +50,8 @@ pub struct Matmul<'a> {
     pub trans_a: bool,
     pub trans_b: bool,
     pub alpha: f32,
+    /// Adds `beta·C` (accumulates into C in place); 0 overwrites C unread.
+    pub beta: f32,
     pub bias: Option<&'a Tensor>,
     /// Profile label; None names it by its transposes (`matmul_nt`, …).
     pub label: Option<&'static str>,
@@ -67,7 +69,7 @@ struct MatmulParams {
     c: [u32; 4],
     alpha: f32,
     has_bias: u32,
-    bias_off: u32,
+    beta: f32,
     batches: u32,
 }
 
@@ -152,7 +154,7 @@ impl Matmul<'_> {
             c: view([self.c.off, self.c.row, self.c.b0, self.c.b1])?,
             alpha: self.alpha,
             has_bias: u32::from(self.bias.is_some()),
-            bias_off: 0,
+            beta: self.beta,
             batches: to_u32(self.outer * self.heads)?,
         };
         let label = self.label.unwrap_or(label(self.trans_a, self.trans_b));
@@ -223,6 +225,31 @@ fn label(trans_a: bool, trans_b: bool) -> &'static str {
 
 /// `op(a)·op(b)` for 2-D tensors, or batched 3-D tensors `[batch, ·, ·]`.
 pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (shape, _) = product_shape(a, b, trans_a, trans_b)?;
+    let c = TensorMut::uninit(dev, &shape, DType::F32)?;
+    product(a, b, trans_a, trans_b, &c, 0.0).run(dev)?;
+    Ok(c.freeze())
+}
+
+/// `acc += op(a)·op(b)` in place, for any `acc` of the product's size (a
+/// parameter's gradient accumulated where it lives, whatever its shape).
+pub fn matmul_accumulate(
+    dev: &Device,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+    acc: &mut TensorMut,
+) -> Result<()> {
+    let (shape, _) = product_shape(a, b, trans_a, trans_b)?;
+    if acc.numel() != shape.iter().product::<usize>() {
+        return Err(shape_err("matmul", format!("an accumulator {:?} for a product {shape:?}", acc.shape())));
+    }
+    product(a, b, trans_a, trans_b, acc, 1.0).run(dev)
+}
+
+/// The shape of `op(a)·op(b)` and its inner size, or a shape error.
+fn product_shape(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Vec<usize>, usize)> {
     let op = "matmul";
     let (batch, a2, b2) = match (a.shape(), b.shape()) {
         ([r, c], [r2, c2]) => (1, [*r, *c], [*r2, *c2]),
@@ -246,24 +273,37 @@ pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool
         ));
     }
     let shape = if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] };
-    let c = TensorMut::uninit(dev, &shape, DType::F32)?;
+    Ok((shape, ka))
+}
+
+/// The product of two contiguous operands (shapes already checked) into `c`.
+fn product<'a>(a: &'a Tensor, b: &'a Tensor, trans_a: bool, trans_b: bool, c: &'a TensorMut, beta: f32) -> Matmul<'a> {
+    let [a_rows, a_cols] = last2(a);
+    let [b_rows, b_cols] = last2(b);
+    let (m, k) = if trans_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
+    let n = if trans_b { b_rows } else { b_cols };
+    let batch = if a.shape().len() == 3 { a.shape()[0] } else { 1 };
     Matmul {
-        a: MatView::contiguous(a, a2[1], a2[0] * a2[1]),
-        b: MatView::contiguous(b, b2[1], b2[0] * b2[1]),
-        c: MatView::contiguous(&c, n, m * n),
+        a: MatView::contiguous(a, a_cols, a_rows * a_cols),
+        b: MatView::contiguous(b, b_cols, b_rows * b_cols),
+        c: MatView::contiguous(c, n, m * n),
         m,
         n,
-        k: ka,
+        k,
         outer: batch,
         heads: 1,
         trans_a,
         trans_b,
         alpha: 1.0,
+        beta,
         bias: None,
         label: None,
     }
-    .run(dev)?;
-    Ok(c.freeze())
+}
+
+fn last2(t: &Tensor) -> [usize; 2] {
+    let s = t.shape();
+    [s[s.len() - 2], s[s.len() - 1]]
 }
 
 fn t(trans: bool) -> &'static str {
@@ -296,6 +336,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
         trans_a: false,
         trans_b: true,
         alpha: 1.0,
+        beta: 0.0,
         bias: b,
         label: None,
     }

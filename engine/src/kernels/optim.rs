@@ -1,10 +1,10 @@
 //! Optimizer update kernels (`shaders/optim.wgsl`).
 
 use super::{grid, same_shape, u32_of};
-use crate::device::{Device, KernelSpec};
-use crate::error::Result;
+use crate::device::{Access, Device, KernelSpec};
+use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{Tensor, TensorMut};
+use crate::tensor::{Span, Tensor, TensorMut};
 
 /// AdamW hyper-parameters for one update of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,6 +40,12 @@ fn spec(entry: &'static str) -> KernelSpec<'static> {
     KernelSpec::new(&shaders::OPTIM, entry, entry, 256)
 }
 
+/// AdamW's bias corrections `1 − β1ᵗ` and `sqrt(1 − β2ᵗ)`, in f64 so late steps keep full precision.
+fn bias_corrections(s: &AdamWStep) -> (f32, f32) {
+    let step = s.step.max(1) as f64;
+    ((1.0 - f64::from(s.beta1).powf(step)) as f32, (1.0 - f64::from(s.beta2).powf(step)).sqrt() as f32)
+}
+
 /// Updates `param`, `m` and `v` in place.
 pub fn adamw(
     dev: &Device,
@@ -52,8 +58,7 @@ pub fn adamw(
     for t in [grad, m.as_tensor(), v.as_tensor()] {
         same_shape("adamw", param, t)?;
     }
-    // Bias corrections in f64 so late steps keep full precision.
-    let step = s.step.max(1) as f64;
+    let (bias_c1, bias_c2_sqrt) = bias_corrections(&s);
     let p = Params {
         n: u32_of("adamw", param.numel())?,
         _pad: [0; 3],
@@ -62,13 +67,117 @@ pub fn adamw(
         beta2: s.beta2,
         eps: s.eps,
         weight_decay: s.weight_decay,
-        bias_c1: (1.0 - f64::from(s.beta1).powf(step)) as f32,
-        bias_c2_sqrt: (1.0 - f64::from(s.beta2).powf(step)).sqrt() as f32,
+        bias_c1,
+        bias_c2_sqrt,
         grad_scale: s.grad_scale,
     };
     let spec = spec("adamw");
     let bindings = [grad.bind(1), param.bind_mut(2), m.bind_mut(3), v.bind_mut(4)];
     dev.dispatch(spec, &p, &bindings, grid(param.numel().div_ceil(4), spec.workgroup))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PackedParams {
+    segments: u32,
+    n4: u32,
+    _pad: [u32; 2],
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    grad_scale: f32,
+    bias_c1: f32,
+    bias_c2_sqrt: f32,
+    _pad2: [f32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Segment {
+    start: u32,
+    end: u32,
+    lr: f32,
+    weight_decay: f32,
+}
+
+/// [`adamw`] over every tensor of a model in one dispatch: `params`, `grads`,
+/// `m` and `v` are each all the members of one pack
+/// ([`TensorMut::packed_zeros`]), in the same order and shapes, and
+/// `steps[i]` is tensor i's update (its own lr and weight decay; β, eps, step
+/// and grad scale shared). Same arithmetic as one [`adamw`] per tensor.
+pub fn adamw_packed(
+    dev: &Device,
+    params: &mut [&mut TensorMut],
+    grads: &[&Tensor],
+    m: &mut [&mut TensorMut],
+    v: &mut [&mut TensorMut],
+    steps: &[AdamWStep],
+) -> Result<()> {
+    let op = "adamw_packed";
+    let n = params.len();
+    if [grads.len(), m.len(), v.len(), steps.len()] != [n; 4] {
+        return Err(shape_err(
+            op,
+            format!("{n} parameters, {} gradients, {}+{} states, {} steps", grads.len(), m.len(), v.len(), steps.len()),
+        ));
+    }
+    let Some(first) = steps.first() else { return Ok(()) };
+    let shared = |s: &AdamWStep| (s.beta1, s.beta2, s.eps, s.step, s.grad_scale);
+    if steps.iter().any(|s| shared(s) != shared(first)) {
+        return Err(shape_err(op, "the tensors' steps differ in beta, eps, step or grad scale"));
+    }
+    for i in 0..n {
+        for t in [grads[i], m[i].as_tensor(), v[i].as_tensor()] {
+            same_shape(op, params[i], t)?;
+        }
+    }
+    let params_span = Span::of(op, &params.iter().map(|t| t.as_tensor()).collect::<Vec<_>>())?;
+    let spans = [
+        Span::of(op, grads)?,
+        Span::of(op, &m.iter().map(|t| t.as_tensor()).collect::<Vec<_>>())?,
+        Span::of(op, &v.iter().map(|t| t.as_tensor()).collect::<Vec<_>>())?,
+    ];
+    if spans.iter().any(|s| s.starts != params_span.starts || s.len() != params_span.len()) {
+        return Err(shape_err(op, "the gradient and state packs are laid out unlike the parameter pack"));
+    }
+    let segments = params
+        .iter()
+        .zip(&params_span.starts)
+        .zip(steps)
+        .map(|((p, &start), s)| {
+            Ok(Segment {
+                start: u32_of(op, start / 4)?,
+                end: u32_of(op, (start + p.numel()).div_ceil(4))?,
+                lr: s.lr,
+                weight_decay: s.weight_decay,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let segments = Tensor::from_u32(dev, bytemuck::cast_slice(&segments), &[segments.len() * 4])?;
+    let (bias_c1, bias_c2_sqrt) = bias_corrections(first);
+    let n4 = params_span.len().div_ceil(4);
+    let p = PackedParams {
+        segments: u32_of(op, n)?,
+        n4: u32_of(op, n4)?,
+        _pad: [0; 2],
+        beta1: first.beta1,
+        beta2: first.beta2,
+        eps: first.eps,
+        grad_scale: first.grad_scale,
+        bias_c1,
+        bias_c2_sqrt,
+        _pad2: [0.0; 2],
+    };
+    let spec = spec(op);
+    let [g, m, v] = &spans;
+    let bindings = [
+        g.bind(1, Access::Read),
+        params_span.bind(2, Access::Write),
+        m.bind(3, Access::Write),
+        v.bind(4, Access::Write),
+        segments.bind(5),
+    ];
+    dev.dispatch(spec, &p, &bindings, grid(n4, spec.workgroup))
 }
 
 /// LARS hyper-parameters for one update of one tensor (MAE's `util/lars.py`).

@@ -11,17 +11,15 @@ use crate::tensor::{DType, Tensor, TensorMut};
 struct Params {
     rows: u32,
     cols: u32,
-    chunk: u32,
     stride: u32,
     offset: u32,
     weighted: u32,
+    accumulate: u32,
     _pad: [u32; 2],
 }
 
-/// Rows summed per invocation in the first pass; a second pass sums the
-/// chunks. Up to SINGLE_PASS rows are summed in one pass.
-const CHUNK: usize = 64;
-const SINGLE_PASS: usize = 256;
+/// Column units (a vec4 or one column) per `sum_rows` workgroup.
+const UNITS_PER_GROUP: usize = 16;
 
 /// Rows `r` of a strided view of `x`: element `(r, j)` at `offset + r·stride + j`.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +40,29 @@ impl<'a> RowView<'a> {
 
 /// `out[j] = Σ_r w_r · x(r, j)` (w = 1 when `weights` is None), shape `[cols]`.
 pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Result<Tensor> {
+    check(x, weights)?;
+    if x.rows == 0 {
+        return super::elementwise::full(dev, &[x.cols], 0.0);
+    }
+    let out = TensorMut::uninit(dev, &[x.cols], DType::F32)?;
+    sum_into(dev, x, weights, &out, false)?;
+    Ok(out.freeze())
+}
+
+/// `acc[j] += Σ_r w_r · x(r, j)` in place, for an `acc` of `cols` elements
+/// (a bias gradient accumulated where it lives).
+pub fn sum_rows_accumulate(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, acc: &mut TensorMut) -> Result<()> {
+    check(x, weights)?;
+    if acc.numel() != x.cols {
+        return Err(shape_err("sum_rows", format!("an accumulator {:?} for {} columns", acc.shape(), x.cols)));
+    }
+    if x.rows == 0 {
+        return Ok(());
+    }
+    sum_into(dev, x, weights, acc, true)
+}
+
+fn check(x: RowView<'_>, weights: Option<&Tensor>) -> Result<()> {
     let op = "sum_rows";
     if x.rows > 0 && x.offset + (x.rows - 1) * x.stride + x.cols > x.t.numel() {
         return Err(shape_err(
@@ -54,36 +75,26 @@ pub fn sum_rows(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>) -> Resul
     {
         return Err(shape_err(op, format!("{} row weights for {} rows", w.numel(), x.rows)));
     }
-    if x.rows == 0 {
-        return super::elementwise::full(dev, &[x.cols], 0.0);
-    }
-    // Each dispatch has a fixed cost on CPU adapters, so at most two passes.
-    if x.rows <= SINGLE_PASS {
-        return pass(dev, x, weights, x.rows)?.reshape(&[x.cols]);
-    }
-    let partial = pass(dev, x, weights, CHUNK)?;
-    let chunks = partial.dim(0)?;
-    pass(dev, RowView { t: &partial, rows: chunks, cols: x.cols, stride: x.cols, offset: 0 }, None, chunks)?
-        .reshape(&[x.cols])
+    Ok(())
 }
 
-fn pass(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, chunk: usize) -> Result<Tensor> {
+/// Sums `x`'s rows (at least one) into `out`, in one dispatch.
+fn sum_into(dev: &Device, x: RowView<'_>, weights: Option<&Tensor>, out: &TensorMut, accumulate: bool) -> Result<()> {
     let op = "sum_rows";
-    let chunks = x.rows.div_ceil(chunk);
-    let out = TensorMut::uninit(dev, &[chunks, x.cols], DType::F32)?;
     let p = Params {
         rows: u32_of(op, x.rows)?,
         cols: u32_of(op, x.cols)?,
-        chunk: u32_of(op, chunk)?,
         stride: u32_of(op, x.stride)?,
         offset: u32_of(op, x.offset)?,
         weighted: u32::from(weights.is_some()),
+        accumulate: u32::from(accumulate),
         _pad: [0; 2],
     };
-    let spec = KernelSpec::new(&shaders::REDUCE, "sum_rows", "sum_rows", 64);
+    let vec = [x.cols, x.stride, x.offset].iter().all(|v| v.is_multiple_of(4));
+    let units = if vec { x.cols / 4 } else { x.cols };
+    let spec = KernelSpec::new(&shaders::REDUCE, "sum_rows", "sum_rows", 256);
     let bindings = [x.t.bind(1), weights.unwrap_or(x.t).bind(2), out.bind_mut(3)];
-    dev.dispatch(spec, &p, &bindings, grid(chunks * x.cols, spec.workgroup))?;
-    Ok(out.freeze())
+    dev.dispatch(spec, &p, &bindings, grid(units.div_ceil(UNITS_PER_GROUP), [1, 1, 1]))
 }
 
 /// `out[s] = Σ_i w[s, i] · x[i]` for weights `[S, n]` and `x` of n elements.
@@ -100,10 +111,10 @@ pub fn weighted_sums(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let p = Params {
         rows: u32_of(op, n)?,
         cols: u32_of(op, *s)?,
-        chunk: 0,
         stride: 0,
         offset: 0,
         weighted: 1,
+        accumulate: 0,
         _pad: [0; 2],
     };
     // One workgroup per sum: its invocations stride over the n values.

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use cmae_engine::{Device, Gradients, Tape, Tensor};
+use cmae_engine::{Device, Tape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -76,7 +76,7 @@ fn step(
     let plan = MaskPlan::random(shots, b, mae.cfg.num_patches(), rng).upload(dev, shots)?;
     let tape = Tape::new(dev);
     let out = mae.forward(&tape, imgs, &plan, false)?;
-    let mut grads = Gradients::default();
+    let mut grads = opt.new_gradients(dev, &mae.params)?;
     tape.backward(&out.loss, &mut grads)?;
     opt.update(dev, &mut mae.params, &grads, 1e-4, 1.0, |_| 1.0)?;
     Ok(())

@@ -110,6 +110,13 @@ impl Task for ClassifyTask<'_> {
         Ok(MicroStep { loss: loss.value().clone(), parts: None, images: b, skipped_images: batch.skipped })
     }
 
+    fn new_gradients(&self, dev: &Device) -> Result<Gradients> {
+        match &self.opt {
+            Optimizer::AdamW(o) => o.new_gradients(dev, &self.model.params),
+            Optimizer::Lars(_) => Ok(Gradients::default()),
+        }
+    }
+
     fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()> {
         let depth = self.cfg.model.depth;
         let decay = self.cfg.train.layer_decay;

@@ -88,7 +88,9 @@ pub struct Param {
 }
 
 /// A model's named tensors in a fixed order (the order of their specs): the
-/// checkpoint's state dict, parameters and buffers alike.
+/// checkpoint's state dict, parameters and buffers alike. The trainable ones
+/// are the members of one pack, in spec order, so the optimizer updates them
+/// all in one dispatch (see `AdamW`).
 pub struct ParamStore {
     entries: Vec<(String, Param)>,
     index: HashMap<String, usize>,
@@ -97,10 +99,26 @@ pub struct ParamStore {
 impl ParamStore {
     /// Fresh parameters from their specs and a seeded RNG.
     pub fn init(dev: &Device, specs: &[ParamSpec], rng: &mut impl Rng) -> Result<Self> {
+        let values: Vec<Vec<f32>> = specs.iter().map(|s| s.initial_values(rng)).collect();
+        Self::build(dev, specs, values)
+    }
+
+    /// The store of `specs` holding `values` (one per spec, checked against its shape).
+    fn build(dev: &Device, specs: &[ParamSpec], values: Vec<Vec<f32>>) -> Result<Self> {
+        let trainable: Vec<Vec<usize>> =
+            specs.iter().filter(|s| s.kind() == Kind::Trainable).map(|s| s.shape.clone()).collect();
+        let mut packed = TensorMut::packed_zeros(dev, &trainable)?.into_iter();
         let mut store = Self { entries: Vec::new(), index: HashMap::new() };
-        for s in specs {
-            let values = s.initial_values(rng);
-            store.insert(&s.name, TensorMut::from_f32(dev, &values, &s.shape)?, s.kind());
+        for (s, values) in specs.iter().zip(values) {
+            let tensor = match s.kind() {
+                Kind::Trainable => {
+                    let mut member = packed.next().expect("one pack member per trainable spec");
+                    member.write(dev, bytemuck::cast_slice(&values)).with_context(|| s.name.clone())?;
+                    member
+                }
+                _ => TensorMut::from_f32(dev, &values, &s.shape).with_context(|| s.name.clone())?,
+            };
+            store.insert(&s.name, tensor, s.kind());
         }
         Ok(store)
     }
@@ -109,7 +127,7 @@ impl ParamStore {
     /// be present with its exact shape. Returns the store and the names found
     /// in `tensors` that no spec wants.
     pub fn load(dev: &Device, specs: &[ParamSpec], mut tensors: F32Map) -> Result<(Self, Vec<String>)> {
-        let mut store = Self { entries: Vec::new(), index: HashMap::new() };
+        let mut values = Vec::with_capacity(specs.len());
         for s in specs {
             let (shape, data) = tensors
                 .remove(&s.name)
@@ -122,11 +140,11 @@ impl ParamStore {
                     s.shape
                 );
             }
-            store.insert(&s.name, TensorMut::from_f32(dev, &data, &shape).with_context(|| s.name.clone())?, s.kind());
+            values.push(data);
         }
         let mut extra: Vec<String> = tensors.into_keys().collect();
         extra.sort();
-        Ok((store, extra))
+        Ok((Self::build(dev, specs, values)?, extra))
     }
 
     /// Overwrites every tensor with the one of the same name in `weights`
@@ -138,7 +156,7 @@ impl ParamStore {
             if shape != p.tensor.shape() {
                 bail!("checkpoint parameter {name} has shape {shape:?}, the model {:?}", p.tensor.shape());
             }
-            p.tensor = TensorMut::from_f32(dev, &data, &shape)?;
+            p.tensor.write(dev, bytemuck::cast_slice(&data)).with_context(|| name.clone())?;
         }
         Ok(())
     }
@@ -214,6 +232,11 @@ impl ParamStore {
             Some(p) if p.kind == Kind::Trainable => Ok(&mut p.tensor),
             _ => bail!("model has no trainable parameter {name}"),
         }
+    }
+
+    /// Names and shapes of the trainable parameters, in pack order.
+    pub fn trainable_layout(&self) -> Vec<(&str, &[usize])> {
+        self.trainable().map(|(n, t)| (n, t.shape())).collect()
     }
 
     pub fn count_trainable(&self) -> usize {

@@ -1,11 +1,12 @@
-//! AdamW over a model's named parameters, with its state kept on the GPU.
+//! AdamW over a model's named parameters, with its state kept on the GPU:
+//! parameters, gradients, m and v are packs laid out alike, so a step is one
+//! dispatch (`adamw_packed`) however many tensors the model has.
 
 use crate::safetensors_io::{F32Map, NamedF32};
-use std::collections::HashMap;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::kernels::elementwise::zeros;
-use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw, lars};
+use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw_packed, lars};
 use cmae_engine::{Device, Gradients, TensorMut};
 
 use crate::model::ParamStore;
@@ -25,19 +26,25 @@ pub struct AdamW {
     pub cfg: AdamWConfig,
     /// Optimizer steps taken.
     pub step: u64,
-    m: HashMap<String, TensorMut>,
-    v: HashMap<String, TensorMut>,
+    /// First and second moments, packed like the trainable parameters (spec order).
+    m: Vec<TensorMut>,
+    v: Vec<TensorMut>,
+    names: Vec<String>,
 }
 
 impl AdamW {
     pub fn new(dev: &Device, params: &ParamStore, cfg: AdamWConfig) -> Result<Self> {
-        let mut m = HashMap::new();
-        let mut v = HashMap::new();
-        for (name, t) in params.trainable() {
-            m.insert(name.to_string(), zeros(dev, t.shape())?);
-            v.insert(name.to_string(), zeros(dev, t.shape())?);
-        }
-        Ok(Self { cfg, step: 0, m, v })
+        let shapes: Vec<Vec<usize>> = params.trainable().map(|(_, t)| t.shape().to_vec()).collect();
+        let m = TensorMut::packed_zeros(dev, &shapes)?;
+        let v = TensorMut::packed_zeros(dev, &shapes)?;
+        let names = params.trainable().map(|(n, _)| n.to_string()).collect();
+        Ok(Self { cfg, step: 0, m, v, names })
+    }
+
+    /// Zeroed gradients packed like the parameters, for one optimizer step
+    /// (backward accumulates into them in place).
+    pub fn new_gradients(&self, dev: &Device, params: &ParamStore) -> Result<Gradients> {
+        Ok(Gradients::packed(dev, &params.trainable_layout())?)
     }
 
     /// One update of every trainable parameter. `lr_scale(name)` scales the
@@ -52,11 +59,15 @@ impl AdamW {
         lr_scale: impl Fn(&str) -> f64,
     ) -> Result<()> {
         self.step += 1;
-        for (name, p) in params.trainable_mut() {
-            let g = grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?;
-            // The patch embedding's gradient comes back in its linear view [D, C·p·p].
-            let g = g.reshape(p.shape())?;
-            let step = AdamWStep {
+        let mut steps = Vec::with_capacity(self.names.len());
+        let mut grad_members = Vec::with_capacity(self.names.len());
+        let mut members = Vec::with_capacity(self.names.len());
+        for ((name, p), want) in params.trainable_mut().zip(&self.names) {
+            if name != want {
+                bail!("parameter {name} is not the one the optimizer state was made for ({want})");
+            }
+            grad_members.push(grads.get(name).ok_or_else(|| anyhow!("no gradient for parameter {name}"))?);
+            steps.push(AdamWStep {
                 lr: (lr * lr_scale(name)) as f32,
                 beta1: self.cfg.beta1 as f32,
                 beta2: self.cfg.beta2 as f32,
@@ -64,20 +75,22 @@ impl AdamW {
                 weight_decay: if (self.cfg.decays)(name, p.shape()) { self.cfg.weight_decay as f32 } else { 0.0 },
                 step: self.step,
                 grad_scale,
-            };
-            let (m, v) = (self.m.get_mut(name), self.v.get_mut(name));
-            let (Some(m), Some(v)) = (m, v) else { bail!("no optimizer state for parameter {name}") };
-            adamw(dev, p, &g, m, v, step)?;
+            });
+            members.push(p);
         }
+        let mut m: Vec<&mut TensorMut> = self.m.iter_mut().collect();
+        let mut v: Vec<&mut TensorMut> = self.v.iter_mut().collect();
+        adamw_packed(dev, &mut members, &grad_members, &mut m, &mut v, &steps)
+            .context("AdamW needs gradients from AdamW::new_gradients")?;
         Ok(())
     }
 
     /// `(exp_avg.NAME | exp_avg_sq.NAME, shape, values)` for a checkpoint.
     pub fn state_to_host(&self, dev: &Device, params: &ParamStore) -> Result<Vec<NamedF32>> {
         let mut out = Vec::new();
-        for (name, p) in params.trainable() {
-            out.push((format!("exp_avg.{name}"), p.shape().to_vec(), self.m[name].wait_f32(dev)?));
-            out.push((format!("exp_avg_sq.{name}"), p.shape().to_vec(), self.v[name].wait_f32(dev)?));
+        for ((name, p), (m, v)) in params.trainable().zip(self.m.iter().zip(&self.v)) {
+            out.push((format!("exp_avg.{name}"), p.shape().to_vec(), m.wait_f32(dev)?));
+            out.push((format!("exp_avg_sq.{name}"), p.shape().to_vec(), v.wait_f32(dev)?));
         }
         Ok(out)
     }
@@ -85,7 +98,7 @@ impl AdamW {
     /// Restores the state written by [`AdamW::state_to_host`].
     pub fn load_state(&mut self, dev: &Device, step: u64, mut host: F32Map) -> Result<()> {
         for (slot, prefix) in [(&mut self.m, "exp_avg"), (&mut self.v, "exp_avg_sq")] {
-            for (name, t) in slot.iter_mut() {
+            for (name, t) in self.names.iter().zip(slot.iter_mut()) {
                 restore(dev, &mut host, &format!("{prefix}.{name}"), t)?;
             }
         }
@@ -161,12 +174,13 @@ impl Lars {
     }
 }
 
-/// Replaces `t` with the checkpoint's `key`, which must have `t`'s shape.
+/// Overwrites `t` (in place: it may be a member of a pack) with the
+/// checkpoint's `key`, which must have `t`'s shape.
 fn restore(dev: &Device, host: &mut F32Map, key: &str, t: &mut TensorMut) -> Result<()> {
     let (shape, data) = host.remove(key).ok_or_else(|| anyhow!("optimizer state has no {key}"))?;
     if shape != t.shape() {
         bail!("optimizer state {key} has shape {shape:?}, the parameter {:?}", t.shape());
     }
-    *t = TensorMut::from_f32(dev, &data, &shape)?;
+    t.write(dev, bytemuck::cast_slice(&data))?;
     Ok(())
 }

@@ -50,6 +50,10 @@ impl Task for PretrainTask<'_> {
         self.mae.params.replace_from(dev, weights)
     }
 
+    fn new_gradients(&self, dev: &Device) -> Result<Gradients> {
+        self.opt.new_gradients(dev, &self.mae.params)
+    }
+
     fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
         let m = &self.cfg.model;
         let batch = self.loader.next_batch()?;

@@ -32,6 +32,8 @@ pub trait Task {
     fn params(&self) -> &ParamStore;
     /// Replaces the parameters with a checkpoint's.
     fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()>;
+    /// Empty gradients for one optimizer step, laid out as its optimizer wants them.
+    fn new_gradients(&self, dev: &Device) -> Result<Gradients>;
     /// Forward and backward of micro-batch `micro` of optimizer step `step`.
     fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep>;
     /// Applies the optimizer for step `step` (0-based) at learning rate `lr`.
@@ -190,7 +192,7 @@ pub fn run(
     };
 
     while step < end {
-        let mut grads = Gradients::default();
+        let mut grads = task.new_gradients(dev)?;
         let mut reads = StepReads { step: step + 1, loss: Vec::new(), parts: Vec::new() };
         for micro in 0..sched.accum_iter {
             let m = task.micro_step(dev, step, micro, &mut grads)?;
