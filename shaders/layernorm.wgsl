@@ -4,7 +4,8 @@
 // forward:  μ = mean(x), σ⁻¹ = 1/sqrt(mean((x−μ)²) + eps), x̂ = (x−μ)σ⁻¹, y = γ·x̂ + β
 //           (μ and σ⁻¹ are saved for the backward)
 // backward: g = dy·γ
-//           dx = σ⁻¹ · (g − mean(g) − x̂·mean(g·x̂))
+//           dx = σ⁻¹ · (g − mean(g) − x̂·mean(g·x̂))   (added to dx's contents
+//           with accumulate_input: the residual stream's gradient summed in place)
 //           dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy   (partial sums per chunk of rows
 //           in the same pass, then one pass adding the chunks in order, so the
 //           order of additions is fixed)
@@ -12,7 +13,7 @@
 // Rows are read as vec4s (d % 4 == 0, the usual case: 4× fewer loads on
 // llvmpipe) or element by element otherwise.
 
-struct Params { rows: u32, d: u32, eps: f32, accumulate: u32 }
+struct Params { rows: u32, d: u32, eps: f32, accumulate_params: u32, accumulate_input: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -84,7 +85,9 @@ fn input_gradient(r: u32) {
         let gx_mean = (gx4.x + gx4.y + gx4.z + gx4.w) / f32(p.d);
         for (var j = 0u; j < p.d / 4u; j++) {
             let xhat = (x[base + j] - mean) * rstd;
-            dx[base + j] = rstd * (dy[base + j] * gamma[j] - g_mean - xhat * gx_mean);
+            var v = rstd * (dy[base + j] * gamma[j] - g_mean - xhat * gx_mean);
+            if (p.accumulate_input != 0u) { v += dx[base + j]; }
+            dx[base + j] = v;
         }
     } else {
         let base = r * p.d;
@@ -100,7 +103,9 @@ fn input_gradient(r: u32) {
         for (var j = 0u; j < p.d; j++) {
             let i = base + j;
             let xhat = (x1(i) - mean) * rstd;
-            dx[i >> 2u][i & 3u] = rstd * (dy1(i) * g1(j) - g_mean - xhat * gx_mean);
+            var v = rstd * (dy1(i) * g1(j) - g_mean - xhat * gx_mean);
+            if (p.accumulate_input != 0u) { v += dx[i >> 2u][i & 3u]; }
+            dx[i >> 2u][i & 3u] = v;
         }
     }
 }
@@ -162,7 +167,7 @@ fn backward_params_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builti
             sg += sums[2u * c * d_pad + j];
             sb += sums[(2u * c + 1u) * d_pad + j];
         }
-        if (p.accumulate != 0u) {
+        if (p.accumulate_params != 0u) {
             sg += dgamma[j];
             sb += dbeta[j];
         }

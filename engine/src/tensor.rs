@@ -112,6 +112,11 @@ impl Tensor {
         Arc::strong_count(&self.region) > 1
     }
 
+    /// Like [`Tensor::into_mut`], handing a shared tensor back instead of an error.
+    pub(crate) fn try_into_mut(self) -> std::result::Result<TensorMut, Tensor> {
+        if self.is_shared() { Err(self) } else { Ok(TensorMut(self)) }
+    }
+
     pub(crate) fn bind(&self, slot: u32) -> Binding<'_> {
         Binding {
             slot,

@@ -204,3 +204,34 @@ fn loss_backward() {
         |x| vec![refr::weighted_xent(&x[0], &refr::to64(&soft), &refr::to64(&w), classes)],
     );
 }
+
+/// Activations used twice (a residual stream, one input feeding two linear
+/// layers) get their gradient summed in place: LayerNorm's dx and a linear
+/// layer's dX are added into the gradient already there instead of being
+/// added by a separate kernel. Same gradients as finite differences.
+#[test]
+fn gradients_summed_in_place_for_activations_used_twice() {
+    let (rows, d) = (6, 8);
+    let x = Input::random("x", &[rows, d], 31);
+    let (g, b) = (Input::random("g", &[d], 32), Input::random("b", &[d], 33));
+    let (w, wb, w2) =
+        (Input::random("w", &[d, d], 34), Input::random("wb", &[d], 35), Input::random("w2", &[d, d], 36));
+    check(
+        "residual and shared inputs",
+        &[x, g, b, w, wb, w2],
+        |t, v| {
+            let h = t.scale(&v[0], 2.0).unwrap();
+            let branch = t.linear(&t.layer_norm(&h, &v[1], &v[2], 1e-6).unwrap(), &v[3], Some(&v[4])).unwrap();
+            let y = t.add(&h, &branch).unwrap();
+            t.add(&t.linear(&y, &v[3], None).unwrap(), &t.linear(&y, &v[5], None).unwrap()).unwrap()
+        },
+        |v| {
+            let h: Vec<f64> = v[0].iter().map(|x| 2.0 * x).collect();
+            let ln = refr::layer_norm(&h, &v[1], &v[2], d, 1e-6);
+            let branch = refr::linear(&ln, &v[3], Some(&v[4]), rows, d, d);
+            let y: Vec<f64> = h.iter().zip(&branch).map(|(a, b)| a + b).collect();
+            let (o1, o2) = (refr::linear(&y, &v[3], None, rows, d, d), refr::linear(&y, &v[5], None, rows, d, d));
+            o1.iter().zip(&o2).map(|(a, b)| a + b).collect()
+        },
+    );
+}

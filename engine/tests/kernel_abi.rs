@@ -39,7 +39,7 @@ fn dispatch_every_wrapper(d: &Device) {
 
     gelu::gelu_backward(d, &x, &gelu::gelu(d, &x).unwrap()).unwrap();
     let (y, stats) = layernorm::layer_norm(d, &x, &row, &row, 1e-6).unwrap();
-    layernorm::layer_norm_backward(d, &x, &row, &stats, &y, layernorm::ParamGrads::New).unwrap();
+    layernorm::layer_norm_backward(d, &x, &row, &stats, &y, None, layernorm::ParamGrads::New).unwrap();
 
     let weights = t(&[1.0, 1.0], &[2]);
     let one = t(&[1.0], &[1]);

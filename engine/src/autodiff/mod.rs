@@ -9,12 +9,14 @@
 //! that keeps accumulating across backward calls (gradient accumulation).
 //! With grad disabled (evaluation, the viewer) nothing is recorded at all.
 //!
-//! [`Gradients::packed`] keeps the parameters' gradients in one pack laid out
-//! like the parameters (for a one-dispatch optimizer step). Backward then
-//! hands each op the member of every parameter input as a *sink*: ops whose
-//! kernels can accumulate in place (the matmul of a linear layer's dW, the
-//! row sums of its bias) add straight into it, and nothing else is allocated
-//! or added for that gradient.
+//! Backward hands each op a *sink* for every input whose gradient already has
+//! a place: the input's member of [`Gradients::packed`] (parameters' gradients
+//! in one pack laid out like the parameters, for a one-dispatch optimizer
+//! step), or the gradient summed so far for an activation used twice (the
+//! residual stream) when nothing else holds it. Ops whose kernels can
+//! accumulate in place (linear layers' dX and dW matmuls and bias sums,
+//! LayerNorm's dx, dγ and dβ) add straight into the sink, so no separate
+//! addition is dispatched.
 
 mod ops;
 
@@ -72,10 +74,12 @@ impl Backward<'_> {
         self.sinks.get_mut(i)?.as_mut()
     }
 
-    /// The sinks of two inputs at once, when both have one.
-    pub(crate) fn sink_pair(&mut self, i: usize, j: usize) -> Option<(&mut TensorMut, &mut TensorMut)> {
-        let [a, b] = self.sinks.get_disjoint_mut([i, j]).ok()?;
-        Some((a.as_mut()?, b.as_mut()?))
+    /// The sinks of several distinct inputs at once.
+    pub(crate) fn sinks<const N: usize>(&mut self, inputs: [usize; N]) -> [Option<&mut TensorMut>; N] {
+        match self.sinks.get_disjoint_mut(inputs) {
+            Ok(sinks) => sinks.map(Option::as_mut),
+            Err(_) => [const { None }; N],
+        }
     }
 }
 
@@ -260,16 +264,34 @@ impl Tape {
             let Some(grad_out) = pending.remove(&node.output) else {
                 continue;
             };
-            // Packed parameter gradients this op may add into in place.
+            // Gradients this op may add into in place: packed parameter
+            // gradients, and sums so far that no other handle shares.
             let sink_names: Vec<Option<&String>> =
                 node.inputs.iter().zip(&node.needs).map(|(id, &need)| params.get(id).filter(|_| need)).collect();
-            let mut sinks: Vec<Option<TensorMut>> =
-                sink_names.iter().map(|name| name.and_then(|n| grads.take_sink(n))).collect();
+            let mut sinks: Vec<Option<TensorMut>> = Vec::with_capacity(node.inputs.len());
+            for ((input, &need), name) in node.inputs.iter().zip(&node.needs).zip(&sink_names) {
+                let sink = match name {
+                    Some(name) => grads.take_sink(name),
+                    None if need => pending.remove(input).and_then(|sum| match sum.try_into_mut() {
+                        Ok(sink) => Some(sink),
+                        Err(shared) => {
+                            pending.insert(*input, shared);
+                            None
+                        }
+                    }),
+                    None => None,
+                };
+                sinks.push(sink);
+            }
             let grads_in =
                 (node.backward)(&mut Backward { dev: &self.dev, needs: &node.needs, sinks: &mut sinks }, &grad_out);
-            for (name, sink) in sink_names.iter().zip(sinks) {
-                if let (Some(name), Some(sink)) = (name, sink) {
-                    grads.put_sink(name, sink);
+            for ((input, name), sink) in node.inputs.iter().zip(&sink_names).zip(sinks) {
+                match (name, sink) {
+                    (Some(name), Some(sink)) => grads.put_sink(name, sink),
+                    (None, Some(sink)) => {
+                        pending.insert(*input, sink.freeze());
+                    }
+                    _ => {}
                 }
             }
             let grads_in = grads_in?;

@@ -23,12 +23,15 @@ impl Tape {
             let n = wv.dim(0)?;
             let dy2 = dy.reshape(&[dy.numel() / n, n])?;
             let x2 = xv.reshape(&[xv.numel() / k, k])?;
-            let dx = if bw.needs(0) {
-                Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?)
-            } else {
-                None
+            let (need_x, need_w, need_b) = (bw.needs(0), bw.needs(1), has_bias && bw.needs(2));
+            let dx = match bw.sink(0) {
+                Some(acc) => {
+                    matmul::matmul_accumulate(dev, &dy2, &wv, false, false, acc)?;
+                    None
+                }
+                None if need_x => Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?),
+                None => None,
             };
-            let (need_w, need_b) = (bw.needs(1), has_bias && bw.needs(2));
             let dw = match bw.sink(1) {
                 Some(acc) => {
                     matmul::matmul_accumulate(dev, &dy2, &x2, true, false, acc)?;
@@ -127,13 +130,14 @@ impl Tape {
         let (xv, gv) = (x.value.clone(), gamma.value.clone());
         Ok(self.record(y, &[x, gamma, beta], move |bw, dy| {
             let dev = bw.dev;
-            let param_grads = match bw.sink_pair(1, 2) {
-                Some((dg, db)) => layernorm::ParamGrads::AddTo(dg, db),
-                None => layernorm::ParamGrads::New,
+            let [dx_sink, dg_sink, db_sink] = bw.sinks([0, 1, 2]);
+            let param_grads = match (dg_sink, db_sink) {
+                (Some(dg), Some(db)) => layernorm::ParamGrads::AddTo(dg, db),
+                _ => layernorm::ParamGrads::New,
             };
-            let (dx, new) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, param_grads)?;
+            let (dx, new) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, dx_sink, param_grads)?;
             let (dg, db) = new.map_or((None, None), |(g, b)| (Some(g), Some(b)));
-            Ok(vec![Some(dx), dg, db])
+            Ok(vec![dx, dg, db])
         }))
     }
 

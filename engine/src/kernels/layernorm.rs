@@ -13,7 +13,10 @@ struct Params {
     d: u32,
     eps: f32,
     /// The parameter gradients are added to what their tensors hold.
-    accumulate: u32,
+    accumulate_params: u32,
+    /// The input gradient is added to what its tensor holds.
+    accumulate_input: u32,
+    _pad: [u32; 3],
 }
 
 /// Rows per workgroup of the backward pass (its workgroup size).
@@ -28,7 +31,17 @@ fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Par
     if gamma.numel() != d {
         return Err(shape_err(op, format!("weight {:?} for input {:?}", gamma.shape(), x.shape())));
     }
-    Ok((Params { rows: u32_of(op, rows)?, d: u32_of(op, d)?, eps, accumulate: 0 }, rows))
+    Ok((
+        Params {
+            rows: u32_of(op, rows)?,
+            d: u32_of(op, d)?,
+            eps,
+            accumulate_params: 0,
+            accumulate_input: 0,
+            _pad: [0; 3],
+        },
+        rows,
+    ))
 }
 
 /// Returns `(y, stats)`; `stats` `[rows, 2]` holds (mean, 1/σ) for the backward.
@@ -51,17 +64,19 @@ pub enum ParamGrads<'a> {
     AddTo(&'a mut TensorMut, &'a mut TensorMut),
 }
 
-/// The input gradient, and `(dγ, dβ)` unless they were added into [`ParamGrads::AddTo`]:
-/// two dispatches, the input gradient and partial parameter sums per chunk of
-/// rows in one, then the chunks added up.
+/// The input gradient unless it was added into `dx_into`, and `(dγ, dβ)`
+/// unless they were added into [`ParamGrads::AddTo`]: two dispatches, the
+/// input gradient and partial parameter sums per chunk of rows in one, then
+/// the chunks added up.
 pub fn layer_norm_backward(
     dev: &Device,
     x: &Tensor,
     gamma: &Tensor,
     stats: &Tensor,
     dy: &Tensor,
+    dx_into: Option<&mut TensorMut>,
     param_grads: ParamGrads<'_>,
-) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+) -> Result<(Option<Tensor>, Option<(Tensor, Tensor)>)> {
     let op = "layer_norm_backward";
     let (mut p, rows) = params(op, x, gamma, 0.0)?;
     same_shape(op, x, dy)?;
@@ -69,7 +84,17 @@ pub fn layer_norm_backward(
         return Err(shape_err(op, format!("stats {:?} for {rows} rows", stats.shape())));
     }
     let d = p.d as usize;
-    let dx = TensorMut::uninit(dev, x.shape(), DType::F32)?;
+    let mut new_dx = None;
+    let dx: &TensorMut = match dx_into {
+        Some(acc) => {
+            if acc.numel() != x.numel() {
+                return Err(shape_err(op, format!("an input gradient {:?} for an input {:?}", acc.shape(), x.shape())));
+            }
+            p.accumulate_input = 1;
+            acc
+        }
+        None => new_dx.insert(TensorMut::uninit(dev, x.shape(), DType::F32)?),
+    };
     let chunks = rows.div_ceil(CHUNK);
     // Rows of the partial sums are padded to whole vec4s.
     let partial = TensorMut::uninit(dev, &[chunks, 2, d.next_multiple_of(4)], DType::F32)?;
@@ -84,15 +109,15 @@ pub fn layer_norm_backward(
                     return Err(shape_err(op, format!("a gradient {:?} for a weight {:?}", t.shape(), gamma.shape())));
                 }
             }
-            p.accumulate = 1;
+            p.accumulate_params = 1;
             finish(dev, &p, &partial, (dg, db))?;
-            Ok((dx.freeze(), None))
+            Ok((new_dx.map(TensorMut::freeze), None))
         }
         ParamGrads::New => {
             let dg = TensorMut::uninit(dev, &[d], DType::F32)?;
             let db = TensorMut::uninit(dev, &[d], DType::F32)?;
             finish(dev, &p, &partial, (&dg, &db))?;
-            Ok((dx.freeze(), Some((dg.freeze(), db.freeze()))))
+            Ok((new_dx.map(TensorMut::freeze), Some((dg.freeze(), db.freeze()))))
         }
     }
 }
