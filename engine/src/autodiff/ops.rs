@@ -135,9 +135,9 @@ impl Tape {
                 (Some(dg), Some(db)) => layernorm::ParamGrads::AddTo(dg, db),
                 _ => layernorm::ParamGrads::New,
             };
-            let (dx, new) = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, dx_sink, param_grads)?;
-            let (dg, db) = new.map_or((None, None), |(g, b)| (Some(g), Some(b)));
-            Ok(vec![dx, dg, db])
+            let grads = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, dx_sink, param_grads)?;
+            let (dg, db) = grads.params.map_or((None, None), |(g, b)| (Some(g), Some(b)));
+            Ok(vec![grads.dx, dg, db])
         }))
     }
 

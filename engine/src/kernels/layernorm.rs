@@ -64,6 +64,14 @@ pub enum ParamGrads<'a> {
     AddTo(&'a mut TensorMut, &'a mut TensorMut),
 }
 
+/// What [`layer_norm_backward`] returns: each gradient that was not added
+/// into a tensor given to it.
+pub struct LayerNormGrads {
+    pub dx: Option<Tensor>,
+    /// `(dγ, dβ)`.
+    pub params: Option<(Tensor, Tensor)>,
+}
+
 /// The input gradient unless it was added into `dx_into`, and `(dγ, dβ)`
 /// unless they were added into [`ParamGrads::AddTo`]: two dispatches, the
 /// input gradient and partial parameter sums per chunk of rows in one, then
@@ -76,7 +84,7 @@ pub fn layer_norm_backward(
     dy: &Tensor,
     dx_into: Option<&mut TensorMut>,
     param_grads: ParamGrads<'_>,
-) -> Result<(Option<Tensor>, Option<(Tensor, Tensor)>)> {
+) -> Result<LayerNormGrads> {
     let op = "layer_norm_backward";
     let (mut p, rows) = params(op, x, gamma, 0.0)?;
     same_shape(op, x, dy)?;
@@ -111,13 +119,13 @@ pub fn layer_norm_backward(
             }
             p.accumulate_params = 1;
             finish(dev, &p, &partial, (dg, db))?;
-            Ok((new_dx.map(TensorMut::freeze), None))
+            Ok(LayerNormGrads { dx: new_dx.map(TensorMut::freeze), params: None })
         }
         ParamGrads::New => {
             let dg = TensorMut::uninit(dev, &[d], DType::F32)?;
             let db = TensorMut::uninit(dev, &[d], DType::F32)?;
             finish(dev, &p, &partial, (&dg, &db))?;
-            Ok((new_dx.map(TensorMut::freeze), Some((dg.freeze(), db.freeze()))))
+            Ok(LayerNormGrads { dx: new_dx.map(TensorMut::freeze), params: Some((dg.freeze(), db.freeze())) })
         }
     }
 }
