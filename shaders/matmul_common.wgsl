@@ -106,7 +106,7 @@ fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
             let cc = col + t;
             if (cc < p.n) {
                 var out = v[t];
-                if (p.has_bias != 0u) { out += bias[cc]; }
+                if ((p.flags & ADD_BIAS) != 0u) { out += bias[cc]; }
                 let at = c_base + r * p.c_row + cc;
                 if (p.beta != 0.0) { out += p.beta * c[at]; }
                 c[at] = out;
@@ -158,4 +158,38 @@ fn store_block(bl: Block, acc: array<mat4x4<f32>, 8>) {
     store(acc[2], bl.c_base, bl.row0, bl.col0 + 8u); store(acc[3], bl.c_base, bl.row0, bl.col0 + 12u);
     store(acc[4], bl.c_base, bl.row0 + 4u, bl.col0); store(acc[5], bl.c_base, bl.row0 + 4u, bl.col0 + 4u);
     store(acc[6], bl.c_base, bl.row0 + 4u, bl.col0 + 8u); store(acc[7], bl.c_base, bl.row0 + 4u, bl.col0 + 12u);
+}
+
+// row_sums[i] (+)= Σ_k op(A)[i, k] for rows 4·job .. 4·job+3 of batch 0: the
+// bias gradient Σ_rows dY that a linear layer's dW = dYᵀ·X product computes
+// beside it (main_row_sums), so it costs no dispatch of its own.
+@group(0) @binding(5) var<storage, read_write> row_sums: array<f32>;
+
+fn a_row_sums(job: u32) {
+    let i0 = job * 4u;
+    if (i0 >= p.m) { return; }
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k; k++) {
+        if (VEC && TRANS_A) {
+            acc += a[(p.a_off + k * p.a_row + i0) >> 2u];
+        } else {
+            for (var t = 0u; t < 4u; t++) {
+                let i = min(i0 + t, p.m - 1u);
+                if (TRANS_A) { acc[t] += a_at(p.a_off + k * p.a_row + i); } else { acc[t] += a_at(p.a_off + i * p.a_row + k); }
+            }
+        }
+    }
+    for (var t = 0u; t < 4u; t++) {
+        let i = i0 + t;
+        if (i < p.m) {
+            var v = acc[t];
+            if ((p.flags & ACCUMULATE_ROW_SUMS) != 0u) { v += row_sums[i]; }
+            row_sums[i] = v;
+        }
+    }
+}
+
+/// Invocations the matmul blocks take (whole workgroups of 64), before the row-sum jobs.
+fn block_invocations(blocks_m: u32) -> u32 {
+    return (blocks_m * ((p.n + 15u) / 16u) * p.batches + 63u) / 64u * 64u;
 }

@@ -2,6 +2,8 @@
 // same shapes, strides and transposes whatever the kernel (MatmulParams in
 // engine/src/kernels/matmul.rs mirrors them). beta ≠ 0 adds beta·C to the
 // result (a gradient accumulated in place); with beta = 0, C is never read.
+// flags: ADD_BIAS adds bias[col]; ACCUMULATE_ROW_SUMS makes the *_row_sums
+// entry points add their row sums to what row_sums holds.
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -10,6 +12,8 @@ struct Params {
     a_off: u32, a_row: u32, a_b0: u32, a_b1: u32,
     b_off: u32, b_row: u32, b_b0: u32, b_b1: u32,
     c_off: u32, c_row: u32, c_b0: u32, c_b1: u32,
-    alpha: f32, has_bias: u32, beta: f32, batches: u32,
+    alpha: f32, flags: u32, beta: f32, batches: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
+const ADD_BIAS: u32 = 1u;
+const ACCUMULATE_ROW_SUMS: u32 = 2u;

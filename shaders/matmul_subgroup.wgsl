@@ -48,11 +48,9 @@ fn b_gather(v0: vec4<f32>, v1: vec4<f32>) -> array<mat4x4<f32>, 4> {
         mat4x4<f32>(subgroupBroadcast(v0, 3u), subgroupBroadcast(v0, 7u), subgroupBroadcast(v1, 3u), subgroupBroadcast(v1, 7u)));
 }
 
-@compute @workgroup_size(64, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let blocks_m = ((p.m + 7u) / 8u + 7u) / 8u * 8u;
-    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, blocks_m);
+/// The 8×16 block of C of block `bl` (every lane of the subgroup calls it,
+/// live or not: the broadcasts need them all).
+fn product(bl: Block, lane: u32) -> array<mat4x4<f32>, 8> {
     let rows = row_sets(bl.row0);
     var acc00 = mat4x4<f32>(); var acc01 = mat4x4<f32>(); var acc02 = mat4x4<f32>(); var acc03 = mat4x4<f32>();
     var acc10 = mat4x4<f32>(); var acc11 = mat4x4<f32>(); var acc12 = mat4x4<f32>(); var acc13 = mat4x4<f32>();
@@ -68,5 +66,31 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         acc00 = mac(acc00, bm0, am0); acc01 = mac(acc01, bm1, am0); acc02 = mac(acc02, bm2, am0); acc03 = mac(acc03, bm3, am0);
         acc10 = mac(acc10, bm0, am1); acc11 = mac(acc11, bm1, am1); acc12 = mac(acc12, bm2, am1); acc13 = mac(acc13, bm3, am1);
     }
-    store_block(bl, array<mat4x4<f32>, 8>(acc00, acc01, acc02, acc03, acc10, acc11, acc12, acc13));
+    return array<mat4x4<f32>, 8>(acc00, acc01, acc02, acc03, acc10, acc11, acc12, acc13);
+}
+
+fn blocks_m() -> u32 {
+    return ((p.m + 7u) / 8u + 7u) / 8u * 8u;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, blocks_m());
+    store_block(bl, product(bl, lane));
+}
+
+// main, then a_row_sums on the workgroups past the blocks (whole workgroups,
+// so no subgroup mixes the two).
+@compute @workgroup_size(64, 1, 1)
+fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let first_job_group = block_invocations(blocks_m()) / 64u;
+    let group = wg.y * nwg.x + wg.x;
+    if (group >= first_job_group) {
+        a_row_sums((group - first_job_group) * 64u + lid.x);
+        return;
+    }
+    let bl = block_of(group * 64u + lid.x, blocks_m());
+    store_block(bl, product(bl, lane));
 }

@@ -24,6 +24,32 @@ var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile(wg, lid);
+}
+
+// row_sums[i] (+)= Σ_k op(A)[i, k] of batch 0, rows strided over the
+// invocations of the extra z-slice of workgroups (z = batches) past the tiles: the bias gradient
+// a linear layer's dW = dYᵀ·X product computes beside it.
+@group(0) @binding(5) var<storage, read_write> row_sums: array<f32>;
+
+@compute @workgroup_size(16, 16, 1)
+fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (wg.z < p.batches) {
+        tile(wg, lid);
+        return;
+    }
+    for (var i = (wg.y * nwg.x + wg.x) * 256u + lid.y * 16u + lid.x; i < p.m; i += nwg.x * nwg.y * 256u) {
+        var acc = 0.0;
+        for (var k = 0u; k < p.k; k++) {
+            if (TRANS_A) { acc += a[p.a_off + k * p.a_row + i]; } else { acc += a[p.a_off + i * p.a_row + k]; }
+        }
+        if ((p.flags & ACCUMULATE_ROW_SUMS) != 0u) { acc += row_sums[i]; }
+        row_sums[i] = acc;
+    }
+}
+
+fn tile(wg: vec3<u32>, lid: vec3<u32>) {
     let z = wg.z;
     let outer = z / p.heads;
     let inner = z % p.heads;
@@ -81,7 +107,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let col = tile_col + lid.x + 16u * j;
             if (col >= p.n) { continue; }
             var v = p.alpha * acc[i * 4u + j];
-            if (p.has_bias != 0u) { v += bias[col]; }
+            if ((p.flags & ADD_BIAS) != 0u) { v += bias[col]; }
             let at = c_base + r * p.c_row + col;
             if (p.beta != 0.0) { v += p.beta * c[at]; }
             c[at] = v;

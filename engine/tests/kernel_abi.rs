@@ -7,7 +7,7 @@
 //! check, and that each shader and its wrapper name each other.
 
 use cmae_engine::device::reflect;
-use cmae_engine::kernels::matmul::{linear, matmul};
+use cmae_engine::kernels::matmul::{linear, linear_weight_grads, matmul};
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use cmae_engine::kernels::{attention, batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
@@ -101,6 +101,7 @@ fn dispatch_every_wrapper(d: &Device) {
         d.set_matmul_kind(kind);
         matmul(d, &x, &x, false, true).unwrap();
         linear(d, &x, &x, Some(&pair)).unwrap();
+        linear_weight_grads(d, &x, &x, None, None, true).unwrap();
     }
     d.sync().unwrap();
 }

@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 
 use cmae_engine::kernels::elementwise::zeros;
-use cmae_engine::kernels::matmul::{MatView, Matmul, linear, matmul, matmul_accumulate};
+use cmae_engine::kernels::matmul::{MatView, Matmul, RowSums, linear, linear_weight_grads, matmul, matmul_accumulate};
 use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
 use common::{assert_close, rand_vec};
 
@@ -169,6 +169,74 @@ fn accumulating_products_add_to_what_is_there() {
     }
 }
 
+/// A linear layer's dW = dYᵀ·X and db = Σ_rows dY from one dispatch, on
+/// every family, new and accumulated in place, and row sums of a
+/// non-transposed A (the other branch of the kernels' row-sum job).
+#[test]
+fn weight_and_bias_gradients_come_from_one_product() {
+    for kind in kinds() {
+        let dev = device(kind);
+        for (rows, out, inp) in [(1088, 192, 48), (65, 13, 17), (7, 64, 5), (130, 3, 1)] {
+            let dy = rand_vec(rows * out, 21);
+            let x = rand_vec(rows * inp, 22);
+            let dyt = Tensor::from_f32(&dev, &dy, &[rows, out]).unwrap();
+            let xt = Tensor::from_f32(&dev, &x, &[rows, inp]).unwrap();
+            let want_dw = reference(&dy, &x, out, inp, rows, true, false);
+            let want_db: Vec<f64> = (0..out).map(|j| (0..rows).map(|r| f64::from(dy[r * out + j])).sum()).collect();
+            let label = format!("{kind:?} rows={rows} out={out} in={inp}");
+            // k = rows ≤ 1088 terms: f32 rounding ≲ 1e-3 absolute on sums of that many products of size ≤ 1.
+            let (dw, db) = linear_weight_grads(&dev, &dyt, &xt, None, None, true).unwrap();
+            assert_close(&format!("{label} dW"), &dw.unwrap().wait_f32(&dev).unwrap(), &want_dw, 1e-3, RTOL);
+            assert_close(&format!("{label} db"), &db.unwrap().wait_f32(&dev).unwrap(), &want_db, 1e-3, RTOL);
+            let (w0, b0) = (rand_vec(out * inp, 23), rand_vec(out, 24));
+            let mut dw_acc = TensorMut::from_f32(&dev, &w0, &[out * inp]).unwrap();
+            let mut db_acc = TensorMut::from_f32(&dev, &b0, &[out]).unwrap();
+            let (none_w, none_b) =
+                linear_weight_grads(&dev, &dyt, &xt, Some(&mut dw_acc), Some(&mut db_acc), false).unwrap();
+            assert!(none_w.is_none() && none_b.is_none(), "{label}: accumulated gradients were also returned");
+            let plus = |want: &[f64], start: &[f32]| -> Vec<f64> {
+                want.iter().zip(start).map(|(w, s)| w + f64::from(*s)).collect()
+            };
+            assert_close(&format!("{label} dW += "), &dw_acc.wait_f32(&dev).unwrap(), &plus(&want_dw, &w0), 1e-3, RTOL);
+            assert_close(&format!("{label} db += "), &db_acc.wait_f32(&dev).unwrap(), &plus(&want_db, &b0), 1e-3, RTOL);
+        }
+        // Row sums of A as stored (no transpose): Σ_k A[i, k].
+        let (m, n, k) = (19, 6, 33);
+        let (a, b) = (rand_vec(m * k, 25), rand_vec(k * n, 26));
+        let (at, bt) = (Tensor::from_f32(&dev, &a, &[m, k]).unwrap(), Tensor::from_f32(&dev, &b, &[k, n]).unwrap());
+        let c = zeros(&dev, &[m, n]).unwrap();
+        let sums = zeros(&dev, &[m]).unwrap();
+        Matmul {
+            a: MatView::contiguous(&at, k, 0),
+            b: MatView::contiguous(&bt, n, 0),
+            c: MatView::contiguous(&c, n, 0),
+            m,
+            n,
+            k,
+            outer: 1,
+            heads: 1,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            bias: None,
+            row_sums: Some(RowSums { out: &sums, accumulate: false }),
+            label: None,
+        }
+        .run(&dev)
+        .unwrap();
+        let want: Vec<f64> = (0..m).map(|i| (0..k).map(|kk| f64::from(a[i * k + kk])).sum()).collect();
+        assert_close(&format!("{kind:?} row sums of A"), &sums.wait_f32(&dev).unwrap(), &want, 1e-5, RTOL);
+        assert_close(
+            &format!("{kind:?} C beside row sums"),
+            &c.wait_f32(&dev).unwrap(),
+            &reference(&a, &b, m, n, k, false, false),
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
 /// Q·Kᵀ per (batch, head) straight out of a packed `[B, T, 3·H·hd]` qkv tensor,
 /// written with a row stride into a wider output: the views attention uses.
 #[test]
@@ -194,6 +262,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
             alpha: 0.5,
             beta: 0.0,
             bias: None,
+            row_sums: None,
             label: None,
         }
         .run(&dev)
@@ -243,6 +312,7 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
         alpha: 1.0,
         beta: 0.0,
         bias: None,
+        row_sums: None,
         label: None,
     }
     .run(&dev)

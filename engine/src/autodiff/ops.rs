@@ -32,24 +32,17 @@ impl Tape {
                 None if need_x => Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?),
                 None => None,
             };
-            let dw = match bw.sink(1) {
-                Some(acc) => {
-                    matmul::matmul_accumulate(dev, &dy2, &x2, true, false, acc)?;
-                    None
-                }
-                None if need_w => Some(matmul::matmul(dev, &dy2, &x2, true, false)?),
-                None => None,
+            // dW and db in one dispatch when both are wanted.
+            let [dw_sink, db_sink] = if has_bias { bw.sinks([1, 2]) } else { [bw.sink(1), None] };
+            let (dw, db) = match (need_w, db_sink) {
+                (true, db_sink) => matmul::linear_weight_grads(dev, &dy2, &x2, dw_sink, db_sink, need_b)?,
+                (false, Some(acc)) => (None, sum_rows_accumulate(dev, RowView::of(dy, n), None, acc).map(|()| None)?),
+                (false, None) if need_b => (None, Some(sum_rows(dev, RowView::of(dy, n), None)?)),
+                (false, None) => (None, None),
             };
             let mut out = vec![dx, dw];
             if has_bias {
-                out.push(match bw.sink(2) {
-                    Some(acc) => {
-                        sum_rows_accumulate(dev, RowView::of(dy, n), None, acc)?;
-                        None
-                    }
-                    None if need_b => Some(sum_rows(dev, RowView::of(dy, n), None)?),
-                    None => None,
-                });
+                out.push(db);
             }
             Ok(out)
         }))
@@ -354,6 +347,7 @@ fn pooling<'a>(
         alpha,
         beta: 0.0,
         bias: None,
+        row_sums: None,
         label,
     }
 }

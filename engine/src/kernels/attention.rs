@@ -80,7 +80,23 @@ impl Dims {
         alpha: f32,
     ) -> Matmul<'a> {
         let (outer, heads) = (self.b, self.heads);
-        Matmul { a, b, c, m, n, k, outer, heads, trans_a, trans_b, alpha, beta: 0.0, bias: None, label: Some(label) }
+        Matmul {
+            a,
+            b,
+            c,
+            m,
+            n,
+            k,
+            outer,
+            heads,
+            trans_a,
+            trans_b,
+            alpha,
+            beta: 0.0,
+            bias: None,
+            row_sums: None,
+            label: Some(label),
+        }
     }
 }
 

@@ -53,9 +53,25 @@ pub struct Matmul<'a> {
     /// Adds `beta·C` (accumulates into C in place); 0 overwrites C unread.
     pub beta: f32,
     pub bias: Option<&'a Tensor>,
+    /// Also computes `Σ_k op(A)[i, k]` for every row i in the same dispatch
+    /// (one unbatched product only, without a bias): the bias gradient beside
+    /// a linear layer's dW = dYᵀ·X.
+    pub row_sums: Option<RowSums<'a>>,
     /// Profile label; None names it by its transposes (`matmul_nt`, …).
     pub label: Option<&'static str>,
 }
+
+/// Where [`Matmul::row_sums`] go.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSums<'a> {
+    pub out: &'a TensorMut,
+    /// Added to what `out` holds (a gradient accumulated in place).
+    pub accumulate: bool,
+}
+
+/// `flags` bits of the shaders' parameters (matmul_params.wgsl).
+const ADD_BIAS: u32 = 1;
+const ACCUMULATE_ROW_SUMS: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -68,7 +84,7 @@ struct MatmulParams {
     b: [u32; 4],
     c: [u32; 4],
     alpha: f32,
-    has_bias: u32,
+    flags: u32,
     beta: f32,
     batches: u32,
 }
@@ -131,7 +147,15 @@ impl Matmul<'_> {
         {
             return Err(shape_err(op, format!("bias {:?} for an output of {} columns", bias.shape(), self.n)));
         }
-        if self.m == 0 || self.n == 0 || self.outer * self.heads == 0 {
+        if let Some(sums) = self.row_sums {
+            if self.outer * self.heads != 1 || self.bias.is_some() {
+                return Err(shape_err(op, "row sums come with one unbatched product without a bias"));
+            }
+            if sums.out.numel() != self.m {
+                return Err(shape_err(op, format!("row sums {:?} for {} rows", sums.out.shape(), self.m)));
+            }
+        }
+        if self.m == 0 || self.n == 0 && self.row_sums.is_none() || self.outer * self.heads == 0 {
             return Ok(());
         }
         dev.count_matmul_flops(2 * (self.m * self.n * self.k * self.outer * self.heads) as u64);
@@ -153,7 +177,8 @@ impl Matmul<'_> {
             b: view([self.b.off, self.b.row, self.b.b0, self.b.b1])?,
             c: view([self.c.off, self.c.row, self.c.b0, self.c.b1])?,
             alpha: self.alpha,
-            has_bias: u32::from(self.bias.is_some()),
+            flags: if self.bias.is_some() { ADD_BIAS } else { 0 }
+                | if self.row_sums.is_some_and(|s| s.accumulate) { ACCUMULATE_ROW_SUMS } else { 0 },
             beta: self.beta,
             batches: to_u32(self.outer * self.heads)?,
         };
@@ -164,14 +189,15 @@ impl Matmul<'_> {
             MatmulKind::Tiled => {
                 let spec = KernelSpec {
                     shader: &shaders::MATMUL_TILED,
-                    entry: "main",
+                    entry: self.entry(),
                     constants: &self.trans_constants(),
                     label,
                     workgroup: [16, 16, 1],
                 };
-                // Each invocation computes a 4×4 block of C.
+                // Each invocation computes a 4×4 block of C; row sums take one more z-slice.
                 let tile = spec.workgroup.map(|w| w * 4);
-                let groups = [params.n.div_ceil(tile[0]), params.m.div_ceil(tile[1]), params.batches];
+                let slices = params.batches + u32::from(self.row_sums.is_some());
+                let groups = [params.n.div_ceil(tile[0]).max(1), params.m.div_ceil(tile[1]), slices];
                 dev.dispatch(spec, &params, &self.bindings(), groups)
             }
         }
@@ -181,8 +207,15 @@ impl Matmul<'_> {
         [("TRANS_A", f64::from(u8::from(self.trans_a))), ("TRANS_B", f64::from(u8::from(self.trans_b)))]
     }
 
-    fn bindings(&self) -> [Binding<'_>; 4] {
-        [self.a.t.bind(1), self.b.t.bind(2), self.bias.unwrap_or(self.b.t).bind(3), self.c.t.bind_mut(4)]
+    fn entry(&self) -> &'static str {
+        if self.row_sums.is_some() { "main_row_sums" } else { "main" }
+    }
+
+    fn bindings(&self) -> Vec<Binding<'_>> {
+        let mut b =
+            vec![self.a.t.bind(1), self.b.t.bind(2), self.bias.unwrap_or(self.b.t).bind(3), self.c.t.bind_mut(4)];
+        b.extend(self.row_sums.map(|s| s.out.bind_mut(5)));
+        b
     }
 
     fn run_register(
@@ -198,12 +231,22 @@ impl Matmul<'_> {
         let [ta, tb] = self.trans_constants();
         let constants = [ta, tb, ("VEC", f64::from(u8::from(vec_ok)))];
         let shader = if subgroup { &shaders::MATMUL_SUBGROUP } else { &shaders::MATMUL_REGISTER };
-        let spec = KernelSpec { shader, entry: "main", constants: &constants, label, workgroup: [64, 1, 1] };
+        let spec = KernelSpec { shader, entry: self.entry(), constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
-        // rounds row blocks up to whole 8-lane subgroups.
+        // rounds row blocks up to whole 8-lane subgroups. Row sums take 4
+        // rows per invocation past the blocks' whole workgroups.
         let blocks_m = if subgroup { params.m.div_ceil(8).next_multiple_of(8) } else { params.m.div_ceil(8) };
         let blocks = u64::from(blocks_m) * u64::from(params.n.div_ceil(16)) * u64::from(params.batches);
-        dev.dispatch(spec, params, &self.bindings(), flat_groups(dev, blocks.div_ceil(u64::from(spec.workgroup[0]))))
+        let invocations = match self.row_sums {
+            Some(_) => blocks.next_multiple_of(64) + u64::from(params.m.div_ceil(4)),
+            None => blocks,
+        };
+        dev.dispatch(
+            spec,
+            params,
+            &self.bindings(),
+            flat_groups(dev, invocations.div_ceil(u64::from(spec.workgroup[0]))),
+        )
     }
 }
 
@@ -246,6 +289,40 @@ pub fn matmul_accumulate(
         return Err(shape_err("matmul", format!("an accumulator {:?} for a product {shape:?}", acc.shape())));
     }
     product(a, b, trans_a, trans_b, acc, 1.0).run(dev)
+}
+
+/// A linear layer's parameter gradients from its output gradient `dy`
+/// `[rows, out]` and input `x` `[rows, in]`: dW = dYᵀ·X and, when `db_into`
+/// is given or `want_db`, db = Σ_rows dY, both in one dispatch. Each is added
+/// into its `*_into` tensor when one is given (a packed parameter gradient),
+/// else returned new.
+pub fn linear_weight_grads(
+    dev: &Device,
+    dy: &Tensor,
+    x: &Tensor,
+    dw_into: Option<&mut TensorMut>,
+    db_into: Option<&mut TensorMut>,
+    want_db: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (shape, _) = product_shape(dy, x, true, false)?;
+    let mut new_dw = None;
+    let (dw, beta): (&TensorMut, f32) = match dw_into {
+        Some(acc) => (acc, 1.0),
+        None => (new_dw.insert(TensorMut::uninit(dev, &shape, DType::F32)?), 0.0),
+    };
+    if dw.numel() != shape.iter().product::<usize>() {
+        return Err(shape_err("matmul", format!("an accumulator {:?} for a product {shape:?}", dw.shape())));
+    }
+    let mut new_db = None;
+    let row_sums = match db_into {
+        Some(acc) => Some(RowSums { out: acc, accumulate: true }),
+        None if want_db => {
+            Some(RowSums { out: new_db.insert(TensorMut::uninit(dev, &[shape[0]], DType::F32)?), accumulate: false })
+        }
+        None => None,
+    };
+    Matmul { row_sums, ..product(dy, x, true, false, dw, beta) }.run(dev)?;
+    Ok((new_dw.map(TensorMut::freeze), new_db.map(TensorMut::freeze)))
 }
 
 /// The shape of `op(a)·op(b)` and its inner size, or a shape error.
@@ -297,6 +374,7 @@ fn product<'a>(a: &'a Tensor, b: &'a Tensor, trans_a: bool, trans_b: bool, c: &'
         alpha: 1.0,
         beta,
         bias: None,
+        row_sums: None,
         label: None,
     }
 }
@@ -338,6 +416,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
         alpha: 1.0,
         beta: 0.0,
         bias: b,
+        row_sums: None,
         label: None,
     }
     .run(dev)?;
