@@ -97,21 +97,64 @@ fn mac(acc: mat4x4<f32>, bm: mat4x4<f32>, am: mat4x4<f32>) -> mat4x4<f32> {
         fma(vec4(am[3].w), bm[3], fma(vec4(am[3].z), bm[2], fma(vec4(am[3].y), bm[1], fma(vec4(am[3].x), bm[0], acc[3])))));
 }
 
+/// Row r's results at columns col..col+3: alpha·acc (+ bias) (+ beta·C).
+/// Lanes past the last column are never written.
+fn results(acc_row: vec4<f32>, c_base: u32, r: u32, col: u32) -> vec4<f32> {
+    var out = acc_row * p.alpha;
+    for (var t = 0u; t < 4u; t++) {
+        let cc = min(col + t, p.n - 1u);
+        if ((p.flags & ADD_BIAS) != 0u) { out[t] += bias[cc]; }
+        if (p.beta != 0.0) { out[t] += p.beta * c[c_base + r * p.c_row + cc]; }
+    }
+    return out;
+}
+
+fn write_c(v: vec4<f32>, c_base: u32, r: u32, col: u32) {
+    for (var t = 0u; t < 4u; t++) {
+        if (col + t < p.n) { c[c_base + r * p.c_row + col + t] = v[t]; }
+    }
+}
+
 fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
     for (var i = 0u; i < 4u; i++) {
         let r = rows + i;
         if (r >= p.m) { return; }
-        let v = acc[i] * p.alpha;
+        write_c(results(acc[i], c_base, r, col), c_base, r, col);
+    }
+}
+
+// Epilogues (main_gelu, main_input). The extra tensors are laid out like C
+// (same index for the same element).
+//   main_gelu:  C = h, activated = gelu(h): an MLP's fc1, keeping the
+//               pre-activation h for the backward pass.
+//   main_input: C = h + input (INPUT_OP 0: a residual connection), or
+//               C = h · gelu'(input) (INPUT_OP 1: fc2's dX times GELU's
+//               derivative at fc1's pre-activation).
+override INPUT_OP: u32 = 0u;
+@group(0) @binding(6) var<storage, read> epilogue_in: array<f32>;
+@group(0) @binding(7) var<storage, read_write> activated: array<f32>;
+
+fn store_gelu(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let r = rows + i;
+        if (r >= p.m) { return; }
+        let h = results(acc[i], c_base, r, col);
+        write_c(h, c_base, r, col);
+        let g = gelu4(h);
         for (var t = 0u; t < 4u; t++) {
-            let cc = col + t;
-            if (cc < p.n) {
-                var out = v[t];
-                if ((p.flags & ADD_BIAS) != 0u) { out += bias[cc]; }
-                let at = c_base + r * p.c_row + cc;
-                if (p.beta != 0.0) { out += p.beta * c[at]; }
-                c[at] = out;
-            }
+            if (col + t < p.n) { activated[c_base + r * p.c_row + col + t] = g[t]; }
         }
+    }
+}
+
+fn store_input(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let r = rows + i;
+        if (r >= p.m) { return; }
+        let h = results(acc[i], c_base, r, col);
+        var e: vec4<f32>;
+        for (var t = 0u; t < 4u; t++) { e[t] = epilogue_in[c_base + r * p.c_row + min(col + t, p.n - 1u)]; }
+        if (INPUT_OP == 0u) { write_c(h + e, c_base, r, col); } else { write_c(h * gelu_grad4(e), c_base, r, col); }
     }
 }
 
@@ -158,6 +201,22 @@ fn store_block(bl: Block, acc: array<mat4x4<f32>, 8>) {
     store(acc[2], bl.c_base, bl.row0, bl.col0 + 8u); store(acc[3], bl.c_base, bl.row0, bl.col0 + 12u);
     store(acc[4], bl.c_base, bl.row0 + 4u, bl.col0); store(acc[5], bl.c_base, bl.row0 + 4u, bl.col0 + 4u);
     store(acc[6], bl.c_base, bl.row0 + 4u, bl.col0 + 8u); store(acc[7], bl.c_base, bl.row0 + 4u, bl.col0 + 12u);
+}
+
+fn store_block_gelu(bl: Block, acc: array<mat4x4<f32>, 8>) {
+    if (!bl.live) { return; }
+    store_gelu(acc[0], bl.c_base, bl.row0, bl.col0); store_gelu(acc[1], bl.c_base, bl.row0, bl.col0 + 4u);
+    store_gelu(acc[2], bl.c_base, bl.row0, bl.col0 + 8u); store_gelu(acc[3], bl.c_base, bl.row0, bl.col0 + 12u);
+    store_gelu(acc[4], bl.c_base, bl.row0 + 4u, bl.col0); store_gelu(acc[5], bl.c_base, bl.row0 + 4u, bl.col0 + 4u);
+    store_gelu(acc[6], bl.c_base, bl.row0 + 4u, bl.col0 + 8u); store_gelu(acc[7], bl.c_base, bl.row0 + 4u, bl.col0 + 12u);
+}
+
+fn store_block_input(bl: Block, acc: array<mat4x4<f32>, 8>) {
+    if (!bl.live) { return; }
+    store_input(acc[0], bl.c_base, bl.row0, bl.col0); store_input(acc[1], bl.c_base, bl.row0, bl.col0 + 4u);
+    store_input(acc[2], bl.c_base, bl.row0, bl.col0 + 8u); store_input(acc[3], bl.c_base, bl.row0, bl.col0 + 12u);
+    store_input(acc[4], bl.c_base, bl.row0 + 4u, bl.col0); store_input(acc[5], bl.c_base, bl.row0 + 4u, bl.col0 + 4u);
+    store_input(acc[6], bl.c_base, bl.row0 + 4u, bl.col0 + 8u); store_input(acc[7], bl.c_base, bl.row0 + 4u, bl.col0 + 12u);
 }
 
 // row_sums[i] (+)= Σ_k op(A)[i, k] for rows 4·job .. 4·job+3 of batch 0: the

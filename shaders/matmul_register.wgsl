@@ -34,6 +34,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     store_block(bl, product(bl));
 }
 
+@compute @workgroup_size(64, 1, 1)
+fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, (p.m + 7u) / 8u);
+    if (!bl.live) { return; }
+    store_block_gelu(bl, product(bl));
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, (p.m + 7u) / 8u);
+    if (!bl.live) { return; }
+    store_block_input(bl, product(bl));
+}
+
 // main, then a_row_sums on the invocations past the blocks.
 @compute @workgroup_size(64, 1, 1)
 fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

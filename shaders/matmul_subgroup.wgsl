@@ -80,6 +80,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     store_block(bl, product(bl, lane));
 }
 
+@compute @workgroup_size(64, 1, 1)
+fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, blocks_m());
+    store_block_gelu(bl, product(bl, lane));
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let bl = block_of((wg.y * nwg.x + wg.x) * 64u + lid.x, blocks_m());
+    store_block_input(bl, product(bl, lane));
+}
+
 // main, then a_row_sums on the workgroups past the blocks (whole workgroups,
 // so no subgroup mixes the two).
 @compute @workgroup_size(64, 1, 1)

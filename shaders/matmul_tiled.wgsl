@@ -24,7 +24,85 @@ var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    tile(wg, lid);
+    store_tile(wg, lid, tile(wg, lid));
+}
+
+// Epilogues, as in matmul_common.wgsl (the extra tensors are laid out like C):
+//   main_gelu:  C = h, activated = gelu(h)
+//   main_input: C = h + input (INPUT_OP 0) or h · gelu'(input) (INPUT_OP 1)
+override INPUT_OP: u32 = 0u;
+@group(0) @binding(6) var<storage, read> epilogue_in: array<f32>;
+@group(0) @binding(7) var<storage, read_write> activated: array<f32>;
+
+@compute @workgroup_size(16, 16, 1)
+fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let acc = tile(wg, lid);
+    for (var i = 0u; i < 4u; i++) {
+        let h = row_results(wg, lid, acc, i);
+        let g = gelu4(h);
+        for (var j = 0u; j < 4u; j++) {
+            let at = element(wg, lid, i, j);
+            if (at >= 0) {
+                c[at] = h[j];
+                activated[at] = g[j];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let acc = tile(wg, lid);
+    for (var i = 0u; i < 4u; i++) {
+        let h = row_results(wg, lid, acc, i);
+        var e = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            let at = element(wg, lid, i, j);
+            if (at >= 0) { e[j] = epilogue_in[at]; }
+        }
+        var v: vec4<f32>;
+        if (INPUT_OP == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
+        for (var j = 0u; j < 4u; j++) {
+            let at = element(wg, lid, i, j);
+            if (at >= 0) { c[at] = v[j]; }
+        }
+    }
+}
+
+fn c_base_of(z: u32) -> u32 {
+    return p.c_off + (z / p.heads) * p.c_b0 + (z % p.heads) * p.c_b1;
+}
+
+/// Index in C of this invocation's element (i, j) (row lid.y + 16i, column
+/// lid.x + 16j of the tile), or −1 outside the matrix.
+fn element(wg: vec3<u32>, lid: vec3<u32>, i: u32, j: u32) -> i32 {
+    let r = wg.y * BM + lid.y + 16u * i;
+    let col = wg.x * BN + lid.x + 16u * j;
+    if (r >= p.m || col >= p.n) { return -1; }
+    return i32(c_base_of(wg.z) + r * p.c_row + col);
+}
+
+/// alpha·acc (+ bias) (+ beta·C) for the invocation's row i (4 columns).
+fn row_results(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 16>, i: u32) -> vec4<f32> {
+    var v: vec4<f32>;
+    for (var j = 0u; j < 4u; j++) {
+        v[j] = p.alpha * acc[i * 4u + j];
+        let col = min(wg.x * BN + lid.x + 16u * j, p.n - 1u);
+        if ((p.flags & ADD_BIAS) != 0u) { v[j] += bias[col]; }
+        let at = element(wg, lid, i, j);
+        if (p.beta != 0.0 && at >= 0) { v[j] += p.beta * c[at]; }
+    }
+    return v;
+}
+
+fn store_tile(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 16>) {
+    for (var i = 0u; i < 4u; i++) {
+        let v = row_results(wg, lid, acc, i);
+        for (var j = 0u; j < 4u; j++) {
+            let at = element(wg, lid, i, j);
+            if (at >= 0) { c[at] = v[j]; }
+        }
+    }
 }
 
 // row_sums[i] (+)= Σ_k op(A)[i, k] of batch 0, rows strided over the
@@ -36,7 +114,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
     if (wg.z < p.batches) {
-        tile(wg, lid);
+        store_tile(wg, lid, tile(wg, lid));
         return;
     }
     for (var i = (wg.y * nwg.x + wg.x) * 256u + lid.y * 16u + lid.x; i < p.m; i += nwg.x * nwg.y * 256u) {
@@ -49,13 +127,13 @@ fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
 }
 
-fn tile(wg: vec3<u32>, lid: vec3<u32>) {
+/// The invocation's 4×4 results of the tile's product (before the epilogue).
+fn tile(wg: vec3<u32>, lid: vec3<u32>) -> array<f32, 16> {
     let z = wg.z;
     let outer = z / p.heads;
     let inner = z % p.heads;
     let a_base = p.a_off + outer * p.a_b0 + inner * p.a_b1;
     let b_base = p.b_off + outer * p.b_b0 + inner * p.b_b1;
-    let c_base = p.c_off + outer * p.c_b0 + inner * p.c_b1;
     let tile_row = wg.y * BM;
     let tile_col = wg.x * BN;
     let flat = lid.y * 16u + lid.x;
@@ -100,17 +178,5 @@ fn tile(wg: vec3<u32>, lid: vec3<u32>) {
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let r = tile_row + lid.y + 16u * i;
-        if (r >= p.m) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let col = tile_col + lid.x + 16u * j;
-            if (col >= p.n) { continue; }
-            var v = p.alpha * acc[i * 4u + j];
-            if ((p.flags & ADD_BIAS) != 0u) { v += bias[col]; }
-            let at = c_base + r * p.c_row + col;
-            if (p.beta != 0.0) { v += p.beta * c[at]; }
-            c[at] = v;
-        }
-    }
+    return acc;
 }

@@ -27,13 +27,13 @@ macro_rules! shaders {
 }
 
 shaders! {
-    MATMUL_REGISTER => "matmul.rs", ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
-    MATMUL_SUBGROUP => "matmul.rs", ["matmul_params.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
-    MATMUL_TILED => "matmul.rs", ["matmul_params.wgsl", "matmul_tiled.wgsl"],
+    MATMUL_REGISTER => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
     SOFTMAX => "softmax.rs", ["softmax.wgsl"],
     ATTENTION => "attention.rs", ["attention.wgsl"],
     LAYERNORM => "layernorm.rs", ["layernorm.wgsl"],
-    GELU => "gelu.rs", ["gelu.wgsl"],
+    GELU => "gelu.rs", ["gelu_math.wgsl", "gelu.wgsl"],
     ELEMENTWISE => "elementwise.rs", ["elementwise.wgsl"],
     REDUCE => "reduce.rs", ["reduce.wgsl"],
     GATHER => "gather.rs", ["gather.wgsl"],

@@ -235,3 +235,41 @@ fn gradients_summed_in_place_for_activations_used_twice() {
         },
     );
 }
+
+/// The fused MLP (fc1 with GELU in its epilogue, fc2 plus a residual, the
+/// activation recomputed in backward) and a projection plus a residual.
+#[test]
+fn fused_mlp_and_residual_projection_backward() {
+    let (rows, d, hidden) = (7, 12, 20);
+    let inputs = [
+        Input::random("x", &[rows, d], 41),
+        Input::random("w1", &[hidden, d], 42),
+        Input::random("b1", &[hidden], 43),
+        Input::random("w2", &[d, hidden], 44),
+        Input::random("b2", &[d], 45),
+        Input::random("r", &[rows, d], 46),
+    ];
+    let mlp64 = |v: &[Vec<f64>]| {
+        let h = refr::gelu(&refr::linear(&v[0], &v[1], Some(&v[2]), rows, d, hidden));
+        refr::linear(&h, &v[3], Some(&v[4]), rows, hidden, d)
+    };
+    check(
+        "mlp + residual",
+        &inputs,
+        |t, v| t.mlp(&v[0], (&v[1], &v[2]), (&v[3], &v[4]), Some(&v[5])).unwrap(),
+        |v| mlp64(v).iter().zip(&v[5]).map(|(a, b)| a + b).collect(),
+    );
+    check("mlp", &inputs[..5], |t, v| t.mlp(&v[0], (&v[1], &v[2]), (&v[3], &v[4]), None).unwrap(), |v| mlp64(v));
+    let proj = [
+        Input::random("x", &[rows, hidden], 47),
+        Input::random("w", &[d, hidden], 48),
+        Input::random("b", &[d], 49),
+        Input::random("r", &[rows, d], 50),
+    ];
+    check(
+        "linear + residual",
+        &proj,
+        |t, v| t.linear_add(&v[0], &v[1], &v[2], &v[3]).unwrap(),
+        |v| refr::linear(&v[0], &v[1], Some(&v[2]), rows, hidden, d).iter().zip(&v[3]).map(|(a, b)| a + b).collect(),
+    );
+}

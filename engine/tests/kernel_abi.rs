@@ -7,7 +7,7 @@
 //! check, and that each shader and its wrapper name each other.
 
 use cmae_engine::device::reflect;
-use cmae_engine::kernels::matmul::{linear, linear_weight_grads, matmul};
+use cmae_engine::kernels::matmul::{linear, linear_add, linear_gelu, linear_weight_grads, matmul, matmul_gelu_grad};
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use cmae_engine::kernels::{attention, batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
@@ -102,6 +102,9 @@ fn dispatch_every_wrapper(d: &Device) {
         matmul(d, &x, &x, false, true).unwrap();
         linear(d, &x, &x, Some(&pair)).unwrap();
         linear_weight_grads(d, &x, &x, None, None, true).unwrap();
+        let (h, _) = linear_gelu(d, &x, &x, Some(&pair)).unwrap();
+        linear_add(d, &x, &x, Some(&pair), &h).unwrap();
+        matmul_gelu_grad(d, &h, &x, &x).unwrap();
     }
     d.sync().unwrap();
 }

@@ -7,7 +7,10 @@ mod common;
 use std::io::Write;
 
 use cmae_engine::kernels::elementwise::zeros;
-use cmae_engine::kernels::matmul::{MatView, Matmul, RowSums, linear, linear_weight_grads, matmul, matmul_accumulate};
+use cmae_engine::kernels::matmul::{
+    Epilogue, MatView, Matmul, RowSums, linear, linear_add, linear_gelu, linear_weight_grads, matmul,
+    matmul_accumulate, matmul_gelu_grad,
+};
 use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
 use common::{assert_close, rand_vec};
 
@@ -221,6 +224,7 @@ fn weight_and_bias_gradients_come_from_one_product() {
             beta: 0.0,
             bias: None,
             row_sums: Some(RowSums { out: &sums, accumulate: false }),
+            epilogue: Epilogue::None,
             label: None,
         }
         .run(&dev)
@@ -234,6 +238,63 @@ fn weight_and_bias_gradients_come_from_one_product() {
             ATOL,
             RTOL,
         );
+    }
+}
+
+fn gelu64(x: f64) -> f64 {
+    common::reference::gelu(&[x])[0]
+}
+
+/// GELU'(x) by a central difference of the f64 reference (h = 1e-5: error ~1e-10).
+fn gelu_grad64(x: f64) -> f64 {
+    (gelu64(x + 1e-5) - gelu64(x - 1e-5)) / 2e-5
+}
+
+/// The epilogues, on every family, on shapes whose rows and columns are not
+/// whole blocks: fc1 with GELU (pre-activation and activation), a projection
+/// plus a residual, and fc2's dX through GELU's derivative.
+#[test]
+fn epilogues_match_f64() {
+    for kind in kinds() {
+        let dev = device(kind);
+        for (rows, inp, out) in [(130, 48, 192), (65, 17, 3), (1088, 192, 64)] {
+            let x = rand_vec(rows * inp, 31);
+            let w = rand_vec(out * inp, 32);
+            let b = rand_vec(out, 33);
+            let res = rand_vec(rows * out, 34);
+            let xt = Tensor::from_f32(&dev, &x, &[rows, inp]).unwrap();
+            let wt = Tensor::from_f32(&dev, &w, &[out, inp]).unwrap();
+            let bt = Tensor::from_f32(&dev, &b, &[out]).unwrap();
+            let mut pre = reference(&x, &w, rows, out, inp, false, true);
+            for (i, v) in pre.iter_mut().enumerate() {
+                *v += f64::from(b[i % out]);
+            }
+            let label = format!("{kind:?} rows={rows} in={inp} out={out}");
+            let (h, g) = linear_gelu(&dev, &xt, &wt, Some(&bt)).unwrap();
+            assert_close(&format!("{label} fc1 h"), &h.wait_f32(&dev).unwrap(), &pre, ATOL, RTOL);
+            let want_g: Vec<f64> = pre.iter().map(|&v| gelu64(v)).collect();
+            assert_close(&format!("{label} fc1 gelu"), &g.wait_f32(&dev).unwrap(), &want_g, ATOL, RTOL);
+            let y =
+                linear_add(&dev, &xt, &wt, Some(&bt), &Tensor::from_f32(&dev, &res, &[rows, out]).unwrap()).unwrap();
+            let want_y: Vec<f64> = pre.iter().zip(&res).map(|(p, r)| p + f64::from(*r)).collect();
+            assert_close(&format!("{label} proj + residual"), &y.wait_f32(&dev).unwrap(), &want_y, ATOL, RTOL);
+            // fc2's dX through GELU: dy [rows, out] · W [out, in], times gelu'(pre_in) [rows, in].
+            let dy = rand_vec(rows * out, 35);
+            let pre_in = rand_vec(rows * inp, 36);
+            let dh = matmul_gelu_grad(
+                &dev,
+                &Tensor::from_f32(&dev, &dy, &[rows, out]).unwrap(),
+                &wt,
+                &Tensor::from_f32(&dev, &pre_in, &[rows, inp]).unwrap(),
+            )
+            .unwrap();
+            let want_dh: Vec<f64> = reference(&dy, &w, rows, inp, out, false, false)
+                .iter()
+                .zip(&pre_in)
+                .map(|(v, &p)| v * gelu_grad64(f64::from(p)))
+                .collect();
+            assert_close(&format!("{label} dX ⊙ gelu'"), &dh.wait_f32(&dev).unwrap(), &want_dh, ATOL, RTOL);
+        }
     }
 }
 
@@ -263,6 +324,7 @@ fn strided_batched_views_address_heads_inside_qkv() {
             beta: 0.0,
             bias: None,
             row_sums: None,
+            epilogue: Epilogue::None,
             label: None,
         }
         .run(&dev)
@@ -313,6 +375,7 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
         beta: 0.0,
         bias: None,
         row_sums: None,
+        epilogue: Epilogue::None,
         label: None,
     }
     .run(&dev)

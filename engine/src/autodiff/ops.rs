@@ -1,7 +1,7 @@
 //! Differentiable ops: each runs its forward kernel(s) now and records a
 //! backward that runs the matching kernels later.
 
-use super::{Tape, Var};
+use super::{Backward, Tape, Var};
 use crate::error::{Result, shape_err};
 use crate::kernels::reduce::{RowView, sum_rows, sum_rows_accumulate, weighted_sums};
 use crate::kernels::{attention, elementwise, gather, gelu, layernorm, loss, matmul};
@@ -16,33 +16,64 @@ impl Tape {
         let (xv, wv) = (x.value.clone(), w.value.clone());
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        let has_bias = b.is_some();
+        let bias = b.map(|_| 2);
+        Ok(self.record(y, &inputs, move |bw, dy| {
+            let dy2 = rows_of(dy, wv.dim(0)?)?;
+            let dx = input_grad(bw, &dy2, &wv, 0, &xv)?;
+            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xv, xv.dim(-1)?)?, 1, bias)?;
+            let mut out = vec![dx, dw];
+            out.extend(bias.map(|_| db));
+            Ok(out)
+        }))
+    }
+
+    /// `x·Wᵀ + b + residual` in one dispatch: a projection and the residual
+    /// connection after it. The residual's gradient is dY.
+    pub fn linear_add(&self, x: &Var, w: &Var, b: &Var, residual: &Var) -> Result<Var> {
+        let y = matmul::linear_add(&self.dev, &x.value, &w.value, Some(&b.value), &residual.value)?;
+        let (xv, wv) = (x.value.clone(), w.value.clone());
+        Ok(self.record(y, &[x, w, b, residual], move |bw, dy| {
+            let dy2 = rows_of(dy, wv.dim(0)?)?;
+            let dx = input_grad(bw, &dy2, &wv, 0, &xv)?;
+            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xv, xv.dim(-1)?)?, 1, Some(2))?;
+            Ok(vec![dx, dw, db, Some(dy.clone())])
+        }))
+    }
+
+    /// timm's `Mlp`, fc2(gelu(fc1(x))), plus `residual` when given (a block's
+    /// `x + mlp(norm2(x))`, added in fc2's epilogue): two dispatches forward.
+    /// Only fc1's input and pre-activation are kept for the backward pass,
+    /// which recomputes the activation, so the `[rows, hidden]` activation is
+    /// never held across the step.
+    ///
+    /// dh = (dY·W2) ⊙ gelu'(h) in one dispatch, then fc1 as a linear layer.
+    pub fn mlp(&self, x: &Var, fc1: (&Var, &Var), fc2: (&Var, &Var), residual: Option<&Var>) -> Result<Var> {
+        let dev = &self.dev;
+        let (h, g) = matmul::linear_gelu(dev, &x.value, &fc1.0.value, Some(&fc1.1.value))?;
+        let y = match residual {
+            Some(r) => matmul::linear_add(dev, &g, &fc2.0.value, Some(&fc2.1.value), &r.value)?,
+            None => matmul::linear(dev, &g, &fc2.0.value, Some(&fc2.1.value))?,
+        };
+        drop(g);
+        let (xv, w1, w2) = (x.value.clone(), fc1.0.value.clone(), fc2.0.value.clone());
+        let mut inputs = vec![x, fc1.0, fc1.1, fc2.0, fc2.1];
+        inputs.extend(residual);
+        let has_residual = residual.is_some();
         Ok(self.record(y, &inputs, move |bw, dy| {
             let dev = bw.dev;
-            let k = xv.dim(-1)?;
-            let n = wv.dim(0)?;
-            let dy2 = dy.reshape(&[dy.numel() / n, n])?;
-            let x2 = xv.reshape(&[xv.numel() / k, k])?;
-            let (need_x, need_w, need_b) = (bw.needs(0), bw.needs(1), has_bias && bw.needs(2));
-            let dx = match bw.sink(0) {
-                Some(acc) => {
-                    matmul::matmul_accumulate(dev, &dy2, &wv, false, false, acc)?;
-                    None
-                }
-                None if need_x => Some(matmul::matmul(dev, &dy2, &wv, false, false)?.reshape(xv.shape())?),
-                None => None,
+            let dy2 = rows_of(dy, w2.dim(0)?)?;
+            let (dw2, db2) = if bw.needs(3) || bw.needs(4) {
+                let g = gelu::gelu(dev, &h)?;
+                weight_grads(bw, &dy2, &rows_of(&g, w1.dim(0)?)?, 3, Some(4))?
+            } else {
+                (None, None)
             };
-            // dW and db in one dispatch when both are wanted.
-            let [dw_sink, db_sink] = if has_bias { bw.sinks([1, 2]) } else { [bw.sink(1), None] };
-            let (dw, db) = match (need_w, db_sink) {
-                (true, db_sink) => matmul::linear_weight_grads(dev, &dy2, &x2, dw_sink, db_sink, need_b)?,
-                (false, Some(acc)) => (None, sum_rows_accumulate(dev, RowView::of(dy, n), None, acc).map(|()| None)?),
-                (false, None) if need_b => (None, Some(sum_rows(dev, RowView::of(dy, n), None)?)),
-                (false, None) => (None, None),
-            };
-            let mut out = vec![dx, dw];
-            if has_bias {
-                out.push(db);
+            let dh = rows_of(&matmul::matmul_gelu_grad(dev, &dy2, &w2, &h)?, w1.dim(0)?)?;
+            let (dw1, db1) = weight_grads(bw, &dh, &rows_of(&xv, xv.dim(-1)?)?, 1, Some(2))?;
+            let dx = input_grad(bw, &dh, &w1, 0, &xv)?;
+            let mut out = vec![dx, dw1, db1, dw2, db2];
+            if has_residual {
+                out.push(Some(dy.clone()));
             }
             Ok(out)
         }))
@@ -348,6 +379,50 @@ fn pooling<'a>(
         beta: 0.0,
         bias: None,
         row_sums: None,
+        epilogue: matmul::Epilogue::None,
         label,
+    }
+}
+
+/// `t` as a matrix of rows of `cols` (the leading axes flattened).
+fn rows_of(t: &Tensor, cols: usize) -> Result<Tensor> {
+    t.reshape(&[t.numel() / cols.max(1), cols])
+}
+
+/// A linear layer's input gradient dY·W (`dy2` `[rows, out]`, W `[out, in]`)
+/// for input `x` (its value `xv` gives the shape), added into its sink when
+/// it has one.
+fn input_grad(bw: &mut Backward<'_>, dy2: &Tensor, w: &Tensor, x: usize, xv: &Tensor) -> Result<Option<Tensor>> {
+    let dev = bw.dev;
+    let need = bw.needs(x);
+    match bw.sink(x) {
+        Some(acc) => matmul::matmul_accumulate(dev, dy2, w, false, false, acc).map(|()| None),
+        None if need => Ok(Some(matmul::matmul(dev, dy2, w, false, false)?.reshape(xv.shape())?)),
+        None => Ok(None),
+    }
+}
+
+/// A linear layer's dW = dYᵀ·X (input `w`) and db = Σ_rows dY (input `b`,
+/// when it has one) from `dy2` `[rows, out]` and `x2` `[rows, in]`, in one
+/// dispatch when both are wanted, added into their sinks when they have them.
+fn weight_grads(
+    bw: &mut Backward<'_>,
+    dy2: &Tensor,
+    x2: &Tensor,
+    w: usize,
+    b: Option<usize>,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dev = bw.dev;
+    let (need_w, need_b) = (bw.needs(w), b.is_some_and(|b| bw.needs(b)));
+    let cols = dy2.dim(-1)?;
+    let [dw_sink, db_sink] = match b {
+        Some(b) => bw.sinks([w, b]),
+        None => [bw.sink(w), None],
+    };
+    match (need_w, db_sink) {
+        (true, db_sink) => matmul::linear_weight_grads(dev, dy2, x2, dw_sink, db_sink, need_b),
+        (false, Some(acc)) => sum_rows_accumulate(dev, RowView::of(dy2, cols), None, acc).map(|()| (None, None)),
+        (false, None) if need_b => Ok((None, Some(sum_rows(dev, RowView::of(dy2, cols), None)?))),
+        (false, None) => Ok((None, None)),
     }
 }

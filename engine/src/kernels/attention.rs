@@ -11,7 +11,7 @@
 //! row softmax) materialises the probabilities: it serves the attention maps
 //! (analyses, viewer) and head dims the fused kernel does not take.
 
-use super::matmul::{MatView, Matmul};
+use super::matmul::{Epilogue, MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
 use super::u32_of;
 use crate::device::{Device, KernelSpec};
@@ -95,6 +95,7 @@ impl Dims {
             beta: 0.0,
             bias: None,
             row_sums: None,
+            epilogue: Epilogue::None,
             label: Some(label),
         }
     }

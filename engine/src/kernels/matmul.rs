@@ -57,8 +57,26 @@ pub struct Matmul<'a> {
     /// (one unbatched product only, without a bias): the bias gradient beside
     /// a linear layer's dW = dYᵀ·X.
     pub row_sums: Option<RowSums<'a>>,
+    /// What is done with each result before it is stored.
+    pub epilogue: Epilogue<'a>,
     /// Profile label; None names it by its transposes (`matmul_nt`, …).
     pub label: Option<&'static str>,
+}
+
+/// A matmul's epilogue: an elementwise step fused into the store, so it
+/// costs no dispatch and no pass over memory of its own. Its tensors are laid
+/// out like C (the same index for the same element).
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    None,
+    /// C keeps the result h and `activated` gets gelu(h): an MLP's fc1.
+    Gelu {
+        activated: &'a TensorMut,
+    },
+    /// C = result + input: a residual connection.
+    AddInput(&'a Tensor),
+    /// C = result · gelu'(pre): fc2's dX through GELU, at fc1's pre-activation.
+    GeluGrad(&'a Tensor),
 }
 
 /// Where [`Matmul::row_sums`] go.
@@ -147,9 +165,20 @@ impl Matmul<'_> {
         {
             return Err(shape_err(op, format!("bias {:?} for an output of {} columns", bias.shape(), self.n)));
         }
+        match self.epilogue {
+            Epilogue::None => {}
+            Epilogue::Gelu { activated } => {
+                check_view(op, "activation", &MatView { t: activated, ..self.c }, self.m, self.n, self)?
+            }
+            Epilogue::AddInput(t) | Epilogue::GeluGrad(t) => {
+                let c = self.c;
+                let view = MatView { t, off: c.off, row: c.row, b0: c.b0, b1: c.b1 };
+                check_view(op, "epilogue input", &view, self.m, self.n, self)?
+            }
+        }
         if let Some(sums) = self.row_sums {
-            if self.outer * self.heads != 1 || self.bias.is_some() {
-                return Err(shape_err(op, "row sums come with one unbatched product without a bias"));
+            if self.outer * self.heads != 1 || self.bias.is_some() || !matches!(self.epilogue, Epilogue::None) {
+                return Err(shape_err(op, "row sums come with one unbatched product without a bias or epilogue"));
             }
             if sums.out.numel() != self.m {
                 return Err(shape_err(op, format!("row sums {:?} for {} rows", sums.out.shape(), self.m)));
@@ -190,7 +219,7 @@ impl Matmul<'_> {
                 let spec = KernelSpec {
                     shader: &shaders::MATMUL_TILED,
                     entry: self.entry(),
-                    constants: &self.trans_constants(),
+                    constants: &self.constants(None),
                     label,
                     workgroup: [16, 16, 1],
                 };
@@ -203,18 +232,38 @@ impl Matmul<'_> {
         }
     }
 
-    fn trans_constants(&self) -> [(&'static str, f64); 2] {
-        [("TRANS_A", f64::from(u8::from(self.trans_a))), ("TRANS_B", f64::from(u8::from(self.trans_b)))]
+    /// Override constants: the transposes, the register kernels' `VEC`, and
+    /// the input epilogue's operation.
+    fn constants(&self, vec: Option<bool>) -> Vec<(&'static str, f64)> {
+        let flag = |b: bool| f64::from(u8::from(b));
+        let mut c = vec![("TRANS_A", flag(self.trans_a)), ("TRANS_B", flag(self.trans_b))];
+        c.extend(vec.map(|v| ("VEC", flag(v))));
+        match self.epilogue {
+            Epilogue::AddInput(_) => c.push(("INPUT_OP", 0.0)),
+            Epilogue::GeluGrad(_) => c.push(("INPUT_OP", 1.0)),
+            Epilogue::None | Epilogue::Gelu { .. } => {}
+        }
+        c
     }
 
     fn entry(&self) -> &'static str {
-        if self.row_sums.is_some() { "main_row_sums" } else { "main" }
+        match (self.row_sums, self.epilogue) {
+            (Some(_), _) => "main_row_sums",
+            (None, Epilogue::None) => "main",
+            (None, Epilogue::Gelu { .. }) => "main_gelu",
+            (None, Epilogue::AddInput(_) | Epilogue::GeluGrad(_)) => "main_input",
+        }
     }
 
     fn bindings(&self) -> Vec<Binding<'_>> {
         let mut b =
             vec![self.a.t.bind(1), self.b.t.bind(2), self.bias.unwrap_or(self.b.t).bind(3), self.c.t.bind_mut(4)];
         b.extend(self.row_sums.map(|s| s.out.bind_mut(5)));
+        match self.epilogue {
+            Epilogue::None => {}
+            Epilogue::Gelu { activated } => b.push(activated.bind_mut(7)),
+            Epilogue::AddInput(t) | Epilogue::GeluGrad(t) => b.push(t.bind(6)),
+        }
         b
     }
 
@@ -228,8 +277,7 @@ impl Matmul<'_> {
     ) -> Result<()> {
         let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
             && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
-        let [ta, tb] = self.trans_constants();
-        let constants = [ta, tb, ("VEC", f64::from(u8::from(vec_ok)))];
+        let constants = self.constants(Some(vec_ok));
         let shader = if subgroup { &shaders::MATMUL_SUBGROUP } else { &shaders::MATMUL_REGISTER };
         let spec = KernelSpec { shader, entry: self.entry(), constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
@@ -375,6 +423,7 @@ fn product<'a>(a: &'a Tensor, b: &'a Tensor, trans_a: bool, trans_b: bool, c: &'
         beta,
         bias: None,
         row_sums: None,
+        epilogue: Epilogue::None,
         label: None,
     }
 }
@@ -390,6 +439,57 @@ fn t(trans: bool) -> &'static str {
 
 /// `x·Wᵀ + b` over the last axis: x `[.., k]`, W `[n, k]` (PyTorch layout), b `[n]`.
 pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = linear_output(dev, x, w)?;
+    linear_into(dev, x, w, b, &y, Epilogue::None)?;
+    Ok(y.freeze())
+}
+
+/// `x·Wᵀ + b + residual` in one dispatch (a residual connection after a projection).
+pub fn linear_add(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    let y = linear_output(dev, x, w)?;
+    if residual.shape() != y.shape() {
+        return Err(shape_err("linear", format!("residual {:?} for an output {:?}", residual.shape(), y.shape())));
+    }
+    linear_into(dev, x, w, b, &y, Epilogue::AddInput(residual))?;
+    Ok(y.freeze())
+}
+
+/// `(h, gelu(h))` for `h = x·Wᵀ + b`, in one dispatch: an MLP's fc1, with the
+/// pre-activation its backward needs.
+pub fn linear_gelu(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let h = linear_output(dev, x, w)?;
+    let g = TensorMut::uninit(dev, h.shape(), DType::F32)?;
+    linear_into(dev, x, w, b, &h, Epilogue::Gelu { activated: &g })?;
+    Ok((h.freeze(), g.freeze()))
+}
+
+/// `(dy·W) ⊙ gelu'(pre)` in one dispatch: the gradient at an MLP's fc1
+/// pre-activation `pre` `[.., k]` from fc2's output gradient `dy` `[.., n]`
+/// and weight W `[n, k]`.
+pub fn matmul_gelu_grad(dev: &Device, dy: &Tensor, w: &Tensor, pre: &Tensor) -> Result<Tensor> {
+    let op = "matmul_gelu_grad";
+    let [n, k] = w.shape() else {
+        return Err(shape_err(op, format!("weight {:?} must be 2-D [out, in]", w.shape())));
+    };
+    let rows = dy.numel() / (*n).max(1);
+    if dy.dim(-1)? != *n || pre.numel() != rows * k {
+        return Err(shape_err(
+            op,
+            format!("gradient {:?}, weight {:?}, pre-activation {:?}", dy.shape(), w.shape(), pre.shape()),
+        ));
+    }
+    let dh = TensorMut::uninit(dev, pre.shape(), DType::F32)?;
+    Matmul {
+        epilogue: Epilogue::GeluGrad(pre),
+        label: Some("matmul_nn_gelu_grad"),
+        ..product(&dy.reshape(&[rows, *n])?, w, false, false, &dh, 0.0)
+    }
+    .run(dev)?;
+    Ok(dh.freeze())
+}
+
+/// The uninitialised output `[.., n]` of `x·Wᵀ`, after checking the shapes.
+fn linear_output(dev: &Device, x: &Tensor, w: &Tensor) -> Result<TensorMut> {
     let op = "linear";
     let k = x.dim(-1)?;
     let [n, wk] = w.shape() else {
@@ -398,16 +498,31 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
     if *wk != k {
         return Err(shape_err(op, format!("input {:?} does not match weight {:?} (in = {wk})", x.shape(), w.shape())));
     }
-    let rows = x.numel() / k.max(1);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has an axis") = *n;
-    let y = TensorMut::uninit(dev, &shape, DType::F32)?;
+    TensorMut::uninit(dev, &shape, DType::F32)
+}
+
+fn linear_into(
+    dev: &Device,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &TensorMut,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    let (k, n) = (x.dim(-1)?, w.dim(0)?);
+    let label = match epilogue {
+        Epilogue::Gelu { .. } => Some("matmul_nt_gelu"),
+        Epilogue::AddInput(_) => Some("matmul_nt_add"),
+        Epilogue::None | Epilogue::GeluGrad(_) => None,
+    };
     Matmul {
         a: MatView::contiguous(x, k, 0),
         b: MatView::contiguous(w, k, 0),
-        c: MatView::contiguous(&y, *n, 0),
-        m: rows,
-        n: *n,
+        c: MatView::contiguous(y, n, 0),
+        m: x.numel() / k.max(1),
+        n,
         k,
         outer: 1,
         heads: 1,
@@ -417,8 +532,8 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Resul
         beta: 0.0,
         bias: b,
         row_sums: None,
-        label: None,
+        epilogue,
+        label,
     }
-    .run(dev)?;
-    Ok(y.freeze())
+    .run(dev)
 }

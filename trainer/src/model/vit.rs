@@ -96,19 +96,21 @@ impl Layers<'_> {
             }
             None => t.attention(&qkv, heads)?,
         };
-        let mut a = self.linear(&a, &format!("{prefix}.attn.proj"))?;
-        if let Some(d) = drop {
-            a = t.scale_rows(&a, d.attn)?;
-        }
-        let x = t.add(x, &a)?;
+        // Without drop path the residual additions ride in the projections'
+        // epilogues; with it, each branch is scaled per sample first.
+        let proj = format!("{prefix}.attn.proj");
+        let x = match drop {
+            None => t.linear_add(&a, &self.p(&format!("{proj}.weight"))?, &self.p(&format!("{proj}.bias"))?, x)?,
+            Some(d) => t.add(x, &t.scale_rows(&self.linear(&a, &proj)?, d.attn)?)?,
+        };
         let h = self.layer_norm(&x, &format!("{prefix}.norm2"))?;
-        let h = self.linear(&h, &format!("{prefix}.mlp.fc1"))?;
-        let h = t.gelu(&h)?;
-        let mut h = self.linear(&h, &format!("{prefix}.mlp.fc2"))?;
-        if let Some(d) = drop {
-            h = t.scale_rows(&h, d.mlp)?;
-        }
-        let out = t.add(&x, &h)?;
+        let param = |layer: &str, kind: &str| self.p(&format!("{prefix}.mlp.{layer}.{kind}"));
+        let (fc1, fc2) =
+            ((param("fc1", "weight")?, param("fc1", "bias")?), (param("fc2", "weight")?, param("fc2", "bias")?));
+        let out = match drop {
+            None => t.mlp(&h, (&fc1.0, &fc1.1), (&fc2.0, &fc2.1), Some(&x))?,
+            Some(d) => t.add(&x, &t.scale_rows(&t.mlp(&h, (&fc1.0, &fc1.1), (&fc2.0, &fc2.1), None)?, d.mlp)?)?,
+        };
         if let Some(hidden) = taps.hidden.as_mut() {
             hidden.push(out.value().clone());
         }
