@@ -4,23 +4,28 @@
 //   C[z] = alpha · op(A[z]) · op(B[z]) (+ bias[col]) (+ beta·C[z])      op(X) = X or Xᵀ
 //
 // Same parameters and operand layouts as matmul_register.wgsl. A 16×16
-// workgroup computes a 64×64 tile of C; each step stages a 64×16 slice of A
-// and a 16×64 slice of B in workgroup memory, loaded so that neighbouring
-// invocations read neighbouring addresses (coalesced) whatever the transpose.
-// Each invocation accumulates a 4×4 block, strided by 16 so the shared-memory
-// reads of a warp hit distinct banks.
+// workgroup computes a (16·TM)×(16·TN) tile of C; each step stages a
+// (16·TM)×BK slice of A and a BK×(16·TN) slice of B in workgroup memory,
+// loaded so that neighbouring invocations read neighbouring addresses
+// (coalesced) whatever the transpose. Each invocation accumulates a TM×TN
+// block, strided by 16 so the shared-memory reads of a warp hit distinct
+// banks. With DOUBLE, two slices alternate: the next one is loaded while the
+// current one is multiplied, one barrier per step instead of two.
+// The shapes (TileShape in matmul.rs) keep each staging array within 2048
+// floats, so both fit WebGPU's 16 KiB of workgroup memory.
 
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+override TM: u32 = 4u;
+override TN: u32 = 4u;
+override BK: u32 = 16u;
+override DOUBLE: bool = false;
 
-var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
-var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
+var<workgroup> tile_a: array<f32, 2048>; // [slice][BK][16·TM]
+var<workgroup> tile_b: array<f32, 2048>; // [slice][BK][16·TN]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -37,14 +42,16 @@ override INPUT_OP: u32 = 0u;
 @compute @workgroup_size(16, 16, 1)
 fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let acc = tile(wg, lid);
-    for (var i = 0u; i < 4u; i++) {
-        let h = row_results(wg, lid, acc, i);
-        let g = gelu4(h);
-        for (var j = 0u; j < 4u; j++) {
-            let at = element(wg, lid, i, j);
-            if (at >= 0) {
-                c[at] = h[j];
-                activated[at] = g[j];
+    for (var i = 0u; i < TM; i++) {
+        for (var j4 = 0u; j4 < TN / 4u; j4++) {
+            let h = row_results(wg, lid, acc, i, j4);
+            let g = gelu4(h);
+            for (var t = 0u; t < 4u; t++) {
+                let at = element(wg, lid, i, j4 * 4u + t);
+                if (at >= 0) {
+                    c[at] = h[t];
+                    activated[at] = g[t];
+                }
             }
         }
     }
@@ -53,18 +60,20 @@ fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 @compute @workgroup_size(16, 16, 1)
 fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let acc = tile(wg, lid);
-    for (var i = 0u; i < 4u; i++) {
-        let h = row_results(wg, lid, acc, i);
-        var e = vec4<f32>(0.0);
-        for (var j = 0u; j < 4u; j++) {
-            let at = element(wg, lid, i, j);
-            if (at >= 0) { e[j] = epilogue_in[at]; }
-        }
-        var v: vec4<f32>;
-        if (INPUT_OP == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
-        for (var j = 0u; j < 4u; j++) {
-            let at = element(wg, lid, i, j);
-            if (at >= 0) { c[at] = v[j]; }
+    for (var i = 0u; i < TM; i++) {
+        for (var j4 = 0u; j4 < TN / 4u; j4++) {
+            let h = row_results(wg, lid, acc, i, j4);
+            var e = vec4<f32>(0.0);
+            for (var t = 0u; t < 4u; t++) {
+                let at = element(wg, lid, i, j4 * 4u + t);
+                if (at >= 0) { e[t] = epilogue_in[at]; }
+            }
+            var v: vec4<f32>;
+            if (INPUT_OP == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
+            for (var t = 0u; t < 4u; t++) {
+                let at = element(wg, lid, i, j4 * 4u + t);
+                if (at >= 0) { c[at] = v[t]; }
+            }
         }
     }
 }
@@ -76,31 +85,34 @@ fn c_base_of(z: u32) -> u32 {
 /// Index in C of this invocation's element (i, j) (row lid.y + 16i, column
 /// lid.x + 16j of the tile), or −1 outside the matrix.
 fn element(wg: vec3<u32>, lid: vec3<u32>, i: u32, j: u32) -> i32 {
-    let r = wg.y * BM + lid.y + 16u * i;
-    let col = wg.x * BN + lid.x + 16u * j;
+    let r = wg.y * 16u * TM + lid.y + 16u * i;
+    let col = wg.x * 16u * TN + lid.x + 16u * j;
     if (r >= p.m || col >= p.n) { return -1; }
     return i32(c_base_of(wg.z) + r * p.c_row + col);
 }
 
-/// alpha·acc (+ bias) (+ beta·C) for the invocation's row i (4 columns).
-fn row_results(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 16>, i: u32) -> vec4<f32> {
+/// alpha·acc (+ bias) (+ beta·C) for the invocation's elements (i, 4·j4 .. 4·j4+3).
+fn row_results(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 64>, i: u32, j4: u32) -> vec4<f32> {
     var v: vec4<f32>;
-    for (var j = 0u; j < 4u; j++) {
-        v[j] = p.alpha * acc[i * 4u + j];
-        let col = min(wg.x * BN + lid.x + 16u * j, p.n - 1u);
-        if ((p.flags & ADD_BIAS) != 0u) { v[j] += bias[col]; }
+    for (var t = 0u; t < 4u; t++) {
+        let j = j4 * 4u + t;
+        v[t] = p.alpha * acc[i * TN + j];
+        let col = min(wg.x * 16u * TN + lid.x + 16u * j, p.n - 1u);
+        if ((p.flags & ADD_BIAS) != 0u) { v[t] += bias[col]; }
         let at = element(wg, lid, i, j);
-        if (p.beta != 0.0 && at >= 0) { v[j] += p.beta * c[at]; }
+        if (p.beta != 0.0 && at >= 0) { v[t] += p.beta * c[at]; }
     }
     return v;
 }
 
-fn store_tile(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 16>) {
-    for (var i = 0u; i < 4u; i++) {
-        let v = row_results(wg, lid, acc, i);
-        for (var j = 0u; j < 4u; j++) {
-            let at = element(wg, lid, i, j);
-            if (at >= 0) { c[at] = v[j]; }
+fn store_tile(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 64>) {
+    for (var i = 0u; i < TM; i++) {
+        for (var j4 = 0u; j4 < TN / 4u; j4++) {
+            let v = row_results(wg, lid, acc, i, j4);
+            for (var t = 0u; t < 4u; t++) {
+                let at = element(wg, lid, i, j4 * 4u + t);
+                if (at >= 0) { c[at] = v[t]; }
+            }
         }
     }
 }
@@ -127,56 +139,74 @@ fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
 }
 
-/// The invocation's 4×4 results of the tile's product (before the epilogue).
-fn tile(wg: vec3<u32>, lid: vec3<u32>) -> array<f32, 16> {
+/// Stages the slice of A and B at k0 in workgroup-memory slice `slot`.
+fn stage(k0: u32, slot: u32, a_base: u32, b_base: u32, tile_row: u32, tile_col: u32, flat: u32) {
+    let bm = 16u * TM;
+    let bn = 16u * TN;
+    for (var e = flat; e < bm * BK; e += 256u) {
+        // Element (r, kk) of the bm×BK slice of A.
+        var r: u32; var kk: u32;
+        if (TRANS_A) { kk = e / bm; r = e % bm; } else { r = e / BK; kk = e % BK; }
+        let gr = tile_row + r;
+        let gk = k0 + kk;
+        var va = 0.0;
+        if (gr < p.m && gk < p.k) {
+            if (TRANS_A) { va = a[a_base + gk * p.a_row + gr]; } else { va = a[a_base + gr * p.a_row + gk]; }
+        }
+        tile_a[(slot * BK + kk) * bm + r] = va;
+    }
+    for (var e = flat; e < BK * bn; e += 256u) {
+        // Element (kk, cc) of the BK×bn slice of B.
+        var cc: u32; var kb: u32;
+        if (TRANS_B) { cc = e / BK; kb = e % BK; } else { kb = e / bn; cc = e % bn; }
+        let gc = tile_col + cc;
+        let gkb = k0 + kb;
+        var vb = 0.0;
+        if (gc < p.n && gkb < p.k) {
+            if (TRANS_B) { vb = b[b_base + gc * p.b_row + gkb]; } else { vb = b[b_base + gkb * p.b_row + gc]; }
+        }
+        tile_b[(slot * BK + kb) * bn + cc] = vb;
+    }
+}
+
+/// The invocation's TM×TN results of the tile's product (before the epilogue).
+fn tile(wg: vec3<u32>, lid: vec3<u32>) -> array<f32, 64> {
     let z = wg.z;
     let outer = z / p.heads;
     let inner = z % p.heads;
     let a_base = p.a_off + outer * p.a_b0 + inner * p.a_b1;
     let b_base = p.b_off + outer * p.b_b0 + inner * p.b_b1;
-    let tile_row = wg.y * BM;
-    let tile_col = wg.x * BN;
+    let bm = 16u * TM;
+    let bn = 16u * TN;
+    let tile_row = wg.y * bm;
+    let tile_col = wg.x * bn;
     let flat = lid.y * 16u + lid.x;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+    var acc: array<f32, 64>;
+    for (var i = 0u; i < TM * TN; i++) { acc[i] = 0.0; }
 
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var t = 0u; t < 4u; t++) {
-            let e = flat + 256u * t;
-            // A slice: element (r, kk) of the 64×16 block.
-            var r: u32; var kk: u32;
-            if (TRANS_A) { kk = e / BM; r = e % BM; } else { r = e / BK; kk = e % BK; }
-            let gr = tile_row + r;
-            let gk = k0 + kk;
-            var va = 0.0;
-            if (gr < p.m && gk < p.k) {
-                if (TRANS_A) { va = a[a_base + gk * p.a_row + gr]; } else { va = a[a_base + gr * p.a_row + gk]; }
-            }
-            tile_a[kk * BM + r] = va;
-            // B slice: element (kk, cc) of the 16×64 block.
-            var cc: u32; var kb: u32;
-            if (TRANS_B) { cc = e / BK; kb = e % BK; } else { kb = e / BN; cc = e % BN; }
-            let gc = tile_col + cc;
-            let gkb = k0 + kb;
-            var vb = 0.0;
-            if (gc < p.n && gkb < p.k) {
-                if (TRANS_B) { vb = b[b_base + gc * p.b_row + gkb]; } else { vb = b[b_base + gkb * p.b_row + gc]; }
-            }
-            tile_b[kb * BN + cc] = vb;
+    let steps = (p.k + BK - 1u) / BK;
+    if (DOUBLE) { stage(0u, 0u, a_base, b_base, tile_row, tile_col, flat); workgroupBarrier(); }
+    for (var s = 0u; s < steps; s++) {
+        var slot = 0u;
+        if (DOUBLE) {
+            slot = s % 2u;
+            // The other slice was last read in step s − 1, which the barrier closed.
+            if (s + 1u < steps) { stage((s + 1u) * BK, 1u - slot, a_base, b_base, tile_row, tile_col, flat); }
+        } else {
+            stage(s * BK, 0u, a_base, b_base, tile_row, tile_col, flat);
+            workgroupBarrier();
         }
-        workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { ar[i] = tile_a[kk * BM + lid.y + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { br[j] = tile_b[kk * BN + lid.x + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(ar[i], br[j], acc[i * 4u + j]); }
+            var ar: array<f32, 8>;
+            var br: array<f32, 8>;
+            for (var i = 0u; i < TM; i++) { ar[i] = tile_a[(slot * BK + kk) * bm + lid.y + 16u * i]; }
+            for (var j = 0u; j < TN; j++) { br[j] = tile_b[(slot * BK + kk) * bn + lid.x + 16u * j]; }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) { acc[i * TN + j] = fma(ar[i], br[j], acc[i * TN + j]); }
             }
         }
         workgroupBarrier();
     }
-
     return acc;
 }

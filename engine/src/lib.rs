@@ -10,6 +10,6 @@ pub mod shaders;
 pub mod tensor;
 
 pub use autodiff::{Gradients, Tape, Var};
-pub use device::{Device, MatmulKind, MemoryStats, PendingRead};
+pub use device::{Device, MatmulKind, MemoryStats, PendingRead, TileShape};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorMut};

@@ -12,7 +12,7 @@ use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use cmae_engine::kernels::{attention, batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
 use cmae_engine::shaders::ALL;
-use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
+use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
 
 /// Calls every kernel wrapper once on small shapes.
 fn dispatch_every_wrapper(d: &Device) {
@@ -93,7 +93,7 @@ fn dispatch_every_wrapper(d: &Device) {
     let (out, lse) = attention::fused_attention(d, &qkv, 1).unwrap();
     attention::fused_attention_backward(d, &qkv, &out, &lse, &out, 1).unwrap();
 
-    let mut kinds = vec![MatmulKind::Register, MatmulKind::Tiled];
+    let mut kinds = vec![MatmulKind::Register, MatmulKind::Tiled(TileShape::DEFAULT)];
     if d.supports_subgroup_matmul() {
         kinds.push(MatmulKind::Subgroup);
     }

@@ -11,7 +11,7 @@ use cmae_engine::kernels::matmul::{
     Epilogue, MatView, Matmul, RowSums, linear, linear_add, linear_gelu, linear_weight_grads, matmul,
     matmul_accumulate, matmul_gelu_grad,
 };
-use cmae_engine::{Device, MatmulKind, Tensor, TensorMut};
+use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
 use common::{assert_close, rand_vec};
 
 /// f32 products summed over k ≤ 200 terms of size ≤ 1: the rounding error of
@@ -20,9 +20,12 @@ use common::{assert_close, rand_vec};
 const ATOL: f64 = 1e-4;
 const RTOL: f64 = 1e-4;
 
-/// Every kernel family this adapter can run.
+/// Every kernel family this adapter can run (the tiled kernel in its default
+/// shape and in the largest, which has 8×8 blocks and double-buffered slices).
 fn kinds() -> Vec<MatmulKind> {
-    let mut k = vec![MatmulKind::Register, MatmulKind::Tiled];
+    let largest = TileShape { tm: 8, tn: 8, bk: 8, double: true };
+    assert!(TileShape::ALL.contains(&largest));
+    let mut k = vec![MatmulKind::Register, MatmulKind::Tiled(TileShape::DEFAULT), MatmulKind::Tiled(largest)];
     if Device::from_env().unwrap().supports_subgroup_matmul() {
         k.push(MatmulKind::Subgroup);
     }
@@ -105,9 +108,12 @@ fn subgroup_kernel_matches_f64_on_awkward_shapes() {
     check_all_shapes(MatmulKind::Subgroup);
 }
 
+/// Every tile shape the autotuner may pick.
 #[test]
 fn tiled_kernel_matches_f64_on_awkward_shapes() {
-    check_all_shapes(MatmulKind::Tiled);
+    for shape in TileShape::ALL {
+        check_all_shapes(MatmulKind::Tiled(shape));
+    }
 }
 
 #[test]

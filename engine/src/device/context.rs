@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::abi::{self, Reflection};
-use super::{Binding, KernelSpec, MatmulKind, lock};
+use super::{Binding, KernelSpec, MatmulKind, TileShape, lock};
 use crate::error::{Error, Result};
 
 pub(crate) struct Context {
@@ -52,10 +52,10 @@ impl Context {
         let matmul_kind = match std::env::var("CMAE_MATMUL").as_deref() {
             Ok("register") => MatmulKind::Register,
             Ok("subgroup") if subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
-            Ok("tiled") => MatmulKind::Tiled,
+            Ok("tiled") => MatmulKind::Tiled(TileShape::DEFAULT),
             _ if info.device_type == wgpu::DeviceType::Cpu && subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
             _ if info.device_type == wgpu::DeviceType::Cpu => MatmulKind::Register,
-            _ => MatmulKind::Tiled,
+            _ => MatmulKind::Tiled(TileShape::DEFAULT),
         };
         Self {
             limits: device.limits(),

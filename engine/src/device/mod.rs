@@ -42,8 +42,49 @@ pub enum MatmulKind {
     /// `Register` with B shared across 8-lane subgroups by broadcasts:
     /// fastest on lavapipe (1.8× `Register`).
     Subgroup,
-    /// Shared-memory tiles: fastest on real GPUs.
-    Tiled,
+    /// Shared-memory tiles of a given shape: fastest on real GPUs.
+    Tiled(TileShape),
+}
+
+/// A shape of the shared-memory tiled matmul (`shaders/matmul_tiled.wgsl`):
+/// each of a workgroup's 16×16 invocations holds a `tm`×`tn` block of C, so
+/// the workgroup's tile is (16·tm)×(16·tn); `bk` is the depth of the slice
+/// staged per step, and `double` stages the next slice while the current one
+/// is multiplied. Which is fastest depends on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TileShape {
+    pub tm: u32,
+    pub tn: u32,
+    pub bk: u32,
+    pub double: bool,
+}
+
+impl TileShape {
+    /// 64×64 tiles, 4×4 per invocation, slices of 16: the shape that works
+    /// everywhere (the default until the autotuner has measured the others).
+    pub const DEFAULT: TileShape = TileShape { tm: 4, tn: 4, bk: 16, double: false };
+
+    /// Every shape the kernel is built for: each stages at most 2048 floats
+    /// of A and of B (16 KiB of workgroup memory, WebGPU's minimum).
+    pub const ALL: [TileShape; 6] = [
+        Self::DEFAULT,
+        TileShape { tm: 4, tn: 4, bk: 32, double: false },
+        TileShape { tm: 4, tn: 4, bk: 16, double: true },
+        TileShape { tm: 8, tn: 4, bk: 16, double: false },
+        TileShape { tm: 8, tn: 8, bk: 16, double: false },
+        TileShape { tm: 8, tn: 8, bk: 8, double: true },
+    ];
+
+    /// Rows and columns of C per workgroup.
+    pub fn tile(&self) -> [u32; 2] {
+        [16 * self.tm, 16 * self.tn]
+    }
+
+    /// E.g. `128x64k16` or `128x128k8db`.
+    pub fn name(&self) -> String {
+        let [rows, cols] = self.tile();
+        format!("{rows}x{cols}k{}{}", self.bk, if self.double { "db" } else { "" })
+    }
 }
 
 /// A compute kernel: one entry point of one shader with fixed override constants.

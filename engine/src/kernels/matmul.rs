@@ -215,18 +215,26 @@ impl Matmul<'_> {
         match dev.matmul_kind() {
             MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
             MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
-            MatmulKind::Tiled => {
+            MatmulKind::Tiled(shape) => {
+                let mut constants = self.constants(None);
+                let flag = |b: bool| f64::from(u8::from(b));
+                constants.extend([
+                    ("TM", f64::from(shape.tm)),
+                    ("TN", f64::from(shape.tn)),
+                    ("BK", f64::from(shape.bk)),
+                    ("DOUBLE", flag(shape.double)),
+                ]);
                 let spec = KernelSpec {
                     shader: &shaders::MATMUL_TILED,
                     entry: self.entry(),
-                    constants: &self.constants(None),
+                    constants: &constants,
                     label,
                     workgroup: [16, 16, 1],
                 };
-                // Each invocation computes a 4×4 block of C; row sums take one more z-slice.
-                let tile = spec.workgroup.map(|w| w * 4);
+                // Row sums take one more z-slice of workgroups.
+                let [tile_rows, tile_cols] = shape.tile();
                 let slices = params.batches + u32::from(self.row_sums.is_some());
-                let groups = [params.n.div_ceil(tile[0]).max(1), params.m.div_ceil(tile[1]), slices];
+                let groups = [params.n.div_ceil(tile_cols).max(1), params.m.div_ceil(tile_rows), slices];
                 dev.dispatch(spec, &params, &self.bindings(), groups)
             }
         }
