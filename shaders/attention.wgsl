@@ -244,3 +244,139 @@ fn backward_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         }
     }
 }
+
+// The same three passes with one invocation per row over a flat grid of
+// B·H·T rows and no workgroup memory (entry points *_rows). On CPU
+// adapters workgroup memory is no faster than storage, and the tiled
+// entry points leave most of a 64-wide workgroup idle when T is small (17
+// live rows of 64 at T = 17); here every lane has a row. (Several rows per
+// invocation, sharing each K/V row read, measured no faster on lavapipe and
+// took minutes to compile.)
+
+fn flat_row(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * WG + gid.x;
+}
+
+@compute @workgroup_size(64)
+fn forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = flat_row(gid, nwg);
+    if (g >= p.batch * p.heads * p.t) { return; }
+    let z = g / p.t;
+    let i = g % p.t;
+    let b = z / p.heads;
+    let h = z % p.heads;
+    var q: array<vec4<f32>, MAXV>;
+    var o: array<vec4<f32>, MAXV>;
+    let at_q = qkv_at(b, i, 0u, h);
+    for (var c = 0u; c < HD4; c++) {
+        q[c] = qkv[at_q + c] * p.scale;
+        o[c] = vec4<f32>(0.0);
+    }
+    var m = -3.0e38;
+    var l = 0.0;
+    var scores: array<f32, FWD_ROWS>;
+    for (var j0 = 0u; j0 < p.t; j0 += FWD_ROWS) {
+        let n = min(FWD_ROWS, p.t - j0);
+        var top = m;
+        for (var j = 0u; j < n; j++) {
+            let at_k = qkv_at(b, j0 + j, 1u, h);
+            var s = 0.0;
+            for (var c = 0u; c < HD4; c++) { s += dot(q[c], qkv[at_k + c]); }
+            scores[j] = s;
+            top = max(top, s);
+        }
+        let shrink = exp(m - top);
+        l *= shrink;
+        for (var c = 0u; c < HD4; c++) { o[c] *= shrink; }
+        m = top;
+        for (var j = 0u; j < n; j++) {
+            let w = exp(scores[j] - m);
+            l += w;
+            let at_v = qkv_at(b, j0 + j, 2u, h);
+            for (var c = 0u; c < HD4; c++) { o[c] += w * qkv[at_v + c]; }
+        }
+    }
+    let at = row_at(b, i, h);
+    let inv = 1.0 / l;
+    for (var c = 0u; c < HD4; c++) { result[at + c] = o[c] * inv; }
+    lse[z * p.t + i] = m + log(l);
+}
+
+@compute @workgroup_size(64)
+fn backward_q_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g_row = flat_row(gid, nwg);
+    if (g_row >= p.batch * p.heads * p.t) { return; }
+    let z = g_row / p.t;
+    let i = g_row % p.t;
+    let b = z / p.heads;
+    let h = z % p.heads;
+    var q: array<vec4<f32>, MAXV>;
+    var g: array<vec4<f32>, MAXV>;
+    var dq: array<vec4<f32>, MAXV>;
+    var d_i = 0.0;
+    let at_q = qkv_at(b, i, 0u, h);
+    let at_o = row_at(b, i, h);
+    for (var c = 0u; c < HD4; c++) {
+        q[c] = qkv[at_q + c] * p.scale;
+        g[c] = dout[at_o + c];
+        dq[c] = vec4<f32>(0.0);
+        d_i += dot(g[c], out[at_o + c]);
+    }
+    let lse_i = lse[z * p.t + i];
+    dsum[z * p.t + i] = d_i;
+    for (var j = 0u; j < p.t; j++) {
+        let at_k = qkv_at(b, j, 1u, h);
+        let at_v = qkv_at(b, j, 2u, h);
+        var s = 0.0;
+        var dp = 0.0;
+        for (var c = 0u; c < HD4; c++) {
+            s += dot(q[c], qkv[at_k + c]);
+            dp += dot(g[c], qkv[at_v + c]);
+        }
+        let ds = exp(s - lse_i) * (dp - d_i);
+        for (var c = 0u; c < HD4; c++) { dq[c] += ds * qkv[at_k + c]; }
+    }
+    for (var c = 0u; c < HD4; c++) { result[at_q + c] = dq[c] * p.scale; }
+}
+
+@compute @workgroup_size(64)
+fn backward_kv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = flat_row(gid, nwg);
+    if (g >= p.batch * p.heads * p.t) { return; }
+    let z = g / p.t;
+    let j = g % p.t;
+    let b = z / p.heads;
+    let h = z % p.heads;
+    var k: array<vec4<f32>, MAXV>;
+    var v: array<vec4<f32>, MAXV>;
+    var dk: array<vec4<f32>, MAXV>;
+    var dv: array<vec4<f32>, MAXV>;
+    let at_k = qkv_at(b, j, 1u, h);
+    let at_v = qkv_at(b, j, 2u, h);
+    for (var c = 0u; c < HD4; c++) {
+        k[c] = qkv[at_k + c] * p.scale;
+        v[c] = qkv[at_v + c];
+        dk[c] = vec4<f32>(0.0);
+        dv[c] = vec4<f32>(0.0);
+    }
+    for (var i = 0u; i < p.t; i++) {
+        let at_q = qkv_at(b, i, 0u, h);
+        let at_o = row_at(b, i, h);
+        var s = 0.0;
+        var dp = 0.0;
+        for (var c = 0u; c < HD4; c++) {
+            s += dot(qkv[at_q + c], k[c]);
+            dp += dot(dout[at_o + c], v[c]);
+        }
+        let pij = exp(s - lse[z * p.t + i]);
+        let ds = pij * (dp - dsum[z * p.t + i]);
+        for (var c = 0u; c < HD4; c++) {
+            dv[c] += pij * dout[at_o + c];
+            dk[c] += ds * qkv[at_q + c];
+        }
+    }
+    for (var c = 0u; c < HD4; c++) {
+        result[at_k + c] = dk[c] * p.scale;
+        result[at_v + c] = dv[c];
+    }
+}

@@ -7,7 +7,8 @@ mod common;
 
 use cmae_engine::Tensor;
 use cmae_engine::kernels::attention::{
-    AttentionPath, attention, fused_attention, fused_attention_backward, training_path,
+    AttentionPath, FusedLayout, attention, fused_attention, fused_attention_backward_in, fused_attention_in,
+    training_path,
 };
 use common::reference::to64;
 use common::{assert_close, dev, download, rand_vec, upload};
@@ -116,29 +117,36 @@ fn backward_ref(qkv: &[f64], dout: &[f64], s: &Shape) -> Vec<f64> {
     dqkv
 }
 
+/// Both layouts of the fused kernels run on every adapter.
+const LAYOUTS: [FusedLayout; 2] = [FusedLayout::Tiles, FusedLayout::Rows];
+
 #[test]
 fn fused_forward_matches_the_f64_reference() {
-    for s in &SHAPES {
-        let qkv = rand_vec(s.b * s.t * 3 * s.d(), 5 + s.t as u64);
-        let qkv_t = upload(&qkv, &[s.b, s.t, 3 * s.d()]);
-        let (out, lse) = fused_attention(dev(), &qkv_t, s.heads).unwrap();
-        let (want_out, want_lse) = forward_ref(&to64(&qkv), s);
-        assert_close(&format!("fused out {}", s.name()), &download(&out), &want_out, ATOL, RTOL);
-        assert_close(&format!("fused lse {}", s.name()), &download(&lse), &want_lse, ATOL, RTOL);
+    for layout in LAYOUTS {
+        for s in &SHAPES {
+            let qkv = rand_vec(s.b * s.t * 3 * s.d(), 5 + s.t as u64);
+            let qkv_t = upload(&qkv, &[s.b, s.t, 3 * s.d()]);
+            let (out, lse) = fused_attention_in(dev(), &qkv_t, s.heads, layout).unwrap();
+            let (want_out, want_lse) = forward_ref(&to64(&qkv), s);
+            assert_close(&format!("{layout:?} fused out {}", s.name()), &download(&out), &want_out, ATOL, RTOL);
+            assert_close(&format!("{layout:?} fused lse {}", s.name()), &download(&lse), &want_lse, ATOL, RTOL);
+        }
     }
 }
 
 #[test]
 fn fused_backward_matches_the_f64_reference() {
-    for s in SHAPES.iter().filter(|s| s.t <= 197) {
-        let qkv = rand_vec(s.b * s.t * 3 * s.d(), 7 + s.t as u64);
-        let dout = rand_vec(s.b * s.t * s.d(), 9 + s.t as u64);
-        let qkv_t = upload(&qkv, &[s.b, s.t, 3 * s.d()]);
-        let (out, lse) = fused_attention(dev(), &qkv_t, s.heads).unwrap();
-        let dqkv =
-            fused_attention_backward(dev(), &qkv_t, &out, &lse, &upload(&dout, &[s.b, s.t, s.d()]), s.heads).unwrap();
-        let want = backward_ref(&to64(&qkv), &to64(&dout), s);
-        assert_close(&format!("fused dqkv {}", s.name()), &download(&dqkv), &want, ATOL, RTOL);
+    for layout in LAYOUTS {
+        for s in SHAPES.iter().filter(|s| s.t <= 197) {
+            let qkv = rand_vec(s.b * s.t * 3 * s.d(), 7 + s.t as u64);
+            let dout = rand_vec(s.b * s.t * s.d(), 9 + s.t as u64);
+            let qkv_t = upload(&qkv, &[s.b, s.t, 3 * s.d()]);
+            let (out, lse) = fused_attention_in(dev(), &qkv_t, s.heads, layout).unwrap();
+            let dout_t = upload(&dout, &[s.b, s.t, s.d()]);
+            let dqkv = fused_attention_backward_in(dev(), &qkv_t, &out, &lse, &dout_t, s.heads, layout).unwrap();
+            let want = backward_ref(&to64(&qkv), &to64(&dout), s);
+            assert_close(&format!("{layout:?} fused dqkv {}", s.name()), &download(&dqkv), &want, ATOL, RTOL);
+        }
     }
 }
 

@@ -90,8 +90,10 @@ fn dispatch_every_wrapper(d: &Device) {
     let qkv = t(&[0.1; 2 * 3 * 6], &[2, 3, 6]);
     attention::attention(d, &qkv, 1).unwrap();
     let qkv = t(&[0.1; 2 * 3 * 48], &[2, 3, 48]);
-    let (out, lse) = attention::fused_attention(d, &qkv, 1).unwrap();
-    attention::fused_attention_backward(d, &qkv, &out, &lse, &out, 1).unwrap();
+    for layout in [attention::FusedLayout::Tiles, attention::FusedLayout::Rows] {
+        let (out, lse) = attention::fused_attention_in(d, &qkv, 1, layout).unwrap();
+        attention::fused_attention_backward_in(d, &qkv, &out, &lse, &out, 1, layout).unwrap();
+    }
 
     let mut kinds = vec![MatmulKind::Register, MatmulKind::Tiled(TileShape::DEFAULT)];
     if d.supports_subgroup_matmul() {

@@ -202,14 +202,41 @@ fn fused_head_dim(hd: usize) -> bool {
     hd.is_multiple_of(4) && (4..=128).contains(&hd)
 }
 
+/// How the fused kernels spread rows over invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FusedLayout {
+    /// A workgroup per 64 rows of one batch·head, staging the other side's
+    /// rows in workgroup memory: for GPUs.
+    Tiles,
+    /// One invocation per row over all batch·heads, straight from storage:
+    /// for CPU adapters, where workgroup memory is no faster and small T
+    /// would leave most of a tile's invocations idle.
+    Rows,
+}
+
+impl FusedLayout {
+    /// The layout for this adapter.
+    pub fn for_device(dev: &Device) -> Self {
+        if dev.info().device_type == wgpu::DeviceType::Cpu { Self::Rows } else { Self::Tiles }
+    }
+
+    fn entry(self, tiles: &'static str, rows: &'static str) -> &'static str {
+        match self {
+            Self::Tiles => tiles,
+            Self::Rows => rows,
+        }
+    }
+}
+
 struct Fused {
     params: FusedParams,
     constants: [(&'static str, f64); 1],
     groups: [u32; 3],
+    layout: FusedLayout,
 }
 
 impl Fused {
-    fn new(s: &Dims) -> Result<Self> {
+    fn new(dev: &Device, s: &Dims, layout: FusedLayout) -> Result<Self> {
         let op = "fused_attention";
         if !fused_head_dim(s.hd) {
             return Err(shape_err(op, format!("head dim {} is not a multiple of 4 in 4..=128", s.hd)));
@@ -222,12 +249,21 @@ impl Fused {
             scale: s.scale(),
             _pad: [0; 3],
         };
-        // One workgroup per (block of 64 rows, batch·head).
-        let groups = [u32_of(op, s.t.div_ceil(64))?, u32_of(op, s.b * s.heads)?, 1];
-        Ok(Self { params, constants: [("HD4", (s.hd / 4) as f64)], groups })
+        let groups = match layout {
+            // One workgroup per (block of 64 rows, batch·head).
+            FusedLayout::Tiles => [u32_of(op, s.t.div_ceil(64))?, u32_of(op, s.b * s.heads)?, 1],
+            // 64 rows per workgroup over all batch·heads, spilling into y past the per-dimension limit.
+            FusedLayout::Rows => {
+                let groups = (s.b * s.heads * s.t).div_ceil(64) as u64;
+                let max = u64::from(dev.limits().max_compute_workgroups_per_dimension);
+                [u32_of(op, groups.min(max) as usize)?, u32_of(op, groups.div_ceil(max) as usize)?, 1]
+            }
+        };
+        Ok(Self { params, constants: [("HD4", (s.hd / 4) as f64)], groups, layout })
     }
 
-    fn spec(&self, entry: &'static str, label: &'static str) -> KernelSpec<'_> {
+    fn spec(&self, (tiles, rows): (&'static str, &'static str), label: &'static str) -> KernelSpec<'_> {
+        let entry = self.layout.entry(tiles, rows);
         KernelSpec { shader: &shaders::ATTENTION, entry, constants: &self.constants, label, workgroup: [64, 1, 1] }
     }
 }
@@ -235,12 +271,17 @@ impl Fused {
 /// Fused attention: `(out [B, T, D], lse [B·H, T])`, the row log-sum-exps
 /// that let the backward recompute the probabilities.
 pub fn fused_attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    fused_attention_in(dev, qkv, heads, FusedLayout::for_device(dev))
+}
+
+/// [`fused_attention`] in a given layout (tests run both on every adapter).
+pub fn fused_attention_in(dev: &Device, qkv: &Tensor, heads: usize, layout: FusedLayout) -> Result<(Tensor, Tensor)> {
     let s = dims(qkv, heads)?;
-    let f = Fused::new(&s)?;
+    let f = Fused::new(dev, &s, layout)?;
     let out = TensorMut::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
     let lse = TensorMut::uninit(dev, &[s.b * s.heads, s.t], DType::F32)?;
     let bindings = [qkv.bind(1), lse.bind_mut(4), out.bind_mut(6)];
-    dev.dispatch(f.spec("forward", "attn_fused"), &f.params, &bindings, f.groups)?;
+    dev.dispatch(f.spec(("forward", "forward_rows"), "attn_fused"), &f.params, &bindings, f.groups)?;
     dev.count_matmul_flops(s.products_flops(2));
     Ok((out.freeze(), lse.freeze()))
 }
@@ -254,6 +295,19 @@ pub fn fused_attention_backward(
     dout: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
+    fused_attention_backward_in(dev, qkv, out, lse, dout, heads, FusedLayout::for_device(dev))
+}
+
+/// [`fused_attention_backward`] in a given layout.
+pub fn fused_attention_backward_in(
+    dev: &Device,
+    qkv: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    heads: usize,
+    layout: FusedLayout,
+) -> Result<Tensor> {
     let s = dims(qkv, heads)?;
     if out.shape() != [s.b, s.t, s.d] || dout.shape() != out.shape() || lse.shape() != [s.b * s.heads, s.t] {
         let detail = format!(
@@ -265,14 +319,14 @@ pub fn fused_attention_backward(
         );
         return Err(shape_err("fused_attention_backward", detail));
     }
-    let f = Fused::new(&s)?;
+    let f = Fused::new(dev, &s, layout)?;
     let dsum = TensorMut::uninit(dev, lse.shape(), DType::F32)?;
     let dqkv = TensorMut::uninit(dev, qkv.shape(), DType::F32)?;
     let bindings = [qkv.bind(1), out.bind(2), dout.bind(3), lse.bind(4), dsum.bind_mut(5), dqkv.bind_mut(6)];
-    dev.dispatch(f.spec("backward_q", "attn_fused_dq"), &f.params, &bindings, f.groups)?;
+    dev.dispatch(f.spec(("backward_q", "backward_q_rows"), "attn_fused_dq"), &f.params, &bindings, f.groups)?;
     let dsum = dsum.freeze();
     let bindings = [qkv.bind(1), dout.bind(3), lse.bind(4), dsum.bind(5), dqkv.bind_mut(6)];
-    dev.dispatch(f.spec("backward_kv", "attn_fused_dkv"), &f.params, &bindings, f.groups)?;
+    dev.dispatch(f.spec(("backward_kv", "backward_kv_rows"), "attn_fused_dkv"), &f.params, &bindings, f.groups)?;
     dev.count_matmul_flops(s.products_flops(4));
     Ok(dqkv.freeze())
 }
