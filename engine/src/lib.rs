@@ -8,8 +8,10 @@ pub mod error;
 pub mod kernels;
 pub mod shaders;
 pub mod tensor;
+pub mod tune;
 
 pub use autodiff::{Gradients, Tape, Var};
 pub use device::{Device, MatmulKind, MemoryStats, PendingRead, TileShape};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorMut};
+pub use tune::{CandidateTime, TuneConfig, TuneEntry};

@@ -11,7 +11,7 @@ use cmae_engine::kernels::attention::{
     training_path,
 };
 use common::reference::to64;
-use common::{assert_close, dev, download, rand_vec, upload};
+use common::{assert_close, dev, download, rand_vec, untuned_dev, upload};
 
 /// f32 sums of up to T·hd products: a few ulps of the largest terms.
 const ATOL: f64 = 2e-5;
@@ -171,16 +171,17 @@ fn head_dims_outside_the_fused_kernel_are_refused_or_routed() {
     assert!(err.contains("head dim 6"), "{err}");
 }
 
-/// Without `CMAE_ATTENTION`, a CPU adapter takes the fused kernel for short
-/// sequences and where the probabilities would not fit one binding (a micro
-/// model at 64 px with patch 2: T = 1025), a GPU always.
+/// Without `CMAE_ATTENTION` and autotuning, a CPU adapter takes the fused
+/// kernel for short sequences and where the probabilities would not fit one
+/// binding (a micro model at 64 px with patch 2: T = 1025), a GPU always.
 #[test]
 fn training_path_follows_the_heuristic() {
     if std::env::var_os("CMAE_ATTENTION").is_some() {
         panic!("unset CMAE_ATTENTION to test the built-in choice");
     }
-    let d = dev();
-    let shape = |b: usize, t: usize| upload(&vec![0.0; b * t * 3 * 64], &[b, t, 3 * 64]);
+    let d = &untuned_dev();
+    let zeros = |shape: &[usize]| Tensor::from_f32(d, &vec![0.0; shape.iter().product()], shape).unwrap();
+    let shape = |b: usize, t: usize| zeros(&[b, t, 3 * 64]);
     let cpu = d.info().device_type == wgpu::DeviceType::Cpu;
     let path = |qkv: &Tensor| training_path(d, qkv, 1).unwrap();
     assert_eq!(path(&shape(2, 17)), AttentionPath::Fused);
@@ -188,6 +189,5 @@ fn training_path_follows_the_heuristic() {
     assert_eq!(path(&shape(2, 197)), long);
     let too_big = (d.limits().max_storage_buffer_binding_size / (1025 * 1025 * 4) + 1) as usize;
     assert_eq!(path(&shape(too_big, 1025)), AttentionPath::Fused);
-    let odd_head = upload(&vec![0.0; 17 * 3 * 6], &[1, 17, 3 * 6]);
-    assert_eq!(path(&odd_head), AttentionPath::Composed);
+    assert_eq!(path(&zeros(&[1, 17, 3 * 6])), AttentionPath::Composed);
 }

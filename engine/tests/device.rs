@@ -4,7 +4,7 @@ mod common;
 
 use cmae_engine::kernels::elementwise;
 use cmae_engine::kernels::optim::{AdamWStep, adamw};
-use cmae_engine::{DType, Device, Tape, Tensor, TensorMut};
+use cmae_engine::{DType, Device, Tape, Tensor, TensorMut, TuneConfig};
 use common::dev;
 
 #[test]
@@ -132,7 +132,7 @@ fn oversized_tensors_are_clear_errors() {
 #[test]
 fn bad_backend_name_is_a_clear_error() {
     let req = cmae_engine::device::AdapterRequest { backend: None, name_contains: Some("no-such-gpu-anywhere".into()) };
-    let err = Device::open(&req).err().expect("no adapter matches").to_string();
+    let err = Device::open(&req, TuneConfig::off()).err().expect("no adapter matches").to_string();
     assert!(err.contains("no-such-gpu-anywhere") && err.contains("available"), "{err}");
 }
 
@@ -146,7 +146,7 @@ fn wraps_an_existing_wgpu_device() {
     let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
     let info = adapter.get_info();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let d = Device::from_wgpu(device, queue, info);
+    let d = Device::from_wgpu(device, queue, info, TuneConfig::off());
     let x = Tensor::from_f32(&d, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
     let y = cmae_engine::kernels::matmul::matmul(&d, &x, &x, false, false).unwrap();
     assert_eq!(y.wait_f32(&d).unwrap(), vec![7.0, 10.0, 15.0, 22.0]);

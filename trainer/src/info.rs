@@ -25,6 +25,9 @@ pub fn describe(dev: &Device) -> serde_json::Value {
         "driver_info": info.driver_info,
         "vendor": format!("{:#06x}", info.vendor),
         "matmul_kernel": format!("{:?}", dev.matmul_kind()),
+        "autotune": dev.autotune(),
+        "tune_cache": dev.tune_cache_path().map(|p| p.display().to_string()),
+        "tune_entries": dev.tune_entries().len(),
         "features": features,
         "limits": {
             "max_buffer_size": l.max_buffer_size,
@@ -50,6 +53,11 @@ pub fn print(dev: &Device) {
     );
     println!("driver:   {} {}", v["driver"].as_str().unwrap_or(""), v["driver_info"].as_str().unwrap_or(""));
     println!("matmul:   {} kernel", v["matmul_kernel"].as_str().unwrap_or(""));
+    match (v["autotune"].as_bool(), v["tune_cache"].as_str()) {
+        (Some(false), _) => println!("autotune: off (CMAE_AUTOTUNE=off): the built-in choices"),
+        (_, Some(path)) => println!("autotune: on, cache {path} ({} entries for this adapter)", v["tune_entries"]),
+        _ => println!("autotune: on, in memory only (no cache directory: set CMAE_CACHE_DIR)"),
+    }
     let feats: Vec<&str> = v["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
     println!("features: {}", if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") });
     println!("limits:");

@@ -15,3 +15,4 @@ pub mod safetensors_io;
 pub mod stats;
 pub mod study;
 pub mod train;
+pub mod tune;

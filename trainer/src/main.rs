@@ -17,7 +17,7 @@ use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
 use cmae::masking::MaskPlan;
 use cmae::train::runner::RunFlags;
 use cmae::train::{checkpoint, pretrain, recon};
-use cmae::{bench, fixture, info};
+use cmae::{bench, fixture, info, tune};
 use cmae_engine::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -167,6 +167,18 @@ enum Command {
     CheckFixture {
         /// The fixture (.safetensors).
         file: PathBuf,
+    },
+    /// Time the kernel variants one training step of a preset meets and fill
+    /// the autotune cache (what a run would otherwise time on its first step).
+    Tune {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Batch size (default: the preset's).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Time every class again, even those already in the cache.
+        #[arg(long)]
+        retune: bool,
     },
     /// Speed benchmarks, one JSON line per case.
     Bench {
@@ -490,6 +502,13 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
                 }
             };
             return Ok(check_fixture(&dev, &file));
+        }
+        Command::Tune { preset, batch, retune } => {
+            // No time budget: filling the whole cache is the point.
+            let tune = cmae_engine::TuneConfig { budget: None, ..cmae_engine::TuneConfig::from_env()? };
+            let dev = Device::open(&cmae_engine::device::AdapterRequest::from_env()?, tune)?;
+            let entries = tune::run(&dev, &tune::Options { preset, batch, retune })?;
+            println!("{}", tune::table(&dev, &entries));
         }
         Command::Bench { what: BenchCommand::Kernels { filter, runs, warmup } } => {
             let dev = Device::from_env()?;

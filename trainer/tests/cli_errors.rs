@@ -169,3 +169,12 @@ fn unknown_attention_path_is_named() {
     assert!(line.contains("CMAE_ATTENTION=flash") && line.contains("fused or composed"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `CMAE_AUTOTUNE` value other than on/off is named with the allowed ones.
+#[test]
+fn unknown_autotune_setting_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cmae")).arg("info").env("CMAE_AUTOTUNE", "fast").output().unwrap();
+    assert!(!out.status.success());
+    let line = error_line(&out);
+    assert!(line.contains("CMAE_AUTOTUNE=fast") && line.contains("on or off"), "{line}");
+}

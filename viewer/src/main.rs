@@ -232,7 +232,8 @@ fn run_window(cli: Cli) -> Result<ExitCode> {
             let started = (|| -> Result<ViewerApp> {
                 let rs = cc.wgpu_render_state.as_ref().context("the window has no wgpu renderer")?;
                 // The model shares the window's GPU device.
-                let dev = Device::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info());
+                let tune = cmae_engine::TuneConfig::from_env()?;
+                let dev = Device::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info(), tune);
                 let ctx = cc.egui_ctx.clone();
                 let mut app =
                     ViewerApp::new(Worker::start(dev.clone(), move || ctx.request_repaint()), cli.data.clone());

@@ -1,5 +1,5 @@
-//! The shared half of a device: adapter, limits, compiled pipelines and the
-//! GPU error sink. Every stream of a device holds one `Arc<Context>`; nothing
+//! The shared half of a device: adapter, limits, compiled pipelines, the
+//! autotuning table and the GPU error sink. Every stream of a device holds one `Arc<Context>`; nothing
 //! here belongs to a half-recorded batch, so threads never wait on each other
 //! for more than a cache lookup.
 
@@ -10,13 +10,18 @@ use std::sync::{Arc, Mutex};
 use super::abi::{self, Reflection};
 use super::{Binding, KernelSpec, MatmulKind, TileShape, lock};
 use crate::error::{Error, Result};
+use crate::tune::{TuneConfig, Tuner};
 
 pub(crate) struct Context {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
-    pub(crate) matmul_kind: Mutex<MatmulKind>,
+    /// The matmul family `CMAE_MATMUL` or `Device::set_matmul_kind` forces: no tuning then.
+    pub(crate) matmul_forced: Mutex<Option<MatmulKind>>,
+    /// The built-in choice: the autotuner's fallback, and all there is with it off.
+    pub(crate) matmul_heuristic: MatmulKind,
+    pub(crate) tuner: Tuner,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     /// naga's view of each shader, for the ABI check of each new pipeline.
@@ -40,7 +45,7 @@ struct PipelineKey {
 }
 
 impl Context {
-    pub(crate) fn new(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+    pub(crate) fn new(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, tune: &TuneConfig) -> Self {
         let gpu_error = Arc::new(Mutex::new(None::<String>));
         let sink = gpu_error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -49,18 +54,24 @@ impl Context {
                 *slot = Some(e.to_string());
             }
         }));
-        let matmul_kind = match std::env::var("CMAE_MATMUL").as_deref() {
-            Ok("register") => MatmulKind::Register,
-            Ok("subgroup") if subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
-            Ok("tiled") => MatmulKind::Tiled(TileShape::DEFAULT),
-            _ if info.device_type == wgpu::DeviceType::Cpu && subgroups_of_8(&device, &info) => MatmulKind::Subgroup,
-            _ if info.device_type == wgpu::DeviceType::Cpu => MatmulKind::Register,
+        let subgroups = subgroups_of_8(&device, &info);
+        let matmul_forced = match std::env::var("CMAE_MATMUL").as_deref() {
+            Ok("register") => Some(MatmulKind::Register),
+            Ok("subgroup") if subgroups => Some(MatmulKind::Subgroup),
+            Ok("tiled") => Some(MatmulKind::Tiled(TileShape::DEFAULT)),
+            _ => None,
+        };
+        let matmul_heuristic = match info.device_type {
+            wgpu::DeviceType::Cpu if subgroups => MatmulKind::Subgroup,
+            wgpu::DeviceType::Cpu => MatmulKind::Register,
             _ => MatmulKind::Tiled(TileShape::DEFAULT),
         };
         Self {
             limits: device.limits(),
+            tuner: Tuner::new(tune, &info),
             info,
-            matmul_kind: Mutex::new(matmul_kind),
+            matmul_forced: Mutex::new(matmul_forced),
+            matmul_heuristic,
             pipelines: Mutex::default(),
             modules: Mutex::default(),
             reflections: Mutex::default(),

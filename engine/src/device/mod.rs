@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
+use crate::tune::TuneConfig;
 pub(crate) use context::Context;
 use profile::Profiler;
 use read::ReadSlot;
@@ -158,12 +159,13 @@ pub struct Device {
 }
 
 impl Device {
-    /// Opens the adapter chosen by `CMAE_BACKEND` / `CMAE_ADAPTER` (or the best one).
+    /// Opens the adapter chosen by `CMAE_BACKEND` / `CMAE_ADAPTER` (or the
+    /// best one), tuning as `CMAE_AUTOTUNE` and `CMAE_CACHE_DIR` say.
     pub fn from_env() -> Result<Self> {
-        Self::open(&AdapterRequest::from_env()?)
+        Self::open(&AdapterRequest::from_env()?, TuneConfig::from_env()?)
     }
 
-    pub fn open(req: &AdapterRequest) -> Result<Self> {
+    pub fn open(req: &AdapterRequest, tune: TuneConfig) -> Result<Self> {
         let adapter = adapter::choose(req)?;
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -183,13 +185,13 @@ impl Device {
             info.driver,
             info.driver_info
         );
-        Ok(Self::from_wgpu(device, queue, info))
+        Ok(Self::from_wgpu(device, queue, info, tune))
     }
 
     /// Wraps a device someone else opened (the viewer passes eframe's), so the
     /// model and the UI share one GPU.
-    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        Self { stream: Arc::new(Stream::new(Arc::new(Context::new(device, queue, info)))) }
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, tune: TuneConfig) -> Self {
+        Self { stream: Arc::new(Stream::new(Arc::new(Context::new(device, queue, info, &tune)))) }
     }
 
     /// A handle on the same context that records on a stream of its own.
@@ -222,13 +224,17 @@ impl Device {
         &self.ctx().queue
     }
 
+    /// The matmul family forced by `CMAE_MATMUL` or [`Device::set_matmul_kind`],
+    /// else the built-in heuristic's; with autotuning on, a shape class may
+    /// run another (see [`Device::tune_entries`]).
     pub fn matmul_kind(&self) -> MatmulKind {
-        *lock(&self.ctx().matmul_kind)
+        lock(&self.ctx().matmul_forced).unwrap_or(self.ctx().matmul_heuristic)
     }
 
-    /// Forces a matmul family (tests run both on every adapter).
+    /// Forces a matmul family for every product, bypassing the autotuner
+    /// (tests run each family on every adapter).
     pub fn set_matmul_kind(&self, kind: MatmulKind) {
-        *lock(&self.ctx().matmul_kind) = kind;
+        *lock(&self.ctx().matmul_forced) = Some(kind);
     }
 
     /// Whether this device can run [`MatmulKind::Subgroup`].
@@ -240,6 +246,11 @@ impl Device {
     /// stream, fused attention counting the products it computes in one pass.
     pub fn matmul_flops(&self) -> u64 {
         self.stream.matmul_flops.load(Ordering::Relaxed)
+    }
+
+    /// Variants pinned on this stream, by decision (see `tune`).
+    pub(crate) fn pins(&self) -> MutexGuard<'_, Vec<(&'static str, &'static str)>> {
+        lock(&self.stream.pins)
     }
 
     pub(crate) fn count_matmul_flops(&self, flops: u64) {

@@ -29,6 +29,9 @@ pub(crate) struct Stream {
     pub(crate) matmul_flops: AtomicU64,
     /// Dispatches recorded on this stream (`cmae bench pretrain` reports them per step).
     pub(crate) dispatches: AtomicU64,
+    /// `(decision, variant)` pairs this stream runs without asking the tuner:
+    /// the tuner's own streams, timing one candidate.
+    pub(crate) pins: Mutex<Vec<(&'static str, &'static str)>>,
 }
 
 impl Stream {
@@ -50,6 +53,7 @@ impl Stream {
             pool: Mutex::default(),
             matmul_flops: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
+            pins: Mutex::default(),
             ctx,
         }
     }

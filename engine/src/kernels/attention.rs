@@ -159,12 +159,13 @@ pub enum AttentionPath {
 }
 
 /// The path for a training step (`CMAE_ATTENTION=fused|composed` forces
-/// one where the fused kernel takes the head dim). Without it: fused on GPUs
-/// (no T² tensor, three dispatches instead of eight) and wherever the
-/// probabilities would not fit one storage binding; on CPU adapters the
-/// composed path's subgroup matmuls win from about T = 50 (lavapipe,
-/// `cmae bench kernels --filter attention`: fused 1.1–1.3× at T = 17,
-/// 0.3× at T = 197), so there the fused kernel takes short sequences only.
+/// one where the fused kernel takes the head dim). Without it: fused wherever
+/// the probabilities would not fit one storage binding, else the autotuner's
+/// winner, whose fallback (and the only choice with `CMAE_AUTOTUNE=off`) is
+/// this heuristic: fused on GPUs (no T² tensor, three dispatches instead of
+/// eight); on CPU adapters the composed path's subgroup matmuls win from
+/// about T = 50 (lavapipe, `cmae bench kernels --filter attention`: fused
+/// 1.1–1.3× at T = 17, 0.3× at T = 197), so there fused for short sequences only.
 pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> Result<AttentionPath> {
     let s = dims(qkv, heads)?;
     if !fused_head_dim(s.hd) {
@@ -174,12 +175,12 @@ pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> Result<Attenti
         return Ok(path);
     }
     let probs_bytes = (s.b * s.heads * s.t * s.t * 4) as u64;
+    if probs_bytes > dev.limits().max_storage_buffer_binding_size {
+        return Ok(AttentionPath::Fused);
+    }
     let cpu = dev.info().device_type == wgpu::DeviceType::Cpu;
-    Ok(if !cpu || probs_bytes > dev.limits().max_storage_buffer_binding_size || s.t <= 32 {
-        AttentionPath::Fused
-    } else {
-        AttentionPath::Composed
-    })
+    let heuristic = if !cpu || s.t <= 32 { AttentionPath::Fused } else { AttentionPath::Composed };
+    crate::tune::attention::path(dev, [s.b, s.t, 3 * s.d], heads, heuristic)
 }
 
 /// `CMAE_ATTENTION`, read once per process (a step asks once per block).

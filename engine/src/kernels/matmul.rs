@@ -212,7 +212,7 @@ impl Matmul<'_> {
             batches: to_u32(self.outer * self.heads)?,
         };
         let label = self.label.unwrap_or(label(self.trans_a, self.trans_b));
-        match dev.matmul_kind() {
+        match crate::tune::matmul::family(dev, self)? {
             MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
             MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
             MatmulKind::Tiled(shape) => {

@@ -7,7 +7,8 @@ pub mod reference;
 
 use std::sync::OnceLock;
 
-use cmae_engine::{Device, Tensor, TensorMut};
+use cmae_engine::device::AdapterRequest;
+use cmae_engine::{Device, Tensor, TensorMut, TuneConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -15,6 +16,11 @@ use rand_chacha::ChaCha8Rng;
 pub fn dev() -> &'static Device {
     static DEV: OnceLock<Device> = OnceLock::new();
     DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
+}
+
+/// A device of its own that never tunes: the built-in heuristic's choices.
+pub fn untuned_dev() -> Device {
+    Device::open(&AdapterRequest::from_env().unwrap(), TuneConfig::off()).expect("a GPU adapter (CI installs lavapipe)")
 }
 
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {

@@ -63,8 +63,30 @@ pub fn step_gflop(m: &ModelConfig, shots: &[Shot], batch: usize) -> f64 {
     b * (3.0 * (encoder + decoder + heads) + 2.0 * patch_embed) / 1e9
 }
 
+/// A preset's model and optimizer at `batch` (default the preset's), and a
+/// fixed batch of random images.
+pub(crate) fn setup(dev: &Device, preset: &str, batch: Option<usize>) -> Result<(Mae, AdamW, Tensor)> {
+    let mut cfg = PretrainConfig::preset(preset)?;
+    if let Some(b) = batch {
+        cfg.train.batch = b;
+    }
+    cfg.validate()?;
+    let (m, batch) = (&cfg.model, cfg.train.batch);
+    let mae = Mae::new(dev, m, &mut init_rng(0))?;
+    let opt = AdamW::new(
+        dev,
+        &mae.params,
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, decays: crate::model::decays },
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let pixels: Vec<f32> =
+        (0..batch * m.in_chans * m.img_size * m.img_size).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let imgs = Tensor::from_f32(dev, &pixels, &[batch, m.in_chans, m.img_size, m.img_size])?;
+    Ok((mae, opt, imgs))
+}
+
 /// One full training step (forward, backward, AdamW) on a fixed batch.
-fn step(
+pub(crate) fn step(
     dev: &Device,
     mae: &mut Mae,
     opt: &mut AdamW,
@@ -85,23 +107,11 @@ fn step(
 /// Runs the settings, calling `emit` with each JSON line; `started` is when
 /// the process began, for the time to the end of the first step.
 pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(Value)) -> Result<()> {
-    let mut cfg = PretrainConfig::preset(&opts.preset)?;
-    if let Some(b) = opts.batch {
-        cfg.train.batch = b;
-    }
-    let m = cfg.model.clone();
-    let batch = cfg.train.batch;
+    let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
+    let m = mae.cfg.clone();
+    let batch = imgs.shape()[0];
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
-    let mut mae = Mae::new(dev, &m, &mut init_rng(0))?;
-    let mut opt = AdamW::new(
-        dev,
-        &mae.params,
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, decays: crate::model::decays },
-    )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let pixels: Vec<f32> =
-        (0..batch * m.in_chans * m.img_size * m.img_size).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let imgs = Tensor::from_f32(dev, &pixels, &[batch, m.in_chans, m.img_size, m.img_size])?;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
     let settings: Vec<Vec<Shot>> = settings
         .iter()
         .map(|s| {

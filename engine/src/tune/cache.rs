@@ -1,0 +1,276 @@
+//! The tune cache: one JSON file per adapter in the cache directory. Its
+//! header names the adapter, backend, driver and engine version the entries
+//! were timed with; a file that does not parse or whose header is another's
+//! (a driver update, a copied home directory) is ignored with a warning and
+//! rewritten. Writes go to a temporary file renamed into place, so a reader
+//! never sees half a file; a directory that cannot be written is a warning,
+//! and the results stay in memory.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::TuneEntry;
+
+const FORMAT: &str = "cmae-tune-1";
+
+/// What the timings are valid for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AdapterKey {
+    adapter: String,
+    vendor: u32,
+    device: u32,
+    backend: String,
+    driver: String,
+    driver_info: String,
+    cmae: String,
+}
+
+impl AdapterKey {
+    fn of(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            adapter: info.name.clone(),
+            vendor: info.vendor,
+            device: info.device,
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            cmae: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({}, driver {} {}, cmae {})", self.adapter, self.backend, self.driver, self.driver_info, self.cmae)
+    }
+
+    /// `tune-<backend>-<vendor>-<device>-<name>.json`: one file per adapter,
+    /// so two adapters of one machine do not overwrite each other's results.
+    fn file_name(&self) -> String {
+        let mut slug = String::new();
+        for c in self.adapter.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c);
+            } else if !slug.ends_with('-') {
+                slug.push('-');
+            }
+        }
+        let slug: String = slug.trim_matches('-').chars().take(48).collect();
+        format!("tune-{}-{:04x}-{:04x}-{slug}.json", self.backend.to_lowercase(), self.vendor, self.device)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    format: String,
+    key: AdapterKey,
+    entries: Vec<TuneEntry>,
+}
+
+/// Why an existing file was not used.
+enum Unusable {
+    /// It could not be read at all (permissions): left alone.
+    Unreadable(String),
+    /// It is not ours to use: rewritten.
+    Foreign(String),
+}
+
+pub(crate) struct Cache {
+    path: PathBuf,
+    key: AdapterKey,
+    /// A failed write is reported once, not once per tuned class.
+    write_failed: AtomicBool,
+}
+
+impl Cache {
+    pub(crate) fn new(dir: &Path, info: &wgpu::AdapterInfo) -> Self {
+        let key = AdapterKey::of(info);
+        Self { path: dir.join(key.file_name()), key, write_failed: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's entries; none when it is missing, unreadable or not ours.
+    pub(crate) fn load(&self) -> Vec<TuneEntry> {
+        match self.read() {
+            Ok(entries) => entries,
+            Err(Unusable::Unreadable(why)) => {
+                log::warn!("cannot read the tune cache {}: {why}; tuning without it", self.path.display());
+                Vec::new()
+            }
+            Err(Unusable::Foreign(why)) => {
+                log::warn!("ignoring the tune cache {}: {why}; rewriting it", self.path.display());
+                self.write(&[]);
+                Vec::new()
+            }
+        }
+    }
+
+    fn read(&self) -> Result<Vec<TuneEntry>, Unusable> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Unusable::Unreadable(e.to_string())),
+        };
+        let file: CacheFile = serde_json::from_slice(&bytes)
+            .map_err(|e| Unusable::Foreign(format!("it is not a cmae tune cache ({e})")))?;
+        if file.format != FORMAT {
+            return Err(Unusable::Foreign(format!("its format is {:?}, not {FORMAT:?}", file.format)));
+        }
+        if file.key != self.key {
+            let why = format!("it was timed on {}, not on {}", file.key.describe(), self.key.describe());
+            return Err(Unusable::Foreign(why));
+        }
+        Ok(file.entries)
+    }
+
+    /// Writes `table` plus the file's entries for other classes (another
+    /// process tuning side by side keeps its results too).
+    pub(crate) fn save(&self, table: &BTreeMap<(String, String), TuneEntry>) {
+        let mut all = table.clone();
+        for entry in self.read().unwrap_or_default() {
+            all.entry((entry.decision.clone(), entry.class.clone())).or_insert(entry);
+        }
+        self.write(&all.into_values().collect::<Vec<_>>());
+    }
+
+    fn write(&self, entries: &[TuneEntry]) {
+        if let Err(e) = self.try_write(entries)
+            && !self.write_failed.swap(true, Ordering::Relaxed)
+        {
+            log::warn!("cannot write the tune cache {}: {e}; tuning results stay in memory", self.path.display());
+        }
+    }
+
+    fn try_write(&self, entries: &[TuneEntry]) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = CacheFile { format: FORMAT.to_string(), key: self.key.clone(), entries: entries.to_vec() };
+        let text = serde_json::to_vec_pretty(&file)?;
+        let tmp = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+}
+
+/// `$CMAE_CACHE_DIR`, else `cmae` in the user's cache directory
+/// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS,
+/// `%LOCALAPPDATA%` on Windows); `None` when the environment names none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("CMAE_CACHE_DIR") {
+        return Some(dir);
+    }
+    let user = if cfg!(windows) {
+        var("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        var("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        // The XDG spec ignores a relative XDG_CACHE_HOME.
+        var("XDG_CACHE_HOME").filter(|d| d.is_absolute()).or_else(|| var("HOME").map(|h| h.join(".cache")))
+    };
+    user.map(|d| d.join("cmae"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tune::CandidateTime;
+
+    fn info(driver: &str) -> wgpu::AdapterInfo {
+        let mut info = wgpu::AdapterInfo::new(wgpu::DeviceType::DiscreteGpu, wgpu::Backend::Vulkan);
+        info.name = "Test GPU 9000 (rev. 2)".into();
+        (info.vendor, info.device) = (0x10de, 0x2684);
+        info.driver = "testdrv".into();
+        info.driver_info = driver.into();
+        info
+    }
+
+    fn entry(class: &str) -> TuneEntry {
+        TuneEntry {
+            decision: "matmul".into(),
+            class: class.into(),
+            shape: "m3 n4 k5 z1 nn".into(),
+            winner: "tiled".into(),
+            candidates: vec![
+                CandidateTime { name: "tiled".into(), ms: 1.0, runs: 2 },
+                CandidateTime { name: "register".into(), ms: 9.0, runs: 0 },
+            ],
+            timed_here: true,
+            met: true,
+        }
+    }
+
+    fn table(entries: &[TuneEntry]) -> BTreeMap<(String, String), TuneEntry> {
+        entries.iter().map(|e| ((e.decision.clone(), e.class.clone()), e.clone())).collect()
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cmae-tune-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn file_names_are_per_adapter_and_portable() {
+        let c = Cache::new(Path::new("/x"), &info("1.0"));
+        assert_eq!(c.path(), Path::new("/x/tune-vulkan-10de-2684-test-gpu-9000-rev-2.json"));
+    }
+
+    #[test]
+    fn entries_round_trip_and_keep_what_another_process_wrote() {
+        let dir = temp("round-trip");
+        let a = Cache::new(&dir, &info("1.0"));
+        assert!(a.load().is_empty(), "no file yet");
+        a.save(&table(&[entry("nn m4")]));
+        let b = Cache::new(&dir, &info("1.0"));
+        let mut loaded = b.load();
+        assert_eq!(loaded.len(), 1);
+        assert!(!loaded[0].timed_here && !loaded[0].met, "flags are per process, not stored");
+        loaded[0].timed_here = true;
+        loaded[0].met = true;
+        assert_eq!(loaded[0], entry("nn m4"));
+        // Another process saves a table without "nn m4": the file keeps it.
+        b.save(&table(&[entry("nt m8")]));
+        let classes: Vec<String> = a.load().into_iter().map(|e| e.class).collect();
+        assert_eq!(classes, ["nn m4", "nt m8"]);
+        assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "no temporary file left behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_ignored_and_rewritten() {
+        let dir = temp("foreign");
+        let ours = Cache::new(&dir, &info("1.0"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(ours.path(), b"{ not json").unwrap();
+        assert!(ours.load().is_empty());
+        assert!(ours.read().is_ok(), "a corrupt file is rewritten as a valid, empty one");
+
+        // Timed under driver 1.0, read under 2.0: not used, rewritten.
+        ours.save(&table(&[entry("nn m4")]));
+        let updated = Cache::new(&dir, &info("2.0"));
+        assert_eq!(updated.path(), ours.path());
+        assert!(updated.load().is_empty(), "another driver's timings are not used");
+        assert!(matches!(updated.read(), Ok(e) if e.is_empty()), "the file now has the new driver's header");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_not_an_error() {
+        let dir = temp("unwritable");
+        std::fs::write(&dir, b"a file where the directory should be").unwrap();
+        let c = Cache::new(&dir, &info("1.0"));
+        c.save(&table(&[entry("nn m4")]));
+        assert!(c.write_failed.load(Ordering::Relaxed));
+        assert!(c.load().is_empty());
+        let _ = std::fs::remove_file(&dir);
+    }
+}

@@ -1,0 +1,217 @@
+//! The autotuner on the real adapter: the cache is written once and reused
+//! without timing again, is keyed by adapter and driver, survives a corrupt
+//! file, and `TuneConfig::off` times nothing; tuned choices are always valid
+//! and compute exactly what the forced kernel does. Every device here gets
+//! its tuning configuration explicitly, never from the environment.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cmae_engine::device::AdapterRequest;
+use cmae_engine::kernels::attention::{AttentionPath, training_path};
+use cmae_engine::kernels::matmul::matmul;
+use cmae_engine::{Device, MatmulKind, Tensor, TileShape, TuneConfig};
+use common::rand_vec;
+
+fn open(tune: TuneConfig) -> Device {
+    Device::open(&AdapterRequest::from_env().unwrap(), tune).expect("a GPU adapter (CI installs lavapipe)")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cmae-tune-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `[40, 72]·[24, 72]ᵀ`: one matmul shape class.
+fn product(d: &Device) -> Vec<f32> {
+    let a = Tensor::from_f32(d, &rand_vec(40 * 72, 1), &[40, 72]).unwrap();
+    let b = Tensor::from_f32(d, &rand_vec(24 * 72, 2), &[24, 72]).unwrap();
+    matmul(d, &a, &b, false, true).unwrap().wait_f32(d).unwrap()
+}
+
+/// A training attention of 2 heads of dim 16 over 40 tokens.
+fn attention_path(d: &Device, head_dim: usize) -> AttentionPath {
+    let qkv = Tensor::from_f32(d, &vec![0.0; 2 * 40 * 6 * head_dim], &[2, 40, 6 * head_dim]).unwrap();
+    training_path(d, &qkv, 2).unwrap()
+}
+
+fn cache_path(d: &Device) -> &Path {
+    d.tune_cache_path().expect("a cache directory was given")
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn shader(kind: MatmulKind) -> &'static str {
+    match kind {
+        MatmulKind::Register => "matmul_register.wgsl",
+        MatmulKind::Subgroup => "matmul_subgroup.wgsl",
+        MatmulKind::Tiled(_) => "matmul_tiled.wgsl",
+    }
+}
+
+fn matmul_shaders(d: &Device) -> Vec<&'static str> {
+    let mut v: Vec<_> = d.checked_kernels().into_iter().map(|(s, _)| s).filter(|s| s.starts_with("matmul")).collect();
+    v.dedup();
+    v
+}
+
+#[test]
+fn the_cache_is_written_once_and_reused_without_timing_again() {
+    let dir = temp("reuse");
+    let first = open(TuneConfig::in_dir(&dir));
+    product(&first);
+    assert_eq!(first.tune_timings(), 1, "one shape class met, one timed");
+    let path = cache_path(&first).to_path_buf();
+    assert!(path.starts_with(&dir), "{}", path.display());
+    let entries = first.tune_entries();
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(
+        (e.decision.as_str(), e.class.as_str(), e.shape.as_str()),
+        ("matmul", "nt m64 n32 k128 z1", "m40 n24 k72 z1")
+    );
+    assert!(e.timed_here && e.met && e.candidates.iter().any(|c| c.name == e.winner && c.runs > 0), "{e:?}");
+    // Every family this adapter can run was tried.
+    let families = if first.supports_subgroup_matmul() { 3 } else { 2 };
+    assert_eq!(e.candidates.len(), families, "{e:?}");
+    assert_eq!(matmul_shaders(&first).len(), families);
+    let timed_attention = attention_path(&first, 16);
+    assert!(first.tune_timings() >= 2, "the attention class was timed");
+    let written = std::fs::read(&path).unwrap();
+    drop(first);
+
+    let second = open(TuneConfig::in_dir(&dir));
+    product(&second);
+    assert_eq!(attention_path(&second, 16), timed_attention);
+    assert_eq!(second.tune_timings(), 0, "everything met came from the cache");
+    assert_eq!(std::fs::read(&path).unwrap(), written, "a run that times nothing leaves the file alone");
+    let reused = second.tune_entries();
+    assert!(reused.iter().all(|e| !e.timed_here), "{reused:?}");
+    assert!(reused.iter().any(|e| e.decision == "matmul" && e.met), "{reused:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cache_timed_on_another_adapter_or_driver_is_not_used_and_is_rewritten() {
+    let dir = temp("foreign");
+    let d = open(TuneConfig::in_dir(&dir));
+    product(&d);
+    let path = cache_path(&d).to_path_buf();
+    drop(d);
+    let mut file = read_json(&path);
+    let ours = file["key"].clone();
+    file["key"]["driver_info"] = "some other driver 0.1".into();
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+
+    let d = open(TuneConfig::in_dir(&dir));
+    assert!(d.tune_entries().is_empty(), "the other driver's entries are not used");
+    product(&d);
+    assert_eq!(d.tune_timings(), 1, "timed again on this driver");
+    let rewritten = read_json(&path);
+    assert_eq!(rewritten["key"], ours);
+    assert_eq!(rewritten["entries"].as_array().unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_corrupt_cache_is_recovered_from() {
+    let dir = temp("corrupt");
+    let path = cache_path(&open(TuneConfig::in_dir(&dir))).to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, b"\x00\xffnot json at all").unwrap();
+    let d = open(TuneConfig::in_dir(&dir));
+    assert_eq!(read_json(&path)["entries"].as_array().unwrap().len(), 0, "rewritten as a valid, empty cache");
+    product(&d);
+    assert_eq!(d.tune_timings(), 1);
+    assert_eq!(read_json(&path)["entries"].as_array().unwrap().len(), 1);
+
+    // A parsable file naming variants this engine does not have: timed again.
+    let mut file = read_json(&path);
+    file["entries"][0]["candidates"][0]["name"] = "warp-specialised".into();
+    file["entries"][0]["candidates"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    let d = open(TuneConfig::in_dir(&dir));
+    product(&d);
+    assert_eq!(d.tune_timings(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tuning_off_times_nothing_and_takes_the_heuristic() {
+    let d = open(TuneConfig::off());
+    let heuristic = d.matmul_kind();
+    product(&d);
+    let composed_or_fused = attention_path(&d, 16);
+    assert_eq!(d.tune_timings(), 0);
+    assert!(d.tune_entries().is_empty() && d.tune_cache_path().is_none() && !d.autotune());
+    assert_eq!(matmul_shaders(&d), [shader(heuristic)], "only the heuristic's family ran");
+    let cpu = d.info().device_type == wgpu::DeviceType::Cpu;
+    let want = if cpu { AttentionPath::Composed } else { AttentionPath::Fused };
+    assert_eq!(composed_or_fused, want, "T = 40 on the built-in rule");
+}
+
+/// A spent budget times nothing and writes nothing, but the cache is still
+/// read: a later run (or `cmae tune`) fills in what this one could not.
+#[test]
+fn a_spent_budget_takes_the_heuristic_and_still_reads_the_cache() {
+    let dir = temp("budget");
+    let spent = TuneConfig { budget: Some(Duration::ZERO), ..TuneConfig::in_dir(&dir) };
+    let d = open(spent.clone());
+    product(&d);
+    assert_eq!(d.tune_timings(), 0);
+    assert_eq!(matmul_shaders(&d), [shader(d.matmul_kind())]);
+    assert!(!cache_path(&d).exists(), "nothing timed, nothing written");
+    drop(d);
+    product(&open(TuneConfig::in_dir(&dir)));
+    let d = open(spent);
+    product(&d);
+    assert!(d.tune_entries().iter().all(|e| e.met && !e.timed_here), "the cached winner was used");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_forced_family_is_not_tuned() {
+    let dir = temp("forced");
+    let d = open(TuneConfig::in_dir(&dir));
+    d.set_matmul_kind(MatmulKind::Register);
+    product(&d);
+    assert_eq!(d.tune_timings(), 0);
+    assert_eq!(matmul_shaders(&d), [shader(MatmulKind::Register)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tuned_choices_are_valid_and_compute_what_the_forced_kernel_does() {
+    let dir = temp("valid");
+    let d = open(TuneConfig::in_dir(&dir));
+    let tuned = product(&d);
+    attention_path(&d, 16);
+    // Head dim 6 is beyond the fused kernel: composed, and nothing to tune.
+    assert_eq!(attention_path(&d, 6), AttentionPath::Composed);
+    let entries = d.tune_entries();
+    assert!(!entries.iter().any(|e| e.class.contains("hd6")), "{entries:?}");
+    for e in &entries {
+        assert!(e.candidates.iter().any(|c| c.name == e.winner), "{e:?}");
+        if !d.supports_subgroup_matmul() {
+            assert!(!e.candidates.iter().any(|c| c.name == "subgroup"), "{e:?}");
+        }
+    }
+    let winner = &entries.iter().find(|e| e.class == "nt m64 n32 k128 z1").unwrap().winner;
+    let kind = match winner.as_str() {
+        "register" => MatmulKind::Register,
+        "subgroup" => MatmulKind::Subgroup,
+        tiled => {
+            let shape = TileShape::ALL.iter().find(|s| format!("tiled-{}", s.name()) == tiled);
+            MatmulKind::Tiled(*shape.unwrap_or_else(|| panic!("unknown winner {tiled}")))
+        }
+    };
+    let forced = open(TuneConfig::off());
+    forced.set_matmul_kind(kind);
+    assert_eq!(product(&forced), tuned, "the tuned run is the {winner} kernel, bit for bit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
