@@ -174,6 +174,30 @@ fn a_spent_budget_takes_the_heuristic_and_still_reads_the_cache() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A class a budget cut short keeps what it timed; the next run times only
+/// the candidates it lacks.
+#[test]
+fn a_class_cut_short_is_completed_by_the_next_run() {
+    let dir = temp("partial");
+    let d = open(TuneConfig::in_dir(&dir));
+    product(&d);
+    let path = cache_path(&d).to_path_buf();
+    drop(d);
+    let mut file = read_json(&path);
+    let first = file["entries"][0]["candidates"][0].clone();
+    file["entries"][0]["candidates"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+
+    let d = open(TuneConfig::in_dir(&dir));
+    product(&d);
+    assert_eq!(d.tune_timings(), 1);
+    let completed = read_json(&path);
+    let candidates = completed["entries"][0]["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), if d.supports_subgroup_matmul() { 3 } else { 2 }, "{completed}");
+    assert_eq!(candidates[0], first, "what was timed before is kept, not timed again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_forced_family_is_not_tuned() {
     let dir = temp("forced");

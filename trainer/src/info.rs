@@ -52,7 +52,9 @@ pub fn print(dev: &Device) {
         v["device_type"].as_str().unwrap_or("")
     );
     println!("driver:   {} {}", v["driver"].as_str().unwrap_or(""), v["driver_info"].as_str().unwrap_or(""));
-    println!("matmul:   {} kernel", v["matmul_kernel"].as_str().unwrap_or(""));
+    let tuned =
+        if v["autotune"].as_bool() == Some(true) { " (the default; autotune picks per shape class)" } else { "" };
+    println!("matmul:   {} kernel{tuned}", v["matmul_kernel"].as_str().unwrap_or(""));
     match (v["autotune"].as_bool(), v["tune_cache"].as_str()) {
         (Some(false), _) => println!("autotune: off (CMAE_AUTOTUNE=off): the built-in choices"),
         (_, Some(path)) => println!("autotune: on, cache {path} ({} entries for this adapter)", v["tune_entries"]),

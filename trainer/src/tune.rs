@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
-use cmae_engine::{Device, TuneEntry};
+use cmae_engine::{CandidateTime, Device, TuneEntry};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -51,7 +51,11 @@ pub fn table(dev: &Device, entries: &[TuneEntry]) -> String {
         );
     }
     for e in entries {
-        let times: Vec<String> = e.candidates.iter().map(|c| format!("{} {:.3}", c.name, c.ms)).collect();
+        let time = |c: &CandidateTime| match c.runs {
+            0 => format!("{} failed", c.name),
+            _ => format!("{} {:.3}", c.name, c.ms),
+        };
+        let times: Vec<String> = e.candidates.iter().map(time).collect();
         let source = if e.timed_here { "timed" } else { "cache" };
         let _ = writeln!(
             out,

@@ -7,10 +7,12 @@
 //! dispatches where the adapter has them, else the wall clock runs from
 //! submit to idle. The work is bounded: the heuristic's choice goes first, a
 //! candidate whose first timed run is far slower than the best so far gets
-//! no second one, and no run starts past the deadline (what is left of the
-//! device's tuning budget).
+//! no second one, and no candidate starts (nor takes its second timed run)
+//! once the budget left is spent. The heuristic's warm-up in a new class is
+//! not charged to the budget: compiling its pipelines is work the step that
+//! met the class does anyway.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CandidateTime, Problem, Variant};
 use crate::device::Device;
@@ -21,34 +23,52 @@ const REPS: u32 = 2;
 /// A first timed run this many times slower than the best ends the candidate's runs.
 const DROP_FACTOR: f64 = 1.5;
 
-/// Times `candidates` on `s` (a stream of the tuner's own); a candidate that
-/// fails to run (a dispatch beyond this adapter's limits) is left out.
-/// Returns the times and whether every candidate was timed before `deadline`.
+/// What timing a class found.
+pub(super) struct Timing {
+    /// The candidates that ran, or failed to (with no runs), before the budget ran out.
+    pub times: Vec<CandidateTime>,
+    /// Wall time to charge to the budget.
+    pub charged: Duration,
+}
+
+/// Times `candidates` on `s`, a stream of the tuner's own, within `budget`
+/// (`None`: no limit). `best` is the fastest time the class already has;
+/// with `heuristic_first`, `candidates[0]`'s warm-up is not charged.
 pub(super) fn time_candidates<V: Variant>(
     s: &Device,
     class: &str,
     candidates: &[V],
     problem: &mut impl Problem<V>,
-    deadline: Option<Instant>,
-) -> Result<(Vec<CandidateTime>, bool)> {
+    mut best: f64,
+    heuristic_first: bool,
+    budget: Option<Duration>,
+) -> Result<Timing> {
     let timestamps = s.features().contains(wgpu::Features::TIMESTAMP_QUERY);
     if timestamps {
         s.set_profiling(true)?;
     }
-    let late = || deadline.is_some_and(|d| Instant::now() >= d);
-    let mut best = f64::INFINITY;
+    let started = Instant::now();
+    let mut free = Duration::ZERO;
+    let charged = |free: Duration| started.elapsed().saturating_sub(free);
     let mut times = Vec::new();
-    for &v in candidates {
+    let mut spent = false;
+    'candidates: for (k, &v) in candidates.iter().enumerate() {
         s.pin(v);
         let mut once = || run_once(s, timestamps, || problem.run(s, v));
         let mut fastest = f64::INFINITY;
         let mut runs = 0;
-        // The warm-up, then the timed runs.
+        // The warm-up, then the timed runs; a candidate that warmed up
+        // (compiled) always gets its first timed run, or the compile is wasted.
         for i in 0..=REPS {
-            if late() {
-                return Ok((times, false));
+            spent = budget.is_some_and(|b| charged(free) >= b);
+            if spent && i != 1 {
+                break;
             }
-            match once() {
+            let result = once();
+            if heuristic_first && k == 0 && i == 0 {
+                free = started.elapsed();
+            }
+            match result {
                 Ok(ms) if i > 0 => {
                     fastest = fastest.min(ms);
                     runs += 1;
@@ -56,7 +76,8 @@ pub(super) fn time_candidates<V: Variant>(
                 Ok(_) => {}
                 Err(e) => {
                     log::debug!("autotune: {} {class}: {} cannot run: {e}", V::DECISION, v.name());
-                    break;
+                    times.push(CandidateTime { name: v.name().to_string(), ms: 0.0, runs: 0 });
+                    continue 'candidates;
                 }
             }
             if runs == 1 && fastest > DROP_FACTOR * best {
@@ -67,8 +88,11 @@ pub(super) fn time_candidates<V: Variant>(
             best = best.min(fastest);
             times.push(CandidateTime { name: v.name().to_string(), ms: fastest, runs });
         }
+        if spent {
+            break;
+        }
     }
-    Ok((times, true))
+    Ok(Timing { times, charged: charged(free) })
 }
 
 /// Records one run with `record`, submits it and returns its time in ms.

@@ -12,12 +12,15 @@
 //! `CMAE_AUTOTUNE=off` the heuristic's choice is the only one.
 //!
 //! Timing on first sight delays the first step, so a device has a budget of
-//! wall time for it ([`TuneConfig::budget`]). On a GPU the whole budget is
-//! rarely touched; on lavapipe, which compiles each pipeline's machine code
-//! on its first run, a cold start could otherwise spend tens of seconds.
-//! Classes met once the budget is spent keep the heuristic's choice for the
-//! rest of the process and are timed by a later run (or by `cmae tune`,
-//! which has no budget), so a process never switches kernels mid-run.
+//! wall time for what tuning adds to it ([`TuneConfig::budget`]). On a GPU
+//! the budget is rarely touched; on lavapipe, which compiles each pipeline's
+//! machine code on its first run (0.4–3.5 s each), timing every class of a
+//! cold start would add tens of seconds. A class the budget cuts short keeps
+//! (on disk too) the candidates it timed and runs the fastest of them; a
+//! class met once the budget is spent runs its entry's fastest or the
+//! heuristic's choice; either way a later run times the rest (`cmae tune`,
+//! which has no budget, all of it). A process never switches kernels for a
+//! class it has already run.
 //!
 //! Adding a decision: implement [`Variant`] for its enum, give its kernel
 //! wrapper a selection function like [`matmul::family`] (class key,
@@ -28,7 +31,7 @@ mod cache;
 mod clock;
 pub(crate) mod matmul;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -42,8 +45,8 @@ use cache::Cache;
 
 pub use cache::default_cache_dir;
 
-/// Wall time a device from [`TuneConfig::from_env`] may spend timing: a
-/// bound on what tuning adds to a cold start.
+/// Wall time a device from [`TuneConfig::from_env`] may add to its work by
+/// timing: a bound on what tuning adds to a cold start.
 pub const START_BUDGET: Duration = Duration::from_secs(2);
 
 /// How a device picks among kernel variants.
@@ -53,7 +56,8 @@ pub struct TuneConfig {
     pub enabled: bool,
     /// Where the cache file lives; `None` keeps the results in memory only.
     pub cache_dir: Option<PathBuf>,
-    /// Wall time the device may spend timing, `None` for no limit.
+    /// Wall time timing may add to the device's work (not counting the
+    /// heuristic's own first run of each class), `None` for no limit.
     pub budget: Option<Duration>,
 }
 
@@ -94,7 +98,8 @@ pub struct CandidateTime {
     /// queries, else wall time around submit and wait).
     pub ms: f64,
     /// Timed runs after the warm-up: one when the first was far slower than
-    /// the best so far.
+    /// the best so far, none when it could not run here (a dispatch beyond
+    /// this adapter's limits).
     pub runs: u32,
 }
 
@@ -155,9 +160,9 @@ pub(crate) struct Tuner {
     enabled: bool,
     cache: Option<Cache>,
     table: Mutex<BTreeMap<(String, String), TuneEntry>>,
-    /// This process's choice for classes whose timing the budget cut short:
-    /// kept for the process, never written.
-    provisional: Mutex<HashMap<(String, String), &'static str>>,
+    /// Classes whose problem could not be built or timed (out of memory):
+    /// the heuristic's for this process, never written.
+    untimable: Mutex<HashSet<(String, String)>>,
     /// Classes timed by this context.
     timed: AtomicU64,
     /// What is left of the budget (`None`: no limit).
@@ -175,32 +180,26 @@ impl Tuner {
             enabled: config.enabled,
             cache,
             table: Mutex::new(table),
-            provisional: Mutex::default(),
+            untimable: Mutex::default(),
             timed: AtomicU64::new(0),
             left: Mutex::new(config.budget),
             retune: AtomicBool::new(false),
         }
     }
 
-    /// This process's choice for `class` among `valid`: the cached winner
-    /// (the class is then marked met) or a provisional one.
-    fn known<V: Variant>(&self, key: &(String, String), valid: &[V]) -> Option<V> {
-        if let Some(entry) = lock(&self.table).get_mut(key)
-            && (entry.timed_here || !self.retune.load(Ordering::Relaxed))
-        {
-            entry.met = true;
-            if let Some(v) = entry.best_of(valid) {
-                return Some(v);
-            }
-        }
-        lock(&self.provisional).get(key).and_then(|name| V::from_name(name)).filter(|v| valid.contains(v))
+    /// The entry of `key` this process may use (marked met), if any.
+    fn entry(&self, key: &(String, String)) -> Option<TuneEntry> {
+        let mut table = lock(&self.table);
+        let entry = table.get_mut(key).filter(|e| e.timed_here || !self.retune.load(Ordering::Relaxed))?;
+        entry.met = true;
+        Some(entry.clone())
     }
 
-    /// When timing must stop, or `Err(())` when the budget is spent.
-    fn deadline(&self) -> std::result::Result<Option<Instant>, ()> {
+    /// The budget left (`None`: no limit), or `Err(())` when it is spent.
+    fn left(&self) -> std::result::Result<Option<Duration>, ()> {
         match *lock(&self.left) {
             Some(left) if left.is_zero() => Err(()),
-            left => Ok(left.map(|l| Instant::now() + l)),
+            left => Ok(left),
         }
     }
 
@@ -225,10 +224,12 @@ impl Device {
         &self.ctx().tuner
     }
 
-    /// The variant to run for `class`: the one pinned on this stream (the
-    /// tuner timing it), else the cached winner, else the winner of timing
-    /// `candidates` (all valid for this call; `candidates[0]` is the
-    /// heuristic's choice, taken when tuning is off or nothing could be timed).
+    /// The variant to run for a class: the one pinned on this stream (the
+    /// tuner timing it), else the fastest of `candidates` (all valid for this
+    /// call; `candidates[0]` is the heuristic's choice, taken when tuning is
+    /// off or nothing could be timed). Candidates the class's entry lacks are
+    /// timed first, as far as the budget goes; a class cut short keeps what
+    /// was timed, on disk too, and a later run times the rest.
     pub(crate) fn select<V: Variant, P: Problem<V>>(
         &self,
         class: impl FnOnce() -> String,
@@ -244,58 +245,77 @@ impl Device {
             return Ok(heuristic);
         }
         let key = (V::DECISION.to_string(), class());
-        if let Some(v) = tuner.known(&key, candidates) {
-            return Ok(v);
+        let entry = tuner.entry(&key);
+        let fastest = |e: &Option<TuneEntry>| e.as_ref().and_then(|e| e.best_of(candidates)).unwrap_or(heuristic);
+        let missing: Vec<V> = match &entry {
+            Some(e) => {
+                candidates.iter().copied().filter(|v| !e.candidates.iter().any(|c| c.name == v.name())).collect()
+            }
+            None => candidates.to_vec(),
+        };
+        if missing.is_empty() || lock(&tuner.untimable).contains(&key) {
+            return Ok(fastest(&entry));
         }
-        let Ok(deadline) = tuner.deadline() else {
-            return Ok(heuristic);
+        let Ok(budget) = tuner.left() else {
+            return Ok(fastest(&entry));
         };
         let started = Instant::now();
-        let timed = self.time_class(&key.1, candidates, problem, deadline);
-        tuner.spend(started.elapsed());
-        let (times, shape, complete) = match timed {
+        let timed = self.time_class(&key.1, &missing, entry.as_ref(), problem, budget);
+        let (timing, shape) = match timed {
             Ok(t) => t,
             Err(e) => {
+                tuner.spend(started.elapsed());
                 log::warn!("autotune: cannot time {} {} ({e}); using the built-in choice", key.0, key.1);
+                lock(&tuner.untimable).insert(key);
                 return Ok(heuristic);
             }
         };
+        tuner.spend(timing.charged);
         tuner.timed.fetch_add(1, Ordering::Relaxed);
-        let Some(winner) = fastest(&times).and_then(V::from_name) else {
-            log::warn!("autotune: no {} variant ran for {}; using the built-in choice", key.0, key.1);
-            return Ok(heuristic);
-        };
-        if !complete {
-            log::debug!("autotune: the tuning budget ran out in {} {}", key.0, key.1);
-            lock(&tuner.provisional).insert(key, winner.name());
-            return Ok(winner);
+        if timing.times.is_empty() {
+            return Ok(fastest(&entry));
         }
-        let (decision, class) = key;
-        tuner.insert(TuneEntry {
-            decision,
-            class,
+        let mut merged = entry.unwrap_or_else(|| TuneEntry {
+            decision: key.0.clone(),
+            class: key.1.clone(),
             shape,
-            winner: winner.name().to_string(),
-            candidates: times,
+            winner: String::new(),
+            candidates: Vec::new(),
             timed_here: true,
             met: true,
         });
+        merged.candidates.extend(timing.times);
+        merged.timed_here = true;
+        let Some(winner) = merged.best_of(candidates) else {
+            log::warn!("autotune: no {} variant ran for {}; using the built-in choice", key.0, key.1);
+            lock(&tuner.untimable).insert(key);
+            return Ok(heuristic);
+        };
+        merged.winner = winner.name().to_string();
+        tuner.insert(merged);
         Ok(winner)
     }
 
-    /// Times `candidates` on a representative problem built on a stream of
-    /// its own: the times, what was timed, and whether every candidate ran.
+    /// Times `missing` on a representative problem built on a stream of its
+    /// own, against the times `entry` already holds: what timing found, and
+    /// what was timed.
     fn time_class<V: Variant, P: Problem<V>>(
         &self,
         class: &str,
-        candidates: &[V],
+        missing: &[V],
+        entry: Option<&TuneEntry>,
         problem: impl FnOnce(&Device) -> Result<P>,
-        deadline: Option<Instant>,
-    ) -> Result<(Vec<CandidateTime>, String, bool)> {
+        budget: Option<Duration>,
+    ) -> Result<(clock::Timing, String)> {
         let s = self.new_stream();
         let mut problem = problem(&s)?;
-        let (times, complete) = clock::time_candidates(&s, class, candidates, &mut problem, deadline)?;
-        Ok((times, problem.describe(), complete))
+        let best = entry.map_or(f64::INFINITY, |e| {
+            e.candidates.iter().filter(|c| c.runs > 0).map(|c| c.ms).fold(f64::INFINITY, f64::min)
+        });
+        // Only a new class's first run is the heuristic's, which the step needs anyway.
+        let heuristic_first = entry.is_none();
+        let timing = clock::time_candidates(&s, class, missing, &mut problem, best, heuristic_first, budget)?;
+        Ok((timing, problem.describe()))
     }
 
     fn pinned<V: Variant>(&self) -> Option<V> {
@@ -336,11 +356,6 @@ impl Device {
     pub fn retune(&self) {
         self.tuner().retune.store(true, Ordering::Relaxed);
     }
-}
-
-/// The fastest candidate that completed a timed run.
-fn fastest(times: &[CandidateTime]) -> Option<&str> {
-    times.iter().filter(|c| c.runs > 0).min_by(|a, b| a.ms.total_cmp(&b.ms)).map(|c| c.name.as_str())
 }
 
 /// A shape-class bucket: the next power of two, so a class spans at most a 2× range.
