@@ -71,9 +71,11 @@ pub fn table(dev: &Device, entries: &[TuneEntry]) -> String {
         out,
         "ms: fastest of up to two runs after a warm-up, by {timer}; one run when it was far slower than the best"
     );
-    let path = dev.tune_cache_path().map_or("none (no cache directory: set CMAE_CACHE_DIR)".into(), |p| {
-        format!("{} ({} entries for this adapter)", p.display(), dev.tune_entries().len())
-    });
+    let path = match dev.tune_cache_path() {
+        None => "none (no cache directory: set CMAE_CACHE_DIR)".to_string(),
+        Some(p) if !p.exists() => format!("{} could not be written (see the warning above)", p.display()),
+        Some(p) => format!("{} ({} entries for this adapter)", p.display(), dev.tune_entries().len()),
+    };
     let _ = write!(out, "cache: {path}");
     out
 }

@@ -1,7 +1,7 @@
 //! The shared half of a device: adapter, limits, compiled pipelines, the
-//! autotuning table and the GPU error sink. Every stream of a device holds one `Arc<Context>`; nothing
-//! here belongs to a half-recorded batch, so threads never wait on each other
-//! for more than a cache lookup.
+//! autotuning table and the GPU error sink. Every stream of a device holds
+//! one `Arc<Context>`; nothing here belongs to a half-recorded batch, so
+//! threads never wait on each other for more than a cache lookup.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

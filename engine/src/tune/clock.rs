@@ -1,16 +1,18 @@
 //! Timing the candidates of one shape class on the tuner's own stream.
 //!
 //! Each candidate runs once untimed (pipelines compile when first recorded,
-//! and lavapipe compiles its machine code when first run: 0.4–3.5 s per
+//! and lavapipe compiles their machine code when first run: 0.4–3.5 s per
 //! pipeline), then up to `REPS` times timed, and scores its fastest run: on a
-//! shared machine noise only adds time. GPU timestamp queries time the
-//! dispatches where the adapter has them, else the wall clock runs from
-//! submit to idle. The work is bounded: the heuristic's choice goes first, a
-//! candidate whose first timed run is far slower than the best so far gets
-//! no second one, and no candidate starts (nor takes its second timed run)
-//! once the budget left is spent. The heuristic's warm-up in a new class is
-//! not charged to the budget: compiling its pipelines is work the step that
-//! met the class does anyway.
+//! shared machine noise only adds time. The timed runs go round-robin over
+//! the candidates, so a load that comes and goes hits them alike. GPU
+//! timestamp queries time the dispatches where the adapter has them, else
+//! the wall clock runs from submit to idle. The work is bounded: a candidate
+//! whose first timed run is far slower than the best gets no second one, and
+//! once the budget left is spent no candidate starts and no second round
+//! runs (a candidate that warmed up, i.e. compiled, still gets its first
+//! timed run). The heuristic's warm-up in a new class is not charged to the
+//! budget: compiling its pipelines is work the step that met the class does
+//! anyway.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +41,7 @@ pub(super) fn time_candidates<V: Variant>(
     class: &str,
     candidates: &[V],
     problem: &mut impl Problem<V>,
-    mut best: f64,
+    best: f64,
     heuristic_first: bool,
     budget: Option<Duration>,
 ) -> Result<Timing> {
@@ -49,50 +51,51 @@ pub(super) fn time_candidates<V: Variant>(
     }
     let started = Instant::now();
     let mut free = Duration::ZERO;
-    let charged = |free: Duration| started.elapsed().saturating_sub(free);
-    let mut times = Vec::new();
-    let mut spent = false;
-    'candidates: for (k, &v) in candidates.iter().enumerate() {
+    let spent = |free: Duration| budget.is_some_and(|b| started.elapsed().saturating_sub(free) >= b);
+    let mut run = |v: V| {
         s.pin(v);
-        let mut once = || run_once(s, timestamps, || problem.run(s, v));
-        let mut fastest = f64::INFINITY;
-        let mut runs = 0;
-        // The warm-up, then the timed runs; a candidate that warmed up
-        // (compiled) always gets its first timed run, or the compile is wasted.
-        for i in 0..=REPS {
-            spent = budget.is_some_and(|b| charged(free) >= b);
-            if spent && i != 1 {
-                break;
-            }
-            let result = once();
-            if heuristic_first && k == 0 && i == 0 {
-                free = started.elapsed();
-            }
-            match result {
-                Ok(ms) if i > 0 => {
-                    fastest = fastest.min(ms);
-                    runs += 1;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::debug!("autotune: {} {class}: {} cannot run: {e}", V::DECISION, v.name());
-                    times.push(CandidateTime { name: v.name().to_string(), ms: 0.0, runs: 0 });
-                    continue 'candidates;
-                }
-            }
-            if runs == 1 && fastest > DROP_FACTOR * best {
-                break;
-            }
-        }
-        if runs > 0 {
-            best = best.min(fastest);
-            times.push(CandidateTime { name: v.name().to_string(), ms: fastest, runs });
-        }
-        if spent {
+        run_once(s, timestamps, || problem.run(s, v))
+    };
+    let mut times = Vec::new();
+    // Warm-ups; `live` holds the index in `times` of each candidate still running.
+    let mut live = Vec::new();
+    for (k, &v) in candidates.iter().enumerate() {
+        if spent(free) {
             break;
         }
+        let warm_up = run(v);
+        if heuristic_first && k == 0 {
+            free = started.elapsed();
+        }
+        if let Err(e) = warm_up {
+            log::debug!("autotune: {} {class}: {} cannot run: {e}", V::DECISION, v.name());
+        } else {
+            live.push((v, times.len()));
+        }
+        times.push(CandidateTime { name: v.name().to_string(), ms: f64::INFINITY, runs: 0 });
     }
-    Ok(Timing { times, charged: charged(free) })
+    for round in 0..REPS {
+        if round > 0 && spent(free) {
+            break;
+        }
+        for &(v, i) in &live {
+            match run(v) {
+                Ok(ms) => {
+                    times[i].ms = times[i].ms.min(ms);
+                    times[i].runs += 1;
+                }
+                Err(e) => log::debug!("autotune: {} {class}: {} failed: {e}", V::DECISION, v.name()),
+            }
+        }
+        let best = times.iter().map(|c| c.ms).fold(best, f64::min);
+        live.retain(|&(_, i)| times[i].runs > 0 && times[i].ms <= DROP_FACTOR * best);
+    }
+    for c in &mut times {
+        if c.runs == 0 {
+            c.ms = 0.0;
+        }
+    }
+    Ok(Timing { times, charged: started.elapsed().saturating_sub(free) })
 }
 
 /// Records one run with `record`, submits it and returns its time in ms.
