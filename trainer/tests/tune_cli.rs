@@ -56,8 +56,14 @@ fn tune_fills_the_cache_once_and_info_reports_it() {
     let again = ok(&cmae(&dir, "on", &[&tune[..], &["--retune"]].concat()));
     assert!(rows(&again).iter().all(|r| r.ends_with("timed")), "{again}");
 
+    // The retuned step may meet classes the first did not (when a close
+    // attention race flips to the composed path, its products are classes
+    // too), so the file holds at least the first table's rows.
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    let entries = cached["entries"].as_array().map_or(0, Vec::len);
+    assert!(entries >= timed.len(), "{entries} cached entries for {} timed classes", timed.len());
     let info = ok(&cmae(&dir, "on", &["info"]));
-    let want = format!("autotune: on, cache {} ({} entries for this adapter)", files[0].display(), timed.len());
+    let want = format!("autotune: on, cache {} ({entries} entries for this adapter)", files[0].display());
     assert!(info.contains(&want), "{info}");
     let _ = std::fs::remove_dir_all(&dir);
 }
