@@ -198,6 +198,26 @@ fn a_class_cut_short_is_completed_by_the_next_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A device opened without optional features (no subgroups, no timestamp
+/// queries) never tries the subgroup kernel and times by the wall clock.
+#[test]
+fn without_subgroups_or_timestamps_the_tuner_stays_valid_and_uses_the_wall_clock() {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let adapter = pollster::block_on(wgpu::Instance::new(desc).request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let dir = temp("plain");
+    let d = Device::from_wgpu(device, queue, adapter.get_info(), TuneConfig::in_dir(&dir));
+    assert!(!d.supports_subgroup_matmul() && !d.features().contains(wgpu::Features::TIMESTAMP_QUERY));
+    product(&d);
+    let entries = d.tune_entries();
+    let names: Vec<&str> = entries[0].candidates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{entries:?}");
+    assert!(!names.contains(&"subgroup") && entries[0].candidates.iter().all(|c| c.ms > 0.0), "{entries:?}");
+    assert!(!matmul_shaders(&d).contains(&shader(MatmulKind::Subgroup)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_forced_family_is_not_tuned() {
     let dir = temp("forced");
