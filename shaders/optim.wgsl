@@ -21,19 +21,25 @@ struct AdamW {
 @group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
 
+/// One AdamW hyper-parameter set: per tensor (adamw) or per pack member (adamw_packed).
+struct Hyper { lr: f32, weight_decay: f32, beta1: f32, beta2: f32, eps: f32, grad_scale: f32, bias_c1: f32, bias_c2_sqrt: f32 }
+
+/// The update of vec4 i of param, m and v from grad.
+fn adamw_at(i: u32, h: Hyper) {
+    let g = grad[i] * h.grad_scale;
+    var w = param[i] * (1.0 - h.lr * h.weight_decay);
+    let mi = m[i] + (1.0 - h.beta1) * (g - m[i]);
+    let vi = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
+    w -= (h.lr / h.bias_c1) * mi / (sqrt(vi) / h.bias_c2_sqrt + h.eps);
+    param[i] = w;
+    m[i] = mi;
+    v[i] = vi;
+}
+
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let step = a.lr / a.bias_c1;
-    for (var i = gid.x; i < (a.n + 3u) / 4u; i += nwg.x * 256u) {
-        let g = grad[i] * a.grad_scale;
-        var w = param[i] * (1.0 - a.lr * a.weight_decay);
-        let mi = m[i] + (1.0 - a.beta1) * (g - m[i]);
-        let vi = a.beta2 * v[i] + (1.0 - a.beta2) * g * g;
-        w -= step * mi / (sqrt(vi) / a.bias_c2_sqrt + a.eps);
-        param[i] = w;
-        m[i] = mi;
-        v[i] = vi;
-    }
+    let h = Hyper(a.lr, a.weight_decay, a.beta1, a.beta2, a.eps, a.grad_scale, a.bias_c1, a.bias_c2_sqrt);
+    for (var i = gid.x; i < (a.n + 3u) / 4u; i += nwg.x * 256u) { adamw_at(i, h); }
 }
 
 // adamw_packed: the same update over every member of a pack (parameters,
@@ -68,14 +74,7 @@ fn adamw_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var i = gid.x; i < ap.n4; i += nwg.x * 256u) {
         let seg = segments[segment_of(i)];
         if (i >= seg.end) { continue; }
-        let g = grad[i] * ap.grad_scale;
-        var w = param[i] * (1.0 - seg.lr * seg.weight_decay);
-        let mi = m[i] + (1.0 - ap.beta1) * (g - m[i]);
-        let vi = ap.beta2 * v[i] + (1.0 - ap.beta2) * g * g;
-        w -= (seg.lr / ap.bias_c1) * mi / (sqrt(vi) / ap.bias_c2_sqrt + ap.eps);
-        param[i] = w;
-        m[i] = mi;
-        v[i] = vi;
+        adamw_at(i, Hyper(seg.lr, seg.weight_decay, ap.beta1, ap.beta2, ap.eps, ap.grad_scale, ap.bias_c1, ap.bias_c2_sqrt));
     }
 }
 
