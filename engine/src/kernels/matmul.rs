@@ -324,7 +324,7 @@ fn label(trans_a: bool, trans_b: bool) -> &'static str {
 
 /// `op(a)·op(b)` for 2-D tensors, or batched 3-D tensors `[batch, ·, ·]`.
 pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    let (shape, _) = product_shape(a, b, trans_a, trans_b)?;
+    let shape = product_shape(a, b, trans_a, trans_b)?;
     let c = TensorMut::uninit(dev, &shape, DType::F32)?;
     product(a, b, trans_a, trans_b, &c, 0.0).run(dev)?;
     Ok(c.freeze())
@@ -340,10 +340,8 @@ pub fn matmul_accumulate(
     trans_b: bool,
     acc: &mut TensorMut,
 ) -> Result<()> {
-    let (shape, _) = product_shape(a, b, trans_a, trans_b)?;
-    if acc.numel() != shape.iter().product::<usize>() {
-        return Err(shape_err("matmul", format!("an accumulator {:?} for a product {shape:?}", acc.shape())));
-    }
+    let shape = product_shape(a, b, trans_a, trans_b)?;
+    check_accumulator(acc, &shape)?;
     product(a, b, trans_a, trans_b, acc, 1.0).run(dev)
 }
 
@@ -360,15 +358,13 @@ pub fn linear_weight_grads(
     db_into: Option<&mut TensorMut>,
     want_db: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let (shape, _) = product_shape(dy, x, true, false)?;
+    let shape = product_shape(dy, x, true, false)?;
     let mut new_dw = None;
     let (dw, beta): (&TensorMut, f32) = match dw_into {
         Some(acc) => (acc, 1.0),
         None => (new_dw.insert(TensorMut::uninit(dev, &shape, DType::F32)?), 0.0),
     };
-    if dw.numel() != shape.iter().product::<usize>() {
-        return Err(shape_err("matmul", format!("an accumulator {:?} for a product {shape:?}", dw.shape())));
-    }
+    check_accumulator(dw, &shape)?;
     let mut new_db = None;
     let row_sums = match db_into {
         Some(acc) => Some(RowSums { out: acc, accumulate: true }),
@@ -381,8 +377,16 @@ pub fn linear_weight_grads(
     Ok((new_dw.map(TensorMut::freeze), new_db.map(TensorMut::freeze)))
 }
 
-/// The shape of `op(a)·op(b)` and its inner size, or a shape error.
-fn product_shape(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Vec<usize>, usize)> {
+/// An accumulator takes a product of its element count, whatever its shape.
+fn check_accumulator(acc: &TensorMut, product: &[usize]) -> Result<()> {
+    if acc.numel() != product.iter().product::<usize>() {
+        return Err(shape_err("matmul", format!("an accumulator {:?} for a product {product:?}", acc.shape())));
+    }
+    Ok(())
+}
+
+/// The shape of `op(a)·op(b)`, or a shape error.
+fn product_shape(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Vec<usize>> {
     let op = "matmul";
     let (batch, a2, b2) = match (a.shape(), b.shape()) {
         ([r, c], [r2, c2]) => (1, [*r, *c], [*r2, *c2]),
@@ -405,8 +409,7 @@ fn product_shape(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result
             ),
         ));
     }
-    let shape = if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] };
-    Ok((shape, ka))
+    Ok(if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] })
 }
 
 /// The product of two contiguous operands (shapes already checked) into `c`.
