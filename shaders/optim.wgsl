@@ -43,7 +43,7 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 }
 
 // adamw_packed: the same update over every member of a pack (parameters,
-// gradients, m and v packed alike, see TensorMut::packed_zeros), one
+// gradients, m and v packed alike, see elementwise::packed_zeros), one
 // dispatch for the whole model like a multi-tensor apply. Member s covers
 // vec4s [start, end) of the span with its own lr and weight decay; vec4s
 // between members (alignment padding) belong to none and are left alone.

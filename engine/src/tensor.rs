@@ -9,7 +9,7 @@
 //! gradient.
 //!
 //! A tensor is a byte range (a [`Region`]) of a pooled buffer: usually the
-//! whole buffer, or one member of a pack ([`TensorMut::packed_zeros`]) that
+//! whole buffer, or one member of a pack ([`crate::kernels::elementwise::packed_zeros`]) that
 //! lays several tensors side by side so one kernel can update them all at
 //! once (the optimizer's multi-tensor step). Aliasing is tracked per region,
 //! so the members of a pack are written independently.
@@ -197,29 +197,19 @@ impl TensorMut {
         Ok(Self(Tensor { region: Arc::new(Region { storage, offset: 0 }), shape: shape.to_vec(), dtype }))
     }
 
-    /// Zero-filled f32 tensors of `shapes` side by side in one buffer, each
-    /// starting at an offset the adapter can bind, with zeros between them.
-    /// Each member is a writable tensor of its own; a multi-tensor kernel
-    /// given every member at once treats them as one span (see [`Span`]).
-    pub fn packed_zeros(dev: &Device, shapes: &[Vec<usize>]) -> Result<Vec<TensorMut>> {
-        let align = u64::from(dev.limits().min_storage_buffer_offset_alignment).max(16);
-        let mut offsets = Vec::with_capacity(shapes.len());
-        let mut end = 0u64;
-        for shape in shapes {
-            offsets.push(end);
-            end = (end + shape.iter().product::<usize>() as u64 * 4).next_multiple_of(align);
-        }
-        let whole = crate::kernels::elementwise::zeros(dev, &[(end / 4) as usize])?;
-        let storage = whole.0.region.storage.clone();
+    /// This tensor's buffer split into the members of a pack: f32 tensors of
+    /// `shapes` starting at byte `offsets` (see `elementwise::packed_zeros`).
+    pub(crate) fn into_pack(self, shapes: &[Vec<usize>], offsets: &[u64]) -> Vec<TensorMut> {
+        let storage = self.0.region.storage.clone();
         storage.set_regions(shapes.len());
-        Ok(shapes
+        shapes
             .iter()
             .zip(offsets)
-            .map(|(shape, offset)| {
+            .map(|(shape, &offset)| {
                 let region = Arc::new(Region { storage: storage.clone(), offset });
                 Self(Tensor { region, shape: shape.clone(), dtype: DType::F32 })
             })
-            .collect())
+            .collect()
     }
 
     pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Self> {
@@ -269,7 +259,7 @@ impl TensorMut {
     }
 }
 
-/// Every member of one pack ([`TensorMut::packed_zeros`]) seen as one range
+/// Every member of one pack ([`crate::kernels::elementwise::packed_zeros`]) seen as one range
 /// of elements, for a kernel that handles them all in one dispatch. Member i
 /// starts at element `starts[i]` of the span.
 pub(crate) struct Span<'a> {
@@ -294,7 +284,7 @@ impl<'a> Span<'a> {
             return Err(shape_err(
                 op,
                 format!(
-                    "the {} tensors are not every member of one pack in order (make them with TensorMut::packed_zeros)",
+                    "the {} tensors are not every member of one pack in order (make them with elementwise::packed_zeros)",
                     members.len()
                 ),
             ));

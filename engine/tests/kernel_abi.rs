@@ -72,7 +72,7 @@ fn dispatch_every_wrapper(d: &Device) {
     let adamw =
         optim::AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
     optim::adamw(d, &mut param, &grad, &mut m, &mut v, adamw).unwrap();
-    let pack = || TensorMut::packed_zeros(d, &[vec![2], vec![3]]).unwrap();
+    let pack = || elementwise::packed_zeros(d, &[vec![2], vec![3]]).unwrap();
     let (mut params, grads, mut ms, mut vs) = (pack(), pack(), pack(), pack());
     optim::adamw_packed(
         d,

@@ -17,7 +17,7 @@ fn shapes() -> Vec<Vec<usize>> {
 
 fn packed_with(values: &[Vec<f32>]) -> Vec<TensorMut> {
     let shapes: Vec<Vec<usize>> = values.iter().map(|v| vec![v.len()]).collect();
-    let mut members = TensorMut::packed_zeros(dev(), &shapes).unwrap();
+    let mut members = elementwise::packed_zeros(dev(), &shapes).unwrap();
     for (t, v) in members.iter_mut().zip(values) {
         t.write(dev(), bytemuck::cast_slice(v)).unwrap();
     }
@@ -26,7 +26,7 @@ fn packed_with(values: &[Vec<f32>]) -> Vec<TensorMut> {
 
 #[test]
 fn pack_members_are_zeroed_and_written_independently() {
-    let mut members = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
+    let mut members = elementwise::packed_zeros(dev(), &shapes()).unwrap();
     for t in &members {
         assert!(download(t).iter().all(|&x| x == 0.0), "a fresh member of {:?} is not zero", t.shape());
     }
@@ -56,7 +56,7 @@ fn pack_members_are_zeroed_and_written_independently() {
 #[test]
 fn row_sums_accumulate_into_a_member() {
     for rows in [6, 1088] {
-        let mut members = TensorMut::packed_zeros(dev(), &[vec![3], vec![12]]).unwrap();
+        let mut members = elementwise::packed_zeros(dev(), &[vec![3], vec![12]]).unwrap();
         let start = rand_vec(12, 20);
         members[1].write(dev(), bytemuck::cast_slice(&start)).unwrap();
         let x = rand_vec(rows * 12, 21);
@@ -72,7 +72,7 @@ fn row_sums_accumulate_into_a_member() {
 
 #[test]
 fn a_member_shared_by_another_handle_is_not_written() {
-    let mut members = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
+    let mut members = elementwise::packed_zeros(dev(), &shapes()).unwrap();
     let reader: Tensor = members[3].as_tensor().clone();
     let err = elementwise::accumulate(dev(), &mut members[3], &upload(&[1.0; 1031], &[1031]), 1.0).unwrap_err();
     assert!(matches!(err, Error::Aliased(_)), "{err}");
@@ -104,8 +104,8 @@ fn packed_adamw_equals_one_adamw_per_tensor() {
     let init: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| rand_vec(n, 10 + i as u64)).collect();
     let mut params = packed_with(&init);
     let shapes1: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![n]).collect();
-    let mut m = TensorMut::packed_zeros(dev(), &shapes1).unwrap();
-    let mut v = TensorMut::packed_zeros(dev(), &shapes1).unwrap();
+    let mut m = elementwise::packed_zeros(dev(), &shapes1).unwrap();
+    let mut v = elementwise::packed_zeros(dev(), &shapes1).unwrap();
     let mut single: Vec<[TensorMut; 3]> = init
         .iter()
         .map(|x| {
@@ -139,10 +139,10 @@ fn packed_adamw_equals_one_adamw_per_tensor() {
 
 #[test]
 fn packed_adamw_refuses_what_is_not_a_whole_pack() {
-    let mut params = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
-    let grads = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
-    let mut m = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
-    let mut v = TensorMut::packed_zeros(dev(), &shapes()).unwrap();
+    let mut params = elementwise::packed_zeros(dev(), &shapes()).unwrap();
+    let grads = elementwise::packed_zeros(dev(), &shapes()).unwrap();
+    let mut m = elementwise::packed_zeros(dev(), &shapes()).unwrap();
+    let mut v = elementwise::packed_zeros(dev(), &shapes()).unwrap();
     let s = steps(4, 1);
     // Four of the five members: the kernel would run over a member it was not given.
     let mut p_refs: Vec<&mut TensorMut> = params.iter_mut().take(4).collect();
@@ -209,5 +209,5 @@ fn packed_gradients_equal_ordinary_ones() {
         let want: Vec<f64> = to64(&download(plain.get(name).unwrap())).iter().map(|g| 2.0 * g).collect();
         assert_close(name, &download(packed.get(name).unwrap()), &want, 1e-6, 1e-5);
     }
-    assert_eq!(packed.packed_members().len(), NAMES.len());
+    assert_eq!(packed.len(), NAMES.len());
 }

@@ -122,7 +122,7 @@ impl Gradients {
     /// their gradient by name as usual.
     pub fn packed(dev: &Device, params: &[(&str, &[usize])]) -> Result<Self> {
         let shapes: Vec<Vec<usize>> = params.iter().map(|(_, s)| s.to_vec()).collect();
-        let members = TensorMut::packed_zeros(dev, &shapes)?;
+        let members = elementwise::packed_zeros(dev, &shapes)?;
         let packed: Vec<(String, Option<TensorMut>)> =
             params.iter().zip(members).map(|((n, _), t)| (n.to_string(), Some(t))).collect();
         let packed_index = packed.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
@@ -134,11 +134,6 @@ impl Gradients {
             Some(&i) => self.packed[i].1.as_ref().map(|t| t.as_tensor()),
             None => self.map.get(name),
         }
-    }
-
-    /// The packed members in pack order (empty unless [`Gradients::packed`]).
-    pub fn packed_members(&self) -> Vec<&Tensor> {
-        self.packed.iter().filter_map(|(_, t)| t.as_ref().map(|t| t.as_tensor())).collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {

@@ -101,6 +101,21 @@ pub fn zeros(dev: &Device, shape: &[usize]) -> Result<TensorMut> {
     filled(dev, shape, 0.0)
 }
 
+/// Zero-filled f32 tensors of `shapes` side by side in one buffer, each
+/// starting at an offset the adapter can bind, with zeros between them.
+/// Each member is a writable tensor of its own; a multi-tensor kernel given
+/// every member at once treats them as one span (see `optim::adamw_packed`).
+pub fn packed_zeros(dev: &Device, shapes: &[Vec<usize>]) -> Result<Vec<TensorMut>> {
+    let align = u64::from(dev.limits().min_storage_buffer_offset_alignment).max(16);
+    let mut offsets = Vec::with_capacity(shapes.len());
+    let mut end = 0u64;
+    for shape in shapes {
+        offsets.push(end);
+        end = (end + shape.iter().product::<usize>() as u64 * 4).next_multiple_of(align);
+    }
+    Ok(zeros(dev, &[(end / 4) as usize])?.into_pack(shapes, &offsets))
+}
+
 fn filled(dev: &Device, shape: &[usize], value: f32) -> Result<TensorMut> {
     let out = TensorMut::uninit(dev, shape, DType::F32)?;
     let p = Params { n: u32_of("full", out.numel())?, period: 1, alpha: value, beta: 0.0 };

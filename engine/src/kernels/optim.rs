@@ -102,7 +102,7 @@ struct Segment {
 
 /// [`adamw`] over every tensor of a model in one dispatch: `params`, `grads`,
 /// `m` and `v` are each all the members of one pack
-/// ([`TensorMut::packed_zeros`]), in the same order and shapes, and
+/// ([`super::elementwise::packed_zeros`]), in the same order and shapes, and
 /// `steps[i]` is tensor i's update (its own lr and weight decay; β, eps, step
 /// and grad scale shared). Same arithmetic as one [`adamw`] per tensor.
 pub fn adamw_packed(

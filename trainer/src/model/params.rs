@@ -107,7 +107,7 @@ impl ParamStore {
     fn build(dev: &Device, specs: &[ParamSpec], values: Vec<Vec<f32>>) -> Result<Self> {
         let trainable: Vec<Vec<usize>> =
             specs.iter().filter(|s| s.kind() == Kind::Trainable).map(|s| s.shape.clone()).collect();
-        let mut packed = TensorMut::packed_zeros(dev, &trainable)?.into_iter();
+        let mut packed = cmae_engine::kernels::elementwise::packed_zeros(dev, &trainable)?.into_iter();
         let mut store = Self { entries: Vec::new(), index: HashMap::new() };
         for (s, values) in specs.iter().zip(values) {
             let tensor = match s.kind() {

@@ -5,7 +5,7 @@
 use crate::safetensors_io::{F32Map, NamedF32};
 
 use anyhow::{Context, Result, anyhow, bail};
-use cmae_engine::kernels::elementwise::zeros;
+use cmae_engine::kernels::elementwise::{packed_zeros, zeros};
 use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw_packed, lars};
 use cmae_engine::{Device, Gradients, TensorMut};
 
@@ -35,8 +35,8 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(dev: &Device, params: &ParamStore, cfg: AdamWConfig) -> Result<Self> {
         let shapes: Vec<Vec<usize>> = params.trainable().map(|(_, t)| t.shape().to_vec()).collect();
-        let m = TensorMut::packed_zeros(dev, &shapes)?;
-        let v = TensorMut::packed_zeros(dev, &shapes)?;
+        let m = packed_zeros(dev, &shapes)?;
+        let v = packed_zeros(dev, &shapes)?;
         let names = params.trainable().map(|(n, _)| n.to_string()).collect();
         Ok(Self { cfg, step: 0, m, v, names })
     }
