@@ -31,7 +31,7 @@ mod cache;
 mod clock;
 pub(crate) mod matmul;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -169,6 +169,10 @@ pub(crate) struct Tuner {
     left: Mutex<Option<Duration>>,
     /// Entries this process did not time are not used (`cmae tune --retune`).
     retune: AtomicBool,
+    /// What each class met so far in this process runs: a run never switches
+    /// a class's kernel once it has used it, and a class already decided
+    /// costs every later call one lookup instead of the table walk.
+    decided: Mutex<HashMap<(String, String), &'static str>>,
 }
 
 impl Tuner {
@@ -184,6 +188,7 @@ impl Tuner {
             timed: AtomicU64::new(0),
             left: Mutex::new(config.budget),
             retune: AtomicBool::new(false),
+            decided: Mutex::default(),
         }
     }
 
@@ -245,6 +250,24 @@ impl Device {
             return Ok(heuristic);
         }
         let key = (V::DECISION.to_string(), class());
+        let decided = lock(&tuner.decided).get(&key).and_then(|name| V::from_name(name));
+        if let Some(v) = decided.filter(|v| candidates.contains(v)) {
+            return Ok(v);
+        }
+        let v = self.decide(key.clone(), candidates, problem)?;
+        lock(&tuner.decided).insert(key, v.name());
+        Ok(v)
+    }
+
+    /// [`Device::select`] for a class this process has not decided yet.
+    fn decide<V: Variant, P: Problem<V>>(
+        &self,
+        key: (String, String),
+        candidates: &[V],
+        problem: impl FnOnce(&Device) -> Result<P>,
+    ) -> Result<V> {
+        let heuristic = candidates[0];
+        let tuner = self.tuner();
         let entry = tuner.entry(&key);
         let fastest = |e: &Option<TuneEntry>| e.as_ref().and_then(|e| e.best_of(candidates)).unwrap_or(heuristic);
         let missing: Vec<V> = match &entry {
