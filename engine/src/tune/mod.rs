@@ -295,6 +295,13 @@ impl Device {
         };
         tuner.spend(timing.charged);
         tuner.timed.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
+            "autotune: {} {} took {:.2} s ({:.2} s charged to the budget)",
+            key.0,
+            key.1,
+            started.elapsed().as_secs_f64(),
+            timing.charged.as_secs_f64()
+        );
         if timing.times.is_empty() {
             return Ok(fastest(&entry));
         }
