@@ -3,20 +3,38 @@
 /// One shader module, made of one or more files from `shaders/` (a shared
 /// part first, then the file with the entry point), and the file in
 /// `engine/src/kernels/` whose typed wrapper dispatches it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Shader {
     pub name: &'static str,
     pub files: &'static [&'static str],
     pub wrapper: &'static str,
+    /// What an adapter must have to run it: the device refuses to build it
+    /// elsewhere, and the kernel selection never picks it there.
+    pub needs: Needs,
     pub source: &'static str,
 }
 
+/// Adapter capabilities a shader relies on beyond core WGSL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Subgroup operations with exactly 8 lanes (the broadcasts assume it).
+    pub subgroups_of_8: bool,
+    /// `enable f16;` (`SHADER_F16`).
+    pub f16: bool,
+}
+
+impl Needs {
+    pub const NOTHING: Needs = Needs { subgroups_of_8: false, f16: false };
+    pub const SUBGROUPS_OF_8: Needs = Needs { subgroups_of_8: true, f16: false };
+}
+
 macro_rules! shaders {
-    ($($ident:ident => $wrapper:literal, [$($file:literal),+]),* $(,)?) => {
+    ($($ident:ident => $wrapper:literal, $needs:ident, [$($file:literal),+]),* $(,)?) => {
         $(pub static $ident: Shader = Shader {
             name: shaders!(@last $($file),+),
             files: &[$($file),+],
             wrapper: $wrapper,
+            needs: Needs::$needs,
             source: concat!($(include_str!(concat!("../../shaders/", $file)), "\n"),+),
         };)*
         /// Every shader, for validation tests and tools.
@@ -27,18 +45,18 @@ macro_rules! shaders {
 }
 
 shaders! {
-    MATMUL_REGISTER => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
-    MATMUL_SUBGROUP => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
-    MATMUL_TILED => "matmul.rs", ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
-    SOFTMAX => "softmax.rs", ["softmax.wgsl"],
-    ATTENTION => "attention.rs", ["attention.wgsl"],
-    LAYERNORM => "layernorm.rs", ["layernorm.wgsl"],
-    GELU => "gelu.rs", ["gelu_math.wgsl", "gelu.wgsl"],
-    ELEMENTWISE => "elementwise.rs", ["elementwise.wgsl"],
-    REDUCE => "reduce.rs", ["reduce.wgsl"],
-    GATHER => "gather.rs", ["gather.wgsl"],
-    PATCH => "patch.rs", ["patch.wgsl"],
-    LOSS => "loss.rs", ["loss.wgsl"],
-    OPTIM => "optim.rs", ["optim.wgsl"],
-    BATCHNORM => "batchnorm.rs", ["batchnorm.wgsl"],
+    MATMUL_REGISTER => "matmul.rs", NOTHING, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP => "matmul.rs", SUBGROUPS_OF_8, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED => "matmul.rs", NOTHING, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
+    SOFTMAX => "softmax.rs", NOTHING, ["softmax.wgsl"],
+    ATTENTION => "attention.rs", NOTHING, ["attention.wgsl"],
+    LAYERNORM => "layernorm.rs", NOTHING, ["layernorm.wgsl"],
+    GELU => "gelu.rs", NOTHING, ["gelu_math.wgsl", "gelu.wgsl"],
+    ELEMENTWISE => "elementwise.rs", NOTHING, ["elementwise.wgsl"],
+    REDUCE => "reduce.rs", NOTHING, ["reduce.wgsl"],
+    GATHER => "gather.rs", NOTHING, ["gather.wgsl"],
+    PATCH => "patch.rs", NOTHING, ["patch.wgsl"],
+    LOSS => "loss.rs", NOTHING, ["loss.wgsl"],
+    OPTIM => "optim.rs", NOTHING, ["optim.wgsl"],
+    BATCHNORM => "batchnorm.rs", NOTHING, ["batchnorm.wgsl"],
 }

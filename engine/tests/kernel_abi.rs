@@ -133,6 +133,13 @@ fn every_entry_point_passes_the_abi_check_through_its_wrapper() {
         }
     }
     assert!(missed.is_empty(), "entry points no wrapper dispatched (so never ABI-checked): {missed:?}");
+
+    // The catalog the backend translation test walks holds every pipeline
+    // the wrappers built, constants and all.
+    let catalog = cmae_engine::kernels::catalog().unwrap();
+    for built in d.built_kernels() {
+        assert!(catalog.contains(&built), "{built:?} is not in kernels::catalog()");
+    }
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `cmae info`: the adapter, its backend and driver, and the limits that matter.
+//! `cmae info`: the adapter, its backend and driver, the kernel families it
+//! may run, and the limits that matter.
 
 use cmae_engine::Device;
 use serde_json::json;
@@ -7,6 +8,7 @@ use serde_json::json;
 pub fn describe(dev: &Device) -> serde_json::Value {
     let info = dev.info();
     let l = dev.limits();
+    let families = dev.kernel_families();
     let features: Vec<String> = [
         (wgpu::Features::SHADER_F16, "SHADER_F16"),
         (wgpu::Features::SUBGROUP, "SUBGROUP"),
@@ -29,6 +31,12 @@ pub fn describe(dev: &Device) -> serde_json::Value {
         "tune_cache": dev.tune_cache_path().map(|p| p.display().to_string()),
         "tune_entries": dev.tune_entries().len(),
         "features": features,
+        "kernels": {
+            "matmul": families.matmul_kinds().iter().map(|k| k.describe()).collect::<Vec<_>>(),
+            "attention": format!("fused {:?}", families.attention_layout()),
+            "subgroup_matmul": families.subgroups_of_8,
+            "summary": families.describe(),
+        },
         "limits": {
             "max_buffer_size": l.max_buffer_size,
             "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
@@ -62,6 +70,7 @@ pub fn print(dev: &Device) {
     }
     let feats: Vec<&str> = v["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
     println!("features: {}", if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") });
+    println!("kernels:  {}", v["kernels"]["summary"].as_str().unwrap_or(""));
     println!("limits:");
     if let Some(limits) = v["limits"].as_object() {
         for (k, val) in limits {

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::abi::{self, Reflection};
-use super::{Binding, KernelSpec, MatmulKind, TileShape, lock};
+use super::{Binding, KernelFamilies, KernelSpec, MatmulKind, TileShape, lock};
 use crate::error::{Error, Result};
+use crate::kernels::KernelVariant;
 use crate::tune::{TuneConfig, Tuner};
 
 pub(crate) struct Context {
@@ -21,6 +22,7 @@ pub(crate) struct Context {
     pub(crate) matmul_forced: Mutex<Option<MatmulKind>>,
     /// The built-in choice: the autotuner's fallback, and all there is with it off.
     pub(crate) matmul_heuristic: MatmulKind,
+    pub(crate) families: KernelFamilies,
     pub(crate) tuner: Tuner,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
@@ -54,24 +56,20 @@ impl Context {
                 *slot = Some(e.to_string());
             }
         }));
-        let subgroups = subgroups_of_8(&device, &info);
+        let families = KernelFamilies::of(device.features(), &info);
         let matmul_forced = match std::env::var("CMAE_MATMUL").as_deref() {
             Ok("register") => Some(MatmulKind::Register),
-            Ok("subgroup") if subgroups => Some(MatmulKind::Subgroup),
+            Ok("subgroup") if families.subgroups_of_8 => Some(MatmulKind::Subgroup),
             Ok("tiled") => Some(MatmulKind::Tiled(TileShape::DEFAULT)),
             _ => None,
-        };
-        let matmul_heuristic = match info.device_type {
-            wgpu::DeviceType::Cpu if subgroups => MatmulKind::Subgroup,
-            wgpu::DeviceType::Cpu => MatmulKind::Register,
-            _ => MatmulKind::Tiled(TileShape::DEFAULT),
         };
         Self {
             limits: device.limits(),
             tuner: Tuner::new(tune, &info),
             info,
             matmul_forced: Mutex::new(matmul_forced),
-            matmul_heuristic,
+            matmul_heuristic: families.matmul_heuristic(),
+            families,
             pipelines: Mutex::default(),
             modules: Mutex::default(),
             reflections: Mutex::default(),
@@ -84,10 +82,6 @@ impl Context {
             device,
             queue,
         }
-    }
-
-    pub(crate) fn supports_subgroup_matmul(&self) -> bool {
-        subgroups_of_8(&self.device, &self.info)
     }
 
     /// The pipeline for `spec`, built once. A new pipeline is first checked
@@ -107,6 +101,12 @@ impl Context {
         };
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
+        }
+        if let Some(missing) = self.families.missing(spec.shader.needs) {
+            return Err(Error::NoAdapter(format!(
+                "kernel {}::{} needs {missing}, which adapter {} ({:?}) lacks; use another adapter (CMAE_ADAPTER) or unset CMAE_MATMUL",
+                spec.shader.name, spec.entry, self.info.name, self.info.backend
+            )));
         }
         let bound: Vec<_> = bindings.iter().map(|b| (b.slot, b.access)).collect();
         abi::check(&*self.reflection(spec)?, spec, params_size, &bound)?;
@@ -153,6 +153,18 @@ impl Context {
         v
     }
 
+    pub(crate) fn built_kernels(&self) -> Vec<KernelVariant> {
+        let shader = |name| crate::shaders::ALL.iter().copied().find(|s| s.name == name).expect("a registered shader");
+        lock(&self.pipelines)
+            .keys()
+            .map(|k| KernelVariant {
+                shader: shader(k.shader),
+                entry: k.entry.to_string(),
+                constants: k.constants.iter().map(|&(n, bits)| (n, f64::from_bits(bits))).collect(),
+            })
+            .collect()
+    }
+
     pub(crate) fn wait_idle(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -184,9 +196,4 @@ fn add_signed(counter: &AtomicU64, delta: i64) -> u64 {
     } else {
         counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
     }
-}
-
-/// The subgroup matmul assumes exactly 8 lanes per subgroup.
-fn subgroups_of_8(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
-    device.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
 }

@@ -11,6 +11,7 @@
 mod abi;
 mod adapter;
 mod context;
+mod families;
 mod pool;
 mod profile;
 mod read;
@@ -19,6 +20,7 @@ mod stream;
 
 pub use abi::{EntryAbi, reflect};
 pub use adapter::{AdapterRequest, wanted_features};
+pub use families::KernelFamilies;
 pub use profile::KernelTime;
 pub use read::PendingRead;
 pub use storage::Storage;
@@ -239,7 +241,12 @@ impl Device {
 
     /// Whether this device can run [`MatmulKind::Subgroup`].
     pub fn supports_subgroup_matmul(&self) -> bool {
-        self.ctx().supports_subgroup_matmul()
+        self.ctx().families.subgroups_of_8
+    }
+
+    /// The kernel families this adapter may run (see [`KernelFamilies`]).
+    pub fn kernel_families(&self) -> KernelFamilies {
+        self.ctx().families
     }
 
     /// FLOPs (2·m·n·k per matrix product) of every matmul recorded on this
@@ -275,6 +282,12 @@ impl Device {
     /// `(shader, entry)` pairs whose wrappers passed the ABI check so far.
     pub fn checked_kernels(&self) -> Vec<(&'static str, &'static str)> {
         self.ctx().checked_kernels()
+    }
+
+    /// Every pipeline built on this device so far (each is in
+    /// [`crate::kernels::catalog`]; the kernel ABI test checks that).
+    pub fn built_kernels(&self) -> Vec<crate::kernels::KernelVariant> {
+        self.ctx().built_kernels()
     }
 
     pub fn memory(&self) -> MemoryStats {

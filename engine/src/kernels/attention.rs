@@ -13,7 +13,7 @@
 
 use super::matmul::{Epilogue, MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
-use super::u32_of;
+use super::{KernelVariant, u32_of};
 use crate::device::{Device, KernelSpec};
 use std::sync::OnceLock;
 
@@ -203,6 +203,22 @@ fn fused_head_dim(hd: usize) -> bool {
     hd.is_multiple_of(4) && (4..=128).contains(&hd)
 }
 
+/// Every pipeline the fused kernels may build: each entry point at each head
+/// dim they take.
+pub(crate) fn variants() -> Result<Vec<KernelVariant>> {
+    let entries = crate::device::reflect(&shaders::ATTENTION)?;
+    let head_dims = (4..=128).filter(|&hd| fused_head_dim(hd));
+    Ok(head_dims
+        .flat_map(|hd| {
+            entries.iter().map(move |e| KernelVariant {
+                shader: &shaders::ATTENTION,
+                entry: e.entry.clone(),
+                constants: vec![("HD4", (hd / 4) as f64)],
+            })
+        })
+        .collect())
+}
+
 /// How the fused kernels spread rows over invocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FusedLayout {
@@ -218,7 +234,7 @@ pub enum FusedLayout {
 impl FusedLayout {
     /// The layout for this adapter.
     pub fn for_device(dev: &Device) -> Self {
-        if dev.info().device_type == wgpu::DeviceType::Cpu { Self::Rows } else { Self::Tiles }
+        dev.kernel_families().attention_layout()
     }
 
     fn entry(self, tiles: &'static str, rows: &'static str) -> &'static str {

@@ -2,9 +2,9 @@
 //! Kernels: `shaders/matmul_register.wgsl` and `shaders/matmul_subgroup.wgsl` (CPU adapters),
 //! `shaders/matmul_tiled.wgsl` (GPUs).
 
+use super::KernelVariant;
 use crate::device::{Binding, Device, KernelSpec, MatmulKind};
 use crate::error::{Result, shape_err};
-use crate::shaders;
 use crate::tensor::{DType, Tensor, TensorMut};
 
 /// A strided matrix inside a tensor: batch `z = outer·heads + inner` starts at
@@ -215,22 +215,11 @@ impl Matmul<'_> {
         match crate::tune::matmul::family(dev, self)? {
             MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
             MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
-            MatmulKind::Tiled(shape) => {
-                let mut constants = self.constants(None);
-                let flag = |b: bool| f64::from(u8::from(b));
-                constants.extend([
-                    ("TM", f64::from(shape.tm)),
-                    ("TN", f64::from(shape.tn)),
-                    ("BK", f64::from(shape.bk)),
-                    ("DOUBLE", flag(shape.double)),
-                ]);
-                let spec = KernelSpec {
-                    shader: &shaders::MATMUL_TILED,
-                    entry: self.entry(),
-                    constants: &constants,
-                    label,
-                    workgroup: [16, 16, 1],
-                };
+            kind @ MatmulKind::Tiled(shape) => {
+                let (entry, input_op) = self.entry();
+                let constants = constants(kind, (self.trans_a, self.trans_b), None, input_op);
+                let spec =
+                    KernelSpec { shader: kind.shader(), entry, constants: &constants, label, workgroup: [16, 16, 1] };
                 // Row sums take one more z-slice of workgroups.
                 let [tile_rows, tile_cols] = shape.tile();
                 let slices = params.batches + u32::from(self.row_sums.is_some());
@@ -240,26 +229,14 @@ impl Matmul<'_> {
         }
     }
 
-    /// Override constants: the transposes, the register kernels' `VEC`, and
-    /// the input epilogue's operation.
-    fn constants(&self, vec: Option<bool>) -> Vec<(&'static str, f64)> {
-        let flag = |b: bool| f64::from(u8::from(b));
-        let mut c = vec![("TRANS_A", flag(self.trans_a)), ("TRANS_B", flag(self.trans_b))];
-        c.extend(vec.map(|v| ("VEC", flag(v))));
-        match self.epilogue {
-            Epilogue::AddInput(_) => c.push(("INPUT_OP", 0.0)),
-            Epilogue::GeluGrad(_) => c.push(("INPUT_OP", 1.0)),
-            Epilogue::None | Epilogue::Gelu { .. } => {}
-        }
-        c
-    }
-
-    fn entry(&self) -> &'static str {
+    /// The entry point, and `INPUT_OP` for the input epilogue's.
+    fn entry(&self) -> (&'static str, Option<u32>) {
         match (self.row_sums, self.epilogue) {
-            (Some(_), _) => "main_row_sums",
-            (None, Epilogue::None) => "main",
-            (None, Epilogue::Gelu { .. }) => "main_gelu",
-            (None, Epilogue::AddInput(_) | Epilogue::GeluGrad(_)) => "main_input",
+            (Some(_), _) => ("main_row_sums", None),
+            (None, Epilogue::None) => ("main", None),
+            (None, Epilogue::Gelu { .. }) => ("main_gelu", None),
+            (None, Epilogue::AddInput(_)) => ("main_input", Some(INPUT_ADD)),
+            (None, Epilogue::GeluGrad(_)) => ("main_input", Some(INPUT_GELU_GRAD)),
         }
     }
 
@@ -285,9 +262,10 @@ impl Matmul<'_> {
     ) -> Result<()> {
         let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
             && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
-        let constants = self.constants(Some(vec_ok));
-        let shader = if subgroup { &shaders::MATMUL_SUBGROUP } else { &shaders::MATMUL_REGISTER };
-        let spec = KernelSpec { shader, entry: self.entry(), constants: &constants, label, workgroup: [64, 1, 1] };
+        let kind = if subgroup { MatmulKind::Subgroup } else { MatmulKind::Register };
+        let (entry, input_op) = self.entry();
+        let constants = constants(kind, (self.trans_a, self.trans_b), Some(vec_ok), input_op);
+        let spec = KernelSpec { shader: kind.shader(), entry, constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
         // rounds row blocks up to whole 8-lane subgroups. Row sums take 4
         // rows per invocation past the blocks' whole workgroups.
@@ -304,6 +282,60 @@ impl Matmul<'_> {
             flat_groups(dev, invocations.div_ceil(u64::from(spec.workgroup[0]))),
         )
     }
+}
+
+/// `INPUT_OP` of the `main_input` entry points (matmul_common.wgsl, matmul_tiled.wgsl).
+const INPUT_ADD: u32 = 0;
+const INPUT_GELU_GRAD: u32 = 1;
+
+/// A pipeline's override constants: the transposes, the register kernels'
+/// `VEC` (vector loads), the input epilogue's operation, and the tile shape.
+fn constants(
+    kind: MatmulKind,
+    (trans_a, trans_b): (bool, bool),
+    vec: Option<bool>,
+    input_op: Option<u32>,
+) -> Vec<(&'static str, f64)> {
+    let flag = |b: bool| f64::from(u8::from(b));
+    let mut c = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
+    c.extend(vec.map(|v| ("VEC", flag(v))));
+    c.extend(input_op.map(|op| ("INPUT_OP", f64::from(op))));
+    if let MatmulKind::Tiled(shape) = kind {
+        c.extend([
+            ("TM", f64::from(shape.tm)),
+            ("TN", f64::from(shape.tn)),
+            ("BK", f64::from(shape.bk)),
+            ("DOUBLE", flag(shape.double)),
+        ]);
+    }
+    c
+}
+
+/// Every pipeline [`Matmul::run`] may build.
+pub(crate) fn variants() -> Vec<KernelVariant> {
+    let entries = [
+        ("main", None),
+        ("main_row_sums", None),
+        ("main_gelu", None),
+        ("main_input", Some(INPUT_ADD)),
+        ("main_input", Some(INPUT_GELU_GRAD)),
+    ];
+    let mut all = Vec::new();
+    for kind in MatmulKind::all() {
+        let vecs = match kind {
+            MatmulKind::Register | MatmulKind::Subgroup => vec![Some(false), Some(true)],
+            MatmulKind::Tiled(_) => vec![None],
+        };
+        for trans in [(false, false), (false, true), (true, false), (true, true)] {
+            for (entry, input_op) in entries {
+                for &vec in &vecs {
+                    let constants = constants(kind, trans, vec, input_op);
+                    all.push(KernelVariant { shader: kind.shader(), entry: entry.into(), constants });
+                }
+            }
+        }
+    }
+    all
 }
 
 /// Workgroups for a flat block count, spilling into y past the per-dimension limit.

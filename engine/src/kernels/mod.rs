@@ -14,8 +14,37 @@ pub mod patch;
 pub mod reduce;
 pub mod softmax;
 
+use crate::device::reflect;
 use crate::error::{Result, shape_err};
+use crate::shaders::{self, Shader};
 use crate::tensor::{DType, Tensor};
+
+/// One pipeline the kernel wrappers may build: an entry point of a shader
+/// with the override constants they pass it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelVariant {
+    pub shader: &'static Shader,
+    pub entry: String,
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+/// Every pipeline the wrappers may build on some adapter: each entry point
+/// of each shader with every combination of override constants its wrapper
+/// passes (matmul: family, tile shape, transposes, vector loads, epilogue;
+/// attention: head dim). Tests translate each for every backend.
+pub fn catalog() -> Result<Vec<KernelVariant>> {
+    let mut all = matmul::variants();
+    all.extend(attention::variants()?);
+    for &shader in shaders::ALL {
+        if all.iter().any(|v| std::ptr::eq(v.shader, shader)) {
+            continue;
+        }
+        for e in reflect(shader)? {
+            all.push(KernelVariant { shader, entry: e.entry, constants: Vec::new() });
+        }
+    }
+    Ok(all)
+}
 
 /// Upper bound on workgroups for grid-stride kernels: enough to fill any GPU,
 /// few enough that CPU adapters do not pay per-workgroup overhead.

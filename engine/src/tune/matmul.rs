@@ -57,34 +57,12 @@ pub(crate) fn family(dev: &Device, mm: &Matmul<'_>) -> Result<MatmulKind> {
     }
     let shape = Shape { m: mm.m, n: mm.n, k: mm.k, z: mm.outer * mm.heads, ta: mm.trans_a, tb: mm.trans_b };
     let max_groups = dev.limits().max_compute_workgroups_per_dimension as usize;
-    let cpu = dev.info().device_type == wgpu::DeviceType::Cpu;
-    let valid =
-        candidates(ctx.matmul_heuristic, dev.supports_subgroup_matmul(), cpu, |t| shape.tiled_grid_fits(t, max_groups));
+    let mut valid = ctx.families.matmul_kinds();
+    valid.retain(|&kind| match kind {
+        MatmulKind::Tiled(tile) => shape.tiled_grid_fits(tile, max_groups),
+        MatmulKind::Register | MatmulKind::Subgroup => true,
+    });
     dev.select(|| shape.class(), &valid, |s| MatmulProblem::new(s, shape.shrunk()))
-}
-
-/// The families that may run a product, the heuristic's first: subgroup
-/// only with 8-lane subgroups, tiled shapes only where their grid fits, and
-/// on CPU adapters (where workgroup memory does not pay) only the default
-/// tile shape, which bounds the tuning time there.
-fn candidates(
-    heuristic: MatmulKind,
-    subgroups: bool,
-    cpu: bool,
-    tiled_fits: impl Fn(TileShape) -> bool,
-) -> Vec<MatmulKind> {
-    let mut out = vec![heuristic];
-    for &kind in MatmulKind::ALL {
-        let valid = match kind {
-            MatmulKind::Register => true,
-            MatmulKind::Subgroup => subgroups,
-            MatmulKind::Tiled(shape) => tiled_fits(shape) && (!cpu || shape == TileShape::DEFAULT),
-        };
-        if valid && kind != heuristic {
-            out.push(kind);
-        }
-    }
-    out
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,22 +160,6 @@ impl Problem<MatmulKind> for MatmulProblem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use MatmulKind::*;
-
-    #[test]
-    fn candidates_are_valid_and_the_heuristic_comes_first() {
-        let default = Tiled(TileShape::DEFAULT);
-        assert_eq!(
-            candidates(Subgroup, true, true, |_| true),
-            [Subgroup, Register, default],
-            "one tile shape on a CPU"
-        );
-        let gpu = candidates(default, false, false, |_| true);
-        assert_eq!(gpu[0], default);
-        assert_eq!(gpu.len(), 1 + TileShape::ALL.len(), "every shape and the register kernel, no subgroup kernel");
-        assert!(!gpu.contains(&Subgroup), "no subgroup kernel without 8-lane subgroups");
-        assert_eq!(candidates(Register, false, true, |_| false), [Register], "nothing to tune");
-    }
 
     #[test]
     fn variant_names_are_distinct_and_round_trip() {
