@@ -366,9 +366,10 @@ fn declared_needs_are_what_the_shaders_use() {
         let validate = |features| {
             wgpu_naga_bridge::create_validator(features, wgpu::DownlevelFlags::all(), ValidationFlags::all())
                 .validate(&module)
+                .map_err(|e| format!("{e:?}"))
         };
         if let Err(e) = validate(features) {
-            panic!("{} does not validate with its declared needs {:?}: {e:?}", shader.name, shader.needs);
+            panic!("{} does not validate with its declared needs {:?}: {e}", shader.name, shader.needs);
         }
         if shader.needs != Needs::NOTHING {
             assert!(
