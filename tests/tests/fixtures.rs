@@ -8,14 +8,7 @@ use cmae::fixture;
 use cmae_engine::Device;
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    files
+    fixture::files_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")).unwrap()
 }
 
 #[test]

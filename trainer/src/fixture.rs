@@ -3,7 +3,7 @@
 //! losses, prediction, every gradient and one AdamW step against it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::kernels::elementwise::zeros;
@@ -154,6 +154,20 @@ fn rel_l2(got: &[f32], want: &[f64]) -> (f64, f64) {
     let diff: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - w).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     (diff, 1e-3 * norm + 1e-7)
+}
+
+/// The `.safetensors` files in `dir`, sorted (the committed suite is
+/// `tests/fixtures`).
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Runs every check of FIXTURES.md. `Err(Unusable)` when the file can't be used.

@@ -70,13 +70,7 @@ fn every_fixture_passes_on_gl_with_the_same_checks_as_on_vulkan() {
     if !gl_adapter(&cache) {
         return;
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = cmae::fixture::files_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")).unwrap();
     assert!(files.len() >= 5, "the fixture suite is committed under tests/fixtures");
     for file in &files {
         let path = file.to_str().unwrap();
