@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use cmae_engine::device::{KernelFamilies, reflect};
+use cmae_engine::device::{INVOCATIONS_PER_WORKGROUP, KernelFamilies, STORAGE_BUFFERS_PER_STAGE, reflect};
 use cmae_engine::kernels::{KernelVariant, catalog};
 use cmae_engine::shaders::{ALL, Needs};
 use naga::back;
@@ -34,6 +34,21 @@ fn every_shader_validates_with_naga() {
             panic!("{e}");
         }
     }
+}
+
+/// The widest kernels set what the device asks of an adapter's limits when
+/// it opens one: the constants it checks are the maxima over every entry point.
+#[test]
+fn adapter_limit_checks_match_the_widest_kernels() {
+    let (mut storage, mut invocations) = (0, 0);
+    for shader in ALL {
+        for e in reflect(shader).unwrap() {
+            storage = storage.max(e.storage.len() as u32);
+            invocations = invocations.max(e.workgroup_size.iter().product::<u32>());
+        }
+    }
+    assert_eq!(storage, STORAGE_BUFFERS_PER_STAGE, "the most storage buffers an entry point binds");
+    assert_eq!(invocations, INVOCATIONS_PER_WORKGROUP, "the largest workgroup");
 }
 
 /// A shading language as one backend writes it.

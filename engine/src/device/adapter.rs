@@ -134,9 +134,49 @@ pub fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
     adapter.features() & wanted
 }
 
+/// Storage buffers the widest entry point binds and invocations in the
+/// largest workgroup (the tiled matmul's 16×16). `kernels::catalog()` is checked against both by
+/// `engine/tests/shaders_validate.rs`.
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 6;
+pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
+
+/// Refuses an adapter whose limits cannot hold every kernel when it is
+/// opened (OpenGL ES 3.1 may allow only 4 storage buffers per stage), not
+/// at the first kernel that does not fit.
+pub fn check_limits(adapter: &str, limits: &wgpu::Limits) -> Result<()> {
+    let short = |name: &str, has: u32, needs: u32| {
+        Error::NoAdapter(format!(
+            "adapter {adapter} allows {has} for {name}, cmae's kernels need {needs}; use another adapter (CMAE_BACKEND, CMAE_ADAPTER)"
+        ))
+    };
+    if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_PER_STAGE {
+        let has = limits.max_storage_buffers_per_shader_stage;
+        return Err(short("max_storage_buffers_per_shader_stage", has, STORAGE_BUFFERS_PER_STAGE));
+    }
+    if limits.max_compute_invocations_per_workgroup < INVOCATIONS_PER_WORKGROUP {
+        let has = limits.max_compute_invocations_per_workgroup;
+        return Err(short("max_compute_invocations_per_workgroup", has, INVOCATIONS_PER_WORKGROUP));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapters_too_small_for_the_kernels_are_refused_by_name() {
+        let info = "tiny gles (Gl)";
+        assert!(check_limits(info, &wgpu::Limits::default()).is_ok());
+        let gles = wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::default() };
+        let e = check_limits(info, &gles).unwrap_err().to_string();
+        assert!(
+            e.contains("tiny gles") && e.contains("max_storage_buffers_per_shader_stage") && e.contains("allows 4"),
+            "{e}"
+        );
+        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 128, ..wgpu::Limits::default() };
+        assert!(check_limits(info, &small).unwrap_err().to_string().contains("max_compute_invocations_per_workgroup"));
+    }
 
     #[test]
     fn backend_names_parse_and_bad_ones_are_named() {

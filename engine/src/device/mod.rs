@@ -19,7 +19,7 @@ mod storage;
 mod stream;
 
 pub use abi::{EntryAbi, reflect};
-pub use adapter::{AdapterRequest, wanted_features};
+pub use adapter::{AdapterRequest, INVOCATIONS_PER_WORKGROUP, STORAGE_BUFFERS_PER_STAGE, wanted_features};
 pub use families::KernelFamilies;
 pub use profile::KernelTime;
 pub use read::PendingRead;
@@ -170,6 +170,7 @@ impl Device {
     pub fn open(req: &AdapterRequest, tune: TuneConfig) -> Result<Self> {
         let adapter = adapter::choose(req)?;
         let info = adapter.get_info();
+        adapter::check_limits(&format!("{} ({:?})", info.name, info.backend), &adapter.limits())?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cmae"),
             required_features: adapter::wanted_features(&adapter),
