@@ -25,20 +25,24 @@
 // K tail is zero-filled: any shape works, more slowly.
 
 override VEC: bool = true;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+// A and B are stored as `elem` (f32, or f16 under mixed precision: see
+// elem_f16.wgsl) and converted on load; all arithmetic is f32.
+@group(0) @binding(1) var<storage, read> a: array<vec4<elem>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<elem>>;
+fn a_vec(i: u32) -> vec4<f32> { return vec4<f32>(a[i]); }
+fn b_vec(i: u32) -> vec4<f32> { return vec4<f32>(b[i]); }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn a_at(i: u32) -> f32 { return a[i >> 2u][i & 3u]; }
-fn b_at(i: u32) -> f32 { return b[i >> 2u][i & 3u]; }
+fn a_at(i: u32) -> f32 { return a_vec(i >> 2u)[i & 3u]; }
+fn b_at(i: u32) -> f32 { return b_vec(i >> 2u)[i & 3u]; }
 // 4 consecutive elements from flat index i; lanes ≥ valid are 0.
 fn a4(i: u32, valid: u32) -> vec4<f32> {
-    if (VEC) { return a[i >> 2u]; }
+    if (VEC) { return a_vec(i >> 2u); }
     return vec4<f32>(a_at(i), select(0.0, a_at(i + 1u), valid > 1u), select(0.0, a_at(i + 2u), valid > 2u), select(0.0, a_at(i + 3u), valid > 3u));
 }
 fn b4(i: u32, valid: u32) -> vec4<f32> {
-    if (VEC) { return b[i >> 2u]; }
+    if (VEC) { return b_vec(i >> 2u); }
     return vec4<f32>(b_at(i), select(0.0, b_at(i + 1u), valid > 1u), select(0.0, b_at(i + 2u), valid > 2u), select(0.0, b_at(i + 3u), valid > 3u));
 }
 
@@ -49,8 +53,8 @@ fn a_block(base: u32, rows: vec4<u32>, k: u32, kv: u32) -> mat4x4<f32> {
         let kc = vec4<u32>(k, min(k + 1u, p.k - 1u), min(k + 2u, p.k - 1u), min(k + 3u, p.k - 1u));
         var m: mat4x4<f32>;
         if (VEC) {
-            m = mat4x4<f32>(a[(base + kc.x * p.a_row + rows.x) >> 2u], a[(base + kc.y * p.a_row + rows.x) >> 2u],
-                            a[(base + kc.z * p.a_row + rows.x) >> 2u], a[(base + kc.w * p.a_row + rows.x) >> 2u]);
+            m = mat4x4<f32>(a_vec((base + kc.x * p.a_row + rows.x) >> 2u), a_vec((base + kc.y * p.a_row + rows.x) >> 2u),
+                            a_vec((base + kc.z * p.a_row + rows.x) >> 2u), a_vec((base + kc.w * p.a_row + rows.x) >> 2u));
         } else {
             m = mat4x4<f32>(
                 vec4<f32>(a_at(base + kc.x * p.a_row + rows.x), a_at(base + kc.x * p.a_row + rows.y), a_at(base + kc.x * p.a_row + rows.z), a_at(base + kc.x * p.a_row + rows.w)),
@@ -74,8 +78,8 @@ fn b_block(base: u32, cols: vec4<u32>, k: u32, kv: u32) -> mat4x4<f32> {
     let kc = vec4<u32>(k, min(k + 1u, p.k - 1u), min(k + 2u, p.k - 1u), min(k + 3u, p.k - 1u));
     var m: mat4x4<f32>;
     if (VEC) {
-        m = mat4x4<f32>(b[(base + kc.x * p.b_row + cols.x) >> 2u], b[(base + kc.y * p.b_row + cols.x) >> 2u],
-                        b[(base + kc.z * p.b_row + cols.x) >> 2u], b[(base + kc.w * p.b_row + cols.x) >> 2u]);
+        m = mat4x4<f32>(b_vec((base + kc.x * p.b_row + cols.x) >> 2u), b_vec((base + kc.y * p.b_row + cols.x) >> 2u),
+                        b_vec((base + kc.z * p.b_row + cols.x) >> 2u), b_vec((base + kc.w * p.b_row + cols.x) >> 2u));
     } else {
         m = mat4x4<f32>(
             vec4<f32>(b_at(base + kc.x * p.b_row + cols.x), b_at(base + kc.x * p.b_row + cols.y), b_at(base + kc.x * p.b_row + cols.z), b_at(base + kc.x * p.b_row + cols.w)),
@@ -230,7 +234,7 @@ fn a_row_sums(job: u32) {
     var acc = vec4<f32>(0.0);
     for (var k = 0u; k < p.k; k++) {
         if (VEC && TRANS_A) {
-            acc += a[(p.a_off + k * p.a_row + i0) >> 2u];
+            acc += a_vec((p.a_off + k * p.a_row + i0) >> 2u);
         } else {
             for (var t = 0u; t < 4u; t++) {
                 let i = min(i0 + t, p.m - 1u);

@@ -21,7 +21,7 @@ fn b_vector(base: u32, col0: u32, k: u32, q: u32) -> vec4<f32> {
     let col = col0 + (q % 4u) * 4u;
     var v: vec4<f32>;
     if (VEC) {
-        v = b[(row + min(col, p.n - 4u)) >> 2u];
+        v = b_vec((row + min(col, p.n - 4u)) >> 2u);
     } else {
         let last = p.n - 1u;
         v = vec4<f32>(b_at(row + min(col, last)), b_at(row + min(col + 1u, last)), b_at(row + min(col + 2u, last)), b_at(row + min(col + 3u, last)));

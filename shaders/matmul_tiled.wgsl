@@ -14,8 +14,12 @@
 // The shapes (TileShape in matmul.rs) keep each staging array within 2048
 // floats, so both fit WebGPU's 16 KiB of workgroup memory.
 
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+// A and B are stored as `elem` (f32, or f16 under mixed precision: see
+// elem_f16.wgsl) and converted on load; tiles and arithmetic are f32.
+@group(0) @binding(1) var<storage, read> a: array<elem>;
+@group(0) @binding(2) var<storage, read> b: array<elem>;
+fn a_el(i: u32) -> f32 { return f32(a[i]); }
+fn b_el(i: u32) -> f32 { return f32(b[i]); }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
@@ -132,7 +136,7 @@ fn main_row_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     for (var i = (wg.y * nwg.x + wg.x) * 256u + lid.y * 16u + lid.x; i < p.m; i += nwg.x * nwg.y * 256u) {
         var acc = 0.0;
         for (var k = 0u; k < p.k; k++) {
-            if (TRANS_A) { acc += a[p.a_off + k * p.a_row + i]; } else { acc += a[p.a_off + i * p.a_row + k]; }
+            if (TRANS_A) { acc += a_el(p.a_off + k * p.a_row + i); } else { acc += a_el(p.a_off + i * p.a_row + k); }
         }
         if ((p.flags & ACCUMULATE_ROW_SUMS) != 0u) { acc += row_sums[i]; }
         row_sums[i] = acc;
@@ -151,7 +155,7 @@ fn stage(k0: u32, slot: u32, a_base: u32, b_base: u32, tile_row: u32, tile_col: 
         let gk = k0 + kk;
         var va = 0.0;
         if (gr < p.m && gk < p.k) {
-            if (TRANS_A) { va = a[a_base + gk * p.a_row + gr]; } else { va = a[a_base + gr * p.a_row + gk]; }
+            if (TRANS_A) { va = a_el(a_base + gk * p.a_row + gr); } else { va = a_el(a_base + gr * p.a_row + gk); }
         }
         tile_a[(slot * BK + kk) * bm + r] = va;
     }
@@ -163,7 +167,7 @@ fn stage(k0: u32, slot: u32, a_base: u32, b_base: u32, tile_row: u32, tile_col: 
         let gkb = k0 + kb;
         var vb = 0.0;
         if (gc < p.n && gkb < p.k) {
-            if (TRANS_B) { vb = b[b_base + gc * p.b_row + gkb]; } else { vb = b[b_base + gkb * p.b_row + gc]; }
+            if (TRANS_B) { vb = b_el(b_base + gc * p.b_row + gkb); } else { vb = b_el(b_base + gkb * p.b_row + gc); }
         }
         tile_b[(slot * BK + kb) * bn + cc] = vb;
     }

@@ -1,7 +1,8 @@
 //! The WGSL sources, compiled into the binary so nothing is read at run time.
 
 /// One shader module, made of one or more files from `shaders/` (a shared
-/// part first, then the file with the entry point), and the file in
+/// part first, then the file with the entry point; the module is named after
+/// that file unless it is given a name), and the file in
 /// `engine/src/kernels/` whose typed wrapper dispatches it.
 #[derive(Debug, PartialEq)]
 pub struct Shader {
@@ -26,12 +27,14 @@ pub struct Needs {
 impl Needs {
     pub const NOTHING: Needs = Needs { subgroups_of_8: false, f16: false };
     pub const SUBGROUPS_OF_8: Needs = Needs { subgroups_of_8: true, f16: false };
+    pub const F16: Needs = Needs { subgroups_of_8: false, f16: true };
+    pub const SUBGROUPS_OF_8_F16: Needs = Needs { subgroups_of_8: true, f16: true };
 }
 
 macro_rules! shaders {
-    ($($ident:ident => $wrapper:literal, $needs:ident, [$($file:literal),+]),* $(,)?) => {
+    ($($ident:ident $(($name:literal))? => $wrapper:literal, $needs:ident, [$($file:literal),+]),* $(,)?) => {
         $(pub static $ident: Shader = Shader {
-            name: shaders!(@last $($file),+),
+            name: shaders!(@name [$($name)?] $($file),+),
             files: &[$($file),+],
             wrapper: $wrapper,
             needs: Needs::$needs,
@@ -40,14 +43,20 @@ macro_rules! shaders {
         /// Every shader, for validation tests and tools.
         pub static ALL: &[&Shader] = &[$(&$ident),*];
     };
+    (@name [$name:literal] $($file:literal),+) => { $name };
+    (@name [] $($file:literal),+) => { shaders!(@last $($file),+) };
     (@last $only:literal) => { $only };
     (@last $first:literal, $($rest:literal),+) => { shaders!(@last $($rest),+) };
 }
 
 shaders! {
-    MATMUL_REGISTER => "matmul.rs", NOTHING, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
-    MATMUL_SUBGROUP => "matmul.rs", SUBGROUPS_OF_8, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
-    MATMUL_TILED => "matmul.rs", NOTHING, ["matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
+    MATMUL_REGISTER => "matmul.rs", NOTHING, ["elem_f32.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP => "matmul.rs", SUBGROUPS_OF_8, ["elem_f32.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED => "matmul.rs", NOTHING, ["elem_f32.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
+    MATMUL_REGISTER_F16 ("matmul_register.wgsl f16") => "matmul.rs", F16, ["elem_f16.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_register.wgsl"],
+    MATMUL_SUBGROUP_F16 ("matmul_subgroup.wgsl f16") => "matmul.rs", SUBGROUPS_OF_8_F16, ["elem_f16.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"],
+    MATMUL_TILED_F16 ("matmul_tiled.wgsl f16") => "matmul.rs", F16, ["elem_f16.wgsl", "matmul_params.wgsl", "gelu_math.wgsl", "matmul_tiled.wgsl"],
+    CAST => "cast.rs", F16, ["cast.wgsl"],
     SOFTMAX => "softmax.rs", NOTHING, ["softmax.wgsl"],
     ATTENTION => "attention.rs", NOTHING, ["attention.wgsl"],
     LAYERNORM => "layernorm.rs", NOTHING, ["layernorm.wgsl"],

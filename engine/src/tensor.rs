@@ -23,8 +23,21 @@ use crate::error::{Error, Result, shape_err};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
     F32,
+    /// Half precision (mixed-precision matmul operands): made and read back
+    /// through `kernels::cast`, on adapters with `SHADER_F16`.
+    F16,
     /// Indices (gather/scatter, labels).
     U32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::U32 => 4,
+        }
+    }
 }
 
 /// The byte range of a buffer that a tensor's elements occupy. Handles that
@@ -72,7 +85,7 @@ impl Tensor {
     }
 
     pub fn byte_len(&self) -> u64 {
-        self.numel() as u64 * 4
+        (self.numel() * self.dtype.size()) as u64
     }
 
     /// Size of one axis; negative counts from the end. An axis the tensor
@@ -192,7 +205,7 @@ impl TensorMut {
     /// A tensor whose contents are whatever the pooled buffer held.
     /// Kernels that write every element use this for their outputs.
     pub fn uninit(dev: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
-        let bytes = (shape.iter().product::<usize>() * 4) as u64;
+        let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
         let storage = Arc::new(dev.alloc(bytes)?);
         Ok(Self(Tensor { region: Arc::new(Region { storage, offset: 0 }), shape: shape.to_vec(), dtype }))
     }

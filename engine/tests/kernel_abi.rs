@@ -10,7 +10,7 @@ use cmae_engine::device::reflect;
 use cmae_engine::kernels::matmul::{linear, linear_add, linear_gelu, linear_weight_grads, matmul, matmul_gelu_grad};
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
-use cmae_engine::kernels::{attention, batchnorm, elementwise, gather, gelu, layernorm, loss, optim, softmax};
+use cmae_engine::kernels::{attention, batchnorm, cast, elementwise, gather, gelu, layernorm, loss, optim, softmax};
 use cmae_engine::shaders::ALL;
 use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
 
@@ -99,14 +99,24 @@ fn dispatch_every_wrapper(d: &Device) {
     if d.supports_subgroup_matmul() {
         kinds.push(MatmulKind::Subgroup);
     }
+    // f16 operands run the same entry points in the f16 modules.
+    let mut operands = vec![x.clone()];
+    if d.kernel_families().shader_f16 {
+        let half = cast::to_f16(d, &x).unwrap();
+        cast::to_f32(d, &half).unwrap();
+        operands.push(half);
+    }
     for kind in kinds {
         d.set_matmul_kind(kind);
-        matmul(d, &x, &x, false, true).unwrap();
-        linear(d, &x, &x, Some(&pair)).unwrap();
-        linear_weight_grads(d, &x, &x, None, None, true).unwrap();
-        let (h, _) = linear_gelu(d, &x, &x, Some(&pair)).unwrap();
-        linear_add(d, &x, &x, Some(&pair), &h).unwrap();
-        matmul_gelu_grad(d, &h, &x, &x).unwrap();
+        for x in &operands {
+            matmul(d, x, x, false, true).unwrap();
+            linear(d, x, x, Some(&pair)).unwrap();
+            linear_weight_grads(d, x, x, None, None, true).unwrap();
+            let (h, _) = linear_gelu(d, x, x, Some(&pair)).unwrap();
+            linear_add(d, x, x, Some(&pair), &h).unwrap();
+            let h16 = if x.dtype() == cmae_engine::DType::F16 { cast::to_f16(d, &h).unwrap() } else { h.clone() };
+            matmul_gelu_grad(d, &h16, x, &operands[0]).unwrap();
+        }
     }
     d.sync().unwrap();
 }
@@ -119,11 +129,15 @@ fn every_entry_point_passes_the_abi_check_through_its_wrapper() {
     let checked = d.checked_kernels();
     let mut missed = Vec::new();
     for shader in ALL {
-        if shader.name == "matmul_subgroup.wgsl" && !d.supports_subgroup_matmul() {
-            if std::env::var_os("CMAE_REQUIRE_SUBGROUPS").is_some() {
-                panic!("CMAE_REQUIRE_SUBGROUPS is set but {} has no 8-lane subgroups", d.info().name);
+        if let Some(missing) = d.kernel_families().missing(shader.needs) {
+            for (need, required) in
+                [(shader.needs.subgroups_of_8, "CMAE_REQUIRE_SUBGROUPS"), (shader.needs.f16, "CMAE_REQUIRE_F16")]
+            {
+                if need && std::env::var_os(required).is_some() {
+                    panic!("{required} is set but {} lacks {missing}", d.info().name);
+                }
             }
-            eprintln!("NOT RUN: {} has no 8-lane subgroups, so matmul_subgroup.wgsl was not checked", d.info().name);
+            eprintln!("NOT RUN: {} lacks {missing}, so {} was not checked", d.info().name, shader.name);
             continue;
         }
         for entry in reflect(shader).unwrap() {
@@ -149,12 +163,13 @@ fn each_shader_and_its_wrapper_name_each_other() {
         let wrapper = format!("engine/src/kernels/{}", shader.wrapper);
         let rust = std::fs::read_to_string(root.join("..").join(&wrapper))
             .unwrap_or_else(|e| panic!("{}: wrapper {wrapper}: {e}", shader.name));
-        assert!(rust.contains(&format!("shaders/{}", shader.name)), "{wrapper} does not name shaders/{}", shader.name);
-        let wgsl = std::fs::read_to_string(root.join("../shaders").join(shader.name)).unwrap();
+        // The file with the entry points (the module's last) names the wrapper.
+        let file = shader.files.last().unwrap();
+        assert!(rust.contains(&format!("shaders/{file}")), "{wrapper} does not name shaders/{file}");
+        let wgsl = std::fs::read_to_string(root.join("../shaders").join(file)).unwrap();
         assert!(
             wgsl.lines().next().is_some_and(|l| l == format!("// Rust wrapper: {wrapper}")),
-            "shaders/{} does not start by naming {wrapper}",
-            shader.name
+            "shaders/{file} does not start by naming {wrapper}"
         );
     }
 }

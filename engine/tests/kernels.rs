@@ -381,3 +381,37 @@ fn lars_matches_a_hand_computed_step() {
         assert_close(&format!("lars param scaled={scaled}"), &download(&pt), &want, 1e-6, 1e-5);
     }
 }
+
+/// f32 → f16 → f32: values f16 holds come back exactly; others land on a
+/// neighbouring f16 value, at most u = 2⁻¹⁰ relative away (WGSL lets the
+/// conversion pick either neighbour, so not 2⁻¹¹); odd lengths keep their
+/// last element.
+#[test]
+fn casts_round_to_a_neighbouring_f16_and_widen_exactly() {
+    use cmae_engine::kernels::cast::{to_f16, to_f32};
+    if !dev().kernel_families().shader_f16 {
+        assert!(
+            std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+            "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
+        );
+        eprintln!("NOT RUN: {} has no SHADER_F16", dev().info().name);
+        return;
+    }
+    let exact = [0.0f32, -0.0, 1.0, -2.5, 0.099975586, 65504.0, -65504.0, 6.1035156e-5, 5.9604645e-8];
+    let x = upload(&exact, &[exact.len()]);
+    let half = to_f16(dev(), &x).unwrap();
+    assert_eq!(half.dtype(), cmae_engine::DType::F16);
+    assert_eq!(half.byte_len(), 2 * exact.len() as u64);
+    assert_eq!(download(&to_f32(dev(), &half).unwrap()), exact);
+
+    let values: Vec<f32> = rand_vec(1001, 77).iter().map(|v| v * 300.0).collect();
+    let back = download(&to_f32(dev(), &to_f16(dev(), &upload(&values, &[1001])).unwrap()).unwrap());
+    let u = 2f64.powi(-10);
+    for (v, b) in values.iter().zip(&back) {
+        let err = (f64::from(*v) - f64::from(*b)).abs();
+        assert!(err <= u * f64::from(v.abs()), "{v} became {b}");
+    }
+    assert!(values.iter().zip(&back).any(|(v, b)| v != b), "nothing was rounded");
+    let e = to_f32(dev(), &x).unwrap_err().to_string();
+    assert!(e.contains("F32") && e.contains("not F16"), "{e}");
+}

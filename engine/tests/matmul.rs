@@ -389,3 +389,70 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
     .to_string();
     assert!(view_err.contains("[4, 5]"), "{view_err}");
 }
+
+/// f16 operands, as mixed precision stores them. Two bounds:
+/// - Against the f64 product of the f16 values themselves: a product of two
+///   f16 values (11-bit significands) is exact in f32 (24 bits), so the only
+///   error is the f32 accumulation, and the f32 tolerances above apply as is.
+/// - Against the f64 product of the original f32 values: each operand is off
+///   by at most u·|x| after rounding to f16, with u = 2⁻¹⁰ (WGSL lets the
+///   conversion pick either neighbour, so not 2⁻¹¹), so each term aᵢbᵢ is off
+///   by at most (2u + u²)·|aᵢ||bᵢ|, and the sum by that times Σ|aᵢ||bᵢ|.
+#[test]
+fn f16_operands_accumulate_in_f32_on_every_family() {
+    use cmae_engine::kernels::cast::{to_f16, to_f32};
+    let u = 2f64.powi(-10);
+    for kind in kinds() {
+        let dev = device(kind);
+        if !dev.kernel_families().shader_f16 {
+            assert!(
+                std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+                "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
+                dev.info().name
+            );
+            let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+            return;
+        }
+        let mut seed = 5000;
+        let mut rounded_somewhere = false;
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (3, 17, 65), (17, 4, 16), (65, 65, 17), (197, 3, 65)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                seed += 1;
+                let a = rand_vec(m * k, seed);
+                let b = rand_vec(k * n, seed + 1000);
+                let ash = if ta { [k, m] } else { [m, k] };
+                let bsh = if tb { [n, k] } else { [k, n] };
+                let a16 = to_f16(&dev, &Tensor::from_f32(&dev, &a, &ash).unwrap()).unwrap();
+                let b16 = to_f16(&dev, &Tensor::from_f32(&dev, &b, &bsh).unwrap()).unwrap();
+                let ar = to_f32(&dev, &a16).unwrap().wait_f32(&dev).unwrap();
+                let br = to_f32(&dev, &b16).unwrap().wait_f32(&dev).unwrap();
+                rounded_somewhere |= ar != a;
+                let got = matmul(&dev, &a16, &b16, ta, tb).unwrap().wait_f32(&dev).unwrap();
+                let what = format!("{kind:?} f16 m={m} n={n} k={k} ta={ta} tb={tb}");
+                assert_close(&what, &got, &reference(&ar, &br, m, n, k, ta, tb), ATOL, RTOL);
+                let exact = reference(&a, &b, m, n, k, ta, tb);
+                let abs_a: Vec<f32> = a.iter().map(|x| x.abs()).collect();
+                let abs_b: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+                let magnitude = reference(&abs_a, &abs_b, m, n, k, ta, tb);
+                for ((g, e), mag) in got.iter().zip(&exact).zip(&magnitude) {
+                    let bound = (2.0 * u + u * u) * mag + ATOL + RTOL * e.abs();
+                    assert!((f64::from(*g) - e).abs() <= bound, "{what}: {g} vs {e}, bound {bound}");
+                }
+            }
+        }
+        assert!(rounded_somewhere, "{kind:?}: no operand changed when rounded to f16");
+    }
+}
+
+#[test]
+fn operands_of_two_precisions_are_refused() {
+    use cmae_engine::kernels::cast::to_f16;
+    let dev = device(MatmulKind::Register);
+    if !dev.kernel_families().shader_f16 {
+        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+        return;
+    }
+    let a = Tensor::from_f32(&dev, &[1.0; 6], &[2, 3]).unwrap();
+    let e = matmul(&dev, &to_f16(&dev, &a).unwrap(), &a, false, true).unwrap_err().to_string();
+    assert!(e.contains("F16") && e.contains("F32") && e.contains("cast"), "{e}");
+}

@@ -7,6 +7,7 @@
 use super::{MatmulKind, TileShape};
 use crate::kernels::attention::FusedLayout;
 use crate::shaders::{Needs, Shader};
+use crate::tensor::DType;
 
 /// What the kernel selection looks at on an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +98,17 @@ impl MatmulKind {
         [MatmulKind::Register, MatmulKind::Subgroup].into_iter().chain(TileShape::ALL.map(MatmulKind::Tiled))
     }
 
-    /// The shader module that runs this family.
-    pub fn shader(self) -> &'static Shader {
-        match self {
-            MatmulKind::Register => &crate::shaders::MATMUL_REGISTER,
-            MatmulKind::Subgroup => &crate::shaders::MATMUL_SUBGROUP,
-            MatmulKind::Tiled(_) => &crate::shaders::MATMUL_TILED,
+    /// The shader module that runs this family on operands stored as
+    /// `operands` (f16 or f32; results are f32 either way).
+    pub fn shader(self, operands: DType) -> &'static Shader {
+        use crate::shaders::*;
+        match (self, operands == DType::F16) {
+            (MatmulKind::Register, false) => &MATMUL_REGISTER,
+            (MatmulKind::Subgroup, false) => &MATMUL_SUBGROUP,
+            (MatmulKind::Tiled(_), false) => &MATMUL_TILED,
+            (MatmulKind::Register, true) => &MATMUL_REGISTER_F16,
+            (MatmulKind::Subgroup, true) => &MATMUL_SUBGROUP_F16,
+            (MatmulKind::Tiled(_), true) => &MATMUL_TILED_F16,
         }
     }
 
@@ -134,7 +140,7 @@ mod tests {
         assert_eq!(gpu[0], default);
         assert_eq!(gpu.len(), 1 + TileShape::ALL.len(), "every shape and the register kernel, no subgroup kernel");
         for f in [families(true, true), families(false, false), families(false, true)] {
-            assert!(f.matmul_kinds().iter().all(|k| f.can_run(k.shader())), "{f:?}");
+            assert!(f.matmul_kinds().iter().all(|k| f.can_run(k.shader(DType::F32))), "{f:?}");
         }
     }
 

@@ -124,8 +124,11 @@ fn check_view<T: AsRef<Tensor>>(
     mm: &Matmul<'_>,
 ) -> Result<()> {
     let t = v.t.as_ref();
-    if t.dtype() != DType::F32 {
-        return Err(shape_err(op, format!("{name} must be f32, got {:?}", t.dtype())));
+    // A and B may be f16 (both alike, checked in `run`); everything else is f32.
+    let operand = name == "A" || name == "B";
+    if t.dtype() != DType::F32 && !(operand && t.dtype() == DType::F16) {
+        let allowed = if operand { "f32 or f16" } else { "f32" };
+        return Err(shape_err(op, format!("{name} must be {allowed}, got {:?}", t.dtype())));
     }
     if let Some(last) = last_index(v, rows, cols, mm.outer, mm.heads)
         && last >= t.numel()
@@ -156,6 +159,10 @@ impl Matmul<'_> {
         let (b_rows, b_cols) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
         check_view(op, "A", &self.a, a_rows, a_cols, self)?;
         check_view(op, "B", &self.b, b_rows, b_cols, self)?;
+        if self.a.t.dtype() != self.b.t.dtype() {
+            let (a, b) = (self.a.t.dtype(), self.b.t.dtype());
+            return Err(shape_err(op, format!("A is {a:?} but B is {b:?}: cast both to one precision")));
+        }
         check_view(op, "C", &self.c, self.m, self.n, self)?;
         if self.a.row < a_cols || self.b.row < b_cols || self.c.row < self.n {
             return Err(shape_err(op, "a row stride is smaller than the row it holds"));
@@ -218,8 +225,13 @@ impl Matmul<'_> {
             kind @ MatmulKind::Tiled(shape) => {
                 let (entry, input_op) = self.entry();
                 let constants = constants(kind, (self.trans_a, self.trans_b), None, input_op);
-                let spec =
-                    KernelSpec { shader: kind.shader(), entry, constants: &constants, label, workgroup: [16, 16, 1] };
+                let spec = KernelSpec {
+                    shader: kind.shader(self.a.t.dtype()),
+                    entry,
+                    constants: &constants,
+                    label,
+                    workgroup: [16, 16, 1],
+                };
                 // Row sums take one more z-slice of workgroups.
                 let [tile_rows, tile_cols] = shape.tile();
                 let slices = params.batches + u32::from(self.row_sums.is_some());
@@ -265,7 +277,8 @@ impl Matmul<'_> {
         let kind = if subgroup { MatmulKind::Subgroup } else { MatmulKind::Register };
         let (entry, input_op) = self.entry();
         let constants = constants(kind, (self.trans_a, self.trans_b), Some(vec_ok), input_op);
-        let spec = KernelSpec { shader: kind.shader(), entry, constants: &constants, label, workgroup: [64, 1, 1] };
+        let shader = kind.shader(self.a.t.dtype());
+        let spec = KernelSpec { shader, entry, constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
         // rounds row blocks up to whole 8-lane subgroups. Row sums take 4
         // rows per invocation past the blocks' whole workgroups.
@@ -321,7 +334,7 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
         ("main_input", Some(INPUT_GELU_GRAD)),
     ];
     let mut all = Vec::new();
-    for kind in MatmulKind::all() {
+    for (kind, operands) in MatmulKind::all().flat_map(|k| [(k, DType::F32), (k, DType::F16)]) {
         let vecs = match kind {
             MatmulKind::Register | MatmulKind::Subgroup => vec![Some(false), Some(true)],
             MatmulKind::Tiled(_) => vec![None],
@@ -330,7 +343,7 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
             for (entry, input_op) in entries {
                 for &vec in &vecs {
                     let constants = constants(kind, trans, vec, input_op);
-                    all.push(KernelVariant { shader: kind.shader(), entry: entry.into(), constants });
+                    all.push(KernelVariant { shader: kind.shader(operands), entry: entry.into(), constants });
                 }
             }
         }

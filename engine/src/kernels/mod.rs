@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod batchnorm;
+pub mod cast;
 pub mod elementwise;
 pub mod gather;
 pub mod gelu;

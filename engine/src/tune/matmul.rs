@@ -55,7 +55,9 @@ pub(crate) fn family(dev: &Device, mm: &Matmul<'_>) -> Result<MatmulKind> {
     if let Some(kind) = *lock(&ctx.matmul_forced) {
         return Ok(kind);
     }
-    let shape = Shape { m: mm.m, n: mm.n, k: mm.k, z: mm.outer * mm.heads, ta: mm.trans_a, tb: mm.trans_b };
+    let z = mm.outer * mm.heads;
+    let operands = mm.a.t.dtype();
+    let shape = Shape { m: mm.m, n: mm.n, k: mm.k, z, ta: mm.trans_a, tb: mm.trans_b, operands };
     let max_groups = dev.limits().max_compute_workgroups_per_dimension as usize;
     let mut valid = ctx.families.matmul_kinds();
     valid.retain(|&kind| match kind {
@@ -74,13 +76,16 @@ struct Shape {
     z: usize,
     ta: bool,
     tb: bool,
+    /// How A and B are stored (f16 operands are another class).
+    operands: DType,
 }
 
 impl Shape {
     fn class(&self) -> String {
         let t = |trans| if trans { 't' } else { 'n' };
         let [m, n, k, z] = [self.m, self.n, self.k, self.z].map(bucket);
-        format!("{}{} m{m} n{n} k{k} z{z}", t(self.ta), t(self.tb))
+        let f16 = if self.operands == DType::F16 { " f16" } else { "" };
+        format!("{}{} m{m} n{n} k{k} z{z}{f16}", t(self.ta), t(self.tb))
     }
 
     /// `Matmul::run`'s tiled grid, `[n/cols, m/rows, batches]` workgroups.
@@ -90,7 +95,8 @@ impl Shape {
     }
 
     fn bytes(&self) -> usize {
-        4 * self.z * (self.m * self.k + self.k * self.n + self.m * self.n)
+        let operand = self.operands.size();
+        self.z * (operand * (self.m * self.k + self.k * self.n) + 4 * self.m * self.n)
     }
 
     /// Halves the batch, then the rows, until the operands fit the cap.
@@ -118,8 +124,8 @@ impl MatmulProblem {
         let Shape { m, n, k, z, .. } = shape;
         Ok(Self {
             shape,
-            a: TensorMut::uninit(s, &[z * m * k], DType::F32)?.freeze(),
-            b: TensorMut::uninit(s, &[z * k * n], DType::F32)?.freeze(),
+            a: TensorMut::uninit(s, &[z * m * k], shape.operands)?.freeze(),
+            b: TensorMut::uninit(s, &[z * k * n], shape.operands)?.freeze(),
             c: TensorMut::uninit(s, &[z * m * n], DType::F32)?,
         })
     }
@@ -132,7 +138,7 @@ impl Problem<MatmulKind> for MatmulProblem {
     }
 
     fn run(&mut self, s: &Device, _: MatmulKind) -> Result<()> {
-        let Shape { m, n, k, z, ta, tb } = self.shape;
+        let Shape { m, n, k, z, ta, tb, .. } = self.shape;
         let a_cols = if ta { m } else { k };
         let b_cols = if tb { k } else { n };
         Matmul {
@@ -173,14 +179,16 @@ mod tests {
 
     #[test]
     fn classes_bucket_and_problems_shrink_to_the_cap() {
-        let s = Shape { m: 1088, n: 576, k: 192, z: 1, ta: false, tb: true };
+        let s = Shape { m: 1088, n: 576, k: 192, z: 1, ta: false, tb: true, operands: DType::F32 };
         assert_eq!(s.class(), "nt m2048 n1024 k256 z1");
+        let half = Shape { operands: DType::F16, ..s };
+        assert_eq!(half.class(), "nt m2048 n1024 k256 z1 f16", "precision is part of the class");
         assert_eq!(Shape { m: 1025, n: 768, ..s }.class(), s.class(), "same buckets");
-        let big = Shape { m: 197, n: 197, k: 64, z: 3072, ta: false, tb: true };
+        let big = Shape { m: 197, n: 197, k: 64, z: 3072, ta: false, tb: true, operands: DType::F32 };
         let small = big.shrunk();
         assert!(small.bytes() <= MAX_PROBLEM_BYTES && small.bytes() > MAX_PROBLEM_BYTES / 2, "{small:?}");
         assert_eq!((small.m, small.n, small.k), (197, 197, 64), "the batch shrinks first");
-        let wide = Shape { m: 1 << 20, n: 4096, k: 1024, z: 1, ta: false, tb: false }.shrunk();
+        let wide = Shape { m: 1 << 20, n: 4096, k: 1024, z: 1, ta: false, tb: false, operands: DType::F32 }.shrunk();
         assert!(wide.bytes() <= MAX_PROBLEM_BYTES && wide.m >= 1024, "{wide:?}");
     }
 }
