@@ -55,6 +55,21 @@ fn reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: b
     c
 }
 
+/// Random A and B for op(A)·op(B) of `[m, k]·[k, n]`, as stored (`[k, m]`
+/// when A is transposed, `[n, k]` when B is), on the host and the device.
+fn random_operands(
+    dev: &Device,
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>, Tensor, Tensor) {
+    let a = rand_vec(m * k, seed);
+    let b = rand_vec(k * n, seed + 1000);
+    let at = Tensor::from_f32(dev, &a, &if ta { [k, m] } else { [m, k] }).unwrap();
+    let bt = Tensor::from_f32(dev, &b, &if tb { [n, k] } else { [k, n] }).unwrap();
+    (a, b, at, bt)
+}
+
 fn check_all_shapes(kind: MatmulKind) {
     let dev = device(kind);
     let dims = [1usize, 3, 4, 17, 65, 197];
@@ -64,12 +79,7 @@ fn check_all_shapes(kind: MatmulKind) {
             for &k in &[1usize, 3, 16, 17, 65] {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                     seed += 1;
-                    let a = rand_vec(m * k, seed);
-                    let b = rand_vec(k * n, seed + 1000);
-                    let ash = if ta { [k, m] } else { [m, k] };
-                    let bsh = if tb { [n, k] } else { [k, n] };
-                    let at = Tensor::from_f32(&dev, &a, &ash).unwrap();
-                    let bt = Tensor::from_f32(&dev, &b, &bsh).unwrap();
+                    let (a, b, at, bt) = random_operands(&dev, (m, n, k), (ta, tb), seed);
                     let c = matmul(&dev, &at, &bt, ta, tb).unwrap();
                     assert_eq!(c.shape(), &[m, n]);
                     let got = c.wait_f32(&dev).unwrap();
@@ -418,12 +428,8 @@ fn f16_operands_accumulate_in_f32_on_every_family() {
         for &(m, n, k) in &[(1usize, 1usize, 1usize), (3, 17, 65), (17, 4, 16), (65, 65, 17), (197, 3, 65)] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 seed += 1;
-                let a = rand_vec(m * k, seed);
-                let b = rand_vec(k * n, seed + 1000);
-                let ash = if ta { [k, m] } else { [m, k] };
-                let bsh = if tb { [n, k] } else { [k, n] };
-                let a16 = to_f16(&dev, &Tensor::from_f32(&dev, &a, &ash).unwrap()).unwrap();
-                let b16 = to_f16(&dev, &Tensor::from_f32(&dev, &b, &bsh).unwrap()).unwrap();
+                let (a, b, at, bt) = random_operands(&dev, (m, n, k), (ta, tb), seed);
+                let (a16, b16) = (to_f16(&dev, &at).unwrap(), to_f16(&dev, &bt).unwrap());
                 let ar = to_f32(&dev, &a16).unwrap().wait_f32(&dev).unwrap();
                 let br = to_f32(&dev, &b16).unwrap().wait_f32(&dev).unwrap();
                 rounded_somewhere |= ar != a;
