@@ -67,5 +67,6 @@ shaders! {
     PATCH => "patch.rs", NOTHING, ["patch.wgsl"],
     LOSS => "loss.rs", NOTHING, ["loss.wgsl"],
     OPTIM => "optim.rs", NOTHING, ["optim.wgsl"],
+    SCALER => "scaler.rs", NOTHING, ["scaler.wgsl"],
     BATCHNORM => "batchnorm.rs", NOTHING, ["batchnorm.wgsl"],
 }

@@ -10,7 +10,9 @@ use cmae_engine::device::reflect;
 use cmae_engine::kernels::matmul::{linear, linear_add, linear_gelu, linear_weight_grads, matmul, matmul_gelu_grad};
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
-use cmae_engine::kernels::{attention, batchnorm, cast, elementwise, gather, gelu, layernorm, loss, optim, softmax};
+use cmae_engine::kernels::{
+    attention, batchnorm, cast, elementwise, gather, gelu, layernorm, loss, optim, scaler, softmax,
+};
 use cmae_engine::shaders::ALL;
 use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
 
@@ -86,6 +88,11 @@ fn dispatch_every_wrapper(d: &Device) {
     let lars =
         optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, trust: 0.001, scaled: true, grad_scale: 1.0 };
     optim::lars(d, &mut param, &grad, &mut m, lars).unwrap();
+
+    let fresh = scaler::ScaleState { scale: 1024.0, good_steps: 0, skipped_steps: 0, found_nonfinite: false };
+    let mut loss_scaler = scaler::LossScaler::new(d, fresh, 2).unwrap();
+    loss_scaler.find_nonfinite(d, &x).unwrap();
+    loss_scaler.update(d).unwrap();
 
     let qkv = t(&[0.1; 2 * 3 * 6], &[2, 3, 6]);
     attention::attention(d, &qkv, 1).unwrap();

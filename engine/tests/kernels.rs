@@ -415,3 +415,42 @@ fn casts_round_to_a_neighbouring_f16_and_widen_exactly() {
     let e = to_f32(dev(), &x).unwrap_err().to_string();
     assert!(e.contains("F32") && e.contains("not F16"), "{e}");
 }
+
+/// The GPU loss scaler against a host model of GradScaler's rules, over a
+/// run of steps some of which have a non-finite gradient (∞, −∞ or NaN, in
+/// the last element of an odd-length tensor, where the kernel's vec4 reads
+/// run into padding).
+#[test]
+fn loss_scaler_follows_grad_scaler_rules() {
+    use cmae_engine::kernels::scaler::{LossScaler, ScaleState};
+    let fresh =
+        ScaleState { scale: LossScaler::INITIAL_SCALE, good_steps: 0, skipped_steps: 0, found_nonfinite: false };
+    let growth_interval = 3;
+    let mut gpu = LossScaler::new(dev(), fresh, growth_interval).unwrap();
+    let mut host = fresh;
+    let clean = rand_vec(1001, 9);
+    let bad_at = [2usize, 3, 9, 10, 11];
+    for step in 0..16usize {
+        let mut g = clean.clone();
+        if let Some(i) = bad_at.iter().position(|&s| s == step) {
+            g[1000] = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][i % 3];
+        }
+        gpu.find_nonfinite(dev(), &upload(&g, &[1001])).unwrap();
+        let seen = ScaleState::from_words(&gpu.read(dev()).unwrap().wait().unwrap()).unwrap();
+        assert_eq!(seen.found_nonfinite, bad_at.contains(&step), "step {step}");
+        gpu.update(dev()).unwrap();
+        // GradScaler: back off and skip on a non-finite gradient, else grow
+        // after `growth_interval` good steps in a row.
+        if bad_at.contains(&step) {
+            host = ScaleState { scale: host.scale * 0.5, good_steps: 0, skipped_steps: host.skipped_steps + 1, ..host };
+        } else if host.good_steps + 1 == growth_interval {
+            host = ScaleState { scale: host.scale * 2.0, good_steps: 0, ..host };
+        } else {
+            host.good_steps += 1;
+        }
+        let after = ScaleState::from_words(&gpu.read(dev()).unwrap().wait().unwrap()).unwrap();
+        assert_eq!(after, host, "after step {step}");
+    }
+    assert_eq!(host.skipped_steps, 5);
+    assert!(LossScaler::new(dev(), ScaleState { scale: 0.0, ..fresh }, 3).is_err());
+}

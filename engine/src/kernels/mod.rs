@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod optim;
 pub mod patch;
 pub mod reduce;
+pub mod scaler;
 pub mod softmax;
 
 use crate::device::reflect;

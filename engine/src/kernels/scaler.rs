@@ -1,0 +1,92 @@
+//! Dynamic loss scaling on the GPU (`shaders/scaler.wgsl`), with PyTorch
+//! GradScaler's rules: start at 2¹⁶, halve and skip the step on any
+//! non-finite gradient, double after 2000 good steps in a row. The state
+//! lives in a device buffer, so checking gradients and updating the scale
+//! never wait for the host; the host reads it like the loss, a step later.
+
+use super::{grid, u32_of};
+use crate::device::{Device, KernelSpec, PendingRead};
+use crate::error::{Result, shape_err};
+use crate::shaders;
+use crate::tensor::{DType, Tensor, TensorMut};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    growth_interval: u32,
+    _pad: [u32; 2],
+}
+
+/// The scaler's state as the host reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaleState {
+    pub scale: f32,
+    /// Good steps in a row since the scale last changed.
+    pub good_steps: u32,
+    /// Steps skipped for non-finite gradients, in all.
+    pub skipped_steps: u32,
+    /// A non-finite gradient was found since the last update.
+    pub found_nonfinite: bool,
+}
+
+impl ScaleState {
+    /// Decodes the state buffer's four words.
+    pub fn from_words(words: &[u32]) -> Result<Self> {
+        let [scale, good_steps, skipped_steps, found] = words else {
+            return Err(shape_err("loss scaler", format!("{} state words, not 4", words.len())));
+        };
+        Ok(Self {
+            scale: f32::from_bits(*scale),
+            good_steps: *good_steps,
+            skipped_steps: *skipped_steps,
+            found_nonfinite: *found != 0,
+        })
+    }
+}
+
+/// A dynamic loss scale and its bookkeeping, on the device.
+pub struct LossScaler {
+    state: TensorMut,
+    growth_interval: u32,
+}
+
+impl LossScaler {
+    /// GradScaler's defaults.
+    pub const INITIAL_SCALE: f32 = 65536.0;
+    pub const GROWTH_INTERVAL: u32 = 2000;
+
+    /// A scaler resuming from `state` (a fresh one: [`LossScaler::INITIAL_SCALE`], zero counts).
+    pub fn new(dev: &Device, state: ScaleState, growth_interval: u32) -> Result<Self> {
+        if growth_interval == 0 || !(state.scale.is_finite() && state.scale > 0.0) {
+            return Err(shape_err("loss scaler", format!("scale {} every {growth_interval} steps", state.scale)));
+        }
+        let words = [state.scale.to_bits(), state.good_steps, state.skipped_steps, u32::from(state.found_nonfinite)];
+        let state = Tensor::from_u32(dev, &words, &[4])?.into_mut()?;
+        Ok(Self { state, growth_interval })
+    }
+
+    /// Raises the flag if any element of `grads` (f32) is ±∞ or NaN.
+    pub fn find_nonfinite(&mut self, dev: &Device, grads: &Tensor) -> Result<()> {
+        if grads.dtype() != DType::F32 {
+            return Err(shape_err("find_nonfinite", format!("gradients {:?} must be f32", grads.shape())));
+        }
+        let spec = KernelSpec::new(&shaders::SCALER, "find_nonfinite", "find_nonfinite", 256);
+        let n = grads.numel();
+        let p = Params { n: u32_of("find_nonfinite", n)?, growth_interval: self.growth_interval, _pad: [0; 2] };
+        dev.dispatch(spec, &p, &[grads.bind(1), self.state.bind_mut(2)], grid(n.div_ceil(4), spec.workgroup))
+    }
+
+    /// Ends a step: the scale halves (and a skipped step is counted) if the
+    /// flag is up, or doubles after enough good steps; the flag comes down.
+    pub fn update(&mut self, dev: &Device) -> Result<()> {
+        let spec = KernelSpec::new(&shaders::SCALER, "update", "loss_scale_update", 1);
+        let p = Params { n: 0, growth_interval: self.growth_interval, _pad: [0; 2] };
+        dev.dispatch(spec, &p, &[self.state.bind_mut(2)], [1, 1, 1])
+    }
+
+    /// The state words, once this stream's work has run ([`ScaleState::from_words`]).
+    pub fn read(&self, dev: &Device) -> Result<PendingRead<u32>> {
+        self.state.read_u32(dev)
+    }
+}
