@@ -151,3 +151,29 @@ fn wraps_an_existing_wgpu_device() {
     let y = cmae_engine::kernels::matmul::matmul(&d, &x, &x, false, false).unwrap();
     assert_eq!(y.wait_f32(&d).unwrap(), vec![7.0, 10.0, 15.0, 22.0]);
 }
+
+/// A kernel whose needs the adapter lacks is refused with an error naming
+/// the missing feature and the adapter, not a wgpu validation failure. GL
+/// (llvmpipe here) has neither subgroups nor f16 in wgpu; CI requires it.
+#[test]
+fn kernels_the_adapter_cannot_run_are_refused_by_name() {
+    use cmae_engine::device::AdapterRequest;
+    use cmae_engine::kernels::{cast, matmul};
+    let request = AdapterRequest { backend: Some(wgpu::Backends::GL), name_contains: None };
+    let gl = match Device::open(&request, TuneConfig::off()) {
+        Ok(gl) => gl,
+        Err(e) => {
+            assert!(std::env::var_os("CMAE_REQUIRE_GL").is_none(), "CMAE_REQUIRE_GL is set but: {e}");
+            eprintln!("NOT RUN: no GL adapter: {e}");
+            return;
+        }
+    };
+    let families = gl.kernel_families();
+    assert!(!families.subgroups_of_8 && !families.shader_f16, "{families:?}");
+    let x = Tensor::from_f32(&gl, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let e = cast::to_f16(&gl, &x).unwrap_err().to_string();
+    assert!(e.contains("SHADER_F16") && e.contains(&gl.info().name) && e.contains("cast.wgsl"), "{e}");
+    gl.set_matmul_kind(cmae_engine::MatmulKind::Subgroup);
+    let e = matmul::matmul(&gl, &x, &x, false, false).unwrap_err().to_string();
+    assert!(e.contains("8-lane subgroups") && e.contains("matmul_subgroup.wgsl"), "{e}");
+}

@@ -104,7 +104,7 @@ impl Context {
         }
         if let Some(missing) = self.families.missing(spec.shader.needs) {
             return Err(Error::NoAdapter(format!(
-                "kernel {}::{} needs {missing}, which adapter {} ({:?}) lacks; use another adapter (CMAE_ADAPTER) or unset CMAE_MATMUL",
+                "kernel {}::{} needs {missing}, which adapter {} ({:?}) lacks; use an adapter that has it (CMAE_BACKEND, CMAE_ADAPTER)",
                 spec.shader.name, spec.entry, self.info.name, self.info.backend
             )));
         }
