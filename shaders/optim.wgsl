@@ -69,13 +69,30 @@ fn segment_of(i: u32) -> u32 {
     return lo;
 }
 
+/// The packed update of vec4 i, gradients multiplied by grad_scale.
+fn adamw_packed_at(i: u32, grad_scale: f32) {
+    let seg = segments[segment_of(i)];
+    if (i < seg.end) {
+        adamw_at(i, Hyper(seg.lr, seg.weight_decay, ap.beta1, ap.beta2, ap.eps, grad_scale, ap.bias_c1, ap.bias_c2_sqrt));
+    }
+}
+
 @compute @workgroup_size(256)
 fn adamw_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var i = gid.x; i < ap.n4; i += nwg.x * 256u) {
-        let seg = segments[segment_of(i)];
-        if (i >= seg.end) { continue; }
-        adamw_at(i, Hyper(seg.lr, seg.weight_decay, ap.beta1, ap.beta2, ap.eps, ap.grad_scale, ap.bias_c1, ap.bias_c2_sqrt));
-    }
+    for (var i = gid.x; i < ap.n4; i += nwg.x * 256u) { adamw_packed_at(i, ap.grad_scale); }
+}
+
+// adamw_packed_unscale: adamw_packed under dynamic loss scaling (scaler.wgsl).
+// The gradients carry the loss scale, so they are divided by it here; and
+// when the scaler's flag says some gradient was not finite, the step is
+// skipped: parameters and moments stay as they were.
+@group(0) @binding(6) var<storage, read> scale_state: array<u32, 4>;
+
+@compute @workgroup_size(256)
+fn adamw_packed_unscale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (scale_state[3] != 0u) { return; }
+    let grad_scale = ap.grad_scale / bitcast<f32>(scale_state[0]);
+    for (var i = gid.x; i < ap.n4; i += nwg.x * 256u) { adamw_packed_at(i, grad_scale); }
 }
 
 // lars (MAE's util/lars.py), for the linear probe:

@@ -76,23 +76,20 @@ fn dispatch_every_wrapper(d: &Device) {
     optim::adamw(d, &mut param, &grad, &mut m, &mut v, adamw).unwrap();
     let pack = || elementwise::packed_zeros(d, &[vec![2], vec![3]]).unwrap();
     let (mut params, grads, mut ms, mut vs) = (pack(), pack(), pack(), pack());
-    optim::adamw_packed(
-        d,
-        &mut params.iter_mut().collect::<Vec<_>>(),
-        &grads.iter().map(|t| t.as_tensor()).collect::<Vec<_>>(),
-        &mut ms.iter_mut().collect::<Vec<_>>(),
-        &mut vs.iter_mut().collect::<Vec<_>>(),
-        &[adamw; 2],
-    )
-    .unwrap();
-    let lars =
-        optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, trust: 0.001, scaled: true, grad_scale: 1.0 };
-    optim::lars(d, &mut param, &grad, &mut m, lars).unwrap();
-
     let fresh = scaler::ScaleState { scale: 1024.0, good_steps: 0, skipped_steps: 0, found_nonfinite: false };
     let mut loss_scaler = scaler::LossScaler::new(d, fresh, 2).unwrap();
     loss_scaler.find_nonfinite(d, &x).unwrap();
+    for unscale in [None, Some(&loss_scaler)] {
+        let mut p_refs = params.iter_mut().collect::<Vec<_>>();
+        let g_refs = grads.iter().map(|t| t.as_tensor()).collect::<Vec<_>>();
+        let mut m_refs = ms.iter_mut().collect::<Vec<_>>();
+        let mut v_refs = vs.iter_mut().collect::<Vec<_>>();
+        optim::adamw_packed(d, &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &[adamw; 2], unscale).unwrap();
+    }
     loss_scaler.update(d).unwrap();
+    let lars =
+        optim::LarsStep { lr: 0.1, momentum: 0.9, weight_decay: 0.0, trust: 0.001, scaled: true, grad_scale: 1.0 };
+    optim::lars(d, &mut param, &grad, &mut m, lars).unwrap();
 
     let qkv = t(&[0.1; 2 * 3 * 6], &[2, 3, 6]);
     attention::attention(d, &qkv, 1).unwrap();

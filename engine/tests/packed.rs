@@ -125,7 +125,7 @@ fn packed_adamw_equals_one_adamw_per_tensor() {
         let g_refs: Vec<&Tensor> = grads.iter().map(|t| t.as_tensor()).collect();
         let mut m_refs: Vec<&mut TensorMut> = m.iter_mut().collect();
         let mut v_refs: Vec<&mut TensorMut> = v.iter_mut().collect();
-        optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &s).unwrap();
+        optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &s, None).unwrap();
         for (i, [p, mi, vi]) in single.iter_mut().enumerate() {
             optim::adamw(dev(), p, &upload(&g[i], &[sizes[i]]), mi, vi, s[i]).unwrap();
         }
@@ -135,6 +135,75 @@ fn packed_adamw_equals_one_adamw_per_tensor() {
         assert_eq!(download(&m[i]), download(mi), "m {i}");
         assert_eq!(download(&v[i]), download(vi), "v {i}");
     }
+}
+
+/// Under loss scaling the packed update divides the gradients by the scale
+/// on the device: with a power-of-two scale that is exact, so it equals the
+/// unscaled update bit for bit. A step whose gradients hold ∞ is skipped:
+/// parameters and moments stay as they were, bit for bit.
+#[test]
+fn unscaling_packed_adamw_divides_by_the_scale_and_skips_non_finite_steps() {
+    use cmae_engine::kernels::scaler::{LossScaler, ScaleState};
+    use optim::adamw_packed;
+    let sizes: Vec<usize> = shapes().iter().map(|s| s.iter().product()).collect();
+    let shapes1: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![n]).collect();
+    let init: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| rand_vec(n, 40 + i as u64)).collect();
+    let (mut plain, mut scaled) = (packed_with(&init), packed_with(&init));
+    let zeros = || elementwise::packed_zeros(dev(), &shapes1).unwrap();
+    let (mut m_plain, mut v_plain, mut m_scaled, mut v_scaled) = (zeros(), zeros(), zeros(), zeros());
+    let scale = 1024.0f32;
+    let state = ScaleState { scale, good_steps: 0, skipped_steps: 0, found_nonfinite: false };
+    let mut scaler = LossScaler::new(dev(), state, LossScaler::GROWTH_INTERVAL).unwrap();
+    // The loss scale each step's gradients carry: halved after the skipped step.
+    let mut current = scale;
+    for step in 1..=3u64 {
+        let g: Vec<Vec<f32>> =
+            sizes.iter().enumerate().map(|(i, &n)| rand_vec(n, 400 + 10 * step + i as u64)).collect();
+        let mut g_scaled: Vec<Vec<f32>> = g.iter().map(|x| x.iter().map(|v| v * current).collect()).collect();
+        let skip = step == 2;
+        if skip {
+            g_scaled[1][0] = f32::INFINITY;
+        }
+        let (grads, grads_scaled) = (packed_with(&g), packed_with(&g_scaled));
+        let s = steps(sizes.len(), step);
+        let g_refs: Vec<&Tensor> = grads.iter().map(|t| t.as_tensor()).collect();
+        let gs_refs: Vec<&Tensor> = grads_scaled.iter().map(|t| t.as_tensor()).collect();
+        for t in &gs_refs {
+            scaler.find_nonfinite(dev(), t).unwrap();
+        }
+        let before: Vec<Vec<f32>> = scaled.iter().chain(&m_scaled).chain(&v_scaled).map(|t| download(t)).collect();
+        adamw_packed(
+            dev(),
+            &mut scaled.iter_mut().collect::<Vec<_>>(),
+            &gs_refs,
+            &mut m_scaled.iter_mut().collect::<Vec<_>>(),
+            &mut v_scaled.iter_mut().collect::<Vec<_>>(),
+            &s,
+            Some(&scaler),
+        )
+        .unwrap();
+        scaler.update(dev()).unwrap();
+        let after: Vec<Vec<f32>> = scaled.iter().chain(&m_scaled).chain(&v_scaled).map(|t| download(t)).collect();
+        if skip {
+            assert_eq!(after, before, "a step with an infinite gradient changed the model");
+            current /= 2.0;
+            continue;
+        }
+        adamw_packed(
+            dev(),
+            &mut plain.iter_mut().collect::<Vec<_>>(),
+            &g_refs,
+            &mut m_plain.iter_mut().collect::<Vec<_>>(),
+            &mut v_plain.iter_mut().collect::<Vec<_>>(),
+            &s,
+            None,
+        )
+        .unwrap();
+        let want: Vec<Vec<f32>> = plain.iter().chain(&m_plain).chain(&v_plain).map(|t| download(t)).collect();
+        assert_eq!(after, want, "step {step}");
+    }
+    let state = ScaleState::from_words(&scaler.read(dev()).unwrap().wait().unwrap()).unwrap();
+    assert_eq!((state.scale, state.skipped_steps), (scale / 2.0, 1));
 }
 
 #[test]
@@ -149,7 +218,7 @@ fn packed_adamw_refuses_what_is_not_a_whole_pack() {
     let g_refs: Vec<&Tensor> = grads.iter().take(4).map(|t| t.as_tensor()).collect();
     let mut m_refs: Vec<&mut TensorMut> = m.iter_mut().take(4).collect();
     let mut v_refs: Vec<&mut TensorMut> = v.iter_mut().take(4).collect();
-    let err = optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &s).unwrap_err();
+    let err = optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &s, None).unwrap_err();
     assert!(err.to_string().contains("not every member of one pack"), "{err}");
     // Separate tensors are not a pack either.
     let mut loose: Vec<TensorMut> = shapes().iter().map(|s| elementwise::zeros(dev(), s).unwrap()).collect();
@@ -157,14 +226,16 @@ fn packed_adamw_refuses_what_is_not_a_whole_pack() {
     let g_refs: Vec<&Tensor> = grads.iter().map(|t| t.as_tensor()).collect();
     let mut m_refs: Vec<&mut TensorMut> = m.iter_mut().collect();
     let mut v_refs: Vec<&mut TensorMut> = v.iter_mut().collect();
-    let err = optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &steps(5, 1)).unwrap_err();
+    let err =
+        optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &steps(5, 1), None).unwrap_err();
     assert!(err.to_string().contains("not every member of one pack"), "{err}");
     // A parameter someone else still reads is not updated under them.
     let held = params[0].as_tensor().clone();
     let mut p_refs: Vec<&mut TensorMut> = params.iter_mut().collect();
     let mut m_refs: Vec<&mut TensorMut> = m.iter_mut().collect();
     let mut v_refs: Vec<&mut TensorMut> = v.iter_mut().collect();
-    let err = optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &steps(5, 1)).unwrap_err();
+    let err =
+        optim::adamw_packed(dev(), &mut p_refs, &g_refs, &mut m_refs, &mut v_refs, &steps(5, 1), None).unwrap_err();
     assert!(matches!(err, Error::Aliased(_)), "{err}");
     drop(held);
 }

@@ -1,5 +1,6 @@
 //! Optimizer update kernels (`shaders/optim.wgsl`).
 
+use super::scaler::LossScaler;
 use super::{grid, same_shape, u32_of};
 use crate::device::{Access, Device, KernelSpec};
 use crate::error::{Result, shape_err};
@@ -105,6 +106,9 @@ struct Segment {
 /// ([`super::elementwise::packed_zeros`]), in the same order and shapes, and
 /// `steps[i]` is tensor i's update (its own lr and weight decay; β, eps, step
 /// and grad scale shared). Same arithmetic as one [`adamw`] per tensor.
+/// With a loss `scaler` the gradients are also divided by its scale, and the
+/// step is skipped (nothing written) when it found a non-finite gradient;
+/// the scale never leaves the device.
 pub fn adamw_packed(
     dev: &Device,
     params: &mut [&mut TensorMut],
@@ -112,8 +116,10 @@ pub fn adamw_packed(
     m: &mut [&mut TensorMut],
     v: &mut [&mut TensorMut],
     steps: &[AdamWStep],
+    scaler: Option<&LossScaler>,
 ) -> Result<()> {
-    let op = "adamw_packed";
+    // The entry point, and the operation errors name.
+    let op = if scaler.is_some() { "adamw_packed_unscale" } else { "adamw_packed" };
     let n = params.len();
     if [grads.len(), m.len(), v.len(), steps.len()] != [n; 4] {
         return Err(shape_err(
@@ -170,13 +176,14 @@ pub fn adamw_packed(
     };
     let spec = spec(op);
     let [g, m, v] = &spans;
-    let bindings = [
+    let mut bindings = vec![
         g.bind(1, Access::Read),
         params_span.bind(2, Access::Write),
         m.bind(3, Access::Write),
         v.bind(4, Access::Write),
         segments.bind(5),
     ];
+    bindings.extend(scaler.map(|s| s.state().bind(6)));
     dev.dispatch(spec, &p, &bindings, grid(n4, spec.workgroup))
 }
 

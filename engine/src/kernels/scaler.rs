@@ -89,4 +89,9 @@ impl LossScaler {
     pub fn read(&self, dev: &Device) -> Result<PendingRead<u32>> {
         self.state.read_u32(dev)
     }
+
+    /// The state buffer, for the optimizer that unscales and skips by it.
+    pub(crate) fn state(&self) -> &Tensor {
+        &self.state
+    }
 }

@@ -80,7 +80,7 @@ impl AdamW {
         }
         let mut m: Vec<&mut TensorMut> = self.m.iter_mut().collect();
         let mut v: Vec<&mut TensorMut> = self.v.iter_mut().collect();
-        adamw_packed(dev, &mut members, &grad_members, &mut m, &mut v, &steps)
+        adamw_packed(dev, &mut members, &grad_members, &mut m, &mut v, &steps, None)
             .context("AdamW needs gradients from AdamW::new_gradients")?;
         Ok(())
     }
