@@ -32,7 +32,7 @@ pub fn describe(dev: &Device) -> serde_json::Value {
         "tune_entries": dev.tune_entries().len(),
         "features": features,
         "kernels": {
-            "matmul": families.matmul_kinds().iter().map(|k| k.describe()).collect::<Vec<_>>(),
+            "matmul": families.matmul_kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
             "attention": format!("fused {:?}", families.attention_layout()),
             "subgroup_matmul": families.subgroups_of_8,
             "summary": families.describe(),

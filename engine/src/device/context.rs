@@ -20,8 +20,7 @@ pub(crate) struct Context {
     pub(crate) limits: wgpu::Limits,
     /// The matmul family `CMAE_MATMUL` or `Device::set_matmul_kind` forces: no tuning then.
     pub(crate) matmul_forced: Mutex<Option<MatmulKind>>,
-    /// The built-in choice: the autotuner's fallback, and all there is with it off.
-    pub(crate) matmul_heuristic: MatmulKind,
+    /// What this adapter may run, and the built-in choices among it.
     pub(crate) families: KernelFamilies,
     pub(crate) tuner: Tuner,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
@@ -68,7 +67,6 @@ impl Context {
             tuner: Tuner::new(tune, &info),
             info,
             matmul_forced: Mutex::new(matmul_forced),
-            matmul_heuristic: families.matmul_heuristic(),
             families,
             pipelines: Mutex::default(),
             modules: Mutex::default(),

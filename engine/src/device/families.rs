@@ -8,6 +8,7 @@ use super::{MatmulKind, TileShape};
 use crate::kernels::attention::FusedLayout;
 use crate::shaders::{Needs, Shader};
 use crate::tensor::DType;
+use crate::tune::Variant;
 
 /// What the kernel selection looks at on an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,7 @@ impl KernelFamilies {
             MatmulKind::Subgroup => self.subgroups_of_8,
             MatmulKind::Tiled(shape) => !self.cpu || shape == TileShape::DEFAULT,
         };
-        let others = MatmulKind::all().filter(|&k| k != heuristic && allowed(k));
+        let others = MatmulKind::ALL.iter().copied().filter(|&k| k != heuristic && allowed(k));
         std::iter::once(heuristic).chain(others).collect()
     }
 
@@ -83,7 +84,7 @@ impl KernelFamilies {
 
     /// One line for `cmae info`.
     pub fn describe(&self) -> String {
-        let matmul: Vec<String> = self.matmul_kinds().iter().map(|k| k.describe()).collect();
+        let matmul: Vec<&str> = self.matmul_kinds().iter().map(|k| k.name()).collect();
         let attention = match self.attention_layout() {
             FusedLayout::Rows => "rows",
             FusedLayout::Tiles => "tiles",
@@ -93,11 +94,6 @@ impl KernelFamilies {
 }
 
 impl MatmulKind {
-    /// Every family and tile shape, in a fixed order.
-    pub fn all() -> impl Iterator<Item = MatmulKind> {
-        [MatmulKind::Register, MatmulKind::Subgroup].into_iter().chain(TileShape::ALL.map(MatmulKind::Tiled))
-    }
-
     /// The shader module that runs this family on operands stored as
     /// `operands` (f16 or f32; results are f32 either way).
     pub fn shader(self, operands: DType) -> &'static Shader {
@@ -109,15 +105,6 @@ impl MatmulKind {
             (MatmulKind::Register, true) => &MATMUL_REGISTER_F16,
             (MatmulKind::Subgroup, true) => &MATMUL_SUBGROUP_F16,
             (MatmulKind::Tiled(_), true) => &MATMUL_TILED_F16,
-        }
-    }
-
-    /// E.g. `register`, `subgroup` or `tiled 128x64k16`.
-    pub fn describe(self) -> String {
-        match self {
-            MatmulKind::Register => "register".into(),
-            MatmulKind::Subgroup => "subgroup".into(),
-            MatmulKind::Tiled(shape) => format!("tiled {}", shape.name()),
         }
     }
 }

@@ -231,7 +231,7 @@ impl Device {
     /// else the built-in heuristic's; with autotuning on, a shape class may
     /// run another (see [`Device::tune_entries`]).
     pub fn matmul_kind(&self) -> MatmulKind {
-        lock(&self.ctx().matmul_forced).unwrap_or(self.ctx().matmul_heuristic)
+        lock(&self.ctx().matmul_forced).unwrap_or_else(|| self.ctx().families.matmul_heuristic())
     }
 
     /// Forces a matmul family for every product, bypassing the autotuner

@@ -6,6 +6,7 @@ use super::KernelVariant;
 use crate::device::{Binding, Device, KernelSpec, MatmulKind};
 use crate::error::{Result, shape_err};
 use crate::tensor::{DType, Tensor, TensorMut};
+use crate::tune::Variant;
 
 /// A strided matrix inside a tensor: batch `z = outer·heads + inner` starts at
 /// `off + outer·b0 + inner·b1`, rows are `row` elements apart. This addresses
@@ -334,7 +335,7 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
         ("main_input", Some(INPUT_GELU_GRAD)),
     ];
     let mut all = Vec::new();
-    for (kind, operands) in MatmulKind::all().flat_map(|k| [(k, DType::F32), (k, DType::F16)]) {
+    for (kind, operands) in MatmulKind::ALL.iter().flat_map(|&k| [(k, DType::F32), (k, DType::F16)]) {
         let vecs = match kind {
             MatmulKind::Register | MatmulKind::Subgroup => vec![Some(false), Some(true)],
             MatmulKind::Tiled(_) => vec![None],

@@ -38,6 +38,14 @@ impl Variant for MatmulKind {
     ];
 
     fn name(self) -> &'static str {
+        MatmulKind::name(self)
+    }
+}
+
+impl MatmulKind {
+    /// `register`, `subgroup` or `tiled-` and the tile shape: the name in
+    /// the tune cache, `cmae tune`'s table and `cmae info`.
+    pub fn name(self) -> &'static str {
         match self {
             MatmulKind::Register => "register",
             MatmulKind::Subgroup => "subgroup",
