@@ -5,6 +5,7 @@
 use super::KernelVariant;
 use crate::device::{Binding, Device, KernelSpec, MatmulKind};
 use crate::error::{Result, shape_err};
+use crate::shaders::Shader;
 use crate::tensor::{DType, Tensor, TensorMut};
 use crate::tune::Variant;
 
@@ -116,20 +117,22 @@ fn last_index<T>(v: &MatView<'_, T>, rows: usize, cols: usize, outer: usize, hea
     Some(v.off + (outer - 1) * v.b0 + (heads - 1) * v.b1 + (rows - 1) * v.row + cols - 1)
 }
 
+/// Element types of A and B (both alike, checked in `run`: the f16 modules
+/// read f16 operands); C and the epilogue tensors are f32.
+const OPERAND_TYPES: &[DType] = &[DType::F32, DType::F16];
+const RESULT_TYPES: &[DType] = &[DType::F32];
+
 fn check_view<T: AsRef<Tensor>>(
     op: &'static str,
-    name: &str,
+    (name, dtypes): (&str, &[DType]),
     v: &MatView<'_, T>,
     rows: usize,
     cols: usize,
     mm: &Matmul<'_>,
 ) -> Result<()> {
     let t = v.t.as_ref();
-    // A and B may be f16 (both alike, checked in `run`); everything else is f32.
-    let operand = name == "A" || name == "B";
-    if t.dtype() != DType::F32 && !(operand && t.dtype() == DType::F16) {
-        let allowed = if operand { "f32 or f16" } else { "f32" };
-        return Err(shape_err(op, format!("{name} must be {allowed}, got {:?}", t.dtype())));
+    if !dtypes.contains(&t.dtype()) {
+        return Err(shape_err(op, format!("{name} must be one of {dtypes:?}, got {:?}", t.dtype())));
     }
     if let Some(last) = last_index(v, rows, cols, mm.outer, mm.heads)
         && last >= t.numel()
@@ -158,13 +161,13 @@ impl Matmul<'_> {
         // Stored extents of A and B ([rows, cols] as laid out in memory).
         let (a_rows, a_cols) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
         let (b_rows, b_cols) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
-        check_view(op, "A", &self.a, a_rows, a_cols, self)?;
-        check_view(op, "B", &self.b, b_rows, b_cols, self)?;
+        check_view(op, ("A", OPERAND_TYPES), &self.a, a_rows, a_cols, self)?;
+        check_view(op, ("B", OPERAND_TYPES), &self.b, b_rows, b_cols, self)?;
         if self.a.t.dtype() != self.b.t.dtype() {
             let (a, b) = (self.a.t.dtype(), self.b.t.dtype());
             return Err(shape_err(op, format!("A is {a:?} but B is {b:?}: cast both to one precision")));
         }
-        check_view(op, "C", &self.c, self.m, self.n, self)?;
+        check_view(op, ("C", RESULT_TYPES), &self.c, self.m, self.n, self)?;
         if self.a.row < a_cols || self.b.row < b_cols || self.c.row < self.n {
             return Err(shape_err(op, "a row stride is smaller than the row it holds"));
         }
@@ -176,12 +179,12 @@ impl Matmul<'_> {
         match self.epilogue {
             Epilogue::None => {}
             Epilogue::Gelu { activated } => {
-                check_view(op, "activation", &MatView { t: activated, ..self.c }, self.m, self.n, self)?
+                check_view(op, ("activation", RESULT_TYPES), &MatView { t: activated, ..self.c }, self.m, self.n, self)?
             }
             Epilogue::AddInput(t) | Epilogue::GeluGrad(t) => {
                 let c = self.c;
                 let view = MatView { t, off: c.off, row: c.row, b0: c.b0, b1: c.b1 };
-                check_view(op, "epilogue input", &view, self.m, self.n, self)?
+                check_view(op, ("epilogue input", RESULT_TYPES), &view, self.m, self.n, self)?
             }
         }
         if let Some(sums) = self.row_sums {
@@ -224,15 +227,8 @@ impl Matmul<'_> {
             MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
             MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
             kind @ MatmulKind::Tiled(shape) => {
-                let (entry, input_op) = self.entry();
-                let constants = constants(kind, (self.trans_a, self.trans_b), None, input_op);
-                let spec = KernelSpec {
-                    shader: kind.shader(self.a.t.dtype()),
-                    entry,
-                    constants: &constants,
-                    label,
-                    workgroup: [16, 16, 1],
-                };
+                let (shader, entry, constants) = self.pipeline(kind, None);
+                let spec = KernelSpec { shader, entry, constants: &constants, label, workgroup: [16, 16, 1] };
                 // Row sums take one more z-slice of workgroups.
                 let [tile_rows, tile_cols] = shape.tile();
                 let slices = params.batches + u32::from(self.row_sums.is_some());
@@ -240,6 +236,18 @@ impl Matmul<'_> {
                 dev.dispatch(spec, &params, &self.bindings(), groups)
             }
         }
+    }
+
+    /// What `kind` runs this product with: the module for the operands'
+    /// precision, the entry point for the epilogue, and the override
+    /// constants ([`variants`] lists every combination).
+    fn pipeline(
+        &self,
+        kind: MatmulKind,
+        vec: Option<bool>,
+    ) -> (&'static Shader, &'static str, Vec<(&'static str, f64)>) {
+        let (entry, input_op) = self.entry();
+        (kind.shader(self.a.t.dtype()), entry, constants(kind, (self.trans_a, self.trans_b), vec, input_op))
     }
 
     /// The entry point, and `INPUT_OP` for the input epilogue's.
@@ -276,9 +284,7 @@ impl Matmul<'_> {
         let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
             && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
         let kind = if subgroup { MatmulKind::Subgroup } else { MatmulKind::Register };
-        let (entry, input_op) = self.entry();
-        let constants = constants(kind, (self.trans_a, self.trans_b), Some(vec_ok), input_op);
-        let shader = kind.shader(self.a.t.dtype());
+        let (shader, entry, constants) = self.pipeline(kind, Some(vec_ok));
         let spec = KernelSpec { shader, entry, constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
         // rounds row blocks up to whole 8-lane subgroups. Row sums take 4
