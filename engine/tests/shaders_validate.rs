@@ -267,7 +267,7 @@ fn run_profile(p: &Profile, catalog: &[KernelVariant], tool_ok: bool, scratch: &
             let Some((tool, args, ext)) = external_validator(p.language).filter(|_| tool_ok) else { continue };
             let file = scratch.join(format!("kernel.{ext}"));
             match &written {
-                Written::SpirV(words) => std::fs::write(&file, bytemuck_words(words)).unwrap(),
+                Written::SpirV(words) => std::fs::write(&file, bytemuck::cast_slice::<u32, u8>(words)).unwrap(),
                 Written::Text(text) => std::fs::write(&file, text).unwrap(),
             }
             let out = Command::new(tool).args(&args).arg(&file).output().unwrap();
@@ -282,10 +282,6 @@ fn run_profile(p: &Profile, catalog: &[KernelVariant], tool_ok: bool, scratch: &
         }
     }
     tally
-}
-
-fn bytemuck_words(words: &[u32]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// Every pipeline of [`catalog`] is written for every backend's adapters:

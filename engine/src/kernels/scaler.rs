@@ -4,11 +4,11 @@
 //! lives in a device buffer, so checking gradients and updating the scale
 //! never wait for the host; the host reads it like the loss, a step later.
 
-use super::{grid, u32_of};
+use super::{expect_f32, grid, u32_of};
 use crate::device::{Device, KernelSpec, PendingRead};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor, TensorMut};
+use crate::tensor::{Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -68,9 +68,7 @@ impl LossScaler {
 
     /// Raises the flag if any element of `grads` (f32) is ±∞ or NaN.
     pub fn find_nonfinite(&mut self, dev: &Device, grads: &Tensor) -> Result<()> {
-        if grads.dtype() != DType::F32 {
-            return Err(shape_err("find_nonfinite", format!("gradients {:?} must be f32", grads.shape())));
-        }
+        expect_f32("find_nonfinite", "gradients", grads)?;
         let spec = KernelSpec::new(&shaders::SCALER, "find_nonfinite", "find_nonfinite", 256);
         let n = grads.numel();
         let p = Params { n: u32_of("find_nonfinite", n)?, growth_interval: self.growth_interval, _pad: [0; 2] };
