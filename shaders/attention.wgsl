@@ -15,6 +15,10 @@
 //               dq_i = scale·Σ_j ds_ij·k_j   (also writes D for backward_kv)
 // backward_kv:  dv_j = Σ_i p_ij·dO_i,  dk_j = scale·Σ_i ds_ij·q_i
 //
+// qkv, out, dout and the result are stored as `elem` (f32, or f16 under
+// mixed precision: elem_f16.wgsl) and widened on load; lse, D and all
+// arithmetic are f32.
+//
 // Head dims are multiples of 4 from 4 to 128 (HD4 = HD/4 vec4s per row); the
 // private row buffers hold 32 vec4s.
 
@@ -32,12 +36,12 @@ const FWD_ROWS: u32 = 64u;
 const TILE_KV: u32 = 384u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> out: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4<elem>>;
+@group(0) @binding(2) var<storage, read> out: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> dout: array<vec4<elem>>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;      // [B·H, T]
 @group(0) @binding(5) var<storage, read_write> dsum: array<f32>;     // [B·H, T]: D_i
-@group(0) @binding(6) var<storage, read_write> result: array<vec4<f32>>; // out [B,T,D] or dqkv [B,T,3D]
+@group(0) @binding(6) var<storage, read_write> result: array<vec4<elem>>; // out [B,T,D] or dqkv [B,T,3D]
 
 var<workgroup> tile_a: array<vec4<f32>, TILE>;
 var<workgroup> tile_b: array<vec4<f32>, TILE>;
@@ -62,8 +66,8 @@ fn stage_keys(lane: u32, b: u32, h: u32, j0: u32, n: u32) {
     for (var e = lane; e < n * HD4; e += WG) {
         let r = e / HD4;
         let c = e % HD4;
-        tile_a[e] = qkv[qkv_at(b, j0 + r, 1u, h) + c];
-        tile_b[e] = qkv[qkv_at(b, j0 + r, 2u, h) + c];
+        tile_a[e] = vec4<f32>(qkv[qkv_at(b, j0 + r, 1u, h) + c]);
+        tile_b[e] = vec4<f32>(qkv[qkv_at(b, j0 + r, 2u, h) + c]);
     }
 }
 
@@ -79,7 +83,7 @@ fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     if live {
         let at = qkv_at(b, i, 0u, h);
         for (var c = 0u; c < HD4; c++) {
-            q[c] = qkv[at + c] * p.scale;
+            q[c] = vec4<f32>(qkv[at + c]) * p.scale;
             o[c] = vec4<f32>(0.0);
         }
     }
@@ -123,7 +127,7 @@ fn forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
         let at = row_at(b, i, h);
         let inv = 1.0 / l;
         for (var c = 0u; c < HD4; c++) {
-            result[at + c] = o[c] * inv;
+            result[at + c] = to_elem4(o[c] * inv);
         }
         lse[z * p.t + i] = m + log(l);
     }
@@ -145,10 +149,10 @@ fn backward_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         let at_q = qkv_at(b, i, 0u, h);
         let at_o = row_at(b, i, h);
         for (var c = 0u; c < HD4; c++) {
-            q[c] = qkv[at_q + c] * p.scale;
-            g[c] = dout[at_o + c];
+            q[c] = vec4<f32>(qkv[at_q + c]) * p.scale;
+            g[c] = vec4<f32>(dout[at_o + c]);
             dq[c] = vec4<f32>(0.0);
-            d_i += dot(g[c], out[at_o + c]);
+            d_i += dot(g[c], vec4<f32>(out[at_o + c]));
         }
         lse_i = lse[z * p.t + i];
         dsum[z * p.t + i] = d_i;
@@ -177,7 +181,7 @@ fn backward_q(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     if live {
         let at = qkv_at(b, i, 0u, h);
         for (var c = 0u; c < HD4; c++) {
-            result[at + c] = dq[c] * p.scale;
+            result[at + c] = to_elem4(dq[c] * p.scale);
         }
     }
 }
@@ -197,8 +201,8 @@ fn backward_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         let at_k = qkv_at(b, j, 1u, h);
         let at_v = qkv_at(b, j, 2u, h);
         for (var c = 0u; c < HD4; c++) {
-            k[c] = qkv[at_k + c] * p.scale;
-            v[c] = qkv[at_v + c];
+            k[c] = vec4<f32>(qkv[at_k + c]) * p.scale;
+            v[c] = vec4<f32>(qkv[at_v + c]);
             dk[c] = vec4<f32>(0.0);
             dv[c] = vec4<f32>(0.0);
         }
@@ -209,8 +213,8 @@ fn backward_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         for (var e = lid.x; e < n * HD4; e += WG) {
             let r = e / HD4;
             let c = e % HD4;
-            kv_a[e] = qkv[qkv_at(b, i0 + r, 0u, h) + c];
-            kv_b[e] = dout[row_at(b, i0 + r, h) + c];
+            kv_a[e] = vec4<f32>(qkv[qkv_at(b, i0 + r, 0u, h) + c]);
+            kv_b[e] = vec4<f32>(dout[row_at(b, i0 + r, h) + c]);
         }
         for (var r = lid.x; r < n; r += WG) {
             row_lse[r] = lse[z * p.t + i0 + r];
@@ -239,8 +243,8 @@ fn backward_kv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         let at_k = qkv_at(b, j, 1u, h);
         let at_v = qkv_at(b, j, 2u, h);
         for (var c = 0u; c < HD4; c++) {
-            result[at_k + c] = dk[c] * p.scale;
-            result[at_v + c] = dv[c];
+            result[at_k + c] = to_elem4(dk[c] * p.scale);
+            result[at_v + c] = to_elem4(dv[c]);
         }
     }
 }
@@ -269,7 +273,7 @@ fn forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     var o: array<vec4<f32>, MAXV>;
     let at_q = qkv_at(b, i, 0u, h);
     for (var c = 0u; c < HD4; c++) {
-        q[c] = qkv[at_q + c] * p.scale;
+        q[c] = vec4<f32>(qkv[at_q + c]) * p.scale;
         o[c] = vec4<f32>(0.0);
     }
     var m = -3.0e38;
@@ -281,7 +285,7 @@ fn forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         for (var j = 0u; j < n; j++) {
             let at_k = qkv_at(b, j0 + j, 1u, h);
             var s = 0.0;
-            for (var c = 0u; c < HD4; c++) { s += dot(q[c], qkv[at_k + c]); }
+            for (var c = 0u; c < HD4; c++) { s += dot(q[c], vec4<f32>(qkv[at_k + c])); }
             scores[j] = s;
             top = max(top, s);
         }
@@ -293,12 +297,12 @@ fn forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             let w = exp(scores[j] - m);
             l += w;
             let at_v = qkv_at(b, j0 + j, 2u, h);
-            for (var c = 0u; c < HD4; c++) { o[c] += w * qkv[at_v + c]; }
+            for (var c = 0u; c < HD4; c++) { o[c] += w * vec4<f32>(qkv[at_v + c]); }
         }
     }
     let at = row_at(b, i, h);
     let inv = 1.0 / l;
-    for (var c = 0u; c < HD4; c++) { result[at + c] = o[c] * inv; }
+    for (var c = 0u; c < HD4; c++) { result[at + c] = to_elem4(o[c] * inv); }
     lse[z * p.t + i] = m + log(l);
 }
 
@@ -317,10 +321,10 @@ fn backward_q_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let at_q = qkv_at(b, i, 0u, h);
     let at_o = row_at(b, i, h);
     for (var c = 0u; c < HD4; c++) {
-        q[c] = qkv[at_q + c] * p.scale;
-        g[c] = dout[at_o + c];
+        q[c] = vec4<f32>(qkv[at_q + c]) * p.scale;
+        g[c] = vec4<f32>(dout[at_o + c]);
         dq[c] = vec4<f32>(0.0);
-        d_i += dot(g[c], out[at_o + c]);
+        d_i += dot(g[c], vec4<f32>(out[at_o + c]));
     }
     let lse_i = lse[z * p.t + i];
     dsum[z * p.t + i] = d_i;
@@ -330,13 +334,13 @@ fn backward_q_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < HD4; c++) {
-            s += dot(q[c], qkv[at_k + c]);
-            dp += dot(g[c], qkv[at_v + c]);
+            s += dot(q[c], vec4<f32>(qkv[at_k + c]));
+            dp += dot(g[c], vec4<f32>(qkv[at_v + c]));
         }
         let ds = exp(s - lse_i) * (dp - d_i);
-        for (var c = 0u; c < HD4; c++) { dq[c] += ds * qkv[at_k + c]; }
+        for (var c = 0u; c < HD4; c++) { dq[c] += ds * vec4<f32>(qkv[at_k + c]); }
     }
-    for (var c = 0u; c < HD4; c++) { result[at_q + c] = dq[c] * p.scale; }
+    for (var c = 0u; c < HD4; c++) { result[at_q + c] = to_elem4(dq[c] * p.scale); }
 }
 
 @compute @workgroup_size(64)
@@ -354,8 +358,8 @@ fn backward_kv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let at_k = qkv_at(b, j, 1u, h);
     let at_v = qkv_at(b, j, 2u, h);
     for (var c = 0u; c < HD4; c++) {
-        k[c] = qkv[at_k + c] * p.scale;
-        v[c] = qkv[at_v + c];
+        k[c] = vec4<f32>(qkv[at_k + c]) * p.scale;
+        v[c] = vec4<f32>(qkv[at_v + c]);
         dk[c] = vec4<f32>(0.0);
         dv[c] = vec4<f32>(0.0);
     }
@@ -365,18 +369,18 @@ fn backward_kv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < HD4; c++) {
-            s += dot(qkv[at_q + c], k[c]);
-            dp += dot(dout[at_o + c], v[c]);
+            s += dot(vec4<f32>(qkv[at_q + c]), k[c]);
+            dp += dot(vec4<f32>(dout[at_o + c]), v[c]);
         }
         let pij = exp(s - lse[z * p.t + i]);
         let ds = pij * (dp - dsum[z * p.t + i]);
         for (var c = 0u; c < HD4; c++) {
-            dv[c] += pij * dout[at_o + c];
-            dk[c] += ds * qkv[at_q + c];
+            dv[c] += pij * vec4<f32>(dout[at_o + c]);
+            dk[c] += ds * vec4<f32>(qkv[at_q + c]);
         }
     }
     for (var c = 0u; c < HD4; c++) {
-        result[at_k + c] = dk[c] * p.scale;
-        result[at_v + c] = dv[c];
+        result[at_k + c] = to_elem4(dk[c] * p.scale);
+        result[at_v + c] = to_elem4(dv[c]);
     }
 }

@@ -25,14 +25,15 @@
 // K tail is zero-filled: any shape works, more slowly.
 
 override VEC: bool = true;
-// A and B are stored as `elem` (f32, or f16 under mixed precision: see
-// elem_f16.wgsl) and converted on load; all arithmetic is f32.
+// A and B are stored as `elem`, C and the epilogue tensors as `res` (f32,
+// or f16 under mixed precision: see elem_f16.wgsl), converted on load and
+// store; all arithmetic is f32.
 @group(0) @binding(1) var<storage, read> a: array<vec4<elem>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<elem>>;
 fn a_vec(i: u32) -> vec4<f32> { return vec4<f32>(a[i]); }
 fn b_vec(i: u32) -> vec4<f32> { return vec4<f32>(b[i]); }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<res>;
 
 fn a_at(i: u32) -> f32 { return a_vec(i >> 2u)[i & 3u]; }
 fn b_at(i: u32) -> f32 { return b_vec(i >> 2u)[i & 3u]; }
@@ -108,14 +109,14 @@ fn results(acc_row: vec4<f32>, c_base: u32, r: u32, col: u32) -> vec4<f32> {
     for (var t = 0u; t < 4u; t++) {
         let cc = min(col + t, p.n - 1u);
         if ((p.flags & ADD_BIAS) != 0u) { out[t] += bias[cc]; }
-        if (p.beta != 0.0) { out[t] += p.beta * c[c_base + r * p.c_row + cc]; }
+        if (p.beta != 0.0) { out[t] += p.beta * f32(c[c_base + r * p.c_row + cc]); }
     }
     return out;
 }
 
 fn write_c(v: vec4<f32>, c_base: u32, r: u32, col: u32) {
     for (var t = 0u; t < 4u; t++) {
-        if (col + t < p.n) { c[c_base + r * p.c_row + col + t] = v[t]; }
+        if (col + t < p.n) { c[c_base + r * p.c_row + col + t] = to_res(v[t]); }
     }
 }
 
@@ -135,8 +136,8 @@ fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
 //               C = h · gelu'(input) (INPUT_OP 1: fc2's dX times GELU's
 //               derivative at fc1's pre-activation).
 override INPUT_OP: u32 = 0u;
-@group(0) @binding(6) var<storage, read> epilogue_in: array<f32>;
-@group(0) @binding(7) var<storage, read_write> activated: array<f32>;
+@group(0) @binding(6) var<storage, read> epilogue_in: array<res>;
+@group(0) @binding(7) var<storage, read_write> activated: array<res>;
 
 fn store_gelu(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
     for (var i = 0u; i < 4u; i++) {
@@ -146,7 +147,7 @@ fn store_gelu(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
         write_c(h, c_base, r, col);
         let g = gelu4(h);
         for (var t = 0u; t < 4u; t++) {
-            if (col + t < p.n) { activated[c_base + r * p.c_row + col + t] = g[t]; }
+            if (col + t < p.n) { activated[c_base + r * p.c_row + col + t] = to_res(g[t]); }
         }
     }
 }
@@ -157,7 +158,7 @@ fn store_input(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
         if (r >= p.m) { return; }
         let h = results(acc[i], c_base, r, col);
         var e: vec4<f32>;
-        for (var t = 0u; t < 4u; t++) { e[t] = epilogue_in[c_base + r * p.c_row + min(col + t, p.n - 1u)]; }
+        for (var t = 0u; t < 4u; t++) { e[t] = f32(epilogue_in[c_base + r * p.c_row + min(col + t, p.n - 1u)]); }
         if (INPUT_OP == 0u) { write_c(h + e, c_base, r, col); } else { write_c(h * gelu_grad4(e), c_base, r, col); }
     }
 }

@@ -14,14 +14,15 @@
 // The shapes (TileShape in matmul.rs) keep each staging array within 2048
 // floats, so both fit WebGPU's 16 KiB of workgroup memory.
 
-// A and B are stored as `elem` (f32, or f16 under mixed precision: see
-// elem_f16.wgsl) and converted on load; tiles and arithmetic are f32.
+// A and B are stored as `elem`, C and the epilogue tensors as `res` (f32,
+// or f16 under mixed precision: see elem_f16.wgsl), converted on load and
+// store; tiles and arithmetic are f32.
 @group(0) @binding(1) var<storage, read> a: array<elem>;
 @group(0) @binding(2) var<storage, read> b: array<elem>;
 fn a_el(i: u32) -> f32 { return f32(a[i]); }
 fn b_el(i: u32) -> f32 { return f32(b[i]); }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<res>;
 
 override TM: u32 = 4u;
 override TN: u32 = 4u;
@@ -40,8 +41,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 //   main_gelu:  C = h, activated = gelu(h)
 //   main_input: C = h + input (INPUT_OP 0) or h · gelu'(input) (INPUT_OP 1)
 override INPUT_OP: u32 = 0u;
-@group(0) @binding(6) var<storage, read> epilogue_in: array<f32>;
-@group(0) @binding(7) var<storage, read_write> activated: array<f32>;
+@group(0) @binding(6) var<storage, read> epilogue_in: array<res>;
+@group(0) @binding(7) var<storage, read_write> activated: array<res>;
 
 @compute @workgroup_size(16, 16, 1)
 fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -53,8 +54,8 @@ fn main_gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             for (var t = 0u; t < 4u; t++) {
                 let at = element(wg, lid, i, j4 * 4u + t);
                 if (at >= 0) {
-                    c[at] = h[t];
-                    activated[at] = g[t];
+                    c[at] = to_res(h[t]);
+                    activated[at] = to_res(g[t]);
                 }
             }
         }
@@ -70,13 +71,13 @@ fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             var e = vec4<f32>(0.0);
             for (var t = 0u; t < 4u; t++) {
                 let at = element(wg, lid, i, j4 * 4u + t);
-                if (at >= 0) { e[t] = epilogue_in[at]; }
+                if (at >= 0) { e[t] = f32(epilogue_in[at]); }
             }
             var v: vec4<f32>;
             if (INPUT_OP == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
             for (var t = 0u; t < 4u; t++) {
                 let at = element(wg, lid, i, j4 * 4u + t);
-                if (at >= 0) { c[at] = v[t]; }
+                if (at >= 0) { c[at] = to_res(v[t]); }
             }
         }
     }
@@ -104,7 +105,7 @@ fn row_results(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 64>, i: u32, j4: u
         let col = min(wg.x * 16u * TN + lid.x + 16u * j, p.n - 1u);
         if ((p.flags & ADD_BIAS) != 0u) { v[t] += bias[col]; }
         let at = element(wg, lid, i, j);
-        if (p.beta != 0.0 && at >= 0) { v[t] += p.beta * c[at]; }
+        if (p.beta != 0.0 && at >= 0) { v[t] += p.beta * f32(c[at]); }
     }
     return v;
 }
@@ -115,7 +116,7 @@ fn store_tile(wg: vec3<u32>, lid: vec3<u32>, acc: array<f32, 64>) {
             let v = row_results(wg, lid, acc, i, j4);
             for (var t = 0u; t < 4u; t++) {
                 let at = element(wg, lid, i, j4 * 4u + t);
-                if (at >= 0) { c[at] = v[t]; }
+                if (at >= 0) { c[at] = to_res(v[t]); }
             }
         }
     }

@@ -1,6 +1,8 @@
 // Rust wrapper: engine/src/kernels/scaler.rs
 // Dynamic loss scaling for mixed precision, as PyTorch's GradScaler, kept on
 // the GPU so a step never waits for the host:
+//   seed:           the backward pass's starting gradient, scale × multiplier
+//                   (1 unscaled; a test's huge multiplier forces an overflow);
 //   find_nonfinite: raises the flag if any gradient is ±∞ or NaN (tested by
 //                   its exponent bits: WGSL may assume floats are finite, so
 //                   x != x and comparisons with ∞ cannot be trusted);
@@ -11,13 +13,20 @@
 // State (u32 words): [0] the scale's f32 bits, [1] good steps in a row,
 // [2] skipped steps in all, [3] the flag.
 
-struct Params { n: u32, growth_interval: u32, _pad0: u32, _pad1: u32 }
+struct Params { n: u32, growth_interval: u32, multiplier: f32, _pad: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> grads: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> state: array<atomic<u32>, 4>;
 
+@group(0) @binding(3) var<storage, read_write> seed_out: array<f32>;
+
 const EXPONENT: u32 = 0x7f800000u;
+
+@compute @workgroup_size(1)
+fn seed() {
+    seed_out[0] = bitcast<f32>(atomicLoad(&state[0])) * p.multiplier;
+}
 
 @compute @workgroup_size(256)
 fn find_nonfinite(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -10,7 +10,7 @@ pub mod shaders;
 pub mod tensor;
 pub mod tune;
 
-pub use autodiff::{Gradients, Tape, Var};
+pub use autodiff::{Gradients, Precision, Tape, Var};
 pub use device::{Device, MatmulKind, MemoryStats, PendingRead, TileShape};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorMut};

@@ -191,3 +191,81 @@ fn training_path_follows_the_heuristic() {
     assert_eq!(path(&shape(too_big, 1025)), AttentionPath::Fused);
     assert_eq!(path(&zeros(&[1, 17, 3 * 6])), AttentionPath::Composed);
 }
+
+/// Mixed precision: qkv, out and dout stored as f16 (the fused module for
+/// f16), everything else f32. Against the f64 reference computed from the
+/// same f16-rounded qkv and dout, each stored result may be off by the f32
+/// tolerance plus one rounding to f16 (u = 2⁻¹⁰ of its value: WGSL may round
+/// to either neighbour). The backward reads the f16-rounded output O for
+/// D_i = dO_i·O_i, which moves D_i by at most u·Σ_c |dO_ic·O_ic|; that moves
+/// dS_ij = P_ij(dP_ij − D_i) by P_ij·ΔD_i, hence dQ_ic by
+/// scale·ΔD_i·Σ_j P_ij|K_jc| and dK_jc by scale·Σ_i P_ij·ΔD_i·|Q_ic| (dV
+/// does not read D).
+#[test]
+fn fused_kernels_on_f16_tensors_round_only_where_they_store() {
+    use cmae_engine::kernels::cast::{to_f16, to_f32};
+    let d = dev();
+    if !d.kernel_families().shader_f16 {
+        assert!(
+            std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+            "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", d.info().name);
+        return;
+    }
+    let u = 2f64.powi(-10);
+    let half = |v: &[f32], shape: &[usize]| {
+        let h = to_f16(d, &upload(v, shape)).unwrap();
+        (download(&to_f32(d, &h).unwrap()), h)
+    };
+    let check = |what: &str, got: &Tensor, want: &[f64], extra: &[f64]| {
+        assert_eq!(got.dtype(), cmae_engine::DType::F16, "{what}");
+        let got = download(&to_f32(d, got).unwrap());
+        for (i, ((g, w), x)) in got.iter().zip(want).zip(extra).enumerate() {
+            let bound = ATOL + (RTOL + u) * w.abs() + x;
+            assert!(
+                (f64::from(*g) - w).abs() <= bound,
+                "{what}: element {i} is {g}, the f64 reference {w} (bound {bound})"
+            );
+        }
+    };
+    for layout in LAYOUTS {
+        for s in SHAPES.iter().filter(|s| s.t <= 197) {
+            let name = format!("{layout:?} f16 {}", s.name());
+            let (qkv, qkv16) = half(&rand_vec(s.b * s.t * 3 * s.d(), 11 + s.t as u64), &[s.b, s.t, 3 * s.d()]);
+            let (dout, dout16) = half(&rand_vec(s.b * s.t * s.d(), 13 + s.t as u64), &[s.b, s.t, s.d()]);
+            let (q64, do64) = (to64(&qkv), to64(&dout));
+            let (out16, lse) = fused_attention_in(d, &qkv16, s.heads, layout).unwrap();
+            let (want_out, want_lse) = forward_ref(&q64, s);
+            check(&format!("{name} out"), &out16, &want_out, &vec![0.0; want_out.len()]);
+            assert_close(&format!("{name} lse"), &download(&lse), &want_lse, ATOL, RTOL);
+            let dqkv16 = fused_attention_backward_in(d, &qkv16, &out16, &lse, &dout16, s.heads, layout).unwrap();
+            let (t, dd, hd) = (s.t, s.d(), s.hd);
+            let scale = (hd as f64).powf(-0.5);
+            let mut extra = vec![0.0; q64.len()];
+            for bi in 0..s.b {
+                for h in 0..s.heads {
+                    let p = probs(&q64, s, bi, h);
+                    let at = |r: usize, part: usize, c: usize| q64[(bi * t + r) * 3 * dd + part * dd + h * hd + c];
+                    let delta_d: Vec<f64> = (0..t)
+                        .map(|i| {
+                            let row = (bi * t + i) * dd + h * hd;
+                            u * (0..hd).map(|c| (do64[row + c] * want_out[row + c]).abs()).sum::<f64>()
+                        })
+                        .collect();
+                    for r in 0..t {
+                        for c in 0..hd {
+                            let base = (bi * t + r) * 3 * dd + h * hd + c;
+                            extra[base] =
+                                scale * delta_d[r] * (0..t).map(|j| p[r * t + j] * at(j, 1, c).abs()).sum::<f64>();
+                            extra[base + dd] =
+                                scale * (0..t).map(|i| p[i * t + r] * delta_d[i] * at(i, 0, c).abs()).sum::<f64>();
+                        }
+                    }
+                }
+            }
+            check(&format!("{name} dqkv"), &dqkv16, &backward_ref(&q64, &do64, s), &extra);
+        }
+    }
+}

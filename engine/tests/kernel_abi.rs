@@ -14,7 +14,7 @@ use cmae_engine::kernels::{
     attention, batchnorm, cast, elementwise, gather, gelu, layernorm, loss, optim, scaler, softmax,
 };
 use cmae_engine::shaders::ALL;
-use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
+use cmae_engine::{DType, Device, MatmulKind, Tensor, TensorMut, TileShape};
 
 /// Calls every kernel wrapper once on small shapes.
 fn dispatch_every_wrapper(d: &Device) {
@@ -116,7 +116,7 @@ fn dispatch_every_wrapper(d: &Device) {
             matmul(d, x, x, false, true).unwrap();
             linear(d, x, x, Some(&pair)).unwrap();
             linear_weight_grads(d, x, x, None, None, true).unwrap();
-            let (h, _) = linear_gelu(d, x, x, Some(&pair)).unwrap();
+            let (h, _) = linear_gelu(d, x, x, Some(&pair), DType::F32).unwrap();
             linear_add(d, x, x, Some(&pair), &h).unwrap();
             let h16 = if x.dtype() == cmae_engine::DType::F16 { cast::to_f16(d, &h).unwrap() } else { h.clone() };
             matmul_gelu_grad(d, &h16, x, &operands[0]).unwrap();

@@ -414,6 +414,18 @@ fn casts_round_to_a_neighbouring_f16_and_widen_exactly() {
     assert!(values.iter().zip(&back).any(|(v, b)| v != b), "nothing was rounded");
     let e = to_f32(dev(), &x).unwrap_err().to_string();
     assert!(e.contains("F32") && e.contains("not F16"), "{e}");
+
+    // Past f16's range: ±∞ (what the loss scaler looks for), never a clamp to
+    // ±65504; NaN stays NaN. 65519 is the largest f32 that rounds to 65504.
+    let edges = [65519.0f32, 65520.0, -65520.0, 1e30, -3.0e38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 7.0];
+    let back = download(&to_f32(dev(), &to_f16(dev(), &upload(&edges, &[edges.len()])).unwrap()).unwrap());
+    assert_eq!(back[0], 65504.0);
+    assert_eq!(
+        &back[1..7],
+        &[f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, f32::NEG_INFINITY]
+    );
+    assert!(back[7].is_nan(), "NaN became {}", back[7]);
+    assert_eq!(back[8], 7.0, "an odd lane after the special ones");
 }
 
 /// The GPU loss scaler against a host model of GradScaler's rules, over a

@@ -8,10 +8,10 @@ use std::io::Write;
 
 use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::matmul::{
-    Epilogue, MatView, Matmul, RowSums, linear, linear_add, linear_gelu, linear_weight_grads, matmul,
+    Epilogue, MatView, Matmul, RowSums, linear, linear_add, linear_gelu, linear_to, linear_weight_grads, matmul,
     matmul_accumulate, matmul_gelu_grad,
 };
-use cmae_engine::{Device, MatmulKind, Tensor, TensorMut, TileShape};
+use cmae_engine::{DType, Device, MatmulKind, Tensor, TensorMut, TileShape};
 use common::{assert_close, rand_vec};
 
 /// f32 products summed over k ≤ 200 terms of size ≤ 1: the rounding error of
@@ -286,7 +286,7 @@ fn epilogues_match_f64() {
                 *v += f64::from(b[i % out]);
             }
             let label = format!("{kind:?} rows={rows} in={inp} out={out}");
-            let (h, g) = linear_gelu(&dev, &xt, &wt, Some(&bt)).unwrap();
+            let (h, g) = linear_gelu(&dev, &xt, &wt, Some(&bt), DType::F32).unwrap();
             assert_close(&format!("{label} fc1 h"), &h.wait_f32(&dev).unwrap(), &pre, ATOL, RTOL);
             let want_g: Vec<f64> = pre.iter().map(|&v| gelu64(v)).collect();
             assert_close(&format!("{label} fc1 gelu"), &g.wait_f32(&dev).unwrap(), &want_g, ATOL, RTOL);
@@ -400,6 +400,89 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
     assert!(view_err.contains("[4, 5]"), "{view_err}");
 }
 
+/// Relative rounding error of f32 → f16: WGSL lets the conversion pick
+/// either neighbour, so one ulp (2⁻¹⁰ of the value), not half of one.
+const F16_U: f64 = 1.0 / 1024.0;
+
+/// `kind`'s device when the adapter has SHADER_F16; else None after saying
+/// so (an error when CMAE_REQUIRE_F16 is set: CI's lavapipe has it).
+fn half_device(kind: MatmulKind) -> Option<Device> {
+    let dev = device(kind);
+    if dev.kernel_families().shader_f16 {
+        return Some(dev);
+    }
+    assert!(
+        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+        "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
+        dev.info().name
+    );
+    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+    None
+}
+
+/// f16 values as f32 (what the kernels read) and the f16 tensor.
+fn rounded(dev: &Device, v: &[f32], shape: &[usize]) -> (Vec<f32>, Tensor) {
+    use cmae_engine::kernels::cast::{to_f16, to_f32};
+    let half = to_f16(dev, &Tensor::from_f32(dev, v, shape).unwrap()).unwrap();
+    (to_f32(dev, &half).unwrap().wait_f32(dev).unwrap(), half)
+}
+
+/// An f16 result against the f64 reference computed from the same f16
+/// inputs: the f32 kernels' tolerance for the arithmetic, plus one rounding
+/// to f16 when stored (F16_U of the value).
+fn assert_stored_f16_close(what: &str, dev: &Device, got: &Tensor, want: &[f64]) {
+    assert_eq!(got.dtype(), DType::F16, "{what}: stored as f16");
+    let got = cmae_engine::kernels::cast::to_f32(dev, got).unwrap().wait_f32(dev).unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let bound = ATOL + (RTOL + F16_U) * w.abs();
+        assert!(
+            (f64::from(*g) - w).abs() <= bound,
+            "{what}: element {i} is {g}, the f64 reference {w} (bound {bound})"
+        );
+    }
+}
+
+/// Mixed precision's f16 results (the qkv projection, an MLP's hidden
+/// activation and its gradient) on every family: each is the f32 result
+/// rounded once when stored.
+#[test]
+fn f16_results_are_rounded_once_when_stored() {
+    for kind in kinds() {
+        let Some(dev) = half_device(kind) else { return };
+        for (rows, inp, out) in [(65, 17, 3), (130, 48, 192)] {
+            let label = format!("{kind:?} rows={rows} in={inp} out={out}");
+            let (x, xt) = rounded(&dev, &rand_vec(rows * inp, 41), &[rows, inp]);
+            let (w, wt) = rounded(&dev, &rand_vec(out * inp, 42), &[out, inp]);
+            let b = rand_vec(out, 43);
+            let bt = Tensor::from_f32(&dev, &b, &[out]).unwrap();
+            let mut pre = reference(&x, &w, rows, out, inp, false, true);
+            for (i, v) in pre.iter_mut().enumerate() {
+                *v += f64::from(b[i % out]);
+            }
+            let y = linear_to(&dev, &xt, &wt, Some(&bt), DType::F16).unwrap();
+            assert_stored_f16_close(&format!("{label} linear"), &dev, &y, &pre);
+            let (h, g) = linear_gelu(&dev, &xt, &wt, Some(&bt), DType::F16).unwrap();
+            assert_stored_f16_close(&format!("{label} fc1 h"), &dev, &h, &pre);
+            let want_g: Vec<f64> = pre.iter().map(|&v| gelu64(v)).collect();
+            assert_stored_f16_close(&format!("{label} fc1 gelu"), &dev, &g, &want_g);
+            let (dy, dyt) = rounded(&dev, &rand_vec(rows * out, 44), &[rows, out]);
+            let (pre_in, pre_t) = rounded(&dev, &rand_vec(rows * inp, 45), &[rows, inp]);
+            let dh = matmul_gelu_grad(&dev, &dyt, &wt, &pre_t).unwrap();
+            let want_dh: Vec<f64> = reference(&dy, &w, rows, inp, out, false, false)
+                .iter()
+                .zip(&pre_in)
+                .map(|(v, &p)| v * gelu_grad64(f64::from(p)))
+                .collect();
+            assert_stored_f16_close(&format!("{label} dX ⊙ gelu'"), &dev, &dh, &want_dh);
+            // f16 results come from f16 operands only.
+            let wide = Tensor::from_f32(&dev, &x, &[rows, inp]).unwrap();
+            let e = linear_to(&dev, &wide, &wide, None, DType::F16).unwrap_err().to_string();
+            assert!(e.contains("F16 results need F16 operands"), "{e}");
+        }
+    }
+}
+
 /// f16 operands, as mixed precision stores them. Two bounds:
 /// - Against the f64 product of the f16 values themselves: a product of two
 ///   f16 values (11-bit significands) is exact in f32 (24 bits), so the only
@@ -411,18 +494,9 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
 #[test]
 fn f16_operands_accumulate_in_f32_on_every_family() {
     use cmae_engine::kernels::cast::{to_f16, to_f32};
-    let u = 2f64.powi(-10);
+    let u = F16_U;
     for kind in kinds() {
-        let dev = device(kind);
-        if !dev.kernel_families().shader_f16 {
-            assert!(
-                std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-                "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
-                dev.info().name
-            );
-            let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
-            return;
-        }
+        let Some(dev) = half_device(kind) else { return };
         let mut seed = 5000;
         let mut rounded_somewhere = false;
         for &(m, n, k) in &[(1usize, 1usize, 1usize), (3, 17, 65), (17, 4, 16), (65, 65, 17), (197, 3, 65)] {
@@ -453,11 +527,7 @@ fn f16_operands_accumulate_in_f32_on_every_family() {
 #[test]
 fn operands_of_two_precisions_are_refused() {
     use cmae_engine::kernels::cast::to_f16;
-    let dev = device(MatmulKind::Register);
-    if !dev.kernel_families().shader_f16 {
-        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
-        return;
-    }
+    let Some(dev) = half_device(MatmulKind::Register) else { return };
     let a = Tensor::from_f32(&dev, &[1.0; 6], &[2, 3]).unwrap();
     let e = matmul(&dev, &to_f16(&dev, &a).unwrap(), &a, false, true).unwrap_err().to_string();
     assert!(e.contains("F16") && e.contains("F32") && e.contains("cast"), "{e}");

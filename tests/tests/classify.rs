@@ -49,7 +49,7 @@ fn finetune_adamw_step_follows_the_layer_decay_groups() {
             (n.to_string(), t.wait_f32(d).unwrap(), g)
         })
         .collect();
-    opt.update(d, &mut model.params, &grads, lr, 1.0, |n| layer_decay_scale(n, depth, decay)).unwrap();
+    opt.update(d, &mut model.params, &grads, (lr, 1.0), |n| layer_decay_scale(n, depth, decay), None).unwrap();
     let mut scales_seen = std::collections::BTreeSet::new();
     for (name, p0, g) in &before {
         let p1 = model.params.get(name).unwrap().wait_f32(d).unwrap();

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use cmae_engine::Precision;
 use serde::{Deserialize, Serialize};
 
 /// The ViT encoder and MAE decoder shapes (timm/MAE names).
@@ -194,6 +195,9 @@ pub struct TrainConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub seed: u64,
+    /// f32, or f16 mixed precision (needs the adapter's SHADER_F16).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -35,6 +35,7 @@ pub fn describe(dev: &Device) -> serde_json::Value {
             "matmul": families.matmul_kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
             "attention": format!("fused {:?}", families.attention_layout()),
             "subgroup_matmul": families.subgroups_of_8,
+            "f16_mixed_precision": families.shader_f16,
             "summary": families.describe(),
         },
         "limits": {

@@ -18,7 +18,7 @@ use cmae::masking::MaskPlan;
 use cmae::train::runner::RunFlags;
 use cmae::train::{checkpoint, pretrain, recon};
 use cmae::{bench, fixture, info, tune};
-use cmae_engine::Device;
+use cmae_engine::{Device, Precision};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -179,6 +179,9 @@ enum Command {
         /// Time every class again, even those already in the cache.
         #[arg(long)]
         retune: bool,
+        /// Tune the classes of a step in this precision: f32 or f16.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Speed benchmarks, one JSON line per case.
     Bench {
@@ -330,6 +333,9 @@ enum BenchCommand {
         /// Also print where the GPU time goes, per kernel (timestamp queries).
         #[arg(long)]
         profile: bool,
+        /// f32, or f16 mixed precision (the JSON lines say which).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
 }
 
@@ -503,11 +509,11 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             };
             return Ok(check_fixture(&dev, &file));
         }
-        Command::Tune { preset, batch, retune } => {
+        Command::Tune { preset, batch, retune, precision } => {
             // No time budget: filling the whole cache is the point.
             let tune = cmae_engine::TuneConfig { budget: None, ..cmae_engine::TuneConfig::from_env()? };
             let dev = Device::open(&cmae_engine::device::AdapterRequest::from_env()?, tune)?;
-            let entries = tune::run(&dev, &tune::Options { preset, batch, retune })?;
+            let entries = tune::run(&dev, &tune::Options { preset, batch, retune, precision })?;
             println!("{}", tune::table(&dev, &entries));
         }
         Command::Bench { what: BenchCommand::Kernels { filter, runs, warmup } } => {
@@ -515,9 +521,11 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             let opts = bench::kernels::Options { filter, warmup, runs };
             bench::kernels::run(&dev, &opts, |line| println!("{line}"))?;
         }
-        Command::Bench { what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile } } => {
+        Command::Bench {
+            what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile, precision },
+        } => {
             let dev = Device::from_env()?;
-            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile };
+            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precision };
             bench::pretrain::run(&dev, &opts, started, |line| println!("{line}"))?;
         }
     }

@@ -4,11 +4,12 @@
 use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
-use cmae_engine::{CandidateTime, Device, TuneEntry};
+use cmae_engine::{CandidateTime, Device, Precision, TuneEntry};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::bench::pretrain::{setup, step};
+use crate::train::precision::Amp;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -16,6 +17,8 @@ pub struct Options {
     pub batch: Option<usize>,
     /// Time every class again, even those in the cache.
     pub retune: bool,
+    /// The step's precision (f16 operands are classes of their own).
+    pub precision: Precision,
 }
 
 /// Runs one training step (forward, backward, AdamW) of the preset with its
@@ -25,11 +28,12 @@ pub fn run(dev: &Device, opts: &Options) -> Result<Vec<TuneEntry>> {
         bail!("autotuning is off (CMAE_AUTOTUNE=off); unset CMAE_AUTOTUNE or set it to on to tune");
     }
     let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
+    let mut amp = Amp::new(dev, opts.precision, true)?;
     let shots = crate::config::PretrainConfig::preset(&opts.preset)?.shots;
     if opts.retune {
         dev.retune();
     }
-    step(dev, &mut mae, &mut opt, &imgs, &shots, &mut ChaCha8Rng::seed_from_u64(0))?;
+    step(dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut ChaCha8Rng::seed_from_u64(0))?;
     dev.sync()?;
     Ok(dev.tune_entries().into_iter().filter(|e| e.met).collect())
 }

@@ -147,3 +147,35 @@ fn micro_pretraining_on_gl_falls_and_tracks_vulkan() {
     );
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+/// wgpu's GL backend has no SHADER_F16: mixed precision is refused there in
+/// one line naming the feature, the adapter and the fix, before any run
+/// directory is made, for pretraining and for the benchmark.
+#[test]
+fn f16_is_refused_on_gl_naming_the_feature_and_the_adapter() {
+    let cache = temp("f16-cache");
+    if !gl_adapter(&cache) {
+        return;
+    }
+    let info: serde_json::Value = serde_json::from_slice(&cmae("gl", &cache, &["info", "--json"]).stdout).unwrap();
+    assert_eq!(info["kernels"]["f16_mixed_precision"], false, "{info}");
+    let adapter = info["adapter"].as_str().unwrap().to_string();
+    let run = temp("f16-run").join("run");
+    let run_arg = run.to_str().unwrap();
+    let cases: [&[&str]; 2] = [
+        &["pretrain", "--preset", "micro", "--steps", "2", "--set", "train.precision=f16", "--out", run_arg],
+        &["bench", "pretrain", "--preset", "micro", "--steps", "1", "--precision", "f16"],
+    ];
+    for args in cases {
+        let out = cmae("gl", &cache, args);
+        assert!(!out.status.success(), "{args:?} ran on GL in f16");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line =
+            stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {stderr}"));
+        for part in ["SHADER_F16", adapter.as_str(), "train.precision=f32"] {
+            assert!(line.contains(part), "{args:?}: {line:?} should name {part}");
+        }
+        assert!(!run.exists(), "a refused run left {}", run.display());
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -9,6 +9,14 @@
 //! that keeps accumulating across backward calls (gradient accumulation).
 //! With grad disabled (evaluation, the viewer) nothing is recorded at all.
 //!
+//! Under mixed precision ([`Precision::F16`]) the products read f16
+//! operands: each weight's f16 copy is made once per tape, an activation is
+//! cast where a product reads it, and what the backward pass keeps of them
+//! is the f16 copy. Values and gradients keep one rule: a gradient is stored
+//! like the value it belongs to, so the residual stream, norms, losses and
+//! parameter gradients stay f32, while the qkv projection, attention and the
+//! MLP's hidden activation (and their gradients) are f16.
+//!
 //! Backward hands each op a *sink* for every input whose gradient already has
 //! a place: the input's member of [`Gradients::packed`] (parameters' gradients
 //! in one pack laid out like the parameters, for a one-dispatch optimizer
@@ -23,10 +31,46 @@ mod ops;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernels::elementwise;
-use crate::tensor::{Tensor, TensorMut};
+use crate::kernels::{cast, elementwise};
+use crate::tensor::{DType, Tensor, TensorMut};
+
+/// How a tape stores what its products read and what it keeps for the
+/// backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything f32.
+    #[default]
+    F32,
+    /// Mixed precision: f16 operands and saved activations, f32 accumulation,
+    /// statistics, residual stream and gradients of parameters (needs `SHADER_F16`).
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!("{other:?} is not a precision: use f32 or f16")),
+        }
+    }
+}
 
 /// A tensor on the tape. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -101,7 +145,10 @@ struct Inner {
 pub struct Tape {
     dev: Device,
     grad_enabled: bool,
+    precision: Precision,
     inner: RefCell<Inner>,
+    /// f16 copies of parameters by var id, made once per tape (mixed precision).
+    half_params: RefCell<HashMap<usize, Tensor>>,
 }
 
 /// Parameter gradients by name, accumulating over backward calls
@@ -182,12 +229,59 @@ impl Gradients {
 impl Tape {
     /// A tape that records (training).
     pub fn new(dev: &Device) -> Self {
-        Self { dev: dev.clone(), grad_enabled: true, inner: RefCell::default() }
+        Self::make(dev, true, Precision::F32)
     }
 
     /// A tape that records nothing (evaluation).
     pub fn no_grad(dev: &Device) -> Self {
-        Self { dev: dev.clone(), grad_enabled: false, inner: RefCell::default() }
+        Self::make(dev, false, Precision::F32)
+    }
+
+    /// A tape in `precision`, recording or not; f16 needs an adapter with
+    /// `SHADER_F16` (else an error naming the feature and the adapter).
+    pub fn with_precision(dev: &Device, grad_enabled: bool, precision: Precision) -> Result<Self> {
+        if precision == Precision::F16 && !dev.kernel_families().shader_f16 {
+            return Err(Error::NoAdapter(format!(
+                "f16 mixed precision needs the SHADER_F16 feature, which {} does not have",
+                dev.info().name
+            )));
+        }
+        Ok(Self::make(dev, grad_enabled, precision))
+    }
+
+    fn make(dev: &Device, grad_enabled: bool, precision: Precision) -> Self {
+        Self { dev: dev.clone(), grad_enabled, precision, inner: RefCell::default(), half_params: RefCell::default() }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// How products store results that only f16-reading kernels consume
+    /// (f16 under mixed precision, else f32).
+    pub(crate) fn compute_dtype(&self) -> DType {
+        match self.precision {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// `v` as a product reads it: itself in f32, an f16 copy under mixed
+    /// precision (a parameter's made once per tape).
+    pub(crate) fn operand(&self, v: &Var) -> Result<Tensor> {
+        if self.precision == Precision::F32 || v.value.dtype() == DType::F16 {
+            return Ok(v.value.clone());
+        }
+        let is_param = self.inner.borrow().params.contains_key(&v.id);
+        if !is_param {
+            return cast::to_f16(&self.dev, &v.value);
+        }
+        if let Some(t) = self.half_params.borrow().get(&v.id) {
+            return Ok(t.clone());
+        }
+        let half = cast::to_f16(&self.dev, &v.value)?;
+        self.half_params.borrow_mut().insert(v.id, half.clone());
+        Ok(half)
     }
 
     pub fn device(&self) -> &Device {
@@ -243,6 +337,14 @@ impl Tape {
     /// Back-propagates from a one-element `loss`, adding parameter gradients
     /// into `grads`. Consumes the recorded nodes.
     pub fn backward(&self, loss: &Var, grads: &mut Gradients) -> Result<()> {
+        let seed = elementwise::full(&self.dev, loss.shape(), 1.0)?;
+        self.backward_from(loss, &seed, grads)
+    }
+
+    /// [`Tape::backward`] from the gradient `seed` (a one-element f32 tensor)
+    /// instead of 1: mixed precision seeds it with the loss scale
+    /// ([`crate::kernels::scaler::LossScaler::seed`]), which never leaves the device.
+    pub fn backward_from(&self, loss: &Var, seed: &Tensor, grads: &mut Gradients) -> Result<()> {
         if loss.value.numel() != 1 {
             return Err(Error::Autodiff(format!("backward needs a scalar loss, got shape {:?}", loss.shape())));
         }
@@ -253,8 +355,11 @@ impl Tape {
             let mut inner = self.inner.borrow_mut();
             (std::mem::take(&mut inner.nodes), std::mem::take(&mut inner.params))
         };
+        if seed.numel() != 1 || seed.dtype() != DType::F32 {
+            return Err(Error::Autodiff(format!("the seed gradient must be one f32, got {:?}", seed.shape())));
+        }
         let mut pending: HashMap<usize, Tensor> = HashMap::new();
-        pending.insert(loss.id, elementwise::full(&self.dev, loss.shape(), 1.0)?);
+        pending.insert(loss.id, seed.reshape(loss.shape())?);
         for node in nodes.into_iter().rev() {
             let Some(grad_out) = pending.remove(&node.output) else {
                 continue;
@@ -304,7 +409,7 @@ impl Tape {
                     continue;
                 }
                 let sum = match pending.remove(input) {
-                    Some(old) => elementwise::add(&self.dev, &old, &g)?,
+                    Some(old) => add_gradients(&self.dev, &old, &g)?,
                     None => g,
                 };
                 pending.insert(*input, sum);
@@ -317,4 +422,15 @@ impl Tape {
         }
         Ok(())
     }
+}
+
+/// `a + b` for two gradients of one value: f16 ones (mixed precision) are
+/// added in f32 and stored f16 again.
+fn add_gradients(dev: &Device, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return elementwise::add(dev, a, b);
+    }
+    let wide = |t: &Tensor| if t.dtype() == DType::F16 { cast::to_f32(dev, t) } else { Ok(t.clone()) };
+    let sum = elementwise::add(dev, &wide(a)?, &wide(b)?)?;
+    if a.dtype() == DType::F16 { cast::to_f16(dev, &sum) } else { Ok(sum) }
 }

@@ -4,23 +4,36 @@
 use super::{Backward, Tape, Var};
 use crate::error::{Result, shape_err};
 use crate::kernels::reduce::{RowView, sum_rows, sum_rows_accumulate, weighted_sums};
-use crate::kernels::{attention, elementwise, gather, gelu, layernorm, loss, matmul};
+use crate::kernels::{attention, cast, elementwise, gather, gelu, layernorm, loss, matmul};
 use crate::tensor::{DType, Tensor, TensorMut};
 
 impl Tape {
-    /// `x·Wᵀ + b` over the last axis; W is `[out, in]`.
+    /// `x·Wᵀ + b` over the last axis; W is `[out, in]`. The output is f32
+    /// (under mixed precision too: see [`Tape::linear_compute`]).
     ///
     /// dX = dY·W,  dW = dYᵀ·X,  db = Σ_rows dY
     pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = matmul::linear(&self.dev, &x.value, &w.value, b.map(|b| &b.value))?;
-        let (xv, wv) = (x.value.clone(), w.value.clone());
+        self.linear_to(x, w, b, DType::F32)
+    }
+
+    /// [`Tape::linear`] with the output in the tape's compute precision (f16
+    /// under mixed precision): for a projection only f16-reading kernels
+    /// consume, such as the qkv that [`Tape::attention`] reads.
+    pub fn linear_compute(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.linear_to(x, w, b, self.compute_dtype())
+    }
+
+    fn linear_to(&self, x: &Var, w: &Var, b: Option<&Var>, result: DType) -> Result<Var> {
+        let (xo, wo) = (self.operand(x)?, self.operand(w)?);
+        let y = matmul::linear_to(&self.dev, &xo, &wo, b.map(|b| &b.value), result)?;
+        let x_dtype = x.value.dtype();
         let mut inputs = vec![x, w];
         inputs.extend(b);
         let bias = b.map(|_| 2);
         Ok(self.record(y, &inputs, move |bw, dy| {
-            let dy2 = rows_of(dy, wv.dim(0)?)?;
-            let dx = input_grad(bw, &dy2, &wv, 0, &xv)?;
-            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xv, xv.dim(-1)?)?, 1, bias)?;
+            let dy2 = operand_like(bw.dev, &rows_of(dy, wo.dim(0)?)?, &wo)?;
+            let dx = input_grad(bw, &dy2, &wo, 0, (xo.shape(), x_dtype))?;
+            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xo, xo.dim(-1)?)?, 1, bias)?;
             let mut out = vec![dx, dw];
             out.extend(bias.map(|_| db));
             Ok(out)
@@ -28,16 +41,25 @@ impl Tape {
     }
 
     /// `x·Wᵀ + b + residual` in one dispatch: a projection and the residual
-    /// connection after it. The residual's gradient is dY.
+    /// connection after it. The residual's gradient is dY. Output and
+    /// residual are f32 in either precision (the residual stream).
     pub fn linear_add(&self, x: &Var, w: &Var, b: &Var, residual: &Var) -> Result<Var> {
-        let y = matmul::linear_add(&self.dev, &x.value, &w.value, Some(&b.value), &residual.value)?;
-        let (xv, wv) = (x.value.clone(), w.value.clone());
+        let (xo, wo) = (self.operand(x)?, self.operand(w)?);
+        let y = matmul::linear_add(&self.dev, &xo, &wo, Some(&b.value), &residual.value)?;
+        let x_dtype = x.value.dtype();
         Ok(self.record(y, &[x, w, b, residual], move |bw, dy| {
-            let dy2 = rows_of(dy, wv.dim(0)?)?;
-            let dx = input_grad(bw, &dy2, &wv, 0, &xv)?;
-            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xv, xv.dim(-1)?)?, 1, Some(2))?;
+            let dy2 = operand_like(bw.dev, &rows_of(dy, wo.dim(0)?)?, &wo)?;
+            let dx = input_grad(bw, &dy2, &wo, 0, (xo.shape(), x_dtype))?;
+            let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xo, xo.dim(-1)?)?, 1, Some(2))?;
             Ok(vec![dx, dw, db, Some(dy.clone())])
         }))
+    }
+
+    /// `x` stored as `dtype` (f32 ↔ f16); the gradient is cast back.
+    pub fn cast(&self, x: &Var, dtype: DType) -> Result<Var> {
+        let from = x.value.dtype();
+        let y = cast_to(&self.dev, &x.value, dtype)?;
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(cast_to(bw.dev, dy, from)?)])))
     }
 
     /// timm's `Mlp`, fc2(gelu(fc1(x))), plus `residual` when given (a block's
@@ -47,21 +69,23 @@ impl Tape {
     /// never held across the step.
     ///
     /// dh = (dY·W2) ⊙ gelu'(h) in one dispatch, then fc1 as a linear layer.
+    /// Under mixed precision h, gelu(h) and dh are f16; the output is f32.
     pub fn mlp(&self, x: &Var, fc1: (&Var, &Var), fc2: (&Var, &Var), residual: Option<&Var>) -> Result<Var> {
         let dev = &self.dev;
-        let (h, g) = matmul::linear_gelu(dev, &x.value, &fc1.0.value, Some(&fc1.1.value))?;
+        let (xv, w1, w2) = (self.operand(x)?, self.operand(fc1.0)?, self.operand(fc2.0)?);
+        let (h, g) = matmul::linear_gelu(dev, &xv, &w1, Some(&fc1.1.value), self.compute_dtype())?;
         let y = match residual {
-            Some(r) => matmul::linear_add(dev, &g, &fc2.0.value, Some(&fc2.1.value), &r.value)?,
-            None => matmul::linear(dev, &g, &fc2.0.value, Some(&fc2.1.value))?,
+            Some(r) => matmul::linear_add(dev, &g, &w2, Some(&fc2.1.value), &r.value)?,
+            None => matmul::linear(dev, &g, &w2, Some(&fc2.1.value))?,
         };
         drop(g);
-        let (xv, w1, w2) = (x.value.clone(), fc1.0.value.clone(), fc2.0.value.clone());
+        let x_dtype = x.value.dtype();
         let mut inputs = vec![x, fc1.0, fc1.1, fc2.0, fc2.1];
         inputs.extend(residual);
         let has_residual = residual.is_some();
         Ok(self.record(y, &inputs, move |bw, dy| {
             let dev = bw.dev;
-            let dy2 = rows_of(dy, w2.dim(0)?)?;
+            let dy2 = operand_like(dev, &rows_of(dy, w2.dim(0)?)?, &w2)?;
             let (dw2, db2) = if bw.needs(3) || bw.needs(4) {
                 let g = gelu::gelu(dev, &h)?;
                 weight_grads(bw, &dy2, &rows_of(&g, w1.dim(0)?)?, 3, Some(4))?
@@ -70,7 +94,7 @@ impl Tape {
             };
             let dh = rows_of(&matmul::matmul_gelu_grad(dev, &dy2, &w2, &h)?, w1.dim(0)?)?;
             let (dw1, db1) = weight_grads(bw, &dh, &rows_of(&xv, xv.dim(-1)?)?, 1, Some(2))?;
-            let dx = input_grad(bw, &dh, &w1, 0, &xv)?;
+            let dx = input_grad(bw, &dh, &w1, 0, (xv.shape(), x_dtype))?;
             let mut out = vec![dx, dw1, db1, dw2, db2];
             if has_residual {
                 out.push(Some(dy.clone()));
@@ -149,9 +173,33 @@ impl Tape {
         Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(gelu::gelu_backward(bw.dev, &xv, dy)?)])))
     }
 
+    /// LayerNorm with an f32 output.
     pub fn layer_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         let (y, stats) = layernorm::layer_norm(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
-        let (xv, gv) = (x.value.clone(), gamma.value.clone());
+        self.record_layer_norm(y, (x, gamma, beta), x.value.clone(), stats)
+    }
+
+    /// [`Tape::layer_norm`] with the output in the tape's compute precision,
+    /// for a norm only products read (a block's norm1 and norm2). Under
+    /// mixed precision the output is f16 and the backward keeps the centred
+    /// input in f16 instead of the f32 input.
+    pub fn layer_norm_compute(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        if self.precision() == super::Precision::F32 {
+            return self.layer_norm(x, gamma, beta, eps);
+        }
+        let (y, centered, stats) = layernorm::layer_norm_centered(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
+        self.record_layer_norm(y, (x, gamma, beta), centered, stats)
+    }
+
+    /// Records a LayerNorm whose backward reads `saved` as its input.
+    fn record_layer_norm(
+        &self,
+        y: Tensor,
+        (x, gamma, beta): (&Var, &Var, &Var),
+        saved: Tensor,
+        stats: Tensor,
+    ) -> Result<Var> {
+        let (xv, gv) = (saved, gamma.value.clone());
         Ok(self.record(y, &[x, gamma, beta], move |bw, dy| {
             let dev = bw.dev;
             let [dx_sink, dg_sink, db_sink] = bw.sinks([0, 1, 2]);
@@ -159,7 +207,8 @@ impl Tape {
                 (Some(dg), Some(db)) => layernorm::ParamGrads::AddTo(dg, db),
                 _ => layernorm::ParamGrads::New,
             };
-            let grads = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, dy, dx_sink, param_grads)?;
+            let dy = cast_to(dev, dy, xv.dtype())?;
+            let grads = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, &dy, dx_sink, param_grads)?;
             let (dg, db) = grads.params.map_or((None, None), |(g, b)| (Some(g), Some(b)));
             Ok(vec![grads.dx, dg, db])
         }))
@@ -168,6 +217,8 @@ impl Tape {
     /// Multi-head self-attention core on a packed qkv `[B, T, 3D]` → `[B, T, D]`,
     /// by the fused kernel (it keeps no `[B·H, T, T]` tensor) or the composed
     /// path, as [`attention::training_path`] chooses.
+    /// The output is stored like qkv (f16 from [`Tape::linear_compute`] under
+    /// mixed precision).
     pub fn attention(&self, qkv: &Var, heads: usize) -> Result<Var> {
         if attention::training_path(&self.dev, &qkv.value, heads)? == attention::AttentionPath::Composed {
             return Ok(self.attention_with_probs(qkv, heads)?.0);
@@ -176,13 +227,18 @@ impl Tape {
         let (qv, ov) = (qkv.value.clone(), out.clone());
         Ok(self.record(out, &[qkv], move |bw, dout| {
             let dev = bw.dev;
-            Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, dout, heads)?)])
+            let dout = cast_to(dev, dout, qv.dtype())?;
+            Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, &dout, heads)?)])
         }))
     }
 
     /// Like [`Tape::attention`], also returning the probabilities `[B·H, T, T]`
-    /// (for attention maps; they carry no gradient).
+    /// (for attention maps; they carry no gradient). The composed kernels
+    /// are f32: an f16 qkv is widened first (and the output is f32).
     pub fn attention_with_probs(&self, qkv: &Var, heads: usize) -> Result<(Var, Tensor)> {
+        if qkv.value.dtype() != DType::F32 {
+            return self.attention_with_probs(&self.cast(qkv, DType::F32)?, heads);
+        }
         let (out, probs) = attention::attention(&self.dev, &qkv.value, heads)?;
         let (qv, saved) = (qkv.value.clone(), probs.clone());
         let var = self.record(out, &[qkv], move |bw, dout| {
@@ -390,15 +446,37 @@ fn rows_of(t: &Tensor, cols: usize) -> Result<Tensor> {
 }
 
 /// A linear layer's input gradient dY·W (`dy2` `[rows, out]`, W `[out, in]`)
-/// for input `x` (its value `xv` gives the shape), added into its sink when
-/// it has one.
-fn input_grad(bw: &mut Backward<'_>, dy2: &Tensor, w: &Tensor, x: usize, xv: &Tensor) -> Result<Option<Tensor>> {
+/// for input `x` of the given shape and element type (the gradient is
+/// stored like the value), added into its sink when it has one.
+fn input_grad(
+    bw: &mut Backward<'_>,
+    dy2: &Tensor,
+    w: &Tensor,
+    x: usize,
+    (shape, dtype): (&[usize], DType),
+) -> Result<Option<Tensor>> {
     let dev = bw.dev;
     let need = bw.needs(x);
     match bw.sink(x) {
         Some(acc) => matmul::matmul_accumulate(dev, dy2, w, false, false, acc).map(|()| None),
-        None if need => Ok(Some(matmul::matmul(dev, dy2, w, false, false)?.reshape(xv.shape())?)),
+        None if need => Ok(Some(matmul::matmul_to(dev, dy2, w, false, false, dtype)?.reshape(shape)?)),
         None => Ok(None),
+    }
+}
+
+/// A gradient as a product reads it beside `operand`: cast to f16 under
+/// mixed precision (the loss scale keeps it inside f16's range), as is otherwise.
+fn operand_like(dev: &crate::device::Device, grad: &Tensor, operand: &Tensor) -> Result<Tensor> {
+    cast_to(dev, grad, operand.dtype())
+}
+
+/// `t` stored as `dtype` (itself when it already is).
+fn cast_to(dev: &crate::device::Device, t: &Tensor, dtype: DType) -> Result<Tensor> {
+    match (t.dtype(), dtype) {
+        (from, to) if from == to => Ok(t.clone()),
+        (DType::F32, DType::F16) => cast::to_f16(dev, t),
+        (DType::F16, DType::F32) => cast::to_f32(dev, t),
+        (from, to) => Err(crate::error::shape_err("cast", format!("no cast from {from:?} to {to:?}"))),
     }
 }
 

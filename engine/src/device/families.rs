@@ -89,23 +89,31 @@ impl KernelFamilies {
             FusedLayout::Rows => "rows",
             FusedLayout::Tiles => "tiles",
         };
-        format!("matmul {}; attention fused {attention}", matmul.join(", "))
+        let f16 = if self.shader_f16 { "f16 mixed precision" } else { "f32 only (no SHADER_F16)" };
+        format!("matmul {}; attention fused {attention}; {f16}", matmul.join(", "))
     }
 }
 
 impl MatmulKind {
     /// The shader module that runs this family on operands stored as
-    /// `operands` (f16 or f32; results are f32 either way).
-    pub fn shader(self, operands: DType) -> &'static Shader {
+    /// `operands` with results stored as `results`: f32 and f32, f16 and
+    /// f32, or f16 and f16 (f16 results come only from f16 operands); None
+    /// for any other pair.
+    pub fn shader(self, (operands, results): (DType, DType)) -> Option<&'static Shader> {
         use crate::shaders::*;
-        match (self, operands == DType::F16) {
-            (MatmulKind::Register, false) => &MATMUL_REGISTER,
-            (MatmulKind::Subgroup, false) => &MATMUL_SUBGROUP,
-            (MatmulKind::Tiled(_), false) => &MATMUL_TILED,
-            (MatmulKind::Register, true) => &MATMUL_REGISTER_F16,
-            (MatmulKind::Subgroup, true) => &MATMUL_SUBGROUP_F16,
-            (MatmulKind::Tiled(_), true) => &MATMUL_TILED_F16,
-        }
+        use DType::{F16, F32};
+        Some(match (self, operands, results) {
+            (MatmulKind::Register, F32, F32) => &MATMUL_REGISTER,
+            (MatmulKind::Subgroup, F32, F32) => &MATMUL_SUBGROUP,
+            (MatmulKind::Tiled(_), F32, F32) => &MATMUL_TILED,
+            (MatmulKind::Register, F16, F32) => &MATMUL_REGISTER_F16,
+            (MatmulKind::Subgroup, F16, F32) => &MATMUL_SUBGROUP_F16,
+            (MatmulKind::Tiled(_), F16, F32) => &MATMUL_TILED_F16,
+            (MatmulKind::Register, F16, F16) => &MATMUL_REGISTER_F16_TO_F16,
+            (MatmulKind::Subgroup, F16, F16) => &MATMUL_SUBGROUP_F16_TO_F16,
+            (MatmulKind::Tiled(_), F16, F16) => &MATMUL_TILED_F16_TO_F16,
+            _ => return None,
+        })
     }
 }
 
@@ -127,7 +135,7 @@ mod tests {
         assert_eq!(gpu[0], default);
         assert_eq!(gpu.len(), 1 + TileShape::ALL.len(), "every shape and the register kernel, no subgroup kernel");
         for f in [families(true, true), families(false, false), families(false, true)] {
-            assert!(f.matmul_kinds().iter().all(|k| f.can_run(k.shader(DType::F32))), "{f:?}");
+            assert!(f.matmul_kinds().iter().all(|k| f.can_run(k.shader((DType::F32, DType::F32)).unwrap())), "{f:?}");
         }
     }
 

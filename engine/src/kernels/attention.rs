@@ -13,12 +13,12 @@
 
 use super::matmul::{Epilogue, MatView, Matmul};
 use super::softmax::{softmax_backward_in_place, softmax_in_place};
-use super::{KernelVariant, u32_of};
+use super::{KernelVariant, expect_f32, u32_of};
 use crate::device::{Device, KernelSpec};
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result, shape_err};
-use crate::shaders;
+use crate::shaders::{self, Shader};
 use crate::tensor::{DType, Tensor, TensorMut};
 
 /// Sizes of one attention call.
@@ -101,8 +101,10 @@ impl Dims {
     }
 }
 
-/// Returns `(out [B, T, D], probs [B·H, T, T])`.
+/// Returns `(out [B, T, D], probs [B·H, T, T])`. Reads f32 qkv only (the
+/// f16 path is the fused kernel's).
 pub fn attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    expect_f32("attention", "qkv", qkv)?;
     let s = dims(qkv, heads)?;
     let mut probs = TensorMut::uninit(dev, &[s.b * s.heads, s.t, s.t], DType::F32)?;
     let views = (s.qkv_view(qkv, 0), s.qkv_view(qkv, 1), s.scores_view(&probs));
@@ -119,6 +121,8 @@ pub fn attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Te
 ///
 /// dP = dO·Vᵀ,  dS = softmax′(P, dP),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dO
 pub fn attention_backward(dev: &Device, qkv: &Tensor, probs: &Tensor, dout: &Tensor, heads: usize) -> Result<Tensor> {
+    expect_f32("attention_backward", "qkv", qkv)?;
+    expect_f32("attention_backward", "dout", dout)?;
     let s = dims(qkv, heads)?;
     if dout.shape() != [s.b, s.t, s.d] || probs.shape() != [s.b * s.heads, s.t, s.t] {
         let detail = format!("dout {:?} / probs {:?} for qkv {:?}", dout.shape(), probs.shape(), qkv.shape());
@@ -166,6 +170,8 @@ pub enum AttentionPath {
 /// eight); on CPU adapters the composed path's subgroup matmuls win from
 /// about T = 50 (lavapipe, `cmae bench kernels --filter attention`: fused
 /// 1.1–1.3× at T = 17, 0.3× at T = 197), so there fused for short sequences only.
+/// An f16 qkv (mixed precision) always takes the fused path where the head
+/// dim allows: the composed one would need an f32 copy of it.
 pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> Result<AttentionPath> {
     let s = dims(qkv, heads)?;
     if !fused_head_dim(s.hd) {
@@ -173,6 +179,9 @@ pub fn training_path(dev: &Device, qkv: &Tensor, heads: usize) -> Result<Attenti
     }
     if let Some(path) = forced_path()? {
         return Ok(path);
+    }
+    if qkv.dtype() == DType::F16 {
+        return Ok(AttentionPath::Fused);
     }
     let probs_bytes = (s.b * s.heads * s.t * s.t * 4) as u64;
     if probs_bytes > dev.limits().max_storage_buffer_binding_size {
@@ -204,19 +213,29 @@ fn fused_head_dim(hd: usize) -> bool {
 }
 
 /// Every pipeline the fused kernels may build: each entry point at each head
-/// dim they take.
+/// dim they take, in both precisions.
 pub(crate) fn variants() -> Result<Vec<KernelVariant>> {
-    let entries = crate::device::reflect(&shaders::ATTENTION)?;
-    let head_dims = (4..=128).filter(|&hd| fused_head_dim(hd));
-    Ok(head_dims
-        .flat_map(|hd| {
-            entries.iter().map(move |e| KernelVariant {
-                shader: &shaders::ATTENTION,
+    let mut all = Vec::new();
+    for shader in [&shaders::ATTENTION, &shaders::ATTENTION_F16] {
+        let entries = crate::device::reflect(shader)?;
+        for hd in (4..=128).filter(|&hd| fused_head_dim(hd)) {
+            all.extend(entries.iter().map(|e| KernelVariant {
+                shader,
                 entry: e.entry.clone(),
                 constants: vec![("HD4", (hd / 4) as f64)],
-            })
-        })
-        .collect())
+            }));
+        }
+    }
+    Ok(all)
+}
+
+/// The fused module for tensors stored as `dtype` (f32, or f16 under mixed precision).
+fn fused_shader(op: &'static str, dtype: DType) -> Result<&'static Shader> {
+    match dtype {
+        DType::F32 => Ok(&shaders::ATTENTION),
+        DType::F16 => Ok(&shaders::ATTENTION_F16),
+        other => Err(shape_err(op, format!("qkv must be f32 or f16, got {other:?}"))),
+    }
 }
 
 /// How the fused kernels spread rows over invocations.
@@ -246,6 +265,7 @@ impl FusedLayout {
 }
 
 struct Fused {
+    shader: &'static Shader,
     params: FusedParams,
     constants: [(&'static str, f64); 1],
     groups: [u32; 3],
@@ -253,8 +273,10 @@ struct Fused {
 }
 
 impl Fused {
-    fn new(dev: &Device, s: &Dims, layout: FusedLayout) -> Result<Self> {
+    /// For tensors stored as `dtype`.
+    fn new(dev: &Device, s: &Dims, layout: FusedLayout, dtype: DType) -> Result<Self> {
         let op = "fused_attention";
+        let shader = fused_shader(op, dtype)?;
         if !fused_head_dim(s.hd) {
             return Err(shape_err(op, format!("head dim {} is not a multiple of 4 in 4..=128", s.hd)));
         }
@@ -276,17 +298,18 @@ impl Fused {
                 [u32_of(op, groups.min(max) as usize)?, u32_of(op, groups.div_ceil(max) as usize)?, 1]
             }
         };
-        Ok(Self { params, constants: [("HD4", (s.hd / 4) as f64)], groups, layout })
+        Ok(Self { shader, params, constants: [("HD4", (s.hd / 4) as f64)], groups, layout })
     }
 
     fn spec(&self, (tiles, rows): (&'static str, &'static str), label: &'static str) -> KernelSpec<'_> {
         let entry = self.layout.entry(tiles, rows);
-        KernelSpec { shader: &shaders::ATTENTION, entry, constants: &self.constants, label, workgroup: [64, 1, 1] }
+        KernelSpec { shader: self.shader, entry, constants: &self.constants, label, workgroup: [64, 1, 1] }
     }
 }
 
 /// Fused attention: `(out [B, T, D], lse [B·H, T])`, the row log-sum-exps
-/// that let the backward recompute the probabilities.
+/// that let the backward recompute the probabilities. `out` is stored like
+/// qkv (f32, or f16 under mixed precision); `lse` is f32.
 pub fn fused_attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     fused_attention_in(dev, qkv, heads, FusedLayout::for_device(dev))
 }
@@ -294,8 +317,8 @@ pub fn fused_attention(dev: &Device, qkv: &Tensor, heads: usize) -> Result<(Tens
 /// [`fused_attention`] in a given layout (tests run both on every adapter).
 pub fn fused_attention_in(dev: &Device, qkv: &Tensor, heads: usize, layout: FusedLayout) -> Result<(Tensor, Tensor)> {
     let s = dims(qkv, heads)?;
-    let f = Fused::new(dev, &s, layout)?;
-    let out = TensorMut::uninit(dev, &[s.b, s.t, s.d], DType::F32)?;
+    let f = Fused::new(dev, &s, layout, qkv.dtype())?;
+    let out = TensorMut::uninit(dev, &[s.b, s.t, s.d], qkv.dtype())?;
     let lse = TensorMut::uninit(dev, &[s.b * s.heads, s.t], DType::F32)?;
     let bindings = [qkv.bind(1), lse.bind_mut(4), out.bind_mut(6)];
     dev.dispatch(f.spec(("forward", "forward_rows"), "attn_fused"), &f.params, &bindings, f.groups)?;
@@ -303,7 +326,8 @@ pub fn fused_attention_in(dev: &Device, qkv: &Tensor, heads: usize, layout: Fuse
     Ok((out.freeze(), lse.freeze()))
 }
 
-/// Gradient w.r.t. the packed qkv from the forward's `out` and `lse` and `dout`.
+/// Gradient w.r.t. the packed qkv from the forward's `out` and `lse` and
+/// `dout`, stored like qkv (out and dout must be stored like it too).
 pub fn fused_attention_backward(
     dev: &Device,
     qkv: &Tensor,
@@ -336,9 +360,14 @@ pub fn fused_attention_backward_in(
         );
         return Err(shape_err("fused_attention_backward", detail));
     }
-    let f = Fused::new(dev, &s, layout)?;
+    if out.dtype() != qkv.dtype() || dout.dtype() != qkv.dtype() {
+        let detail = format!("out {:?} and dout {:?} for a {:?} qkv", out.dtype(), dout.dtype(), qkv.dtype());
+        return Err(shape_err("fused_attention_backward", detail));
+    }
+    expect_f32("fused_attention_backward", "lse", lse)?;
+    let f = Fused::new(dev, &s, layout, qkv.dtype())?;
     let dsum = TensorMut::uninit(dev, lse.shape(), DType::F32)?;
-    let dqkv = TensorMut::uninit(dev, qkv.shape(), DType::F32)?;
+    let dqkv = TensorMut::uninit(dev, qkv.shape(), qkv.dtype())?;
     let bindings = [qkv.bind(1), out.bind(2), dout.bind(3), lse.bind(4), dsum.bind_mut(5), dqkv.bind_mut(6)];
     dev.dispatch(f.spec(("backward_q", "backward_q_rows"), "attn_fused_dq"), &f.params, &bindings, f.groups)?;
     let dsum = dsum.freeze();

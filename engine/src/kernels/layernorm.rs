@@ -1,9 +1,11 @@
-//! LayerNorm over the last axis (`shaders/layernorm.wgsl`).
+//! LayerNorm over the last axis (`shaders/layernorm.wgsl`), in f32 or, for
+//! mixed precision, with an f16 output and an f16 centred input kept for
+//! the backward pass ([`layer_norm_centered`]).
 
-use super::{grid, rows_cols, same_shape, u32_of};
+use super::{expect_f32, grid, rows_cols, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
 use crate::error::{Result, shape_err};
-use crate::shaders;
+use crate::shaders::{self, Shader};
 use crate::tensor::{DType, Tensor, TensorMut};
 
 #[repr(C)]
@@ -22,8 +24,8 @@ struct Params {
 /// Rows per workgroup of the backward pass (its workgroup size).
 const CHUNK: usize = 64;
 
-fn spec(entry: &'static str, label: &'static str) -> KernelSpec<'static> {
-    KernelSpec::new(&shaders::LAYERNORM, entry, label, 64)
+fn spec(shader: &'static Shader, entry: &'static str, label: &'static str) -> KernelSpec<'static> {
+    KernelSpec::new(shader, entry, label, 64)
 }
 
 fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Params, usize)> {
@@ -46,14 +48,40 @@ fn params(op: &'static str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Par
 
 /// Returns `(y, stats)`; `stats` `[rows, 2]` holds (mean, 1/σ) for the backward.
 pub fn layer_norm(dev: &Device, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
-    let (p, rows) = params("layer_norm", x, gamma, eps)?;
-    same_shape("layer_norm", gamma, beta)?;
+    let op = "layer_norm";
+    let (p, rows) = params(op, x, gamma, eps)?;
+    same_shape(op, gamma, beta)?;
+    expect_f32(op, "input", x)?;
     let y = TensorMut::uninit(dev, x.shape(), DType::F32)?;
     let stats = TensorMut::uninit(dev, &[rows, 2], DType::F32)?;
-    let spec = spec("forward", "layernorm");
+    let spec = spec(&shaders::LAYERNORM, "forward", "layernorm");
     let bindings = [x.bind(1), gamma.bind(2), beta.bind(3), y.bind_mut(4), stats.bind_mut(5)];
     dev.dispatch(spec, &p, &bindings, grid(rows, spec.workgroup))?;
     Ok((y.freeze(), stats.freeze()))
+}
+
+/// Mixed precision's LayerNorm of an f32 `x`: `(y, centered, stats)` with
+/// y and the centred input x − μ stored f16, and stats (0, 1/σ). The
+/// backward pass takes `centered` as its input: half the bytes of keeping
+/// x, and, centred, rounded relative to the row's spread rather than its mean.
+pub fn layer_norm_centered(
+    dev: &Device,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "layer_norm_centered";
+    let (p, rows) = params(op, x, gamma, eps)?;
+    same_shape(op, gamma, beta)?;
+    expect_f32(op, "input", x)?;
+    let y = TensorMut::uninit(dev, x.shape(), DType::F16)?;
+    let centered = TensorMut::uninit(dev, x.shape(), DType::F16)?;
+    let stats = TensorMut::uninit(dev, &[rows, 2], DType::F32)?;
+    let spec = spec(&shaders::LAYERNORM_TO_F16, "forward_centered", "layernorm_centered");
+    let bindings = [x.bind(1), gamma.bind(2), beta.bind(3), y.bind_mut(4), stats.bind_mut(5), centered.bind_mut(13)];
+    dev.dispatch(spec, &p, &bindings, grid(rows, spec.workgroup))?;
+    Ok((y.freeze(), centered.freeze(), stats.freeze()))
 }
 
 /// Where the backward pass puts dγ and dβ.
@@ -75,7 +103,9 @@ pub struct LayerNormGrads {
 /// The input gradient unless it was added into `dx_into`, and `(dγ, dβ)`
 /// unless they were added into [`ParamGrads::AddTo`]: two dispatches, the
 /// input gradient and partial parameter sums per chunk of rows in one, then
-/// the chunks added up.
+/// the chunks added up. `x` and `dy` are both f32, or both f16 (mixed
+/// precision: the centred input and the gradient of the f16 output); the
+/// gradients are f32.
 pub fn layer_norm_backward(
     dev: &Device,
     x: &Tensor,
@@ -88,6 +118,11 @@ pub fn layer_norm_backward(
     let op = "layer_norm_backward";
     let (mut p, rows) = params(op, x, gamma, 0.0)?;
     same_shape(op, x, dy)?;
+    let shader = match (x.dtype(), dy.dtype()) {
+        (DType::F32, DType::F32) => &shaders::LAYERNORM,
+        (DType::F16, DType::F16) => &shaders::LAYERNORM_F16,
+        (a, b) => return Err(shape_err(op, format!("x is {a:?} and dy {b:?}: both f32, or both f16"))),
+    };
     if stats.numel() != rows * 2 {
         return Err(shape_err(op, format!("stats {:?} for {rows} rows", stats.shape())));
     }
@@ -106,7 +141,7 @@ pub fn layer_norm_backward(
     let chunks = rows.div_ceil(CHUNK);
     // Rows of the partial sums are padded to whole vec4s.
     let partial = TensorMut::uninit(dev, &[chunks, 2, d.next_multiple_of(4)], DType::F32)?;
-    let spec = spec("backward", "layernorm_backward");
+    let spec = spec(shader, "backward", "layernorm_backward");
     let bindings = [x.bind(1), gamma.bind(2), dy.bind(6), stats.bind(7), dx.bind_mut(8), partial.bind_mut(9)];
     dev.dispatch(spec, &p, &bindings, grid(chunks * CHUNK, spec.workgroup))?;
     let partial = partial.freeze();
@@ -132,7 +167,7 @@ pub fn layer_norm_backward(
 
 /// Adds up the chunks' partial sums into dγ and dβ.
 fn finish(dev: &Device, p: &Params, partial: &Tensor, (dgamma, dbeta): (&TensorMut, &TensorMut)) -> Result<()> {
-    let spec = spec("backward_params_finish", "layernorm_backward_params");
+    let spec = spec(&shaders::LAYERNORM, "backward_params_finish", "layernorm_backward_params");
     let bindings = [partial.bind(10), dgamma.bind_mut(11), dbeta.bind_mut(12)];
     dev.dispatch(spec, p, &bindings, grid(p.d as usize, spec.workgroup))
 }

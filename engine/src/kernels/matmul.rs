@@ -117,10 +117,11 @@ fn last_index<T>(v: &MatView<'_, T>, rows: usize, cols: usize, outer: usize, hea
     Some(v.off + (outer - 1) * v.b0 + (heads - 1) * v.b1 + (rows - 1) * v.row + cols - 1)
 }
 
-/// Element types of A and B (both alike, checked in `run`: the f16 modules
-/// read f16 operands); C and the epilogue tensors are f32.
+/// Element types of A and B (both alike), and of C and the epilogue tensors
+/// (all alike): f32 and f32, f16 and f32, or f16 and f16, the pairs
+/// [`MatmulKind::shader`] has a module for (checked in `run`).
 const OPERAND_TYPES: &[DType] = &[DType::F32, DType::F16];
-const RESULT_TYPES: &[DType] = &[DType::F32];
+const RESULT_TYPES: &[DType] = &[DType::F32, DType::F16];
 
 fn check_view<T: AsRef<Tensor>>(
     op: &'static str,
@@ -168,6 +169,13 @@ impl Matmul<'_> {
             return Err(shape_err(op, format!("A is {a:?} but B is {b:?}: cast both to one precision")));
         }
         check_view(op, ("C", RESULT_TYPES), &self.c, self.m, self.n, self)?;
+        let result_type = self.c.t.dtype();
+        if MatmulKind::Register.shader((self.a.t.dtype(), result_type)).is_none() {
+            return Err(shape_err(
+                op,
+                format!("{result_type:?} results need {result_type:?} operands, not {:?}", self.a.t.dtype()),
+            ));
+        }
         if self.a.row < a_cols || self.b.row < b_cols || self.c.row < self.n {
             return Err(shape_err(op, "a row stride is smaller than the row it holds"));
         }
@@ -178,13 +186,18 @@ impl Matmul<'_> {
         }
         match self.epilogue {
             Epilogue::None => {}
-            Epilogue::Gelu { activated } => {
-                check_view(op, ("activation", RESULT_TYPES), &MatView { t: activated, ..self.c }, self.m, self.n, self)?
-            }
+            Epilogue::Gelu { activated } => check_view(
+                op,
+                ("activation", &[result_type]),
+                &MatView { t: activated, ..self.c },
+                self.m,
+                self.n,
+                self,
+            )?,
             Epilogue::AddInput(t) | Epilogue::GeluGrad(t) => {
                 let c = self.c;
                 let view = MatView { t, off: c.off, row: c.row, b0: c.b0, b1: c.b1 };
-                check_view(op, ("epilogue input", RESULT_TYPES), &view, self.m, self.n, self)?
+                check_view(op, ("epilogue input", &[result_type]), &view, self.m, self.n, self)?
             }
         }
         if let Some(sums) = self.row_sums {
@@ -227,7 +240,7 @@ impl Matmul<'_> {
             MatmulKind::Register => self.run_register(dev, &params, (a_cols, b_cols), label, false),
             MatmulKind::Subgroup => self.run_register(dev, &params, (a_cols, b_cols), label, true),
             kind @ MatmulKind::Tiled(shape) => {
-                let (shader, entry, constants) = self.pipeline(kind, None);
+                let (shader, entry, constants) = self.pipeline(kind, None)?;
                 let spec = KernelSpec { shader, entry, constants: &constants, label, workgroup: [16, 16, 1] };
                 // Row sums take one more z-slice of workgroups.
                 let [tile_rows, tile_cols] = shape.tile();
@@ -238,16 +251,19 @@ impl Matmul<'_> {
         }
     }
 
-    /// What `kind` runs this product with: the module for the operands'
-    /// precision, the entry point for the epilogue, and the override
-    /// constants ([`variants`] lists every combination).
+    /// What `kind` runs this product with: the module for the operands' and
+    /// results' precision (a pair `run` has checked), the entry point for the
+    /// epilogue, and the override constants ([`variants`] lists every
+    /// combination).
     fn pipeline(
         &self,
         kind: MatmulKind,
         vec: Option<bool>,
-    ) -> (&'static Shader, &'static str, Vec<(&'static str, f64)>) {
+    ) -> Result<(&'static Shader, &'static str, Constants)> {
         let (entry, input_op) = self.entry();
-        (kind.shader(self.a.t.dtype()), entry, constants(kind, (self.trans_a, self.trans_b), vec, input_op))
+        let types = (self.a.t.dtype(), self.c.t.dtype());
+        let shader = kind.shader(types).ok_or_else(|| shape_err("matmul", format!("no module for {types:?}")))?;
+        Ok((shader, entry, constants(kind, (self.trans_a, self.trans_b), vec, input_op)))
     }
 
     /// The entry point, and `INPUT_OP` for the input epilogue's.
@@ -284,7 +300,7 @@ impl Matmul<'_> {
         let vec_ok = aligned(&[self.a.off, self.a.row, self.a.b0, self.a.b1, a_cols])
             && aligned(&[self.b.off, self.b.row, self.b.b0, self.b.b1, b_cols]);
         let kind = if subgroup { MatmulKind::Subgroup } else { MatmulKind::Register };
-        let (shader, entry, constants) = self.pipeline(kind, Some(vec_ok));
+        let (shader, entry, constants) = self.pipeline(kind, Some(vec_ok))?;
         let spec = KernelSpec { shader, entry, constants: &constants, label, workgroup: [64, 1, 1] };
         // Each invocation computes an 8×16 block of C; the subgroup kernel
         // rounds row blocks up to whole 8-lane subgroups. Row sums take 4
@@ -304,6 +320,9 @@ impl Matmul<'_> {
     }
 }
 
+/// A pipeline's override constants by name.
+type Constants = Vec<(&'static str, f64)>;
+
 /// `INPUT_OP` of the `main_input` entry points (matmul_common.wgsl, matmul_tiled.wgsl).
 const INPUT_ADD: u32 = 0;
 const INPUT_GELU_GRAD: u32 = 1;
@@ -315,7 +334,7 @@ fn constants(
     (trans_a, trans_b): (bool, bool),
     vec: Option<bool>,
     input_op: Option<u32>,
-) -> Vec<(&'static str, f64)> {
+) -> Constants {
     let flag = |b: bool| f64::from(u8::from(b));
     let mut c = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
     c.extend(vec.map(|v| ("VEC", flag(v))));
@@ -341,7 +360,9 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
         ("main_input", Some(INPUT_GELU_GRAD)),
     ];
     let mut all = Vec::new();
-    for (kind, operands) in MatmulKind::ALL.iter().flat_map(|&k| [(k, DType::F32), (k, DType::F16)]) {
+    let precisions = [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::F16, DType::F16)];
+    for (kind, types) in MatmulKind::ALL.iter().flat_map(|&k| precisions.map(|p| (k, p))) {
+        let shader = kind.shader(types).expect("every listed pair has a module");
         let vecs = match kind {
             MatmulKind::Register | MatmulKind::Subgroup => vec![Some(false), Some(true)],
             MatmulKind::Tiled(_) => vec![None],
@@ -350,7 +371,7 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
             for (entry, input_op) in entries {
                 for &vec in &vecs {
                     let constants = constants(kind, trans, vec, input_op);
-                    all.push(KernelVariant { shader: kind.shader(operands), entry: entry.into(), constants });
+                    all.push(KernelVariant { shader, entry: entry.into(), constants });
                 }
             }
         }
@@ -376,8 +397,14 @@ fn label(trans_a: bool, trans_b: bool) -> &'static str {
 
 /// `op(a)·op(b)` for 2-D tensors, or batched 3-D tensors `[batch, ·, ·]`.
 pub fn matmul(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    matmul_to(dev, a, b, trans_a, trans_b, DType::F32)
+}
+
+/// [`matmul`] with the result stored as `result` (f16 for f16 operands
+/// whose product only an f16 reader consumes).
+pub fn matmul_to(dev: &Device, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, result: DType) -> Result<Tensor> {
     let shape = product_shape(a, b, trans_a, trans_b)?;
-    let c = TensorMut::uninit(dev, &shape, DType::F32)?;
+    let c = TensorMut::uninit(dev, &shape, result)?;
     product(a, b, trans_a, trans_b, &c, 0.0).run(dev)?;
     Ok(c.freeze())
 }
@@ -502,14 +529,19 @@ fn t(trans: bool) -> &'static str {
 
 /// `x·Wᵀ + b` over the last axis: x `[.., k]`, W `[n, k]` (PyTorch layout), b `[n]`.
 pub fn linear(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = linear_output(dev, x, w)?;
+    linear_to(dev, x, w, b, DType::F32)
+}
+
+/// [`linear`] with the output stored as `result` (see [`matmul_to`]).
+pub fn linear_to(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>, result: DType) -> Result<Tensor> {
+    let y = linear_output(dev, x, w, result)?;
     linear_into(dev, x, w, b, &y, Epilogue::None)?;
     Ok(y.freeze())
 }
 
 /// `x·Wᵀ + b + residual` in one dispatch (a residual connection after a projection).
 pub fn linear_add(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
-    let y = linear_output(dev, x, w)?;
+    let y = linear_output(dev, x, w, DType::F32)?;
     if residual.shape() != y.shape() {
         return Err(shape_err("linear", format!("residual {:?} for an output {:?}", residual.shape(), y.shape())));
     }
@@ -518,17 +550,25 @@ pub fn linear_add(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>, resi
 }
 
 /// `(h, gelu(h))` for `h = x·Wᵀ + b`, in one dispatch: an MLP's fc1, with the
-/// pre-activation its backward needs.
-pub fn linear_gelu(dev: &Device, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-    let h = linear_output(dev, x, w)?;
-    let g = TensorMut::uninit(dev, h.shape(), DType::F32)?;
+/// pre-activation its backward needs. Both are stored as `result` (f16
+/// under mixed precision: fc2 reads gelu(h) as an f16 operand).
+pub fn linear_gelu(
+    dev: &Device,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    result: DType,
+) -> Result<(Tensor, Tensor)> {
+    let h = linear_output(dev, x, w, result)?;
+    let g = TensorMut::uninit(dev, h.shape(), result)?;
     linear_into(dev, x, w, b, &h, Epilogue::Gelu { activated: &g })?;
     Ok((h.freeze(), g.freeze()))
 }
 
 /// `(dy·W) ⊙ gelu'(pre)` in one dispatch: the gradient at an MLP's fc1
 /// pre-activation `pre` `[.., k]` from fc2's output gradient `dy` `[.., n]`
-/// and weight W `[n, k]`.
+/// and weight W `[n, k]`, stored like `pre` (f16 under mixed precision,
+/// where it feeds fc1's f16 gradient products).
 pub fn matmul_gelu_grad(dev: &Device, dy: &Tensor, w: &Tensor, pre: &Tensor) -> Result<Tensor> {
     let op = "matmul_gelu_grad";
     let [n, k] = w.shape() else {
@@ -541,7 +581,7 @@ pub fn matmul_gelu_grad(dev: &Device, dy: &Tensor, w: &Tensor, pre: &Tensor) -> 
             format!("gradient {:?}, weight {:?}, pre-activation {:?}", dy.shape(), w.shape(), pre.shape()),
         ));
     }
-    let dh = TensorMut::uninit(dev, pre.shape(), DType::F32)?;
+    let dh = TensorMut::uninit(dev, pre.shape(), pre.dtype())?;
     Matmul {
         epilogue: Epilogue::GeluGrad(pre),
         label: Some("matmul_nn_gelu_grad"),
@@ -552,7 +592,7 @@ pub fn matmul_gelu_grad(dev: &Device, dy: &Tensor, w: &Tensor, pre: &Tensor) -> 
 }
 
 /// The uninitialised output `[.., n]` of `x·Wᵀ`, after checking the shapes.
-fn linear_output(dev: &Device, x: &Tensor, w: &Tensor) -> Result<TensorMut> {
+fn linear_output(dev: &Device, x: &Tensor, w: &Tensor, result: DType) -> Result<TensorMut> {
     let op = "linear";
     let k = x.dim(-1)?;
     let [n, wk] = w.shape() else {
@@ -563,7 +603,7 @@ fn linear_output(dev: &Device, x: &Tensor, w: &Tensor) -> Result<TensorMut> {
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has an axis") = *n;
-    TensorMut::uninit(dev, &shape, DType::F32)
+    TensorMut::uninit(dev, &shape, result)
 }
 
 fn linear_into(

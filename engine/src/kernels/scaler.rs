@@ -5,17 +5,18 @@
 //! never wait for the host; the host reads it like the loss, a step later.
 
 use super::{expect_f32, grid, u32_of};
-use crate::device::{Device, KernelSpec, PendingRead};
+use crate::device::{Access, Binding, Device, KernelSpec, PendingRead};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{Tensor, TensorMut};
+use crate::tensor::{DType, Span, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
     growth_interval: u32,
-    _pad: [u32; 2],
+    multiplier: f32,
+    _pad: u32,
 }
 
 /// The scaler's state as the host reads it.
@@ -31,6 +32,11 @@ pub struct ScaleState {
 }
 
 impl ScaleState {
+    /// A fresh scaler's state: [`LossScaler::INITIAL_SCALE`], no steps counted.
+    pub fn initial() -> Self {
+        Self { scale: LossScaler::INITIAL_SCALE, good_steps: 0, skipped_steps: 0, found_nonfinite: false }
+    }
+
     /// Decodes the state buffer's four words.
     pub fn from_words(words: &[u32]) -> Result<Self> {
         let [scale, good_steps, skipped_steps, found] = words else {
@@ -66,21 +72,45 @@ impl LossScaler {
         Ok(Self { state, growth_interval })
     }
 
+    /// The backward pass's starting gradient, scale × `multiplier` (1 in
+    /// training), as a one-element tensor that never leaves the device.
+    pub fn seed(&self, dev: &Device, multiplier: f32) -> Result<Tensor> {
+        let out = TensorMut::uninit(dev, &[1], DType::F32)?;
+        let spec = KernelSpec::new(&shaders::SCALER, "seed", "loss_scale_seed", 1);
+        let p = self.params(0, multiplier);
+        dev.dispatch(spec, &p, &[self.state().bind(2), out.bind_mut(3)], [1, 1, 1])?;
+        Ok(out.freeze())
+    }
+
     /// Raises the flag if any element of `grads` (f32) is ±∞ or NaN.
     pub fn find_nonfinite(&mut self, dev: &Device, grads: &Tensor) -> Result<()> {
         expect_f32("find_nonfinite", "gradients", grads)?;
+        self.check(dev, grads.numel(), grads.bind(1))
+    }
+
+    /// [`LossScaler::find_nonfinite`] over every member of one gradient pack
+    /// ([`crate::Gradients::packed`]) in one dispatch. The pack's padding is
+    /// zeros, so it raises nothing.
+    pub fn find_nonfinite_in_pack(&mut self, dev: &Device, members: &[&Tensor]) -> Result<()> {
+        let span = Span::of("find_nonfinite", members)?;
+        self.check(dev, span.len(), span.bind(1, Access::Read))
+    }
+
+    fn check(&mut self, dev: &Device, n: usize, grads: Binding<'_>) -> Result<()> {
         let spec = KernelSpec::new(&shaders::SCALER, "find_nonfinite", "find_nonfinite", 256);
-        let n = grads.numel();
-        let p = Params { n: u32_of("find_nonfinite", n)?, growth_interval: self.growth_interval, _pad: [0; 2] };
-        dev.dispatch(spec, &p, &[grads.bind(1), self.state.bind_mut(2)], grid(n.div_ceil(4), spec.workgroup))
+        let p = self.params(u32_of("find_nonfinite", n)?, 1.0);
+        dev.dispatch(spec, &p, &[grads, self.state.bind_mut(2)], grid(n.div_ceil(4), spec.workgroup))
+    }
+
+    fn params(&self, n: u32, multiplier: f32) -> Params {
+        Params { n, growth_interval: self.growth_interval, multiplier, _pad: 0 }
     }
 
     /// Ends a step: the scale halves (and a skipped step is counted) if the
     /// flag is up, or doubles after enough good steps; the flag comes down.
     pub fn update(&mut self, dev: &Device) -> Result<()> {
         let spec = KernelSpec::new(&shaders::SCALER, "update", "loss_scale_update", 1);
-        let p = Params { n: 0, growth_interval: self.growth_interval, _pad: [0; 2] };
-        dev.dispatch(spec, &p, &[self.state.bind_mut(2)], [1, 1, 1])
+        dev.dispatch(spec, &self.params(0, 1.0), &[self.state.bind_mut(2)], [1, 1, 1])
     }
 
     /// The state words, once this stream's work has run ([`ScaleState::from_words`]).

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use cmae_engine::{Device, Tape, Tensor};
+use cmae_engine::{Device, Precision, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -13,6 +13,7 @@ use crate::config::{ModelConfig, PretrainConfig, Shot, parse_shots, shots_to_str
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::precision::Amp;
 use crate::train::pretrain::init_rng;
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,7 @@ pub struct Options {
     pub steps: usize,
     /// Also print a per-kernel GPU time breakdown (timestamp queries).
     pub profile: bool,
+    pub precision: Precision,
 }
 
 /// The study's comparison: MAE, two shots, three shots (layers clamped to the depth).
@@ -85,22 +87,21 @@ pub(crate) fn setup(dev: &Device, preset: &str, batch: Option<usize>) -> Result<
     Ok((mae, opt, imgs))
 }
 
-/// One full training step (forward, backward, AdamW) on a fixed batch.
+/// One full training step (forward, backward, AdamW, in `amp`'s precision) on a fixed batch.
 pub(crate) fn step(
     dev: &Device,
-    mae: &mut Mae,
-    opt: &mut AdamW,
+    (mae, opt, amp): (&mut Mae, &mut AdamW, &mut Amp),
     imgs: &Tensor,
     shots: &[Shot],
     rng: &mut ChaCha8Rng,
 ) -> Result<()> {
     let b = imgs.shape()[0];
     let plan = MaskPlan::random(shots, b, mae.cfg.num_patches(), rng).upload(dev, shots)?;
-    let tape = Tape::new(dev);
+    let tape = amp.tape(dev)?;
     let out = mae.forward(&tape, imgs, &plan, false)?;
     let mut grads = opt.new_gradients(dev, &mae.params)?;
-    tape.backward(&out.loss, &mut grads)?;
-    opt.update(dev, &mut mae.params, &grads, 1e-4, 1.0, |_| 1.0)?;
+    amp.backward(dev, &tape, &out.loss, &mut grads)?;
+    opt.update(dev, &mut mae.params, &grads, (1e-4, 1.0), |_| 1.0, amp.scaler_mut())?;
     Ok(())
 }
 
@@ -108,6 +109,7 @@ pub(crate) fn step(
 /// the process began, for the time to the end of the first step.
 pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(Value)) -> Result<()> {
     let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
+    let mut amp = Amp::new(dev, opts.precision, true)?;
     let m = mae.cfg.clone();
     let batch = imgs.shape()[0];
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
@@ -128,7 +130,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
         for _ in 0..opts.warmup.max(1) {
             let dispatches = dev.dispatches();
             dev.reset_peak_memory();
-            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
             last = (dev.dispatches() - dispatches, dev.peak_memory_bytes() as f64 / f64::from(1 << 20));
@@ -141,7 +143,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     for _ in 0..opts.steps.max(1) {
         for (shots, t) in settings.iter().zip(&mut times) {
             let start = Instant::now();
-            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
             dev.sync()?;
             t.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -172,12 +174,13 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
             "first_step_s": first_step_s.map(|s| (s * 100.0).round() / 100.0),
             "dispatches_per_step": dispatches,
             "gpu_peak_mb": (peak_mb * 10.0).round() / 10.0,
+            "precision": opts.precision.name(),
         }));
     }
     if opts.profile {
         for shots in &settings {
             dev.set_profiling(true)?;
-            step(dev, &mut mae, &mut opt, &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
             let profile = dev.take_profile()?;
             dev.set_profiling(false)?;
             let total: f64 = profile.iter().map(|k| k.total_ms).sum();
@@ -225,13 +228,14 @@ mod tests {
         let adamw =
             AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, decays: crate::model::decays };
         let mut opt = AdamW::new(&dev, &mae.params, adamw).unwrap();
+        let mut amp = Amp::new(&dev, Precision::F32, true).unwrap();
         let batch = 3;
         let imgs =
             cmae_engine::kernels::elementwise::full(&dev, &[batch, m.in_chans, m.img_size, m.img_size], 0.0).unwrap();
         for shots in ["0:0.75", "0:0.5,2:0.3", "0:0.25,1:0.5,4:0.5"] {
             let shots = parse_shots(shots).unwrap();
             let before = dev.matmul_flops();
-            step(&dev, &mut mae, &mut opt, &imgs, &shots, &mut rng).unwrap();
+            step(&dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut rng).unwrap();
             let counted = (dev.matmul_flops() - before) as f64 / 1e9;
             let estimate = step_gflop(&m, &shots, batch);
             assert!(

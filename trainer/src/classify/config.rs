@@ -2,6 +2,7 @@
 //! two recipes, `--set` overrides and validation.
 
 use anyhow::{Result, anyhow, bail};
+use cmae_engine::Precision;
 use serde::{Deserialize, Serialize};
 
 use super::Mode;
@@ -34,6 +35,10 @@ pub struct ClassifyTrain {
     /// Smallest area fraction of RandomResizedCrop.
     pub crop_min_scale: f64,
     pub seed: u64,
+    /// f32, or f16 mixed precision (needs the adapter's SHADER_F16). A
+    /// linear probe runs its frozen encoder in it and trains its head in f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +86,7 @@ impl ClassifyConfig {
                 randaug: false,
                 crop_min_scale: 0.08,
                 seed: 0,
+                precision: Precision::F32,
             },
             Mode::Finetune => ClassifyTrain {
                 batch: 64,
@@ -100,6 +106,7 @@ impl ClassifyConfig {
                 randaug: true,
                 crop_min_scale: 0.08,
                 seed: 0,
+                precision: Precision::F32,
             },
         };
         Self {

@@ -5,7 +5,7 @@
 
 use anyhow::{Result, bail};
 use cmae_engine::kernels::{batchnorm, gather};
-use cmae_engine::{DType, Device, Tape, Tensor, TensorMut, Var};
+use cmae_engine::{DType, Device, Precision, Tape, Tensor, TensorMut, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,8 @@ pub struct Classifier {
     pub mode: Mode,
     pub classes: usize,
     pub params: ParamStore,
+    /// The precision a linear probe's frozen encoder runs in (its head trains in f32).
+    pub frozen_precision: Precision,
 }
 
 impl Classifier {
@@ -82,7 +84,7 @@ impl Classifier {
     pub fn new(dev: &Device, cfg: &ModelConfig, mode: Mode, classes: usize, rng: &mut impl Rng) -> Result<Self> {
         cfg.validate()?;
         let params = ParamStore::init(dev, &param_specs(cfg, mode, classes), rng)?;
-        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+        Ok(Self { cfg: cfg.clone(), mode, classes, params, frozen_precision: Precision::F32 })
     }
 
     /// Encoder weights from `weights` (an MAE or timm state dict; decoder
@@ -121,13 +123,13 @@ impl Classifier {
             bail!("the checkpoint lacks encoder parameters {}; it is not a ViT of this shape", missing.join(", "));
         }
         params.replace_from(dev, weights)?;
-        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+        Ok(Self { cfg: cfg.clone(), mode, classes, params, frozen_precision: Precision::F32 })
     }
 
     /// A whole classifier (encoder and head) from a linprobe/finetune checkpoint.
     pub fn load(dev: &Device, cfg: &ModelConfig, mode: Mode, classes: usize, weights: F32Map) -> Result<Self> {
         let (params, _) = ParamStore::load(dev, &param_specs(cfg, mode, classes), weights)?;
-        Ok(Self { cfg: cfg.clone(), mode, classes, params })
+        Ok(Self { cfg: cfg.clone(), mode, classes, params, frozen_precision: Precision::F32 })
     }
 
     fn layers<'a>(&'a self, tape: &'a Tape) -> Layers<'a> {
@@ -217,7 +219,7 @@ impl Classifier {
 
     /// The probe's encoder is frozen: it runs without recording anything.
     fn frozen_features(&self, dev: &Device, imgs: &Tensor, perturb: &Perturb<'_>) -> Result<Tensor> {
-        let frozen = Tape::no_grad(dev);
+        let frozen = Tape::with_precision(dev, false, self.frozen_precision)?;
         let tokens = self.encode(&frozen, imgs, &[], perturb, &mut Taps::default())?;
         self.probe_features(&frozen, &tokens)
     }

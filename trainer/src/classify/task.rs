@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use cmae_engine::{Device, Gradients, Tape, Tensor};
+use cmae_engine::{Device, Gradients, Precision, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,7 @@ use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
 use crate::train::checkpoint::{CheckpointFile, Meta};
 use crate::train::lifecycle;
 use crate::train::optimizer::{AdamW, AdamWConfig, Lars};
+use crate::train::precision::{self, Amp};
 use crate::train::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 
 /// MAE's layer id for layer-wise lr decay: embeddings 0, block i → i+1, the rest `depth + 1`.
@@ -57,6 +58,7 @@ struct ClassifyTask<'a> {
     cfg: &'a ClassifyConfig,
     model: Classifier,
     opt: Optimizer,
+    amp: Amp,
     loader: Loader,
 }
 
@@ -82,6 +84,10 @@ impl Task for ClassifyTask<'_> {
         &self.model.params
     }
 
+    fn amp(&self) -> &Amp {
+        &self.amp
+    }
+
     fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()> {
         self.model.params.replace_from(dev, weights)
     }
@@ -103,10 +109,10 @@ impl Task for ClassifyTask<'_> {
         let weights = Tensor::from_f32(dev, &vec![1.0 / b as f32; b], &[b])?;
         let scales = self.drop_path(dev, b, &mut rng)?;
         let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
-        let tape = Tape::new(dev);
+        let tape = self.amp.tape(dev)?;
         let logits = self.model.forward_train(&tape, &imgs, &drop)?;
         let loss = tape.weighted_cross_entropy(&logits, &targets, &weights)?;
-        tape.backward(&loss, grads)?;
+        self.amp.backward(dev, &tape, &loss, grads)?;
         Ok(MicroStep { loss: loss.value().clone(), parts: None, images: b, skipped_images: batch.skipped })
     }
 
@@ -123,20 +129,23 @@ impl Task for ClassifyTask<'_> {
         match &mut self.opt {
             Optimizer::AdamW(o) => {
                 let scale = |name: &str| layer_decay_scale(name, depth, decay);
-                o.update(dev, &mut self.model.params, grads, lr, grad_scale, scale)
+                o.update(dev, &mut self.model.params, grads, (lr, grad_scale), scale, self.amp.scaler_mut())
             }
             Optimizer::Lars(o) => o.update(dev, &mut self.model.params, grads, lr, grad_scale),
         }
     }
 
     fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>> {
-        match &self.opt {
-            Optimizer::AdamW(o) => o.state_to_host(dev, &self.model.params),
-            Optimizer::Lars(o) => o.state_to_host(dev),
-        }
+        let mut state = match &self.opt {
+            Optimizer::AdamW(o) => o.state_to_host(dev, &self.model.params)?,
+            Optimizer::Lars(o) => o.state_to_host(dev)?,
+        };
+        state.extend(self.amp.state_to_host(dev)?);
+        Ok(state)
     }
 
-    fn load_optimizer_state(&mut self, dev: &Device, step: u64, state: F32Map) -> Result<()> {
+    fn load_optimizer_state(&mut self, dev: &Device, step: u64, mut state: F32Map) -> Result<()> {
+        self.amp.load_state(dev, &mut state)?;
         match &mut self.opt {
             Optimizer::AdamW(o) => o.load_state(dev, step, state),
             Optimizer::Lars(o) => o.load_state(dev, state),
@@ -185,13 +194,25 @@ pub fn train(
     }
     let start = lifecycle::prepare(flags, cfg, &cfg.to_ron(), ClassifyConfig::from_ron)?;
     let mut init_rng = stream_rng(Stream::ClassifyInit, &[t.seed]);
-    let model = if cfg.init.is_empty() {
+    // A linear probe trains its head in f32 on its frozen encoder's features
+    // (computed in the run's precision): no f16 gradient, nothing to scale.
+    let amp = match cfg.mode {
+        Mode::Finetune => Amp::new(dev, t.precision, true)?,
+        Mode::Linprobe => {
+            precision::check_adapter(dev, t.precision)?;
+            Amp::new(dev, Precision::F32, false)?
+        }
+    };
+    let mut model = if cfg.init.is_empty() {
         Classifier::new(dev, m, cfg.mode, cfg.classes, &mut init_rng)?
     } else {
         let (_, weights) = encoder_weights(Path::new(&cfg.init))?;
         Classifier::from_encoder(dev, m, cfg.mode, cfg.classes, weights, &mut init_rng)
             .with_context(|| format!("initialising from {}", cfg.init))?
     };
+    if cfg.mode == Mode::Linprobe {
+        model.frozen_precision = t.precision;
+    }
     let opt = match cfg.mode {
         Mode::Finetune => Optimizer::AdamW(AdamW::new(
             dev,
@@ -218,14 +239,14 @@ pub fn train(
         loader.batches_per_epoch(),
         (cfg.lr(), t.min_lr),
     );
-    let mut task = ClassifyTask { cfg, model, opt, loader };
+    let mut task = ClassifyTask { cfg, model, opt, amp, loader };
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
     let task_name = match cfg.mode {
         Mode::Linprobe => "linprobe",
         Mode::Finetune => "finetune",
     };
-    let meta = Meta { task: task_name.into(), config: cfg.to_ron() };
+    let meta = Meta { task: task_name.into(), config: cfg.to_ron(), precision: t.precision };
     let summary = runner::run(dev, &mut task, &sched, &meta, (flags, cadence), interrupt)?;
     if summary.interrupted {
         return Ok((summary, None));

@@ -70,6 +70,12 @@ impl Layers<'_> {
         Ok(self.tape.layer_norm(x, &w, &b, LN_EPS)?)
     }
 
+    /// LayerNorm in the tape's compute precision ([`Tape::layer_norm_compute`]).
+    fn norm_for_products(&self, x: &Var, prefix: &str) -> Result<Var> {
+        let (w, b) = (self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?);
+        Ok(self.tape.layer_norm_compute(x, &w, &b, LN_EPS)?)
+    }
+
     pub fn linear(&self, x: &Var, prefix: &str) -> Result<Var> {
         let (w, b) = (self.p(&format!("{prefix}.weight"))?, self.p(&format!("{prefix}.bias"))?);
         Ok(self.tape.linear(x, &w, Some(&b))?)
@@ -86,8 +92,11 @@ impl Layers<'_> {
         taps: &mut Taps,
     ) -> Result<Var> {
         let t = self.tape;
-        let h = self.layer_norm(x, &format!("{prefix}.norm1"))?;
-        let qkv = self.linear(&h, &format!("{prefix}.attn.qkv"))?;
+        // The norms' outputs feed only products: f16 under mixed precision.
+        let h = self.norm_for_products(x, &format!("{prefix}.norm1"))?;
+        // Only attention reads qkv: under mixed precision it is stored f16.
+        let (w, b) = (self.p(&format!("{prefix}.attn.qkv.weight"))?, self.p(&format!("{prefix}.attn.qkv.bias"))?);
+        let qkv = t.linear_compute(&h, &w, Some(&b))?;
         let a = match taps.attention.as_mut() {
             Some(out) => {
                 let (a, p) = t.attention_with_probs(&qkv, heads)?;
@@ -103,7 +112,7 @@ impl Layers<'_> {
             None => t.linear_add(&a, &self.p(&format!("{proj}.weight"))?, &self.p(&format!("{proj}.bias"))?, x)?,
             Some(d) => t.add(x, &t.scale_rows(&self.linear(&a, &proj)?, d.attn)?)?,
         };
-        let h = self.layer_norm(&x, &format!("{prefix}.norm2"))?;
+        let h = self.norm_for_products(&x, &format!("{prefix}.norm2"))?;
         let param = |layer: &str, kind: &str| self.p(&format!("{prefix}.mlp.{layer}.{kind}"));
         let (fc1, fc2) =
             ((param("fc1", "weight")?, param("fc1", "bias")?), (param("fc2", "weight")?, param("fc2", "bias")?));

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use cmae_engine::Device;
+use cmae_engine::{Device, Precision};
 
 use crate::classify::ClassifyConfig;
 use crate::config::{ModelConfig, PretrainConfig};
@@ -27,6 +27,8 @@ const KEEP_OLDER: usize = 1;
 pub struct Meta {
     pub task: String,
     pub config: String,
+    /// `f32` or `f16`: what the run trained in (its tensors are f32 either way).
+    pub precision: Precision,
 }
 
 fn step_dir(run: &Path, step: u64) -> PathBuf {
@@ -56,6 +58,7 @@ pub fn save(
             ("role".to_string(), role.to_string()),
             ("step".to_string(), step.to_string()),
             ("config".to_string(), meta.config.clone()),
+            ("precision".to_string(), meta.precision.name().to_string()),
         ])
     };
     safetensors_io::write_f32(&tmp.join("model.safetensors"), &params.to_host(dev)?, metadata("weights"))?;

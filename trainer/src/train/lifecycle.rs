@@ -15,8 +15,11 @@ use super::runner::RunFlags;
 use crate::safetensors_io::write_atomic;
 
 /// Config fields that may differ on resume: logging, checkpoint and
-/// reconstruction cadence and loader threads do not change the math.
-const MAY_DIFFER: [&str; 2] = ["output", "data.workers"];
+/// reconstruction cadence and loader threads do not change the math, and a
+/// run may go on in the other precision (checkpoints are f32 either way;
+/// the steps after the switch round differently, so such a run is not
+/// bit-identical to one that never switched).
+const MAY_DIFFER: [&str; 3] = ["output", "data.workers", "train.precision"];
 
 /// Prepares `flags.out` for a run of `config` (`text` is its RON, `parse`
 /// reads the saved one back) and returns the step the run starts from: 0 in

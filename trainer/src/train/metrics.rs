@@ -24,6 +24,12 @@ pub struct MetricsLine {
     pub gpu_pooled_mb: f64,
     pub skipped_images: u64,
     pub elapsed_s: f64,
+    /// The dynamic loss scale after the step: null in an f32 run, which scales nothing.
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    /// Optimizer steps skipped so far for an overflowing (non-finite) gradient.
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 pub struct MetricsLog {

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod lifecycle;
 pub mod metrics;
 pub mod optimizer;
+pub mod precision;
 pub mod pretrain;
 pub mod recon;
 pub mod runner;

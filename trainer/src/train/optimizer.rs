@@ -7,6 +7,7 @@ use crate::safetensors_io::{F32Map, NamedF32};
 use anyhow::{Context, Result, anyhow, bail};
 use cmae_engine::kernels::elementwise::{packed_zeros, zeros};
 use cmae_engine::kernels::optim::{AdamWStep, LarsStep, adamw_packed, lars};
+use cmae_engine::kernels::scaler::LossScaler;
 use cmae_engine::{Device, Gradients, TensorMut};
 
 use crate::model::ParamStore;
@@ -48,15 +49,20 @@ impl AdamW {
     }
 
     /// One update of every trainable parameter. `lr_scale(name)` scales the
-    /// learning rate per tensor (layer-wise decay; 1 for pretraining).
+    /// learning rate per tensor (layer-wise decay; 1 for pretraining). With
+    /// a loss `scaler` (mixed precision) the gradients are checked and
+    /// unscaled on the device, the step is skipped when one is not finite,
+    /// and the scale is updated. The host's step count (bias correction)
+    /// counts skipped steps too, unlike PyTorch's, whose skipped
+    /// `optimizer.step()` never runs: they differ only after an overflow.
     pub fn update(
         &mut self,
         dev: &Device,
         params: &mut ParamStore,
         grads: &Gradients,
-        lr: f64,
-        grad_scale: f32,
+        (lr, grad_scale): (f64, f32),
         lr_scale: impl Fn(&str) -> f64,
+        mut scaler: Option<&mut LossScaler>,
     ) -> Result<()> {
         self.step += 1;
         let mut steps = Vec::with_capacity(self.names.len());
@@ -80,8 +86,14 @@ impl AdamW {
         }
         let mut m: Vec<&mut TensorMut> = self.m.iter_mut().collect();
         let mut v: Vec<&mut TensorMut> = self.v.iter_mut().collect();
-        adamw_packed(dev, &mut members, &grad_members, &mut m, &mut v, &steps, None)
-            .context("AdamW needs gradients from AdamW::new_gradients")?;
+        let packed = "AdamW needs gradients from AdamW::new_gradients";
+        if let Some(s) = scaler.as_deref_mut() {
+            s.find_nonfinite_in_pack(dev, &grad_members).context(packed)?;
+        }
+        adamw_packed(dev, &mut members, &grad_members, &mut m, &mut v, &steps, scaler.as_deref()).context(packed)?;
+        if let Some(s) = scaler {
+            s.update(dev)?;
+        }
         Ok(())
     }
 

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use cmae_engine::{Device, Gradients, Tape, Tensor};
+use cmae_engine::{Device, Gradients, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::Meta;
 use super::lifecycle;
 use super::optimizer::{AdamW, AdamWConfig};
+use super::precision::Amp;
 use super::recon;
 use super::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task};
 use crate::config::PretrainConfig;
@@ -35,6 +36,7 @@ struct PretrainTask<'a> {
     cfg: &'a PretrainConfig,
     mae: Mae,
     opt: AdamW,
+    amp: Amp,
     loader: Loader,
     /// Patches each shot dropped in the last micro-batch (a shot that drops none reports null).
     dropped_counts: Vec<usize>,
@@ -44,6 +46,10 @@ struct PretrainTask<'a> {
 impl Task for PretrainTask<'_> {
     fn params(&self) -> &crate::model::ParamStore {
         &self.mae.params
+    }
+
+    fn amp(&self) -> &Amp {
+        &self.amp
     }
 
     fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()> {
@@ -66,9 +72,9 @@ impl Task for PretrainTask<'_> {
         );
         self.dropped_counts = plan.dropped_counts();
         let gpu_plan = plan.upload(dev, &self.cfg.shots)?;
-        let tape = Tape::new(dev);
+        let tape = self.amp.tape(dev)?;
         let fwd = self.mae.forward(&tape, &imgs, &gpu_plan, false)?;
-        tape.backward(&fwd.loss, grads)?;
+        self.amp.backward(dev, &tape, &fwd.loss, grads)?;
         Ok(MicroStep {
             loss: fwd.loss.value().clone(),
             parts: Some(fwd.per_shot),
@@ -78,14 +84,17 @@ impl Task for PretrainTask<'_> {
     }
 
     fn update(&mut self, dev: &Device, grads: &Gradients, lr: f64, grad_scale: f32) -> Result<()> {
-        self.opt.update(dev, &mut self.mae.params, grads, lr, grad_scale, |_| 1.0)
+        self.opt.update(dev, &mut self.mae.params, grads, (lr, grad_scale), |_| 1.0, self.amp.scaler_mut())
     }
 
     fn optimizer_state(&self, dev: &Device) -> Result<Vec<NamedF32>> {
-        self.opt.state_to_host(dev, &self.mae.params)
+        let mut state = self.opt.state_to_host(dev, &self.mae.params)?;
+        state.extend(self.amp.state_to_host(dev)?);
+        Ok(state)
     }
 
-    fn load_optimizer_state(&mut self, dev: &Device, step: u64, state: F32Map) -> Result<()> {
+    fn load_optimizer_state(&mut self, dev: &Device, step: u64, mut state: F32Map) -> Result<()> {
+        self.amp.load_state(dev, &mut state)?;
         self.opt.load_state(dev, step, state)
     }
 
@@ -114,6 +123,7 @@ impl Task for PretrainTask<'_> {
 
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
+    let amp = Amp::new(dev, cfg.train.precision, true)?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
@@ -145,9 +155,9 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
         Schedule::new(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, loader.batches_per_epoch(), (cfg.lr(), 0.0));
     // The fixed images every reconstruction grid shows.
     let recon = data::first_test_images(&spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
-    let mut task = PretrainTask { cfg, mae, opt, loader, dropped_counts: Vec::new(), recon };
+    let mut task = PretrainTask { cfg, mae, opt, amp, loader, dropped_counts: Vec::new(), recon };
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
-    let meta = Meta { task: "pretrain".into(), config: cfg.to_ron() };
+    let meta = Meta { task: "pretrain".into(), config: cfg.to_ron(), precision: t.precision };
     runner::run(dev, &mut task, &sched, &meta, (opts, cadence), interrupt)
 }

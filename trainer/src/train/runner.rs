@@ -2,18 +2,22 @@
 //! fine-tuning): micro-batches with gradient accumulation, the per-step
 //! learning-rate schedule, the optimizer step, asynchronous loss reads with a
 //! NaN/Inf stop, metrics, progress bar, crash-safe checkpoints, exact resume,
-//! Ctrl-C and `--stop-at`.
+//! Ctrl-C and `--stop-at`. Under mixed precision a step whose gradients
+//! overflow is skipped on the device and counted, and the run goes on; only
+//! a non-finite loss stops it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use cmae_engine::kernels::scaler::ScaleState;
 use cmae_engine::{Device, Gradients, PendingRead, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, Meta};
 use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
+use super::precision::Amp;
 use super::schedule::{lr_at, schedule_steps};
 use crate::model::ParamStore;
 use crate::safetensors_io::{F32Map, NamedF32};
@@ -30,6 +34,8 @@ pub struct MicroStep {
 /// A kind of training, as the loop sees it.
 pub trait Task {
     fn params(&self) -> &ParamStore;
+    /// The run's precision and loss scale.
+    fn amp(&self) -> &Amp;
     /// Replaces the parameters with a checkpoint's.
     fn load_params(&mut self, dev: &Device, weights: F32Map) -> Result<()>;
     /// Empty gradients for one optimizer step, laid out as its optimizer wants them.
@@ -115,10 +121,20 @@ struct StepReads {
     step: u64,
     loss: Vec<PendingRead<f32>>,
     parts: Vec<PendingRead<f32>>,
+    /// The loss scaler after the step (mixed precision).
+    scale: Option<PendingRead<u32>>,
+}
+
+/// A finished step as read back.
+struct Settled {
+    step: u64,
+    loss: f64,
+    parts: Vec<f64>,
+    scale: Option<ScaleState>,
 }
 
 /// Mean loss and parts of a finished step (waits for the GPU).
-fn resolve(reads: StepReads) -> Result<(u64, f64, Vec<f64>)> {
+fn resolve(reads: StepReads) -> Result<Settled> {
     let micro = reads.loss.len() as f64;
     let mut loss = 0.0;
     for r in reads.loss {
@@ -132,7 +148,8 @@ fn resolve(reads: StepReads) -> Result<(u64, f64, Vec<f64>)> {
             *acc += f64::from(x) / micro;
         }
     }
-    Ok((reads.step, loss, parts))
+    let scale = reads.scale.map(|r| r.wait().and_then(|w| ScaleState::from_words(&w))).transpose()?;
+    Ok(Settled { step: reads.step, loss, parts, scale })
 }
 
 /// Runs `task` from its newest checkpoint (with `resume`) or from the start.
@@ -166,7 +183,7 @@ pub fn run(
     let started = Instant::now();
     let mut window = (Instant::now(), 0usize);
     let mut pending: Option<StepReads> = None;
-    let mut last: Option<(u64, f64, Vec<f64>)> = None;
+    let mut last: Option<Settled> = None;
     let mut skipped_total = 0u64;
     let mut checkpoint_path = out.join("checkpoint.safetensors");
     let mut artifact = None;
@@ -174,16 +191,16 @@ pub fn run(
 
     // The loss of step s is read while step s+1 runs; a non-finite value stops
     // the run before anything computed from it is saved.
-    let settle = |pending: &mut Option<StepReads>, last: &mut Option<(u64, f64, Vec<f64>)>| -> Result<()> {
+    let settle = |pending: &mut Option<StepReads>, last: &mut Option<Settled>| -> Result<()> {
         if let Some(reads) = pending.take() {
             let r = resolve(reads)?;
-            if !r.1.is_finite() {
+            if !r.loss.is_finite() {
                 let good =
                     checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string());
                 bail!(
                     "the loss became {} at step {}; stopped without saving (the last good checkpoint is {good}). Lower train.blr or check the data",
-                    r.1,
-                    r.0
+                    r.loss,
+                    r.step
                 );
             }
             *last = Some(r);
@@ -193,7 +210,7 @@ pub fn run(
 
     while step < end {
         let mut grads = task.new_gradients(dev)?;
-        let mut reads = StepReads { step: step + 1, loss: Vec::new(), parts: Vec::new() };
+        let mut reads = StepReads { step: step + 1, loss: Vec::new(), parts: Vec::new(), scale: None };
         for micro in 0..sched.accum_iter {
             let m = task.micro_step(dev, step, micro, &mut grads)?;
             skipped_total += m.skipped_images as u64;
@@ -205,6 +222,7 @@ pub fn run(
         }
         let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr, sched.min_lr);
         task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
+        reads.scale = task.amp().read(dev)?;
         drop(grads);
         dev.flush()?;
         settle(&mut pending, &mut last)?;
@@ -219,7 +237,7 @@ pub fn run(
         if log_now || ckpt_now {
             settle(&mut pending, &mut last)?;
         }
-        if log_now && let Some((s, loss, parts)) = &last {
+        if log_now && let Some(Settled { step: s, loss, parts, scale }) = &last {
             let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             window = (Instant::now(), 0);
             let mem = dev.memory();
@@ -235,6 +253,8 @@ pub fn run(
                 gpu_pooled_mb: mem.pooled_bytes as f64 / 1048576.0,
                 skipped_images: skipped_total,
                 elapsed_s: started.elapsed().as_secs_f64(),
+                loss_scale: scale.map(|s| f64::from(s.scale)),
+                skipped_steps: scale.map_or(0, |s| u64::from(s.skipped_steps)),
             };
             metrics.append(&line)?;
             let parts: Vec<String> =
@@ -263,7 +283,7 @@ pub fn run(
         out: out.clone(),
         step,
         total_steps: total,
-        last_loss: last.map(|l| l.1),
+        last_loss: last.map(|l| l.loss),
         checkpoint: checkpoint_path,
         artifact,
         interrupted,

@@ -1,0 +1,157 @@
+//! Pretraining in f16 mixed precision end to end (lavapipe has SHADER_F16):
+//! it tracks the same run in f32, resumes bit for bit, and records its
+//! precision and loss scale in the config, the checkpoints and the metrics.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use cmae::config::PretrainConfig;
+use cmae::safetensors_io::{self, HostTensor};
+use cmae::train::metrics::{MetricsLine, MetricsLog};
+use cmae::train::pretrain::pretrain;
+use cmae::train::runner::{RunFlags, Summary};
+use cmae_engine::Precision;
+use cmae_tests::{fresh_temp_dir, micro_pretrain, shared_device};
+
+fn has_f16() -> bool {
+    let dev = shared_device();
+    if dev.kernel_families().shader_f16 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+        "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
+    );
+    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+    false
+}
+
+fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
+    let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    pretrain(shared_device(), cfg, &opts, &AtomicBool::new(false))
+}
+
+/// The metrics of `cfg` run for its steps in `precision`, logged every step.
+fn losses(cfg: &PretrainConfig, precision: Precision, name: &str) -> Vec<MetricsLine> {
+    let mut cfg = cfg.clone();
+    cfg.train.precision = precision;
+    cfg.output.log_every = 1;
+    let out = fresh_temp_dir(name);
+    run(&cfg, &out, false, None).unwrap();
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    lines
+}
+
+fn mean_loss(lines: &[MetricsLine]) -> f64 {
+    lines.iter().map(|m| m.loss).sum::<f64>() / lines.len() as f64
+}
+
+/// The same run in f16 and f32 (same data, masks and initial weights): the
+/// mean loss over the last `tail` steps within 3% relative. The f16 run
+/// reports its loss scale (f32 runs report none) and skips no step.
+fn f16_tracks_f32(cfg: &PretrainConfig, tail: usize, name: &str) {
+    let f32_run = losses(cfg, Precision::F32, &format!("{name}-f32"));
+    let f16_run = losses(cfg, Precision::F16, &format!("{name}-f16"));
+    let steps = cfg.train.steps.unwrap();
+    assert_eq!((f32_run.len(), f16_run.len()), (steps, steps));
+    let (a, b) = (mean_loss(&f32_run[steps - tail..]), mean_loss(&f16_run[steps - tail..]));
+    assert!((b - a).abs() <= 0.03 * a, "{name}: mean loss of the last {tail} steps {b:.5} in f16, {a:.5} in f32");
+    assert!(f16_run.iter().zip(&f32_run).any(|(x, y)| x.loss != y.loss), "{name}: f16 changed no loss");
+    assert!(f32_run.iter().all(|m| m.loss_scale.is_none() && m.skipped_steps == 0));
+    let scales: Vec<f64> = f16_run.iter().map(|m| m.loss_scale.expect("an f16 run reports its loss scale")).collect();
+    assert!(scales.iter().all(|&s| s == 65536.0), "{name}: the scale moved without an overflow: {scales:?}");
+    assert_eq!(f16_run.last().unwrap().skipped_steps, 0);
+    let first = mean_loss(&f16_run[..tail.min(10)]);
+    assert!(b < first, "{name}: the f16 loss did not fall ({first:.4} → {b:.4})");
+}
+
+#[test]
+fn micro_pretraining_in_f16_tracks_f32() {
+    if !has_f16() {
+        return;
+    }
+    let mut cfg = PretrainConfig::preset("micro").unwrap();
+    cfg.train.steps = Some(300);
+    cfg.output.recon_images = 2;
+    f16_tracks_f32(&cfg, 50, "micro300");
+}
+
+#[test]
+fn tiny_pretraining_in_f16_tracks_f32() {
+    if !has_f16() {
+        return;
+    }
+    let mut cfg = PretrainConfig::preset("tiny").unwrap();
+    cfg.train.steps = Some(30);
+    cfg.train.batch = 8;
+    cfg.output.recon_images = 2;
+    f16_tracks_f32(&cfg, 10, "tiny30");
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| match t {
+            HostTensor::F32(_, d) => (n, d),
+            _ => panic!("{n} is not f32"),
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// 10 steps, a resume, 10 more: bit for bit the 20 straight steps, loss scale
+/// included. The run's precision is in its config, its checkpoints' metadata
+/// and (with the scaler's state) its optimizer file; it may go on in f32.
+#[test]
+fn f16_runs_resume_bit_for_bit_and_record_their_precision() {
+    if !has_f16() {
+        return;
+    }
+    let mut cfg = micro_pretrain(20);
+    cfg.train.precision = Precision::F16;
+    cfg.output.checkpoint_every = 7;
+    let straight = fresh_temp_dir("f16-straight");
+    run(&cfg, &straight, false, None).unwrap();
+    let split = fresh_temp_dir("f16-split");
+    let first = run(&cfg, &split, false, Some(10)).unwrap();
+    assert!(first.interrupted && first.step == 10);
+    let second = run(&cfg, &split, true, None).unwrap();
+    assert_eq!(second.step, 20);
+    assert_eq!(weights(&straight.join("checkpoint.safetensors")), weights(&split.join("checkpoint.safetensors")));
+    let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
+    let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
+    let key = |l: &[MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr, m.loss_scale)).collect::<Vec<_>>();
+    assert_eq!(key(&a), key(&b));
+
+    let config = std::fs::read_to_string(split.join("config.ron")).unwrap();
+    assert!(config.contains("precision: f16"), "{config}");
+    let step_dir = split.join("checkpoints").join("step-00000020");
+    let model = safetensors_io::read(&step_dir.join("model.safetensors")).unwrap();
+    assert_eq!(model.metadata.get("precision").map(String::as_str), Some("f16"));
+    let optimizer = safetensors_io::read(&step_dir.join("optimizer.safetensors")).unwrap();
+    match optimizer.tensors.get("loss_scaler") {
+        Some(HostTensor::F32(shape, v)) => {
+            assert_eq!((shape.as_slice(), v[0], v[2]), (&[3][..], 65536.0, 0.0), "[scale, good steps, skipped]");
+            assert_eq!(v[1], 20.0, "20 good steps in a row");
+        }
+        other => panic!("no loss scaler state in the optimizer file: {other:?}"),
+    }
+
+    // A run may go on in the other precision (checkpoints are f32 either way).
+    let switched = fresh_temp_dir("f16-then-f32");
+    run(&cfg, &switched, false, Some(10)).unwrap();
+    let mut wide = cfg.clone();
+    wide.train.precision = Precision::F32;
+    assert_eq!(run(&wide, &switched, true, None).unwrap().step, 20);
+    let lines = MetricsLog::read(&switched.join("metrics.jsonl")).unwrap();
+    assert!(lines[..10].iter().all(|m| m.loss_scale == Some(65536.0)));
+    assert!(lines[10..].iter().all(|m| m.loss_scale.is_none()), "f32 steps carry no loss scale");
+    for d in [straight, split, switched] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
