@@ -6,10 +6,18 @@ and decoder use timm's `Block` and `PatchEmbed`, the position embeddings and
 patchify follow facebookresearch/mae `models_mae.py`. The same pass is run in
 float32 (what the GPU must reproduce) and float64 (the truth for gradients).
 
+`--autocast FILE...` adds to existing fixtures the same pass under PyTorch's
+f16 autocast (`torch.autocast("cpu", dtype=torch.float16)`, the loss scaled by
+GradScaler's initial 2^16 and the gradients unscaled): `autocast.out.loss`,
+`autocast.out.loss_per_shot`, `autocast.out.pred` and `autocast.grad.{param}`.
+`cmae check-fixture --precision f16` measures its own f16 error against
+PyTorch's, both against the float64 truth.
+
     python3 -m venv tools/.venv && tools/.venv/bin/pip install torch timm safetensors numpy
     tools/.venv/bin/python tools/make_fixtures.py --suite tests/fixtures
     tools/.venv/bin/python tools/make_fixtures.py --out f.safetensors --img 16 --patch 4 \
         --chans 3 --dim 32 --depth 4 --heads 2 --shots 0:0.75,2:0.5 --seed 7
+    tools/.venv/bin/python tools/make_fixtures.py --autocast tests/fixtures/*.safetensors
 """
 
 import argparse
@@ -23,7 +31,8 @@ import torch
 import torch.nn as nn
 import timm.layers
 from timm.models.vision_transformer import Block, PatchEmbed
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 # The explicit softmax path, so float64 runs exactly the math written down.
 timm.layers.set_fused_attn(False)
@@ -116,6 +125,8 @@ class ConditionalMae(nn.Module):
         x = self.decoder_embed(x)
         dd = x.shape[-1]
         full = self.mask_token.expand(b, n_patches, dd).clone()
+        # Under autocast x is f16: widened as MAE's torch.cat with the f32 mask tokens does.
+        x = x.to(full.dtype)
         full = full.scatter(1, orig[..., None].expand(-1, -1, dd), x[:, 1:])
         x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
@@ -215,6 +226,39 @@ def build(c, batch, out_path, adamw):
     print(f"{out_path}: {size / 1024:.0f} KiB, loss {loss.item():.6f}, per shot {per_shot.tolist()}")
 
 
+AUTOCAST_LOSS_SCALE = 2.0**16
+
+
+def add_autocast(path):
+    """Adds the f16-autocast pass of the fixture at `path` to it (see the module doc)."""
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(path)
+    c = json.loads(metadata["config"])
+    c["shots"] = [tuple(s) for s in c["shots"]]
+    c["seed"] = 0
+    model = ConditionalMae(c)
+    state = {n: tensors[n] for n in model.state_dict()}
+    model.load_state_dict(state)
+    imgs = tensors["input.imgs"]
+    ids = [tensors[f"shot.{k}.ids_keep"] for k in range(len(c["shots"]))]
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss, per_shot, pred = model(imgs, ids)
+    (loss.float() * AUTOCAST_LOSS_SCALE).backward()
+    tensors["autocast.out.loss"] = loss.detach().float().reshape(1)
+    tensors["autocast.out.loss_per_shot"] = per_shot.detach().float()
+    tensors["autocast.out.pred"] = pred.detach().float().contiguous()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            tensors[f"autocast.grad.{n}"] = (p.grad.float() / AUTOCAST_LOSS_SCALE).contiguous()
+    metadata["autocast"] = json.dumps(
+        {"dtype": "float16", "device": "cpu", "loss_scale": AUTOCAST_LOSS_SCALE, "torch": torch.__version__}
+    )
+    save_file(tensors, path, metadata=metadata)
+    err = abs(loss.item() - tensors["out.loss_f64"].item())
+    print(f"{path}: autocast loss {loss.item():.6f} (off the float64 loss by {err:.2e})")
+
+
 def config(img=16, patch=4, chans=3, dim=24, depth=4, heads=2, mlp=4.0, ddim=16, ddepth=2, dheads=2,
            norm_pix=False, shots=((0, 0.75),), weights=None, seed=0):
     return dict(img_size=img, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth, num_heads=heads,
@@ -257,7 +301,10 @@ def main():
     ap.add_argument("--weights", help="per-shot loss weights, e.g. 0.75,0.15")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--autocast", nargs="+", metavar="FILE", help="add the f16-autocast pass to these fixtures")
     a = ap.parse_args()
+    for path in a.autocast or []:
+        add_autocast(path)
     if a.suite:
         for name, c in SUITE.items():
             build(c, 2, os.path.join(a.suite, name), ADAMW)
@@ -267,8 +314,8 @@ def main():
         c = config(a.img, a.patch, a.chans, a.dim, a.depth, a.heads, a.mlp, a.ddim, a.ddepth, a.dheads,
                    a.norm_pix, shots, weights, a.seed)
         build(c, a.batch, a.out, ADAMW)
-    if not (a.suite or a.out):
-        ap.error("give --suite DIR or --out FILE")
+    if not (a.suite or a.out or a.autocast):
+        ap.error("give --suite DIR, --out FILE or --autocast FILE...")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@
 //! check, and that each shader and its wrapper name each other.
 
 use cmae_engine::device::reflect;
-use cmae_engine::kernels::matmul::{linear, linear_add, linear_gelu, linear_weight_grads, matmul, matmul_gelu_grad};
+use cmae_engine::kernels::matmul::{
+    Epilogue, MatView, Matmul, RowSums, linear, linear_add, linear_gelu, linear_weight_grads, matmul, matmul_gelu_grad,
+    matmul_to,
+};
 use cmae_engine::kernels::patch::{PatchOrder, norm_pix_in_place, patchify};
 use cmae_engine::kernels::reduce::{RowView, sum_rows, weighted_sums};
 use cmae_engine::kernels::{
@@ -121,8 +124,61 @@ fn dispatch_every_wrapper(d: &Device) {
             let h16 = if x.dtype() == cmae_engine::DType::F16 { cast::to_f16(d, &h).unwrap() } else { h.clone() };
             matmul_gelu_grad(d, &h16, x, &operands[0]).unwrap();
         }
+        if let [_, half] = operands.as_slice() {
+            dispatch_f16_results(d, half, &pair);
+        }
+    }
+    if d.kernel_families().shader_f16 {
+        dispatch_f16_kernels(d, &x, &row, &qkv);
+        loss_scaler.seed(d, 1.0).unwrap();
     }
     d.sync().unwrap();
+}
+
+/// The matmul entry points of the f16-result modules, through the wrappers
+/// and the public `Matmul` (every combination `Matmul::run` accepts).
+fn dispatch_f16_results(d: &Device, half: &Tensor, bias: &Tensor) {
+    let f16 = DType::F16;
+    matmul_to(d, half, half, false, true, f16).unwrap();
+    let (h, _) = linear_gelu(d, half, half, Some(bias), f16).unwrap();
+    matmul_gelu_grad(d, &h, half, half).unwrap();
+    let c = TensorMut::uninit(d, &[2, 2], f16).unwrap();
+    let view = |t| MatView::contiguous(t, 3, 0);
+    let product = Matmul {
+        a: view(half),
+        b: view(half),
+        c: MatView::contiguous(&c, 2, 0),
+        m: 2,
+        n: 2,
+        k: 3,
+        outer: 1,
+        heads: 1,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        beta: 0.0,
+        bias: None,
+        row_sums: None,
+        epilogue: Epilogue::AddInput(&h),
+        label: None,
+    };
+    product.run(d).unwrap();
+    let sums = TensorMut::uninit(d, &[2], DType::F32).unwrap();
+    let row_sums = Some(RowSums { out: &sums, accumulate: false });
+    Matmul { row_sums, epilogue: Epilogue::None, ..product }.run(d).unwrap();
+}
+
+/// The f16 forms of GELU, LayerNorm and fused attention (mixed precision).
+fn dispatch_f16_kernels(d: &Device, x: &Tensor, row: &Tensor, qkv: &Tensor) {
+    let half = cast::to_f16(d, x).unwrap();
+    gelu::gelu_backward(d, &half, &gelu::gelu(d, &half).unwrap()).unwrap();
+    let (y, centered, stats) = layernorm::layer_norm_centered(d, x, row, row, 1e-6).unwrap();
+    layernorm::layer_norm_backward(d, &centered, row, &stats, &y, None, layernorm::ParamGrads::New).unwrap();
+    let qkv = cast::to_f16(d, qkv).unwrap();
+    for layout in [attention::FusedLayout::Tiles, attention::FusedLayout::Rows] {
+        let (out, lse) = attention::fused_attention_in(d, &qkv, 1, layout).unwrap();
+        attention::fused_attention_backward_in(d, &qkv, &out, &lse, &out, 1, layout).unwrap();
+    }
 }
 
 #[test]

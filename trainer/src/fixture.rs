@@ -1,14 +1,26 @@
 //! `cmae check-fixture`: replays a `cmae-fixture-v1` file (a Conditional MAE
 //! pass computed by PyTorch + timm) on the GPU and compares loss, per-shot
 //! losses, prediction, every gradient and one AdamW step against it.
+//!
+//! With `--precision f16` the pass runs under mixed precision (loss scaled by
+//! 2¹⁶, gradients unscaled) and each quantity's error against the reference
+//! may be up to twice the error PyTorch's own f16 autocast makes on the same
+//! pass (the fixture's `autocast.*` tensors, from `tools/make_fixtures.py
+//! --autocast`), on top of the f32 bound. Both store the same things in f16
+//! with the same rounding unit, in different places (PyTorch's CPU autocast
+//! also rounds LayerNorm and softmax outputs; cmae keeps the residual stream
+//! f32 and LayerNorm's input centred), so an equally careful implementation
+//! lands within a small factor of PyTorch's error; a misplaced rounding, a
+//! lost loss scale or a wrong formula misses it by orders of magnitude.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use cmae_engine::kernels::elementwise::full;
 use cmae_engine::kernels::elementwise::zeros;
 use cmae_engine::kernels::optim::{AdamWStep, adamw};
-use cmae_engine::{Device, Gradients, Tape, Tensor, TensorMut};
+use cmae_engine::{Device, Gradients, Precision, Tape, Tensor, TensorMut};
 use serde::Deserialize;
 
 use crate::config::{ModelConfig, Shot, validate_shots};
@@ -150,10 +162,13 @@ fn failed(name: String) -> Check {
     Check { name, error: f64::INFINITY, bound: 0.0 }
 }
 
+/// The absolute part of FIXTURES.md's tensor bound.
+const ABSOLUTE_FLOOR: f64 = 1e-7;
+
 fn rel_l2(got: &[f32], want: &[f64]) -> (f64, f64) {
     let diff: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - w).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
-    (diff, 1e-3 * norm + 1e-7)
+    (diff, 1e-3 * norm + ABSOLUTE_FLOOR)
 }
 
 /// The `.safetensors` files in `dir`, sorted (the committed suite is
@@ -170,13 +185,63 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Runs every check of FIXTURES.md. `Err(Unusable)` when the file can't be used.
+/// Runs every check of FIXTURES.md in f32. `Err(Unusable)` when the file can't be used.
 pub fn check(dev: &Device, path: &Path) -> Result<Vec<Check>, Unusable> {
-    let fx = parse(path).map_err(Unusable)?;
-    run_checks(dev, &fx).map_err(|e| Unusable(e.context(format!("checking {}", path.display()))))
+    check_in(dev, path, Precision::F32)
 }
 
-fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
+/// [`check`] with the pass in `precision` (f16: against the fixture's
+/// autocast reference, see the module doc).
+pub fn check_in(dev: &Device, path: &Path, precision: Precision) -> Result<Vec<Check>, Unusable> {
+    let fx = parse(path).map_err(Unusable)?;
+    if precision == Precision::F16 {
+        crate::train::precision::check_adapter(dev, precision).map_err(Unusable)?;
+        if !fx.tensors.contains_key("autocast.out.loss") {
+            return Err(Unusable(anyhow!(
+                "{} has no f16 autocast reference (autocast.* tensors); add it with tools/make_fixtures.py --autocast {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    run_checks(dev, &fx, precision).map_err(|e| Unusable(e.context(format!("checking {}", path.display()))))
+}
+
+/// Bounds of the checks: FIXTURES.md's in f32; under mixed precision, twice
+/// the error PyTorch's autocast makes on top.
+struct Bounds<'a> {
+    fx: &'a Fixture,
+    precision: Precision,
+}
+
+impl Bounds<'_> {
+    /// A loss: `1e-4·max(1, |ref|)`, plus `2·|autocast[k] − ref|` in f16.
+    fn scalar(&self, reference: f64, autocast: &str, k: usize) -> Result<f64> {
+        let f32_bound = 1e-4 * reference.abs().max(1.0);
+        if self.precision == Precision::F32 {
+            return Ok(f32_bound);
+        }
+        let theirs = self.fx.tensor(autocast)?.to_f64()?;
+        Ok(f32_bound + 2.0 * (theirs[k] - reference).abs())
+    }
+
+    /// A tensor (by its L2 error): `1e-3·‖ref‖ + 1e-7` in f32; in f16
+    /// `1e-3·‖ref‖ + 2·‖autocast − ref‖`, without the absolute floor (there
+    /// for gradients that are 0, it would dwarf f16 errors of the small
+    /// gradients these fixtures have).
+    fn tensor(&self, reference: &[f64], autocast: &str) -> Result<f64> {
+        let norm = reference.iter().map(|w| w * w).sum::<f64>().sqrt();
+        if self.precision == Precision::F32 {
+            return Ok(1e-3 * norm + ABSOLUTE_FLOOR);
+        }
+        let theirs = self.fx.tensor(autocast)?.to_f64()?;
+        let distance = theirs.iter().zip(reference).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        Ok(1e-3 * norm + 2.0 * distance)
+    }
+}
+
+fn run_checks(dev: &Device, fx: &Fixture, precision: Precision) -> Result<Vec<Check>> {
+    let bounds = Bounds { fx, precision };
     let mut checks = Vec::new();
     let specs = param_specs(&fx.model);
     let mut host = HashMap::new();
@@ -210,34 +275,45 @@ fn run_checks(dev: &Device, fx: &Fixture) -> Result<Vec<Check>> {
     let gpu_plan = plan.upload(dev, &fx.shots)?;
     let imgs = Tensor::from_f32(dev, &imgs, &img_shape)?;
 
-    let tape = Tape::new(dev);
+    // Mixed precision seeds the backward with GradScaler's initial scale,
+    // as training does, and unscales the gradients on the host.
+    let tape = Tape::with_precision(dev, true, precision)?;
+    let seed = if precision == Precision::F16 { 65536.0 } else { 1.0 };
     let out = mae.forward(&tape, &imgs, &gpu_plan, false)?;
     let mut grads = Gradients::default();
-    tape.backward(&out.loss, &mut grads)?;
+    tape.backward_from(&out.loss, &full(dev, &[1], seed)?, &mut grads)?;
 
     let loss = f64::from(out.loss.value().wait_f32(dev)?[0]);
     let loss_ref = fx.reference("out.loss", "out.loss_f64")?[0];
-    checks.push(Check { name: "loss".into(), error: (loss - loss_ref).abs(), bound: 1e-4 * loss_ref.abs().max(1.0) });
+    let bound = bounds.scalar(loss_ref, "autocast.out.loss", 0)?;
+    checks.push(Check { name: "loss".into(), error: (loss - loss_ref).abs(), bound });
     let per_shot = out.per_shot.wait_f32(dev)?;
-    for (k, want) in fx.tensor("out.loss_per_shot")?.to_f64()?.iter().enumerate() {
+    let per_shot_ref = fx.tensor("out.loss_per_shot")?.to_f64()?;
+    for (k, want) in per_shot_ref.iter().enumerate() {
         if want.is_nan() {
             continue;
         }
         let got = f64::from(per_shot[k]);
-        checks.push(Check {
-            name: format!("loss_per_shot.{k}"),
-            error: (got - want).abs(),
-            bound: 1e-4 * want.abs().max(1.0),
-        });
+        let bound = bounds.scalar(*want, "autocast.out.loss_per_shot", k)?;
+        checks.push(Check { name: format!("loss_per_shot.{k}"), error: (got - want).abs(), bound });
     }
     let pred = out.pred.value().wait_f32(dev)?;
-    let (error, bound) = rel_l2(&pred, &fx.tensor("out.pred")?.to_f64()?);
-    checks.push(Check { name: "pred".into(), error, bound });
+    let pred_ref = fx.tensor("out.pred")?.to_f64()?;
+    let (error, _) = rel_l2(&pred, &pred_ref);
+    checks.push(Check { name: "pred".into(), error, bound: bounds.tensor(&pred_ref, "autocast.out.pred")? });
 
     for s in specs.iter().filter(|s| s.kind() == Kind::Trainable) {
         let want = fx.reference(&format!("grad.{}", s.name), &format!("grad_f64.{}", s.name))?;
-        let got = grads.get(&s.name).map(|g| g.wait_f32(dev)).transpose()?;
-        checks.push(gradient_check(&s.name, got.as_deref(), &want));
+        let got = grads
+            .get(&s.name)
+            .map(|g| g.wait_f32(dev).map(|v| v.iter().map(|x| x / seed).collect::<Vec<f32>>()))
+            .transpose()?;
+        let mut check = gradient_check(&s.name, got.as_deref(), &want);
+        // (A bound of 0 marks a gradient that never arrived: it stays failed.)
+        if check.bound > 0.0 {
+            check.bound = bounds.tensor(&want, &format!("autocast.grad.{}", s.name))?;
+        }
+        checks.push(check);
     }
 
     if let Some(h) = &fx.adamw {

@@ -167,6 +167,10 @@ enum Command {
     CheckFixture {
         /// The fixture (.safetensors).
         file: PathBuf,
+        /// f32, or f16 mixed precision against the fixture's PyTorch autocast
+        /// reference (tools/make_fixtures.py --autocast).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Time the kernel variants one training step of a preset meets and fill
     /// the autotune cache (what a run would otherwise time on its first step).
@@ -402,8 +406,8 @@ fn run_reconstruct(
     Ok(())
 }
 
-fn check_fixture(dev: &Device, file: &Path) -> ExitCode {
-    match fixture::check(dev, file) {
+fn check_fixture(dev: &Device, file: &Path, precision: Precision) -> ExitCode {
+    match fixture::check_in(dev, file, precision) {
         Err(fixture::Unusable(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -499,7 +503,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             }
             run_reconstruct(&checkpoint, &images, shots, seed, &out)?
         }
-        Command::CheckFixture { file } => {
+        Command::CheckFixture { file, precision } => {
             let dev = match Device::from_env() {
                 Ok(d) => d,
                 Err(e) => {
@@ -507,7 +511,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            return Ok(check_fixture(&dev, &file));
+            return Ok(check_fixture(&dev, &file, precision));
         }
         Command::Tune { preset, batch, retune, precision } => {
             // No time budget: filling the whole cache is the point.

@@ -1,6 +1,8 @@
-//! LayerNorm over the last axis (`shaders/layernorm.wgsl`), in f32 or, for
-//! mixed precision, with an f16 output and an f16 centred input kept for
-//! the backward pass ([`layer_norm_centered`]).
+//! LayerNorm over the last axis (`shaders/layernorm_common.wgsl` with
+//! `shaders/layernorm.wgsl` and `shaders/layernorm_backward.wgsl`), in f32
+//! or, for mixed precision, with an f16 output and an f16 centred input kept
+//! for the backward pass (`shaders/layernorm_centered.wgsl`,
+//! [`layer_norm_centered`]).
 
 use super::{expect_f32, grid, rows_cols, same_shape, u32_of};
 use crate::device::{Device, KernelSpec};
@@ -78,7 +80,7 @@ pub fn layer_norm_centered(
     let y = TensorMut::uninit(dev, x.shape(), DType::F16)?;
     let centered = TensorMut::uninit(dev, x.shape(), DType::F16)?;
     let stats = TensorMut::uninit(dev, &[rows, 2], DType::F32)?;
-    let spec = spec(&shaders::LAYERNORM_TO_F16, "forward_centered", "layernorm_centered");
+    let spec = spec(&shaders::LAYERNORM_CENTERED, "forward_centered", "layernorm_centered");
     let bindings = [x.bind(1), gamma.bind(2), beta.bind(3), y.bind_mut(4), stats.bind_mut(5), centered.bind_mut(13)];
     dev.dispatch(spec, &p, &bindings, grid(rows, spec.workgroup))?;
     Ok((y.freeze(), centered.freeze(), stats.freeze()))
@@ -120,7 +122,7 @@ pub fn layer_norm_backward(
     same_shape(op, x, dy)?;
     let shader = match (x.dtype(), dy.dtype()) {
         (DType::F32, DType::F32) => &shaders::LAYERNORM,
-        (DType::F16, DType::F16) => &shaders::LAYERNORM_F16,
+        (DType::F16, DType::F16) => &shaders::LAYERNORM_BACKWARD_F16,
         (a, b) => return Err(shape_err(op, format!("x is {a:?} and dy {b:?}: both f32, or both f16"))),
     };
     if stats.numel() != rows * 2 {
@@ -153,21 +155,27 @@ pub fn layer_norm_backward(
                 }
             }
             p.accumulate_params = 1;
-            finish(dev, &p, &partial, (dg, db))?;
+            finish(dev, shader, &p, &partial, (dg, db))?;
             Ok(LayerNormGrads { dx: new_dx.map(TensorMut::freeze), params: None })
         }
         ParamGrads::New => {
             let dg = TensorMut::uninit(dev, &[d], DType::F32)?;
             let db = TensorMut::uninit(dev, &[d], DType::F32)?;
-            finish(dev, &p, &partial, (&dg, &db))?;
+            finish(dev, shader, &p, &partial, (&dg, &db))?;
             Ok(LayerNormGrads { dx: new_dx.map(TensorMut::freeze), params: Some((dg.freeze(), db.freeze())) })
         }
     }
 }
 
 /// Adds up the chunks' partial sums into dγ and dβ.
-fn finish(dev: &Device, p: &Params, partial: &Tensor, (dgamma, dbeta): (&TensorMut, &TensorMut)) -> Result<()> {
-    let spec = spec(&shaders::LAYERNORM, "backward_params_finish", "layernorm_backward_params");
+fn finish(
+    dev: &Device,
+    shader: &'static Shader,
+    p: &Params,
+    partial: &Tensor,
+    (dgamma, dbeta): (&TensorMut, &TensorMut),
+) -> Result<()> {
+    let spec = spec(shader, "backward_params_finish", "layernorm_backward_params");
     let bindings = [partial.bind(10), dgamma.bind_mut(11), dbeta.bind_mut(12)];
     dev.dispatch(spec, p, &bindings, grid(p.d as usize, spec.workgroup))
 }

@@ -255,11 +255,7 @@ impl Matmul<'_> {
     /// results' precision (a pair `run` has checked), the entry point for the
     /// epilogue, and the override constants ([`variants`] lists every
     /// combination).
-    fn pipeline(
-        &self,
-        kind: MatmulKind,
-        vec: Option<bool>,
-    ) -> Result<(&'static Shader, &'static str, Constants)> {
+    fn pipeline(&self, kind: MatmulKind, vec: Option<bool>) -> Result<(&'static Shader, &'static str, Constants)> {
         let (entry, input_op) = self.entry();
         let types = (self.a.t.dtype(), self.c.t.dtype());
         let shader = kind.shader(types).ok_or_else(|| shape_err("matmul", format!("no module for {types:?}")))?;
