@@ -85,7 +85,7 @@ fn every_committed_fixture_passes_in_f16_against_pytorch_autocast() {
     file.tensors.retain(|name, _| !name.starts_with("autocast."));
     let out = std::env::temp_dir().join(format!("cmae-no-autocast-{}.safetensors", std::process::id()));
     cmae::safetensors_io::write_host(&out, &file).unwrap();
-    let err = fixture::check_in(&dev, &out, Precision::F16).err().expect("no autocast reference, no f16 check").0;
+    let err = fixture::check_in(&dev, &out, Precision::F16).expect_err("no autocast reference, no f16 check").0;
     let _ = std::fs::remove_file(&out);
     assert!(format!("{err:#}").contains("make_fixtures.py --autocast"), "{err:#}");
 }
