@@ -337,9 +337,10 @@ enum BenchCommand {
         /// Also print where the GPU time goes, per kernel (timestamp queries).
         #[arg(long)]
         profile: bool,
-        /// f32, or f16 mixed precision (the JSON lines say which).
-        #[arg(long, default_value = "f32")]
-        precision: Precision,
+        /// f32, f16 (mixed precision), or both (f32,f16: interleaved, each
+        /// line then carries its ratios to the same setting in f32).
+        #[arg(long, value_delimiter = ',', default_value = "f32")]
+        precision: Vec<Precision>,
     },
 }
 
@@ -529,7 +530,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile, precision },
         } => {
             let dev = Device::from_env()?;
-            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precision };
+            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precisions: precision };
             bench::pretrain::run(&dev, &opts, started, |line| println!("{line}"))?;
         }
     }

@@ -26,7 +26,9 @@ pub struct Options {
     pub steps: usize,
     /// Also print a per-kernel GPU time breakdown (timestamp queries).
     pub profile: bool,
-    pub precision: Precision,
+    /// Each setting runs in each of these precisions (interleaved, so f16
+    /// and f32 compare within one run).
+    pub precisions: Vec<Precision>,
 }
 
 /// The study's comparison: MAE, two shots, three shots (layers clamped to the depth).
@@ -105,45 +107,54 @@ pub(crate) fn step(
     Ok(())
 }
 
-/// Runs the settings, calling `emit` with each JSON line; `started` is when
-/// the process began, for the time to the end of the first step.
+/// One timed case: a masking setting in a precision.
+struct Case {
+    shots: Vec<Shot>,
+    precision: Precision,
+}
+
+/// Runs every setting in every precision, calling `emit` with each JSON
+/// line; `started` is when the process began, for the time to the end of
+/// the first step.
 pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(Value)) -> Result<()> {
     let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
-    let mut amp = Amp::new(dev, opts.precision, true)?;
+    let precisions = if opts.precisions.is_empty() { vec![Precision::F32] } else { opts.precisions.clone() };
+    let mut amps = precisions.iter().map(|&p| Amp::new(dev, p, true)).collect::<Result<Vec<_>>>()?;
     let m = mae.cfg.clone();
     let batch = imgs.shape()[0];
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let settings: Vec<Vec<Shot>> = settings
-        .iter()
-        .map(|s| {
-            let shots = parse_shots(s)?;
-            crate::config::validate_shots(&shots, &m)?;
-            Ok(shots)
-        })
-        .collect::<Result<_>>()?;
+    let mut cases = Vec::new();
+    for s in &settings {
+        let shots = parse_shots(s)?;
+        crate::config::validate_shots(&shots, &m)?;
+        cases.extend(precisions.iter().map(|&precision| Case { shots: shots.clone(), precision }));
+    }
+    let amp_of = |p: Precision| precisions.iter().position(|&q| q == p).expect("every case's precision has an Amp");
     let mut first_step_s = None;
-    // Per setting, from its last untimed step: dispatches and peak MiB in use.
+    // Per case, from its last untimed step: dispatches and peak MiB in use.
     let mut costs = Vec::new();
-    for shots in &settings {
+    for case in &cases {
+        let amp = &mut amps[amp_of(case.precision)];
         let mut last = (0, 0.0);
         for _ in 0..opts.warmup.max(1) {
             let dispatches = dev.dispatches();
             dev.reset_peak_memory();
-            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
             last = (dev.dispatches() - dispatches, dev.peak_memory_bytes() as f64 / f64::from(1 << 20));
         }
         costs.push(last);
     }
-    // Settings take turns, round after round, so drifts in machine speed hit
-    // them alike and the per-setting medians compare fairly.
-    let mut times = vec![Vec::new(); settings.len()];
+    // Cases take turns, round after round, so drifts in machine speed hit
+    // them alike and the per-case medians compare fairly.
+    let mut times = vec![Vec::new(); cases.len()];
     for _ in 0..opts.steps.max(1) {
-        for (shots, t) in settings.iter().zip(&mut times) {
+        for (case, t) in cases.iter().zip(&mut times) {
+            let amp = &mut amps[amp_of(case.precision)];
             let start = Instant::now();
-            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
             dev.sync()?;
             t.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -156,37 +167,47 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let medians: Vec<f64> = times.iter().map(|t| t[t.len() / 2]).collect();
     let mins: Vec<f64> = times.iter().map(|t| t[0]).collect();
     let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
-    let gflop0 = step_gflop(&m, &settings[0], batch);
-    for (((shots, &ms), &min), &(dispatches, peak_mb)) in settings.iter().zip(&medians).zip(&mins).zip(&costs) {
-        let gflop = step_gflop(&m, shots, batch);
+    let gflop0 = step_gflop(&m, &cases[0].shots, batch);
+    // The same setting's f32 case, for the vs_f32 ratios.
+    let f32_case = |case: &Case| cases.iter().position(|c| c.shots == case.shots && c.precision == Precision::F32);
+    for (i, case) in cases.iter().enumerate() {
+        let (ms, min, (dispatches, peak_mb)) = (medians[i], mins[i], costs[i]);
+        let gflop = step_gflop(&m, &case.shots, batch);
+        let vs_f32 = |v: &[f64]| f32_case(case).map(|j| round3(v[i] / v[j]));
+        let peaks: Vec<f64> = costs.iter().map(|c| c.1).collect();
         emit(json!({
             "preset": opts.preset,
-            "shots": shots_to_string(shots),
+            "shots": shots_to_string(&case.shots),
+            "precision": case.precision.name(),
             "batch": batch,
             "ms_per_step": (ms * 10.0).round() / 10.0,
             "images_per_s": (batch as f64 / ms * 1e4).round() / 10.0,
             "ms_per_step_min": (min * 10.0).round() / 10.0,
             "vs_first": round3(ms / medians[0]),
             "vs_first_min": round3(min / mins[0]),
+            "vs_f32": vs_f32(&medians),
+            "vs_f32_min": vs_f32(&mins),
             "gflop_per_step": (gflop * 100.0).round() / 100.0,
             "vs_first_gflop": (gflop / gflop0 * 10000.0).round() / 10000.0,
             "adapter": dev.info().name,
             "first_step_s": first_step_s.map(|s| (s * 100.0).round() / 100.0),
             "dispatches_per_step": dispatches,
             "gpu_peak_mb": (peak_mb * 10.0).round() / 10.0,
-            "precision": opts.precision.name(),
+            "gpu_peak_vs_f32": vs_f32(&peaks),
         }));
     }
     if opts.profile {
-        for shots in &settings {
+        for case in &cases {
+            let amp = &mut amps[amp_of(case.precision)];
             dev.set_profiling(true)?;
-            step(dev, (&mut mae, &mut opt, &mut amp), &imgs, shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
             let profile = dev.take_profile()?;
             dev.set_profiling(false)?;
             let total: f64 = profile.iter().map(|k| k.total_ms).sum();
             for k in profile {
                 emit(json!({
-                    "profile": shots_to_string(shots),
+                    "profile": shots_to_string(&case.shots),
+                    "precision": case.precision.name(),
                     "kernel": k.label,
                     "dispatches": k.dispatches,
                     "gpu_ms": (k.total_ms * 100.0).round() / 100.0,
