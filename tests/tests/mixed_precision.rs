@@ -206,3 +206,26 @@ fn probing_and_fine_tuning_in_f16_track_f32() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Overflowing gradients only skip steps, but a loss that is itself not
+/// finite (weights blown up by a huge learning rate) stops an f16 run as it
+/// stops an f32 one: named, with the last good checkpoint kept and nothing
+/// after it logged.
+#[test]
+fn a_non_finite_loss_stops_an_f16_run_keeping_the_last_good_checkpoint() {
+    if !has_f16() {
+        return;
+    }
+    let out = fresh_temp_dir("f16-nan");
+    let mut cfg = micro_pretrain(30);
+    cfg.train.precision = Precision::F16;
+    cfg.train.blr = 1e9;
+    cfg.train.warmup_epochs = 0.0;
+    cfg.output.checkpoint_every = 1;
+    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    assert!(err.contains("the loss became") && err.contains("train.blr"), "{err}");
+    let (step, _) = cmae::train::checkpoint::latest(&out).unwrap().expect("a checkpoint from before the divergence");
+    let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    assert!(lines.iter().all(|m| m.loss.is_finite() && m.step <= step), "nothing after a non-finite loss is saved");
+    let _ = std::fs::remove_dir_all(&out);
+}

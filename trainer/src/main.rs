@@ -530,7 +530,8 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
             what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile, precision },
         } => {
             let dev = Device::from_env()?;
-            let opts = bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precisions: precision };
+            let opts =
+                bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precisions: precision };
             bench::pretrain::run(&dev, &opts, started, |line| println!("{line}"))?;
         }
     }
