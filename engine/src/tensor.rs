@@ -210,9 +210,11 @@ impl TensorMut {
         Ok(Self(Tensor { region: Arc::new(Region { storage, offset: 0 }), shape: shape.to_vec(), dtype }))
     }
 
-    /// This tensor's buffer split into the members of a pack: f32 tensors of
-    /// `shapes` starting at byte `offsets` (see `elementwise::packed_zeros`).
+    /// This tensor's buffer split into the members of a pack: tensors of its
+    /// element type, of `shapes`, starting at byte `offsets` (see
+    /// `elementwise::packed_zeros`).
     pub(crate) fn into_pack(self, shapes: &[Vec<usize>], offsets: &[u64]) -> Vec<TensorMut> {
+        let dtype = self.0.dtype;
         let storage = self.0.region.storage.clone();
         storage.set_regions(shapes.len());
         shapes
@@ -220,7 +222,7 @@ impl TensorMut {
             .zip(offsets)
             .map(|(shape, &offset)| {
                 let region = Arc::new(Region { storage: storage.clone(), offset });
-                Self(Tensor { region, shape: shape.clone(), dtype: DType::F32 })
+                Self(Tensor { region, shape: shape.clone(), dtype })
             })
             .collect()
     }

@@ -282,3 +282,40 @@ fn packed_gradients_equal_ordinary_ones() {
     }
     assert_eq!(packed.len(), NAMES.len());
 }
+
+/// Mixed precision's per-step weight copy: a whole pack cast to f16 in one
+/// dispatch gives, member by member, exactly what casting each member alone
+/// gives (same rounding kernel), with the members' shapes; a list that is
+/// not one whole pack is refused.
+#[test]
+fn a_pack_casts_to_f16_in_one_dispatch_member_by_member() {
+    use cmae_engine::DType;
+    use cmae_engine::kernels::cast::{to_f16, to_f16_packed, to_f32};
+    if !dev().kernel_families().shader_f16 {
+        assert!(
+            std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+            "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev().info().name);
+        return;
+    }
+    // A device of its own: the dispatch count is this test's alone.
+    let d = &common::untuned_dev();
+    let mut pack = elementwise::packed_zeros(d, &shapes()).unwrap();
+    for (i, t) in pack.iter_mut().enumerate() {
+        t.write(d, bytemuck::cast_slice(&rand_vec(t.numel(), 60 + i as u64))).unwrap();
+    }
+    let members: Vec<&Tensor> = pack.iter().map(|t| t.as_tensor()).collect();
+    let before = d.dispatches();
+    let halves = to_f16_packed(d, &members).unwrap();
+    assert_eq!(d.dispatches() - before, 1, "one dispatch for the whole pack");
+    assert_eq!(halves.len(), members.len());
+    for (half, member) in halves.iter().zip(&members) {
+        assert_eq!((half.dtype(), half.shape()), (DType::F16, member.shape()));
+        let alone = to_f32(d, &to_f16(d, member).unwrap()).unwrap().wait_f32(d).unwrap();
+        assert_eq!(to_f32(d, half).unwrap().wait_f32(d).unwrap(), alone);
+    }
+    let e = to_f16_packed(d, &members[1..]).unwrap_err().to_string();
+    assert!(e.contains("not every member of one pack"), "{e}");
+}

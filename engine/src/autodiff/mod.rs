@@ -147,8 +147,8 @@ pub struct Tape {
     grad_enabled: bool,
     precision: Precision,
     inner: RefCell<Inner>,
-    /// f16 copies of parameters by var id, made once per tape (mixed precision).
-    half_params: RefCell<HashMap<usize, Tensor>>,
+    /// f16 copies of parameters by name, made once per tape (mixed precision).
+    half_params: RefCell<HashMap<String, Tensor>>,
 }
 
 /// Parameter gradients by name, accumulating over backward calls
@@ -266,21 +266,37 @@ impl Tape {
         }
     }
 
+    /// Under mixed precision, the f16 copies of `params` (name and value:
+    /// every member of one parameter pack, in order) in one dispatch, for
+    /// the products that read them on this tape; nothing in f32.
+    pub fn cast_params(&self, params: &[(&str, &Tensor)]) -> Result<()> {
+        if self.precision == Precision::F32 || params.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<&Tensor> = params.iter().map(|(_, t)| *t).collect();
+        let halves = cast::to_f16_packed(&self.dev, &values)?;
+        let mut cache = self.half_params.borrow_mut();
+        for ((name, _), half) in params.iter().zip(halves) {
+            cache.insert(name.to_string(), half);
+        }
+        Ok(())
+    }
+
     /// `v` as a product reads it: itself in f32, an f16 copy under mixed
-    /// precision (a parameter's made once per tape).
+    /// precision (a parameter's made once per tape, by [`Tape::cast_params`]
+    /// or on first use).
     pub(crate) fn operand(&self, v: &Var) -> Result<Tensor> {
         if self.precision == Precision::F32 || v.value.dtype() == DType::F16 {
             return Ok(v.value.clone());
         }
-        let is_param = self.inner.borrow().params.contains_key(&v.id);
-        if !is_param {
+        let Some(name) = self.inner.borrow().params.get(&v.id).cloned() else {
             return cast::to_f16(&self.dev, &v.value);
-        }
-        if let Some(t) = self.half_params.borrow().get(&v.id) {
+        };
+        if let Some(t) = self.half_params.borrow().get(&name) {
             return Ok(t.clone());
         }
         let half = cast::to_f16(&self.dev, &v.value)?;
-        self.half_params.borrow_mut().insert(v.id, half.clone());
+        self.half_params.borrow_mut().insert(name, half.clone());
         Ok(half)
     }
 

@@ -3,10 +3,10 @@
 //! an adapter without it the device refuses the kernel, naming the feature.
 
 use super::{grid, u32_of};
-use crate::device::{Device, KernelSpec};
+use crate::device::{Access, Device, KernelSpec};
 use crate::error::{Result, shape_err};
 use crate::shaders;
-use crate::tensor::{DType, Tensor, TensorMut};
+use crate::tensor::{DType, Span, Tensor, TensorMut};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,6 +33,27 @@ fn cast(dev: &Device, x: &Tensor, (from, to): (DType, DType), entry: &'static st
 /// adapter; mixed precision's loss scaling is what keeps values inside it.
 pub fn to_f16(dev: &Device, x: &Tensor) -> Result<Tensor> {
     cast(dev, x, (DType::F32, DType::F16), "to_f16")
+}
+
+/// Every member of one f32 pack ([`super::elementwise::packed_zeros`], in
+/// order) rounded to f16 in one dispatch: mixed precision's per-step copy of
+/// the weights. The copies are members of an f16 pack laid out like the f32
+/// one at half the bytes (the pack's padding, zeros, is cast with them).
+pub fn to_f16_packed(dev: &Device, members: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let op = "to_f16_packed";
+    let span = Span::of(op, members)?;
+    let half = TensorMut::uninit(dev, &[span.len()], DType::F16)?;
+    let p = Params { n: u32_of(op, span.len())?, _pad: [0; 3] };
+    let spec = KernelSpec::new(&shaders::CAST, "to_f16", op, 256);
+    dev.dispatch(
+        spec,
+        &p,
+        &[span.bind(1, Access::Read), half.bind_mut(2)],
+        grid(span.len().div_ceil(4), spec.workgroup),
+    )?;
+    let shapes: Vec<Vec<usize>> = members.iter().map(|t| t.shape().to_vec()).collect();
+    let offsets: Vec<u64> = span.starts.iter().map(|&s| (s * DType::F16.size()) as u64).collect();
+    Ok(half.into_pack(&shapes, &offsets).into_iter().map(TensorMut::freeze).collect())
 }
 
 /// An f16 tensor widened to f32 (exact).

@@ -106,7 +106,9 @@ pub fn zeros(dev: &Device, shape: &[usize]) -> Result<TensorMut> {
 /// Each member is a writable tensor of its own; a multi-tensor kernel given
 /// every member at once treats them as one span (see `optim::adamw_packed`).
 pub fn packed_zeros(dev: &Device, shapes: &[Vec<usize>]) -> Result<Vec<TensorMut>> {
-    let align = u64::from(dev.limits().min_storage_buffer_offset_alignment).max(16);
+    // Twice the binding alignment, so the pack's f16 mirror (half the bytes,
+    // `cast::to_f16_packed`) still starts every member at an aligned offset.
+    let align = 2 * u64::from(dev.limits().min_storage_buffer_offset_alignment).max(16);
     let mut offsets = Vec::with_capacity(shapes.len());
     let mut end = 0u64;
     for shape in shapes {

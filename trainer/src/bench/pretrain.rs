@@ -99,7 +99,7 @@ pub(crate) fn step(
 ) -> Result<()> {
     let b = imgs.shape()[0];
     let plan = MaskPlan::random(shots, b, mae.cfg.num_patches(), rng).upload(dev, shots)?;
-    let tape = amp.tape(dev)?;
+    let tape = amp.tape(dev, &mae.params)?;
     let out = mae.forward(&tape, imgs, &plan, false)?;
     let mut grads = opt.new_gradients(dev, &mae.params)?;
     amp.backward(dev, &tape, &out.loss, &mut grads)?;

@@ -109,7 +109,7 @@ impl Task for ClassifyTask<'_> {
         let weights = Tensor::from_f32(dev, &vec![1.0 / b as f32; b], &[b])?;
         let scales = self.drop_path(dev, b, &mut rng)?;
         let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
-        let tape = self.amp.tape(dev)?;
+        let tape = self.amp.tape(dev, &self.model.params)?;
         let logits = self.model.forward_train(&tape, &imgs, &drop)?;
         let loss = tape.weighted_cross_entropy(&logits, &targets, &weights)?;
         self.amp.backward(dev, &tape, &loss, grads)?;

@@ -6,6 +6,7 @@ use anyhow::{Result, anyhow, bail};
 use cmae_engine::kernels::scaler::{LossScaler, ScaleState};
 use cmae_engine::{Device, Gradients, PendingRead, Precision, Tape, Var};
 
+use crate::model::ParamStore;
 use crate::safetensors_io::{F32Map, NamedF32};
 
 /// The checkpoint entry holding the scaler: `[scale, good steps, skipped steps]`.
@@ -43,9 +44,12 @@ impl Amp {
         self.precision
     }
 
-    /// A recording tape in the run's precision.
-    pub fn tape(&self, dev: &Device) -> Result<Tape> {
-        Ok(Tape::with_precision(dev, true, self.precision)?)
+    /// A recording tape in the run's precision; under f16 with the f16 copy
+    /// of `params`' trainable weights made in one dispatch.
+    pub fn tape(&self, dev: &Device, params: &ParamStore) -> Result<Tape> {
+        let tape = Tape::with_precision(dev, true, self.precision)?;
+        tape.cast_params(&params.trainable().collect::<Vec<_>>())?;
+        Ok(tape)
     }
 
     /// Back-propagates `loss`, scaled by the loss scale when there is one.

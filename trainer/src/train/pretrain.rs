@@ -72,7 +72,7 @@ impl Task for PretrainTask<'_> {
         );
         self.dropped_counts = plan.dropped_counts();
         let gpu_plan = plan.upload(dev, &self.cfg.shots)?;
-        let tape = self.amp.tape(dev)?;
+        let tape = self.amp.tape(dev, &self.mae.params)?;
         let fwd = self.mae.forward(&tape, &imgs, &gpu_plan, false)?;
         self.amp.backward(dev, &tape, &fwd.loss, grads)?;
         Ok(MicroStep {
