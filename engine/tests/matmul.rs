@@ -404,20 +404,10 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
 /// either neighbour, so one ulp (2⁻¹⁰ of the value), not half of one.
 const F16_U: f64 = 1.0 / 1024.0;
 
-/// `kind`'s device when the adapter has SHADER_F16; else None after saying
-/// so (an error when CMAE_REQUIRE_F16 is set: CI's lavapipe has it).
+/// `kind`'s device when the adapter has SHADER_F16 (see `common::has_f16`).
 fn half_device(kind: MatmulKind) -> Option<Device> {
     let dev = device(kind);
-    if dev.kernel_families().shader_f16 {
-        return Some(dev);
-    }
-    assert!(
-        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-        "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
-        dev.info().name
-    );
-    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
-    None
+    common::has_f16(&dev).then_some(dev)
 }
 
 /// f16 values as f32 (what the kernels read) and the f16 tensor.

@@ -15,8 +15,6 @@
 
 mod common;
 
-use std::io::Write;
-
 use cmae_engine::kernels::cast::{to_f16, to_f32};
 use cmae_engine::kernels::elementwise;
 use cmae_engine::kernels::layernorm::{self, ParamGrads};
@@ -28,17 +26,8 @@ use common::{dev, download, rand_vec, upload};
 
 const U: f64 = 1.0 / 1024.0;
 
-/// Whether this adapter runs f16 (an error under CMAE_REQUIRE_F16: CI's lavapipe does).
 fn has_f16() -> bool {
-    if dev().kernel_families().shader_f16 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-        "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
-    );
-    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev().info().name);
-    false
+    common::has_f16(dev())
 }
 
 fn widen(t: &Tensor) -> Vec<f32> {

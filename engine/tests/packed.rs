@@ -291,13 +291,7 @@ fn packed_gradients_equal_ordinary_ones() {
 fn a_pack_casts_to_f16_in_one_dispatch_member_by_member() {
     use cmae_engine::DType;
     use cmae_engine::kernels::cast::{to_f16, to_f16_packed, to_f32};
-    if !dev().kernel_families().shader_f16 {
-        assert!(
-            std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-            "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
-        );
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev().info().name);
+    if !common::has_f16(dev()) {
         return;
     }
     // A device of its own: the dispatch count is this test's alone.

@@ -1,9 +1,13 @@
 //! Cross-crate integration tests live in `tests/tests/`; this is what they share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 
 use cmae::config::PretrainConfig;
+use cmae::safetensors_io::{self, HostTensor};
+use cmae::train::pretrain::pretrain;
+use cmae::train::runner::{RunFlags, Summary};
 use cmae_engine::Device;
 
 /// One device for every test in a binary: opening an adapter is slow on lavapipe.
@@ -18,6 +22,45 @@ pub fn fresh_temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cmae-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// Whether the shared device runs f16 (SHADER_F16). Where it does not, says
+/// so on stderr (past the harness's capture), or fails when
+/// CMAE_REQUIRE_F16 is set (CI's lavapipe has it).
+pub fn has_f16() -> bool {
+    use std::io::Write;
+    let dev = shared_device();
+    if dev.kernel_families().shader_f16 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+        "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
+        dev.info().name
+    );
+    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+    false
+}
+
+/// Pretrains `cfg` into `out` on the shared device, quietly.
+pub fn run_pretrain(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
+    let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
+    pretrain(shared_device(), cfg, &opts, &AtomicBool::new(false))
+}
+
+/// Every tensor of a checkpoint (all f32), sorted by name.
+pub fn checkpoint_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| match t {
+            HostTensor::F32(_, d) => (n, d),
+            _ => panic!("{n} is not f32"),
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 /// A very small pretraining run, so many steps run in seconds.

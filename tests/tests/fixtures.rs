@@ -2,13 +2,29 @@
 //! tools/make_fixtures.py with PyTorch + timm) passes every check of
 //! FIXTURES.md: loss, per-shot losses, prediction, all gradients, AdamW.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cmae::fixture;
-use cmae_engine::Device;
+use cmae_engine::{Device, Precision};
 
 fn fixtures() -> Vec<PathBuf> {
     fixture::files_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")).unwrap()
+}
+
+/// The checks of `file` in `precision`, after asserting there are many
+/// (loss, prediction, one gradient and one AdamW result per trainable
+/// parameter at least) and that every one passes.
+fn all_pass(dev: &Device, file: &Path, precision: Precision) -> Vec<fixture::Check> {
+    let what = format!("{} in {}", file.display(), precision.name());
+    let checks = fixture::check_in(dev, file, precision).unwrap_or_else(|e| panic!("{what}: {:#}", e.0));
+    assert!(checks.len() > 100, "{what}: only {} checks", checks.len());
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| format!("{} error {:.3e} > bound {:.3e}", c.name, c.error, c.bound))
+        .collect();
+    assert!(failed.is_empty(), "{what}:\n{}", failed.join("\n"));
+    checks
 }
 
 #[test]
@@ -17,15 +33,7 @@ fn every_committed_fixture_passes_every_check() {
     let files = fixtures();
     assert!(files.len() >= 5, "the fixture suite is committed under tests/fixtures");
     for file in files {
-        let checks = fixture::check(&dev, &file).unwrap_or_else(|e| panic!("{}: {:#}", file.display(), e.0));
-        // Loss, prediction, one gradient and one AdamW result per trainable parameter at least.
-        assert!(checks.len() > 100, "{}: only {} checks", file.display(), checks.len());
-        let failed: Vec<String> = checks
-            .iter()
-            .filter(|c| !c.passed())
-            .map(|c| format!("{} error {:.3e} > bound {:.3e}", c.name, c.error, c.bound))
-            .collect();
-        assert!(failed.is_empty(), "{}:\n{}", file.display(), failed.join("\n"));
+        let checks = all_pass(&dev, &file, Precision::F32);
         for name in ["loss", "pred", "grad.cls_token", "grad.decoder_pred.weight", "adamw.mask_token"] {
             assert!(checks.iter().any(|c| c.name == name), "{}: no {name} check", file.display());
         }
@@ -59,27 +67,12 @@ fn a_corrupted_fixture_fails_its_checks() {
 /// add it.
 #[test]
 fn every_committed_fixture_passes_in_f16_against_pytorch_autocast() {
-    use cmae_engine::Precision;
     let dev = Device::from_env().unwrap();
-    if !dev.kernel_families().shader_f16 {
-        assert!(
-            std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-            "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
-        );
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+    if !cmae_tests::has_f16() {
         return;
     }
     for file in fixtures() {
-        let checks =
-            fixture::check_in(&dev, &file, Precision::F16).unwrap_or_else(|e| panic!("{}: {:#}", file.display(), e.0));
-        assert!(checks.len() > 100, "{}: only {} checks", file.display(), checks.len());
-        let failed: Vec<String> = checks
-            .iter()
-            .filter(|c| !c.passed())
-            .map(|c| format!("{} error {:.3e} > bound {:.3e}", c.name, c.error, c.bound))
-            .collect();
-        assert!(failed.is_empty(), "{} in f16:\n{}", file.display(), failed.join("\n"));
+        all_pass(&dev, &file, Precision::F16);
     }
     let mut file = cmae::safetensors_io::read(&fixtures()[0]).unwrap();
     file.tensors.retain(|name, _| !name.starts_with("autocast."));

@@ -2,35 +2,14 @@
 //! it tracks the same run in f32, resumes bit for bit, and records its
 //! precision and loss scale in the config, the checkpoints and the metrics.
 
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use cmae::config::PretrainConfig;
 use cmae::safetensors_io::{self, HostTensor};
 use cmae::train::metrics::{MetricsLine, MetricsLog};
-use cmae::train::pretrain::pretrain;
-use cmae::train::runner::{RunFlags, Summary};
+use cmae::train::runner::RunFlags;
 use cmae_engine::Precision;
-use cmae_tests::{fresh_temp_dir, micro_pretrain, shared_device};
-
-fn has_f16() -> bool {
-    let dev = shared_device();
-    if dev.kernel_families().shader_f16 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
-        "CMAE_REQUIRE_F16 is set but the adapter has no SHADER_F16"
-    );
-    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
-    false
-}
-
-fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
-    let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
-    pretrain(shared_device(), cfg, &opts, &AtomicBool::new(false))
-}
+use cmae_tests::{checkpoint_weights, fresh_temp_dir, has_f16, micro_pretrain, run_pretrain, shared_device};
 
 /// The metrics of `cfg` run for its steps in `precision`, logged every step.
 fn losses(cfg: &PretrainConfig, precision: Precision, name: &str) -> Vec<MetricsLine> {
@@ -38,7 +17,7 @@ fn losses(cfg: &PretrainConfig, precision: Precision, name: &str) -> Vec<Metrics
     cfg.train.precision = precision;
     cfg.output.log_every = 1;
     let out = fresh_temp_dir(name);
-    run(&cfg, &out, false, None).unwrap();
+    run_pretrain(&cfg, &out, false, None).unwrap();
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     let _ = std::fs::remove_dir_all(&out);
     lines
@@ -90,20 +69,6 @@ fn tiny_pretraining_in_f16_tracks_f32() {
     f16_tracks_f32(&cfg, 10, "tiny30");
 }
 
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .map(|(n, t)| match t {
-            HostTensor::F32(_, d) => (n, d),
-            _ => panic!("{n} is not f32"),
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// 10 steps, a resume, 10 more: bit for bit the 20 straight steps, loss scale
 /// included. The run's precision is in its config, its checkpoints' metadata
 /// and (with the scaler's state) its optimizer file; it may go on in f32.
@@ -116,13 +81,16 @@ fn f16_runs_resume_bit_for_bit_and_record_their_precision() {
     cfg.train.precision = Precision::F16;
     cfg.output.checkpoint_every = 7;
     let straight = fresh_temp_dir("f16-straight");
-    run(&cfg, &straight, false, None).unwrap();
+    run_pretrain(&cfg, &straight, false, None).unwrap();
     let split = fresh_temp_dir("f16-split");
-    let first = run(&cfg, &split, false, Some(10)).unwrap();
+    let first = run_pretrain(&cfg, &split, false, Some(10)).unwrap();
     assert!(first.interrupted && first.step == 10);
-    let second = run(&cfg, &split, true, None).unwrap();
+    let second = run_pretrain(&cfg, &split, true, None).unwrap();
     assert_eq!(second.step, 20);
-    assert_eq!(weights(&straight.join("checkpoint.safetensors")), weights(&split.join("checkpoint.safetensors")));
+    assert_eq!(
+        checkpoint_weights(&straight.join("checkpoint.safetensors")),
+        checkpoint_weights(&split.join("checkpoint.safetensors"))
+    );
     let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
     let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
     let key = |l: &[MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr, m.loss_scale)).collect::<Vec<_>>();
@@ -144,10 +112,10 @@ fn f16_runs_resume_bit_for_bit_and_record_their_precision() {
 
     // A run may go on in the other precision (checkpoints are f32 either way).
     let switched = fresh_temp_dir("f16-then-f32");
-    run(&cfg, &switched, false, Some(10)).unwrap();
+    run_pretrain(&cfg, &switched, false, Some(10)).unwrap();
     let mut wide = cfg.clone();
     wide.train.precision = Precision::F32;
-    assert_eq!(run(&wide, &switched, true, None).unwrap().step, 20);
+    assert_eq!(run_pretrain(&wide, &switched, true, None).unwrap().step, 20);
     let lines = MetricsLog::read(&switched.join("metrics.jsonl")).unwrap();
     assert!(lines[..10].iter().all(|m| m.loss_scale == Some(65536.0)));
     assert!(lines[10..].iter().all(|m| m.loss_scale.is_none()), "f32 steps carry no loss scale");
@@ -171,7 +139,7 @@ fn probing_and_fine_tuning_in_f16_track_f32() {
     let mut pre = PretrainConfig::preset("micro").unwrap();
     pre.set("model.depth=2").unwrap();
     pre.train.steps = Some(2);
-    run(&pre, &base.join("pretrain"), false, None).unwrap();
+    run_pretrain(&pre, &base.join("pretrain"), false, None).unwrap();
     let ckpt = base.join("pretrain").join("checkpoint.safetensors");
     for mode in [Mode::Linprobe, Mode::Finetune] {
         let model = cmae::train::checkpoint::model_config_of(&ckpt).unwrap();
@@ -222,7 +190,7 @@ fn a_non_finite_loss_stops_an_f16_run_keeping_the_last_good_checkpoint() {
     cfg.train.blr = 1e9;
     cfg.train.warmup_epochs = 0.0;
     cfg.output.checkpoint_every = 1;
-    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("the loss became") && err.contains("train.blr"), "{err}");
     let (step, _) = cmae::train::checkpoint::latest(&out).unwrap().expect("a checkpoint from before the divergence");
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();

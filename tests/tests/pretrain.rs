@@ -2,35 +2,15 @@
 //! is exact, checkpoints round-trip, and bad input fails with clear errors.
 //! Memory is checked in `memory.rs`, a process of its own.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use cmae::config::PretrainConfig;
-use cmae::safetensors_io::{self, HostTensor};
+use cmae::safetensors_io;
 use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
 use cmae::train::pretrain::pretrain;
-use cmae::train::runner::{RunFlags, Summary};
-use cmae_tests::{fresh_temp_dir, micro_pretrain, shared_device};
-
-fn run(cfg: &PretrainConfig, out: &Path, resume: bool, stop_at: Option<u64>) -> anyhow::Result<Summary> {
-    let opts = RunFlags { out: out.to_path_buf(), resume, quiet: true, stop_at };
-    pretrain(shared_device(), cfg, &opts, &AtomicBool::new(false))
-}
-
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .map(|(n, t)| match t {
-            HostTensor::F32(_, d) => (n, d),
-            _ => panic!("{n} is not f32"),
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
+use cmae::train::runner::RunFlags;
+use cmae_tests::{checkpoint_weights, fresh_temp_dir, micro_pretrain, run_pretrain, shared_device};
 
 #[test]
 fn thirty_step_tiny_pretrain_loss_falls() {
@@ -39,7 +19,7 @@ fn thirty_step_tiny_pretrain_loss_falls() {
     cfg.train.steps = Some(30);
     cfg.train.batch = 8;
     cfg.output.log_every = 1;
-    let s = run(&cfg, &out, false, None).unwrap();
+    let s = run_pretrain(&cfg, &out, false, None).unwrap();
     assert_eq!((s.step, s.interrupted), (30, false));
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.len(), 30);
@@ -64,13 +44,16 @@ fn resume_continues_bit_for_bit() {
         c
     };
     let straight = fresh_temp_dir("straight");
-    run(&cfg, &straight, false, None).unwrap();
+    run_pretrain(&cfg, &straight, false, None).unwrap();
     let split = fresh_temp_dir("split");
-    let first = run(&cfg, &split, false, Some(10)).unwrap();
+    let first = run_pretrain(&cfg, &split, false, Some(10)).unwrap();
     assert!(first.interrupted && first.step == 10);
-    let second = run(&cfg, &split, true, None).unwrap();
+    let second = run_pretrain(&cfg, &split, true, None).unwrap();
     assert_eq!(second.step, 20);
-    assert_eq!(weights(&straight.join("checkpoint.safetensors")), weights(&split.join("checkpoint.safetensors")));
+    assert_eq!(
+        checkpoint_weights(&straight.join("checkpoint.safetensors")),
+        checkpoint_weights(&split.join("checkpoint.safetensors"))
+    );
     let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
     let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
     let losses = |l: &[cmae::train::metrics::MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr)).collect::<Vec<_>>();
@@ -78,10 +61,10 @@ fn resume_continues_bit_for_bit() {
     // Resuming with another model is refused, naming the difference.
     let mut other = cfg.clone();
     other.model.depth = 3;
-    let err = format!("{:#}", run(&other, &split, true, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&other, &split, true, None).unwrap_err());
     assert!(err.contains("model.depth") && err.contains("--resume"), "{err}");
     // A run directory is never silently overwritten.
-    let err = format!("{:#}", run(&cfg, &split, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &split, false, None).unwrap_err());
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
     for d in [straight, split] {
         let _ = std::fs::remove_dir_all(d);
@@ -92,7 +75,7 @@ fn resume_continues_bit_for_bit() {
 fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
     let out = fresh_temp_dir("roundtrip");
     let cfg = micro_pretrain(2);
-    run(&cfg, &out, false, None).unwrap();
+    run_pretrain(&cfg, &out, false, None).unwrap();
     let path = out.join("checkpoint.safetensors");
     let file = safetensors_io::read(&path).unwrap();
     assert_eq!(file.metadata.get("format").map(String::as_str), Some(checkpoint::FORMAT));
@@ -114,7 +97,7 @@ fn checkpoints_round_trip_with_timm_names_and_reject_other_configs() {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    assert_eq!(back, weights(&path));
+    assert_eq!(back, checkpoint_weights(&path));
     let mut other = cfg.clone();
     other.model.embed_dim = 64;
     let err = format!("{:#}", checkpoint::load_model(shared_device(), &path, Some(&other)).err().unwrap());
@@ -129,7 +112,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     cfg.train.blr = 1e9;
     cfg.train.warmup_epochs = 0.0;
     cfg.output.checkpoint_every = 1;
-    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("the loss became") && err.contains("train.blr"), "{err}");
     let (step, _) = checkpoint::latest(&out).unwrap().expect("a checkpoint from before the divergence");
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
@@ -155,7 +138,7 @@ fn bad_input_fails_with_clear_errors() {
     let out = fresh_temp_dir("bad");
     let mut cfg = micro_pretrain(2);
     cfg.data.spec = "fmnist:/no/such/fashion-mnist".into();
-    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("/no/such/fashion-mnist") && err.contains("does not exist"), "{err}");
 
     // An image folder with one corrupt PNG: abort names the file, skip counts it.
@@ -171,11 +154,11 @@ fn bad_input_fails_with_clear_errors() {
     let mut cfg = micro_pretrain(3);
     cfg.data.spec = format!("folder:{}", data.display());
     cfg.train.batch = 13;
-    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("broken.png") && err.contains("bad_images=skip"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
     cfg.data.bad_images = cmae::config::BadImages::Skip;
-    run(&cfg, &out, false, None).unwrap();
+    run_pretrain(&cfg, &out, false, None).unwrap();
     let lines = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     assert!(lines.last().unwrap().skipped_images >= 1);
 
@@ -183,7 +166,7 @@ fn bad_input_fails_with_clear_errors() {
     assert!(err.contains("train.bs") && err.contains("batch"), "{err}");
     let mut cfg = micro_pretrain(2);
     cfg.shots = cmae::config::parse_shots("0:0.75,9:0.1").unwrap();
-    let err = format!("{:#}", run(&cfg, &out, false, None).unwrap_err());
+    let err = format!("{:#}", run_pretrain(&cfg, &out, false, None).unwrap_err());
     assert!(err.contains("shot 1 layer 9") && err.contains("depth 2"), "{err}");
     for d in [out, data] {
         let _ = std::fs::remove_dir_all(d);

@@ -18,6 +18,23 @@ pub fn dev() -> &'static Device {
     DEV.get_or_init(|| Device::from_env().expect("a GPU adapter (CI installs lavapipe)"))
 }
 
+/// Whether `dev` runs f16 kernels (SHADER_F16). Where it does not, says so
+/// on stderr (past the harness's capture), or fails when CMAE_REQUIRE_F16
+/// is set (CI's lavapipe has it).
+pub fn has_f16(dev: &Device) -> bool {
+    use std::io::Write;
+    if dev.kernel_families().shader_f16 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CMAE_REQUIRE_F16").is_none(),
+        "CMAE_REQUIRE_F16 is set but {} has no SHADER_F16",
+        dev.info().name
+    );
+    let _ = writeln!(std::io::stderr(), "NOT RUN: {} has no SHADER_F16", dev.info().name);
+    false
+}
+
 /// A device of its own that never tunes: the built-in heuristic's choices.
 pub fn untuned_dev() -> Device {
     Device::open(&AdapterRequest::from_env().unwrap(), TuneConfig::off()).expect("a GPU adapter (CI installs lavapipe)")
