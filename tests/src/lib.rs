@@ -63,6 +63,29 @@ pub fn checkpoint_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// Runs `cfg` (20 steps) straight into one fresh directory, and in another
+/// stopped at step 10 and resumed; asserts both end with the same weights
+/// bit for bit and log the same steps, losses, learning rates and loss
+/// scales. Returns the two directories (straight, split).
+pub fn assert_resume_is_exact(cfg: &PretrainConfig, name: &str) -> (PathBuf, PathBuf) {
+    use cmae::train::metrics::{MetricsLine, MetricsLog};
+    assert_eq!(cfg.train.steps, Some(20));
+    let straight = fresh_temp_dir(&format!("{name}-straight"));
+    run_pretrain(cfg, &straight, false, None).unwrap();
+    let split = fresh_temp_dir(&format!("{name}-split"));
+    let first = run_pretrain(cfg, &split, false, Some(10)).unwrap();
+    assert!(first.interrupted && first.step == 10);
+    assert_eq!(run_pretrain(cfg, &split, true, None).unwrap().step, 20);
+    let weights = |dir: &Path| checkpoint_weights(&dir.join("checkpoint.safetensors"));
+    assert_eq!(weights(&straight), weights(&split));
+    let logged = |dir: &Path| -> Vec<(u64, f64, f64, Option<f64>)> {
+        let lines: Vec<MetricsLine> = MetricsLog::read(&dir.join("metrics.jsonl")).unwrap();
+        lines.iter().map(|m| (m.step, m.loss, m.lr, m.loss_scale)).collect()
+    };
+    assert_eq!(logged(&straight), logged(&split));
+    (straight, split)
+}
+
 /// A very small pretraining run, so many steps run in seconds.
 pub fn micro_pretrain(steps: usize) -> PretrainConfig {
     let mut c = PretrainConfig::preset("micro").unwrap();

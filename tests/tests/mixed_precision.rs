@@ -9,7 +9,7 @@ use cmae::safetensors_io::{self, HostTensor};
 use cmae::train::metrics::{MetricsLine, MetricsLog};
 use cmae::train::runner::RunFlags;
 use cmae_engine::Precision;
-use cmae_tests::{checkpoint_weights, fresh_temp_dir, has_f16, micro_pretrain, run_pretrain, shared_device};
+use cmae_tests::{assert_resume_is_exact, fresh_temp_dir, has_f16, micro_pretrain, run_pretrain, shared_device};
 
 /// The metrics of `cfg` run for its steps in `precision`, logged every step.
 fn losses(cfg: &PretrainConfig, precision: Precision, name: &str) -> Vec<MetricsLine> {
@@ -80,21 +80,7 @@ fn f16_runs_resume_bit_for_bit_and_record_their_precision() {
     let mut cfg = micro_pretrain(20);
     cfg.train.precision = Precision::F16;
     cfg.output.checkpoint_every = 7;
-    let straight = fresh_temp_dir("f16-straight");
-    run_pretrain(&cfg, &straight, false, None).unwrap();
-    let split = fresh_temp_dir("f16-split");
-    let first = run_pretrain(&cfg, &split, false, Some(10)).unwrap();
-    assert!(first.interrupted && first.step == 10);
-    let second = run_pretrain(&cfg, &split, true, None).unwrap();
-    assert_eq!(second.step, 20);
-    assert_eq!(
-        checkpoint_weights(&straight.join("checkpoint.safetensors")),
-        checkpoint_weights(&split.join("checkpoint.safetensors"))
-    );
-    let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
-    let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
-    let key = |l: &[MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr, m.loss_scale)).collect::<Vec<_>>();
-    assert_eq!(key(&a), key(&b));
+    let (straight, split) = assert_resume_is_exact(&cfg, "f16-resume");
 
     let config = std::fs::read_to_string(split.join("config.ron")).unwrap();
     assert!(config.contains("precision: f16"), "{config}");

@@ -10,7 +10,9 @@ use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
 use cmae::train::pretrain::pretrain;
 use cmae::train::runner::RunFlags;
-use cmae_tests::{checkpoint_weights, fresh_temp_dir, micro_pretrain, run_pretrain, shared_device};
+use cmae_tests::{
+    assert_resume_is_exact, checkpoint_weights, fresh_temp_dir, micro_pretrain, run_pretrain, shared_device,
+};
 
 #[test]
 fn thirty_step_tiny_pretrain_loss_falls() {
@@ -43,21 +45,7 @@ fn resume_continues_bit_for_bit() {
         c.output.checkpoint_every = 7;
         c
     };
-    let straight = fresh_temp_dir("straight");
-    run_pretrain(&cfg, &straight, false, None).unwrap();
-    let split = fresh_temp_dir("split");
-    let first = run_pretrain(&cfg, &split, false, Some(10)).unwrap();
-    assert!(first.interrupted && first.step == 10);
-    let second = run_pretrain(&cfg, &split, true, None).unwrap();
-    assert_eq!(second.step, 20);
-    assert_eq!(
-        checkpoint_weights(&straight.join("checkpoint.safetensors")),
-        checkpoint_weights(&split.join("checkpoint.safetensors"))
-    );
-    let a = MetricsLog::read(&straight.join("metrics.jsonl")).unwrap();
-    let b = MetricsLog::read(&split.join("metrics.jsonl")).unwrap();
-    let losses = |l: &[cmae::train::metrics::MetricsLine]| l.iter().map(|m| (m.step, m.loss, m.lr)).collect::<Vec<_>>();
-    assert_eq!(losses(&a), losses(&b));
+    let (straight, split) = assert_resume_is_exact(&cfg, "resume");
     // Resuming with another model is refused, naming the difference.
     let mut other = cfg.clone();
     other.model.depth = 3;
