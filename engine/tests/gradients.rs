@@ -273,3 +273,55 @@ fn fused_mlp_and_residual_projection_backward() {
         |v| refr::linear(&v[0], &v[1], Some(&v[2]), rows, hidden, d).iter().zip(&v[3]).map(|(a, b)| a + b).collect(),
     );
 }
+
+/// A norm whose output only products read (`layer_norm_compute`) is not
+/// kept: the products' backward recomputes it. The gradients through it, into
+/// a linear layer and into an MLP, match finite differences all the same.
+#[test]
+fn norm_outputs_recomputed_in_backward() {
+    let (rows, d, out) = (6, 12, 9);
+    let inputs = [
+        Input::random("x", &[rows, d], 61),
+        Input::random("g", &[d], 62),
+        Input::random("beta", &[d], 63),
+        Input::random("w", &[out, d], 64),
+        Input::random("b", &[out], 65),
+    ];
+    check(
+        "layer_norm_compute → linear",
+        &inputs,
+        |t, v| {
+            let h = t.layer_norm_compute(&v[0], &v[1], &v[2], 1e-6).unwrap();
+            t.linear(&h, &v[3], Some(&v[4])).unwrap()
+        },
+        |v| refr::linear(&refr::layer_norm(&v[0], &v[1], &v[2], d, 1e-6), &v[3], Some(&v[4]), rows, d, out),
+    );
+    let mlp = [
+        Input::random("x", &[rows, d], 66),
+        Input::random("g", &[d], 67),
+        Input::random("beta", &[d], 68),
+        Input::random("w1", &[out, d], 69),
+        Input::random("b1", &[out], 70),
+        Input::random("w2", &[d, out], 71),
+        Input::random("b2", &[d], 72),
+    ];
+    check(
+        "layer_norm_compute → mlp",
+        &mlp,
+        |t, v| {
+            let h = t.layer_norm_compute(&v[0], &v[1], &v[2], 1e-6).unwrap();
+            t.mlp(&h, (&v[3], &v[4]), (&v[5], &v[6]), None).unwrap()
+        },
+        |v| {
+            let h = refr::gelu(&refr::linear(
+                &refr::layer_norm(&v[0], &v[1], &v[2], d, 1e-6),
+                &v[3],
+                Some(&v[4]),
+                rows,
+                d,
+                out,
+            ));
+            refr::linear(&h, &v[5], Some(&v[6]), rows, out, d)
+        },
+    );
+}

@@ -173,6 +173,7 @@ fn dispatch_f16_kernels(d: &Device, x: &Tensor, row: &Tensor, qkv: &Tensor) {
     let half = cast::to_f16(d, x).unwrap();
     gelu::gelu_backward(d, &half, &gelu::gelu(d, &half).unwrap()).unwrap();
     let (y, centered, stats) = layernorm::layer_norm_centered(d, x, row, row, 1e-6).unwrap();
+    layernorm::layer_norm_from_centered(d, &centered, row, row, &stats).unwrap();
     layernorm::layer_norm_backward(d, &centered, row, &stats, &y, None, layernorm::ParamGrads::New).unwrap();
     let qkv = cast::to_f16(d, qkv).unwrap();
     for layout in [attention::FusedLayout::Tiles, attention::FusedLayout::Rows] {

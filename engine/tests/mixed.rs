@@ -56,7 +56,8 @@ fn layer_norm_backward_ref(x: &[f64], g: &[f64], dy: &[f64], d: usize, eps: f64)
 
 /// Rows whose mean is 100 times their spread: x − μ kept in f16 still gives
 /// x̂ to f16's relative precision, where x itself in f16 would lose 1/10 of
-/// it. The forward stores y and x − μ rounded once; the backward reads
+/// it. The forward stores x − μ rounded once and y made from it (recomputed
+/// from it, bit for bit); the backward reads
 /// them (and dy in f16) and its results are f32. Bounds: f32's (1e-5) plus
 /// one rounding of each stored value, and for the gradients the rounding of
 /// x̂ (u·|x̂|) carried through dx = σ⁻¹(g − mean g − x̂·mean(g·x̂)), i.e.
@@ -76,8 +77,13 @@ fn layer_norm_keeps_the_centred_input_in_f16() {
             layernorm::layer_norm_centered(d, &upload(&x, &[rows, dim]), &gt, &bt, 1e-6).unwrap();
         let x64 = to64(&x);
         let want_y = refr::layer_norm(&x64, &to64(&g), &to64(&b), dim, 1e-6);
+        // y is made from the rounded x − μ (so the backward can remake it
+        // exactly): one rounding of x̂·γ, then one of y.
+        let xhat_gamma: Vec<f64> =
+            refr::layer_norm(&x64, &to64(&g), &vec![0.0; dim], dim, 1e-6).iter().map(|v| v.abs()).collect();
         for (i, (got, want)) in widen(&y).iter().zip(&want_y).enumerate() {
-            assert!((f64::from(*got) - want).abs() <= 1e-5 + (1e-5 + U) * want.abs(), "y[{i}] {got} vs {want}");
+            let bound = 1e-5 + (1e-5 + U) * want.abs() + U * xhat_gamma[i];
+            assert!((f64::from(*got) - want).abs() <= bound, "y[{i}] {got} vs {want} (bound {bound})");
         }
         let c = widen(&centered);
         for (r, row) in x64.chunks(dim).enumerate() {
@@ -90,6 +96,8 @@ fn layer_norm_keeps_the_centred_input_in_f16() {
                 assert!((got - want).abs() <= 1e-4 + U * want.abs(), "x − μ [{r}, {j}] {got} vs {want}");
             }
         }
+        let again = layernorm::layer_norm_from_centered(d, &centered, &gt, &bt, &stats).unwrap();
+        assert_eq!(widen(&again), widen(&y), "the output recomputed from x − μ is the forward's, bit for bit");
         let dy = to_f16(d, &upload(&rand_vec(rows * dim, 73), &[rows, dim])).unwrap();
         let dy64 = to64(&widen(&dy));
         let grads = layernorm::layer_norm_backward(d, &centered, &gt, &stats, &dy, None, ParamGrads::New).unwrap();

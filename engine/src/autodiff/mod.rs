@@ -72,6 +72,35 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// How the backward pass gets back a value it did not keep.
+#[derive(Clone)]
+pub(crate) enum Recompute {
+    /// LayerNorm of an f32 input, run again on it (the same result, bit for bit).
+    Norm { x: Tensor, gamma: Tensor, beta: Tensor, eps: f32 },
+    /// Mixed precision's f16 LayerNorm output, from its kept centred input.
+    Centered { centered: Tensor, gamma: Tensor, beta: Tensor, stats: Tensor },
+}
+
+/// What an op's backward keeps of an input: the tensor, or how to remake it.
+pub(crate) enum Kept {
+    Tensor(Tensor),
+    Recompute(Recompute),
+}
+
+impl Kept {
+    pub(crate) fn get(&self, dev: &Device) -> Result<Tensor> {
+        match self {
+            Kept::Tensor(t) => Ok(t.clone()),
+            Kept::Recompute(Recompute::Norm { x, gamma, beta, eps }) => {
+                Ok(crate::kernels::layernorm::layer_norm(dev, x, gamma, beta, *eps)?.0)
+            }
+            Kept::Recompute(Recompute::Centered { centered, gamma, beta, stats }) => {
+                crate::kernels::layernorm::layer_norm_from_centered(dev, centered, gamma, beta, stats)
+            }
+        }
+    }
+}
+
 /// A tensor on the tape. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Var {
@@ -149,6 +178,8 @@ pub struct Tape {
     inner: RefCell<Inner>,
     /// f16 copies of parameters by name, made once per tape (mixed precision).
     half_params: RefCell<HashMap<String, Tensor>>,
+    /// Values the backward may recompute instead of keeping, by var id.
+    recomputable: RefCell<HashMap<usize, Recompute>>,
 }
 
 /// Parameter gradients by name, accumulating over backward calls
@@ -250,7 +281,14 @@ impl Tape {
     }
 
     fn make(dev: &Device, grad_enabled: bool, precision: Precision) -> Self {
-        Self { dev: dev.clone(), grad_enabled, precision, inner: RefCell::default(), half_params: RefCell::default() }
+        Self {
+            dev: dev.clone(),
+            grad_enabled,
+            precision,
+            inner: RefCell::default(),
+            half_params: RefCell::default(),
+            recomputable: RefCell::default(),
+        }
     }
 
     pub fn precision(&self) -> Precision {
@@ -280,6 +318,22 @@ impl Tape {
             cache.insert(name.to_string(), half);
         }
         Ok(())
+    }
+
+    /// Marks `v` as one the backward recomputes by `recipe` rather than keeps.
+    pub(crate) fn recomputable(&self, v: &Var, recipe: Recompute) {
+        if self.grad_enabled {
+            self.recomputable.borrow_mut().insert(v.id, recipe);
+        }
+    }
+
+    /// What a backward keeps of `v`, whose operand form is `operand`: the
+    /// recipe when it can be recomputed, else the operand.
+    pub(crate) fn kept(&self, v: &Var, operand: Tensor) -> Kept {
+        match self.recomputable.borrow().get(&v.id) {
+            Some(recipe) => Kept::Recompute(recipe.clone()),
+            None => Kept::Tensor(operand),
+        }
     }
 
     /// `v` as a product reads it: itself in f32, an f16 copy under mixed
@@ -371,6 +425,8 @@ impl Tape {
             let mut inner = self.inner.borrow_mut();
             (std::mem::take(&mut inner.nodes), std::mem::take(&mut inner.params))
         };
+        // The ops that recompute have their recipes: what they hold is freed with them.
+        self.recomputable.borrow_mut().clear();
         if seed.numel() != 1 || seed.dtype() != DType::F32 {
             return Err(Error::Autodiff(format!("the seed gradient must be one f32, got {:?}", seed.shape())));
         }

@@ -26,12 +26,13 @@ impl Tape {
     fn linear_to(&self, x: &Var, w: &Var, b: Option<&Var>, result: DType) -> Result<Var> {
         let (xo, wo) = (self.operand(x)?, self.operand(w)?);
         let y = matmul::linear_to(&self.dev, &xo, &wo, b.map(|b| &b.value), result)?;
-        let x_dtype = x.value.dtype();
+        let (x_dtype, kept) = (x.value.dtype(), self.kept(x, xo));
         let mut inputs = vec![x, w];
         inputs.extend(b);
         let bias = b.map(|_| 2);
         Ok(self.record(y, &inputs, move |bw, dy| {
             let dy2 = operand_like(bw.dev, &rows_of(dy, wo.dim(0)?)?, &wo)?;
+            let xo = kept.get(bw.dev)?;
             let dx = input_grad(bw, &dy2, &wo, 0, (xo.shape(), x_dtype))?;
             let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xo, xo.dim(-1)?)?, 1, bias)?;
             let mut out = vec![dx, dw];
@@ -74,6 +75,7 @@ impl Tape {
         let dev = &self.dev;
         let (xv, w1, w2) = (self.operand(x)?, self.operand(fc1.0)?, self.operand(fc2.0)?);
         let (h, g) = matmul::linear_gelu(dev, &xv, &w1, Some(&fc1.1.value), self.compute_dtype())?;
+        let kept = self.kept(x, xv);
         let y = match residual {
             Some(r) => matmul::linear_add(dev, &g, &w2, Some(&fc2.1.value), &r.value)?,
             None => matmul::linear(dev, &g, &w2, Some(&fc2.1.value))?,
@@ -93,6 +95,7 @@ impl Tape {
                 (None, None)
             };
             let dh = rows_of(&matmul::matmul_gelu_grad(dev, &dy2, &w2, &h)?, w1.dim(0)?)?;
+            let xv = kept.get(dev)?;
             let (dw1, db1) = weight_grads(bw, &dh, &rows_of(&xv, xv.dim(-1)?)?, 1, Some(2))?;
             let dx = input_grad(bw, &dh, &w1, 0, (xv.shape(), x_dtype))?;
             let mut out = vec![dx, dw1, db1, dw2, db2];
@@ -183,12 +186,22 @@ impl Tape {
     /// for a norm only products read (a block's norm1 and norm2). Under
     /// mixed precision the output is f16 and the backward keeps the centred
     /// input in f16 instead of the f32 input.
+    /// The products that read the output do not keep it: their backward
+    /// recomputes it from what the norm keeps anyway (its input, or the
+    /// centred input), one cheap pass instead of a `[rows, D]` tensor held
+    /// through the step.
     pub fn layer_norm_compute(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let (g, b) = (gamma.value.clone(), beta.value.clone());
         if self.precision() == super::Precision::F32 {
-            return self.layer_norm(x, gamma, beta, eps);
+            let y = self.layer_norm(x, gamma, beta, eps)?;
+            self.recomputable(&y, super::Recompute::Norm { x: x.value.clone(), gamma: g, beta: b, eps });
+            return Ok(y);
         }
         let (y, centered, stats) = layernorm::layer_norm_centered(&self.dev, &x.value, &gamma.value, &beta.value, eps)?;
-        self.record_layer_norm(y, (x, gamma, beta), centered, stats)
+        let recipe = super::Recompute::Centered { centered: centered.clone(), gamma: g, beta: b, stats: stats.clone() };
+        let y = self.record_layer_norm(y, (x, gamma, beta), centered, stats)?;
+        self.recomputable(&y, recipe);
+        Ok(y)
     }
 
     /// Records a LayerNorm whose backward reads `saved` as its input.

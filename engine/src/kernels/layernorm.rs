@@ -86,6 +86,31 @@ pub fn layer_norm_centered(
     Ok((y.freeze(), centered.freeze(), stats.freeze()))
 }
 
+/// The f16 output of [`layer_norm_centered`] again, exactly, from what it
+/// kept (`centered`, `stats`): the backward pass recomputes it rather than
+/// keep it.
+pub fn layer_norm_from_centered(
+    dev: &Device,
+    centered: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &Tensor,
+) -> Result<Tensor> {
+    let op = "layer_norm_from_centered";
+    let (p, rows) = params(op, centered, gamma, 0.0)?;
+    same_shape(op, gamma, beta)?;
+    if centered.dtype() != DType::F16 || stats.numel() != rows * 2 {
+        let detail =
+            format!("centred input {:?} ({:?}) with stats {:?}", centered.shape(), centered.dtype(), stats.shape());
+        return Err(shape_err(op, detail));
+    }
+    let y = TensorMut::uninit(dev, centered.shape(), DType::F16)?;
+    let spec = spec(&shaders::LAYERNORM_CENTERED, "forward_from_centered", "layernorm_from_centered");
+    let bindings = [gamma.bind(2), beta.bind(3), y.bind_mut(4), stats.bind(5), centered.bind(13)];
+    dev.dispatch(spec, &p, &bindings, grid(rows, spec.workgroup))?;
+    Ok(y.freeze())
+}
+
 /// Where the backward pass puts dγ and dβ.
 pub enum ParamGrads<'a> {
     /// New tensors, returned.
