@@ -313,3 +313,17 @@ fn a_pack_casts_to_f16_in_one_dispatch_member_by_member() {
     let e = to_f16_packed(d, &members[1..]).unwrap_err().to_string();
     assert!(e.contains("not every member of one pack"), "{e}");
 }
+
+/// A pack that cannot fit one storage binding (a model too large for the
+/// adapter: vit-b16's 425 MiB of parameters on lavapipe's 128 MiB) is refused
+/// before anything is allocated, naming what it is and the way out.
+#[test]
+fn a_pack_past_the_binding_limit_is_refused_naming_the_limit() {
+    let limit = dev().limits().max_storage_buffer_binding_size;
+    let members = (limit / 4 / (1 << 20) + 2) as usize;
+    let shapes = vec![vec![1 << 20]; members];
+    let e = elementwise::packed_zeros(dev(), &shapes).unwrap_err();
+    assert!(matches!(e, Error::Limit(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains(&format!("{} MiB storage binding limit", limit >> 20)) && e.contains("smaller model"), "{e}");
+}

@@ -2,7 +2,7 @@
 
 use super::{expect_f32, grid, same_shape, u32_of};
 use crate::device::{Binding, Device, KernelSpec};
-use crate::error::{Result, shape_err};
+use crate::error::{Error, Result, shape_err};
 use crate::shaders;
 use crate::tensor::{DType, Tensor, TensorMut};
 
@@ -114,6 +114,17 @@ pub fn packed_zeros(dev: &Device, shapes: &[Vec<usize>]) -> Result<Vec<TensorMut
     for shape in shapes {
         offsets.push(end);
         end = (end + shape.iter().product::<usize>() as u64 * 4).next_multiple_of(align);
+    }
+    // One-dispatch kernels bind the whole pack: it must fit one binding.
+    let max_binding = dev.limits().max_storage_buffer_binding_size;
+    if end > max_binding {
+        let elements: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        return Err(Error::Limit(format!(
+            "a pack of {} tensors ({elements} values, {} MiB: a model's parameters, gradients or optimizer moments) exceeds this adapter's {} MiB storage binding limit; use a smaller model or an adapter with a larger limit",
+            shapes.len(),
+            end >> 20,
+            max_binding >> 20
+        )));
     }
     Ok(zeros(dev, &[(end / 4) as usize])?.into_pack(shapes, &offsets))
 }
