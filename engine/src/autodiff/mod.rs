@@ -58,6 +58,18 @@ impl Precision {
             Precision::F16 => "f16",
         }
     }
+
+    /// Whether `dev` can run this precision: f16 needs `SHADER_F16` (else
+    /// an error naming the feature and the adapter).
+    pub fn check_adapter(self, dev: &Device) -> Result<()> {
+        if self == Precision::F16 && !dev.kernel_families().shader_f16 {
+            return Err(Error::NoAdapter(format!(
+                "f16 mixed precision needs the SHADER_F16 feature, which {} does not have",
+                dev.info().name
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -271,12 +283,7 @@ impl Tape {
     /// A tape in `precision`, recording or not; f16 needs an adapter with
     /// `SHADER_F16` (else an error naming the feature and the adapter).
     pub fn with_precision(dev: &Device, grad_enabled: bool, precision: Precision) -> Result<Self> {
-        if precision == Precision::F16 && !dev.kernel_families().shader_f16 {
-            return Err(Error::NoAdapter(format!(
-                "f16 mixed precision needs the SHADER_F16 feature, which {} does not have",
-                dev.info().name
-            )));
-        }
+        precision.check_adapter(dev)?;
         Ok(Self::make(dev, grad_enabled, precision))
     }
 
@@ -502,7 +509,6 @@ fn add_gradients(dev: &Device, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
         return elementwise::add(dev, a, b);
     }
-    let wide = |t: &Tensor| if t.dtype() == DType::F16 { cast::to_f32(dev, t) } else { Ok(t.clone()) };
-    let sum = elementwise::add(dev, &wide(a)?, &wide(b)?)?;
-    if a.dtype() == DType::F16 { cast::to_f16(dev, &sum) } else { Ok(sum) }
+    let sum = elementwise::add(dev, &cast::to(dev, a, DType::F32)?, &cast::to(dev, b, DType::F32)?)?;
+    cast::to(dev, &sum, a.dtype())
 }

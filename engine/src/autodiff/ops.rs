@@ -47,9 +47,10 @@ impl Tape {
     pub fn linear_add(&self, x: &Var, w: &Var, b: &Var, residual: &Var) -> Result<Var> {
         let (xo, wo) = (self.operand(x)?, self.operand(w)?);
         let y = matmul::linear_add(&self.dev, &xo, &wo, Some(&b.value), &residual.value)?;
-        let x_dtype = x.value.dtype();
+        let (x_dtype, kept) = (x.value.dtype(), self.kept(x, xo));
         Ok(self.record(y, &[x, w, b, residual], move |bw, dy| {
             let dy2 = operand_like(bw.dev, &rows_of(dy, wo.dim(0)?)?, &wo)?;
+            let xo = kept.get(bw.dev)?;
             let dx = input_grad(bw, &dy2, &wo, 0, (xo.shape(), x_dtype))?;
             let (dw, db) = weight_grads(bw, &dy2, &rows_of(&xo, xo.dim(-1)?)?, 1, Some(2))?;
             Ok(vec![dx, dw, db, Some(dy.clone())])
@@ -59,8 +60,8 @@ impl Tape {
     /// `x` stored as `dtype` (f32 ↔ f16); the gradient is cast back.
     pub fn cast(&self, x: &Var, dtype: DType) -> Result<Var> {
         let from = x.value.dtype();
-        let y = cast_to(&self.dev, &x.value, dtype)?;
-        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(cast_to(bw.dev, dy, from)?)])))
+        let y = cast::to(&self.dev, &x.value, dtype)?;
+        Ok(self.record(y, &[x], move |bw, dy| Ok(vec![Some(cast::to(bw.dev, dy, from)?)])))
     }
 
     /// timm's `Mlp`, fc2(gelu(fc1(x))), plus `residual` when given (a block's
@@ -220,7 +221,7 @@ impl Tape {
                 (Some(dg), Some(db)) => layernorm::ParamGrads::AddTo(dg, db),
                 _ => layernorm::ParamGrads::New,
             };
-            let dy = cast_to(dev, dy, xv.dtype())?;
+            let dy = cast::to(dev, dy, xv.dtype())?;
             let grads = layernorm::layer_norm_backward(dev, &xv, &gv, &stats, &dy, dx_sink, param_grads)?;
             let (dg, db) = grads.params.map_or((None, None), |(g, b)| (Some(g), Some(b)));
             Ok(vec![grads.dx, dg, db])
@@ -240,7 +241,7 @@ impl Tape {
         let (qv, ov) = (qkv.value.clone(), out.clone());
         Ok(self.record(out, &[qkv], move |bw, dout| {
             let dev = bw.dev;
-            let dout = cast_to(dev, dout, qv.dtype())?;
+            let dout = cast::to(dev, dout, qv.dtype())?;
             Ok(vec![Some(attention::fused_attention_backward(dev, &qv, &ov, &lse, &dout, heads)?)])
         }))
     }
@@ -480,17 +481,7 @@ fn input_grad(
 /// A gradient as a product reads it beside `operand`: cast to f16 under
 /// mixed precision (the loss scale keeps it inside f16's range), as is otherwise.
 fn operand_like(dev: &crate::device::Device, grad: &Tensor, operand: &Tensor) -> Result<Tensor> {
-    cast_to(dev, grad, operand.dtype())
-}
-
-/// `t` stored as `dtype` (itself when it already is).
-fn cast_to(dev: &crate::device::Device, t: &Tensor, dtype: DType) -> Result<Tensor> {
-    match (t.dtype(), dtype) {
-        (from, to) if from == to => Ok(t.clone()),
-        (DType::F32, DType::F16) => cast::to_f16(dev, t),
-        (DType::F16, DType::F32) => cast::to_f32(dev, t),
-        (from, to) => Err(crate::error::shape_err("cast", format!("no cast from {from:?} to {to:?}"))),
-    }
+    cast::to(dev, grad, operand.dtype())
 }
 
 /// A linear layer's dW = dYᵀ·X (input `w`) and db = Σ_rows dY (input `b`,

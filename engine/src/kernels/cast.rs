@@ -35,6 +35,16 @@ pub fn to_f16(dev: &Device, x: &Tensor) -> Result<Tensor> {
     cast(dev, x, (DType::F32, DType::F16), "to_f16")
 }
 
+/// `x` stored as `dtype`, f32 or f16 (itself when it already is).
+pub fn to(dev: &Device, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    match (x.dtype(), dtype) {
+        (from, to) if from == to => Ok(x.clone()),
+        (DType::F32, DType::F16) => to_f16(dev, x),
+        (DType::F16, DType::F32) => to_f32(dev, x),
+        (from, to) => Err(shape_err("cast", format!("no cast from {from:?} to {to:?}"))),
+    }
+}
+
 /// Every member of one f32 pack ([`super::elementwise::packed_zeros`], in
 /// order) rounded to f16 in one dispatch: mixed precision's per-step copy of
 /// the weights. The copies are members of an f16 pack laid out like the f32

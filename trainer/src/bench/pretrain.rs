@@ -107,10 +107,11 @@ pub(crate) fn step(
     Ok(())
 }
 
-/// One timed case: a masking setting in a precision.
+/// One timed case: a masking setting in one of the run's precisions.
 struct Case {
     shots: Vec<Shot>,
-    precision: Precision,
+    /// Index of its precision (and of that precision's `Amp`).
+    precision: usize,
 }
 
 /// Runs every setting in every precision, calling `emit` with each JSON
@@ -128,14 +129,13 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     for s in &settings {
         let shots = parse_shots(s)?;
         crate::config::validate_shots(&shots, &m)?;
-        cases.extend(precisions.iter().map(|&precision| Case { shots: shots.clone(), precision }));
+        cases.extend((0..precisions.len()).map(|precision| Case { shots: shots.clone(), precision }));
     }
-    let amp_of = |p: Precision| precisions.iter().position(|&q| q == p).expect("every case's precision has an Amp");
     let mut first_step_s = None;
     // Per case, from its last untimed step: dispatches and peak MiB in use.
     let mut costs = Vec::new();
     for case in &cases {
-        let amp = &mut amps[amp_of(case.precision)];
+        let amp = &mut amps[case.precision];
         let mut last = (0, 0.0);
         for _ in 0..opts.warmup.max(1) {
             let dispatches = dev.dispatches();
@@ -152,7 +152,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let mut times = vec![Vec::new(); cases.len()];
     for _ in 0..opts.steps.max(1) {
         for (case, t) in cases.iter().zip(&mut times) {
-            let amp = &mut amps[amp_of(case.precision)];
+            let amp = &mut amps[case.precision];
             let start = Instant::now();
             step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
             dev.sync()?;
@@ -169,16 +169,17 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
     let gflop0 = step_gflop(&m, &cases[0].shots, batch);
     // The same setting's f32 case, for the vs_f32 ratios.
-    let f32_case = |case: &Case| cases.iter().position(|c| c.shots == case.shots && c.precision == Precision::F32);
+    let f32_case =
+        |case: &Case| cases.iter().position(|c| c.shots == case.shots && precisions[c.precision] == Precision::F32);
+    let peaks: Vec<f64> = costs.iter().map(|c| c.1).collect();
     for (i, case) in cases.iter().enumerate() {
         let (ms, min, (dispatches, peak_mb)) = (medians[i], mins[i], costs[i]);
         let gflop = step_gflop(&m, &case.shots, batch);
         let vs_f32 = |v: &[f64]| f32_case(case).map(|j| round3(v[i] / v[j]));
-        let peaks: Vec<f64> = costs.iter().map(|c| c.1).collect();
         emit(json!({
             "preset": opts.preset,
             "shots": shots_to_string(&case.shots),
-            "precision": case.precision.name(),
+            "precision": precisions[case.precision].name(),
             "batch": batch,
             "ms_per_step": (ms * 10.0).round() / 10.0,
             "images_per_s": (batch as f64 / ms * 1e4).round() / 10.0,
@@ -198,7 +199,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     }
     if opts.profile {
         for case in &cases {
-            let amp = &mut amps[amp_of(case.precision)];
+            let amp = &mut amps[case.precision];
             dev.set_profiling(true)?;
             step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
             let profile = dev.take_profile()?;
@@ -207,7 +208,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
             for k in profile {
                 emit(json!({
                     "profile": shots_to_string(&case.shots),
-                    "precision": case.precision.name(),
+                    "precision": precisions[case.precision].name(),
                     "kernel": k.label,
                     "dispatches": k.dispatches,
                     "gpu_ms": (k.total_ms * 100.0).round() / 100.0,

@@ -2,7 +2,7 @@
 //! the seed of its backward pass, and the dynamic loss scale the optimizer
 //! unscales by. An f32 run carries no scaler and scales nothing.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use cmae_engine::kernels::scaler::{LossScaler, ScaleState};
 use cmae_engine::{Device, Gradients, PendingRead, Precision, Tape, Var};
 
@@ -12,15 +12,15 @@ use crate::safetensors_io::{F32Map, NamedF32};
 /// The checkpoint entry holding the scaler: `[scale, good steps, skipped steps]`.
 const STATE_KEY: &str = "loss_scaler";
 
-/// Refuses f16 on an adapter without `SHADER_F16`, naming the feature, the adapter and the fix.
+/// Refuses f16 on an adapter without `SHADER_F16` (the engine's check),
+/// naming the feature, the adapter and the fix in the run's terms.
 pub fn check_adapter(dev: &Device, precision: Precision) -> Result<()> {
-    if precision == Precision::F16 && !dev.kernel_families().shader_f16 {
-        bail!(
-            "train.precision=f16 needs the SHADER_F16 feature, which {} does not have; set train.precision=f32 or pick another adapter (CMAE_ADAPTER)",
-            dev.info().name
-        );
-    }
-    Ok(())
+    precision.check_adapter(dev).map_err(|e| {
+        anyhow!(
+            "train.precision={}: {e}; set train.precision=f32 or pick another adapter (CMAE_ADAPTER)",
+            precision.name()
+        )
+    })
 }
 
 pub struct Amp {
@@ -38,10 +38,6 @@ impl Amp {
             _ => None,
         };
         Ok(Self { precision, scaler })
-    }
-
-    pub fn precision(&self) -> Precision {
-        self.precision
     }
 
     /// A recording tape in the run's precision; under f16 with the f16 copy
