@@ -121,6 +121,11 @@ impl Tensor {
         Ok(TensorMut(self))
     }
 
+    /// The storage this tensor lives in and its byte offset there.
+    pub(crate) fn region_of(&self) -> (&Arc<Storage>, u64) {
+        (&self.region.storage, self.region.offset)
+    }
+
     fn is_shared(&self) -> bool {
         Arc::strong_count(&self.region) > 1
     }

@@ -131,7 +131,10 @@ fn oversized_tensors_are_clear_errors() {
 
 #[test]
 fn bad_backend_name_is_a_clear_error() {
-    let req = cmae_engine::device::AdapterRequest { backend: None, name_contains: Some("no-such-gpu-anywhere".into()) };
+    let req = cmae_engine::device::AdapterRequest {
+        name_contains: Some("no-such-gpu-anywhere".into()),
+        ..Default::default()
+    };
     let err = Device::open(&req, TuneConfig::off()).err().expect("no adapter matches").to_string();
     assert!(err.contains("no-such-gpu-anywhere") && err.contains("available"), "{err}");
 }
@@ -159,7 +162,7 @@ fn wraps_an_existing_wgpu_device() {
 fn kernels_the_adapter_cannot_run_are_refused_by_name() {
     use cmae_engine::device::AdapterRequest;
     use cmae_engine::kernels::{cast, matmul};
-    let request = AdapterRequest { backend: Some(wgpu::Backends::GL), name_contains: None };
+    let request = AdapterRequest { backend: Some(wgpu::Backends::GL), ..Default::default() };
     let gl = match Device::open(&request, TuneConfig::off()) {
         Ok(gl) => gl,
         Err(e) => {

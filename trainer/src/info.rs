@@ -31,6 +31,10 @@ pub fn describe(dev: &Device) -> serde_json::Value {
         "tune_cache": dev.tune_cache_path().map(|p| p.display().to_string()),
         "tune_entries": dev.tune_entries().len(),
         "features": features,
+        "distributed": {
+            "mpi": cfg!(feature = "mpi"),
+            "ranks": crate::distributed::world().size(),
+        },
         "kernels": {
             "matmul": families.matmul_kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
             "attention": format!("fused {:?}", families.attention_layout()),
@@ -72,6 +76,7 @@ pub fn print(dev: &Device) {
     let feats: Vec<&str> = v["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
     println!("features: {}", if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") });
     println!("kernels:  {}", v["kernels"]["summary"].as_str().unwrap_or(""));
+    println!("multi-GPU: {}", crate::distributed::World::support());
     println!("limits:");
     if let Some(limits) = v["limits"].as_object() {
         for (k, val) in limits {

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod fixture;
 pub mod info;
 pub mod masking;

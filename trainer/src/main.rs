@@ -17,7 +17,7 @@ use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
 use cmae::masking::MaskPlan;
 use cmae::train::runner::RunFlags;
 use cmae::train::{checkpoint, pretrain, recon};
-use cmae::{bench, fixture, info, tune};
+use cmae::{bench, distributed, fixture, info, tune};
 use cmae_engine::{Device, Precision};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -285,9 +285,12 @@ fn run_classify(mode: classify::Mode, args: ClassifyArgs, run: RunArgs, scratch:
         classify::Mode::Finetune => "finetune",
     };
     let flags = run.flags(|| cmae::cli::fresh_run_dir(name))?;
-    let dev = Device::from_env()?;
+    let dev = distributed::world().open_device()?;
     let flag = interrupt_flag()?;
     let (s, results) = classify::train(&dev, &cfg, &flags, &flag)?;
+    if !distributed::world().is_root() {
+        return Ok(());
+    }
     match results {
         None => println!(
             "stopped at step {}/{}; resume with: cmae {name} ... --out {} --resume",
@@ -352,7 +355,9 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+        if distributed::world().is_root() {
+            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+        }
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(flag)
@@ -361,9 +366,12 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
 fn run_pretrain(config: ConfigArgs, run: RunArgs) -> Result<()> {
     let cfg = config.build()?;
     let opts = run.flags(|| config.default_out(&cfg))?;
-    let dev = Device::from_env()?;
+    let dev = distributed::world().open_device()?;
     let flag = interrupt_flag()?;
     let s = pretrain::pretrain(&dev, &cfg, &opts, &flag)?;
+    if !distributed::world().is_root() {
+        return Ok(());
+    }
     let verb = if s.interrupted { "stopped" } else { "finished" };
     let loss = s.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
     println!("{verb} at step {}/{} (loss {loss})", s.step, s.total_steps);
@@ -539,13 +547,38 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
-    let started = Instant::now();
-    match run(Cli::parse(), started) {
-        Ok(code) => code,
+    let world = match distributed::init() {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ranks other than 0 are quiet: they print warnings and errors only.
+    let level = if world.is_root() { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    let started = Instant::now();
+    match run(Cli::parse(), started) {
+        Ok(code) => {
+            world.finish();
+            code
+        }
+        Err(e) if world.size() == 1 => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+        // Every rank stopped at the same step for the same reason: rank 0 says why.
+        Err(e) if e.downcast_ref::<distributed::Agreed>().is_some() => {
+            if world.is_root() {
+                eprintln!("error: {e:#}");
+            }
+            world.finish();
+            ExitCode::FAILURE
+        }
+        // This rank failed alone: the others would wait for it forever.
+        Err(e) => {
+            eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+            world.abort(1)
         }
     }
 }

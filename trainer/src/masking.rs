@@ -6,6 +6,8 @@
 //! dropped (what the decoder and the loss need). cls is never part of it: the
 //! GPU gathers index lists with cls prepended at position 0.
 
+use std::ops::Range;
+
 use anyhow::{Result, bail};
 use cmae_engine::{Device, Tensor};
 use rand::Rng;
@@ -163,6 +165,41 @@ impl MaskPlan {
 
     /// Uploads what the GPU forward needs.
     pub fn upload(&self, dev: &Device, shots: &[Shot]) -> Result<GpuPlan> {
+        self.upload_weighted(dev, &self.loss_weights(shots), &self.shot_mean_weights())
+    }
+
+    /// Samples `rows` of the plan (a data-parallel rank's shard).
+    pub fn rows(&self, rows: Range<usize>) -> Self {
+        let shots = self
+            .shots
+            .iter()
+            .map(|s| {
+                let (keep, dropped) = (s.keep, s.visible - s.keep);
+                ShotPlan {
+                    ids_keep: s.ids_keep[rows.start * keep..rows.end * keep].to_vec(),
+                    kept_patches: s.kept_patches[rows.start * keep..rows.end * keep].to_vec(),
+                    dropped_patches: s.dropped_patches[rows.start * dropped..rows.end * dropped].to_vec(),
+                    ..s.clone()
+                }
+            })
+            .collect();
+        Self { batch: rows.len(), num_patches: self.num_patches, shots }
+    }
+
+    /// Uploads samples `rows` with their loss weights as parts of the whole
+    /// batch's loss: the losses of all shards sum to the batch's loss, and so
+    /// do their gradients.
+    pub fn upload_shard(&self, dev: &Device, shots: &[Shot], rows: Range<usize>) -> Result<GpuPlan> {
+        let (l, per_shot) = (self.num_patches, self.batch * self.num_patches);
+        let loss = &self.loss_weights(shots)[rows.start * l..rows.end * l];
+        let means = self.shot_mean_weights();
+        let shot_means: Vec<f32> = (0..self.shots.len())
+            .flat_map(|k| means[k * per_shot + rows.start * l..k * per_shot + rows.end * l].iter().copied())
+            .collect();
+        self.rows(rows).upload_weighted(dev, loss, &shot_means)
+    }
+
+    fn upload_weighted(&self, dev: &Device, loss_weights: &[f32], shot_means: &[f32]) -> Result<GpuPlan> {
         let (b, l) = (self.batch, self.num_patches);
         let mut gathers = Vec::new();
         for s in &self.shots {
@@ -191,8 +228,8 @@ impl MaskPlan {
             gathers,
             restore: Tensor::from_u32(dev, &restore, &[b, 1 + last.keep])?,
             mask_rows: Tensor::from_f32(dev, &fill, &[b * (1 + l)])?,
-            loss_weights: Tensor::from_f32(dev, &self.loss_weights(shots), &[b * l])?,
-            shot_weights: Tensor::from_f32(dev, &self.shot_mean_weights(), &[self.shots.len(), b * l])?,
+            loss_weights: Tensor::from_f32(dev, loss_weights, &[b * l])?,
+            shot_weights: Tensor::from_f32(dev, shot_means, &[self.shots.len(), b * l])?,
             dropped_counts: self.dropped_counts(),
         })
     }
@@ -301,5 +338,26 @@ mod tests {
         assert_eq!(g.mask_rows.wait_f32(&dev).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
         assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 3], vec![1]]).is_err(), "repeated index");
         assert!(MaskPlan::from_ids(&shots, 1, 4, &[vec![3, 4], vec![1]]).is_err(), "out of range");
+    }
+
+    #[test]
+    fn shards_of_a_plan_are_its_rows_weighted_as_parts_of_the_whole() {
+        let dev = Device::from_env().unwrap();
+        let shots = parse_shots("0:0.75,1:0.5").unwrap();
+        let plan = MaskPlan::random(&shots, 6, 16, &mut ChaCha8Rng::seed_from_u64(5));
+        let ids: Vec<Vec<u32>> = plan.shots.iter().map(|s| s.ids_keep[2 * s.keep..5 * s.keep].to_vec()).collect();
+        assert_eq!(plan.rows(2..5), MaskPlan::from_ids(&shots, 3, 16, &ids).unwrap());
+        let whole = plan.upload(&dev, &shots).unwrap();
+        let (mut loss, mut means) = (Vec::new(), vec![Vec::new(); shots.len()]);
+        for rows in [0..2, 2..5, 5..6] {
+            let part = plan.upload_shard(&dev, &shots, rows.clone()).unwrap();
+            loss.extend(part.loss_weights.wait_f32(&dev).unwrap());
+            let m = part.shot_weights.wait_f32(&dev).unwrap();
+            for (k, chunk) in m.chunks(rows.len() * 16).enumerate() {
+                means[k].extend_from_slice(chunk);
+            }
+        }
+        assert_eq!(loss, whole.loss_weights.wait_f32(&dev).unwrap());
+        assert_eq!(means.concat(), whole.shot_weights.wait_f32(&dev).unwrap());
     }
 }

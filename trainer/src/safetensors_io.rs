@@ -47,10 +47,13 @@ pub struct SafetensorsFile {
 
 pub fn read(path: &Path) -> Result<SafetensorsFile> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, meta) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-    let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    parse(&bytes, &path.display().to_string())
+}
+
+/// A safetensors file held in memory; `what` names it in errors.
+pub fn parse(bytes: &[u8], what: &str) -> Result<SafetensorsFile> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{what} is not a safetensors file: {e}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{what} is not a safetensors file: {e}"))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
@@ -59,7 +62,7 @@ pub fn read(path: &Path) -> Result<SafetensorsFile> {
             Dtype::F32 => HostTensor::F32(shape, bytemuck::pod_collect_to_vec(data)),
             Dtype::F64 => HostTensor::F64(shape, bytemuck::pod_collect_to_vec(data)),
             Dtype::I64 => HostTensor::I64(shape, bytemuck::pod_collect_to_vec(data)),
-            other => bail!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
+            other => bail!("{what}: tensor {name} has unsupported dtype {other:?}"),
         };
         tensors.insert(name, t);
     }
@@ -67,11 +70,13 @@ pub fn read(path: &Path) -> Result<SafetensorsFile> {
 }
 
 /// f32 tensors and string metadata, written atomically.
-pub fn write_f32(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
+pub fn write_f32(path: &Path, tensors: &[NamedF32], metadata: HashMap<String, String>) -> Result<()> {
+    let bytes = f32_bytes(tensors, metadata).with_context(|| format!("serialising {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// f32 tensors and string metadata as the bytes of a safetensors file.
+pub fn f32_bytes(tensors: &[NamedF32], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -80,8 +85,7 @@ pub fn write_f32(
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    let bytes = serialize(views, Some(metadata)).map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
-    write_atomic(path, &bytes)
+    serialize(views, Some(metadata)).map_err(|e| anyhow!("{e}"))
 }
 
 /// Writes to `path.tmp`, syncs, renames over `path`: a reader (or a crash)

@@ -30,10 +30,12 @@ mod ops;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::Device;
+use crate::device::{Access, Binding, Device, PendingRead, Storage};
 use crate::error::{Error, Result};
 use crate::kernels::{cast, elementwise};
 use crate::tensor::{DType, Tensor, TensorMut};
@@ -203,7 +205,15 @@ pub struct Gradients {
     /// A member is `None` only while an op writes into it during backward.
     packed: Vec<(String, Option<TensorMut>)>,
     packed_index: HashMap<String, usize>,
+    /// Told each packed member's index once backward has recorded the last
+    /// addition into it (see [`Gradients::on_ready`]).
+    ready: Option<ReadyHook>,
 }
+
+/// Called with a packed member's index as soon as backward has recorded
+/// everything that adds into it, so data-parallel training can start moving
+/// that gradient while the rest of backward still runs.
+pub type ReadyHook = Box<dyn FnMut(&Device, &Gradients, usize) -> Result<()>>;
 
 impl Gradients {
     /// Zeroed gradients for `params` (name and shape, in order) in one pack,
@@ -216,7 +226,69 @@ impl Gradients {
         let packed: Vec<(String, Option<TensorMut>)> =
             params.iter().zip(members).map(|((n, _), t)| (n.to_string(), Some(t))).collect();
         let packed_index = packed.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        Ok(Self { map: HashMap::new(), packed, packed_index })
+        Ok(Self { map: HashMap::new(), packed, packed_index, ready: None })
+    }
+
+    /// Calls `hook` during the next backward passes (until replaced or
+    /// removed with `None`) for every packed member, once its gradient is
+    /// complete: members an op uses right after that op's backward, the
+    /// others when backward ends.
+    pub fn on_ready(&mut self, hook: Option<ReadyHook>) {
+        self.ready = hook;
+    }
+
+    /// Names of the packed members, in pack order.
+    pub fn packed_names(&self) -> impl Iterator<Item = &str> {
+        self.packed.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Elements of packed member `i`.
+    pub fn packed_numel(&self, i: usize) -> usize {
+        self.packed[i].1.as_ref().map_or(0, |t| t.numel())
+    }
+
+    /// The bytes of the pack from member `members.start` to the end of
+    /// member `members.end − 1`, as f32 (the alignment gaps between members
+    /// hold zeros): one copy, read back once this stream's batch has run.
+    pub fn read_packed(&self, dev: &Device, members: Range<usize>) -> Result<PendingRead<f32>> {
+        let (storage, offset, bytes) = self.packed_range(members)?;
+        let shape = [(bytes / 4) as usize];
+        dev.read_later(&Binding {
+            slot: 0,
+            access: Access::Read,
+            storage: &storage,
+            offset,
+            shape: &shape,
+            bytes,
+            shared: false,
+        })
+    }
+
+    /// Overwrites what [`Gradients::read_packed`] reads for `members` with
+    /// `values` (e.g. the gradients summed over data-parallel ranks).
+    pub fn write_packed(&mut self, dev: &Device, members: Range<usize>, values: &[f32]) -> Result<()> {
+        let (storage, offset, bytes) = self.packed_range(members)?;
+        let shape = [(bytes / 4) as usize];
+        dev.write_bytes(
+            &Binding { slot: 0, access: Access::Write, storage: &storage, offset, shape: &shape, bytes, shared: false },
+            bytemuck::cast_slice(values),
+        )
+    }
+
+    fn packed_range(&self, members: Range<usize>) -> Result<(Arc<Storage>, u64, u64)> {
+        let member = |i: usize| self.packed.get(i).and_then(|(_, t)| t.as_ref());
+        let (Some(first), Some(last)) = (member(members.start), members.end.checked_sub(1).and_then(member)) else {
+            return Err(Error::Autodiff(format!(
+                "packed members {members:?} of {} are not all present",
+                self.packed.len()
+            )));
+        };
+        let (storage, start) = first.region_of();
+        let (last_storage, last_start) = last.region_of();
+        if !Arc::ptr_eq(storage, last_storage) || last_start < start {
+            return Err(Error::Autodiff(format!("packed members {members:?} are not one range of one pack")));
+        }
+        Ok((storage.clone(), start, last_start + last.byte_len() - start))
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {
@@ -240,6 +312,16 @@ impl Gradients {
     }
 
     /// Takes `name`'s packed member out while an op adds into it.
+    /// Tells the hook that member `i` is complete.
+    fn announce_ready(&mut self, dev: &Device, i: usize) -> Result<()> {
+        let Some(mut hook) = self.ready.take() else {
+            return Ok(());
+        };
+        let told = hook(dev, self, i);
+        self.ready = Some(hook);
+        told
+    }
+
     fn take_sink(&mut self, name: &str) -> Option<TensorMut> {
         self.packed.get_mut(*self.packed_index.get(name)?)?.1.take()
     }
@@ -439,8 +521,28 @@ impl Tape {
         }
         let mut pending: HashMap<usize, Tensor> = HashMap::new();
         pending.insert(loss.id, seed.reshape(loss.shape())?);
-        for node in nodes.into_iter().rev() {
+        // completes[n]: packed members whose last addition is node n's backward.
+        let mut completes: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        let mut announced = vec![false; grads.packed.len()];
+        if grads.ready.is_some() {
+            let mut seen = vec![false; grads.packed.len()];
+            for (n, node) in nodes.iter().enumerate() {
+                for (input, _) in node.inputs.iter().zip(&node.needs).filter(|(_, need)| **need) {
+                    if let Some(&i) = params.get(input).and_then(|name| grads.packed_index.get(name))
+                        && !seen[i]
+                    {
+                        seen[i] = true;
+                        completes[n].push(i);
+                    }
+                }
+            }
+        }
+        for (n, node) in nodes.into_iter().enumerate().rev() {
             let Some(grad_out) = pending.remove(&node.output) else {
+                for &i in &completes[n] {
+                    announced[i] = true;
+                    grads.announce_ready(&self.dev, i)?;
+                }
                 continue;
             };
             // Gradients this op may add into in place: packed parameter
@@ -493,10 +595,19 @@ impl Tape {
                 };
                 pending.insert(*input, sum);
             }
+            for &i in &completes[n] {
+                announced[i] = true;
+                grads.announce_ready(&self.dev, i)?;
+            }
         }
         for (id, name) in params {
             if let Some(g) = pending.remove(&id) {
                 grads.add(&self.dev, &name, g)?;
+            }
+        }
+        for (i, done) in announced.into_iter().enumerate() {
+            if !done {
+                grads.announce_ready(&self.dev, i)?;
             }
         }
         Ok(())

@@ -13,6 +13,17 @@ use crate::error::{Error, Result};
 pub struct AdapterRequest {
     pub backend: Option<wgpu::Backends>,
     pub name_contains: Option<String>,
+    /// One process of several on this machine (data-parallel ranks).
+    pub local_rank: Option<LocalRank>,
+}
+
+/// Which of a machine's processes asks: process `index` of `count` takes the
+/// `index`-th best matching adapter, unless they `share` the best one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalRank {
+    pub index: usize,
+    pub count: usize,
+    pub share: bool,
 }
 
 impl AdapterRequest {
@@ -23,7 +34,7 @@ impl AdapterRequest {
             _ => None,
         };
         let name_contains = std::env::var("CMAE_ADAPTER").ok().filter(|s| !s.trim().is_empty());
-        Ok(Self { backend, name_contains })
+        Ok(Self { backend, name_contains, local_rank: None })
     }
 }
 
@@ -70,15 +81,35 @@ impl AdapterRequest {
     /// Picks the best of `adapters` that matches the request, or explains why
     /// none does. The viewer hands it the adapters that can draw to its window.
     pub fn pick(&self, adapters: &[wgpu::Adapter]) -> Result<wgpu::Adapter> {
-        let best = adapters
+        let mut matching: Vec<&wgpu::Adapter> = adapters
             .iter()
             .filter(|a| self.backends().contains(a.get_info().backend.into()))
             .filter(|a| match &self.name_contains {
                 Some(want) => a.get_info().name.to_lowercase().contains(&want.to_lowercase()),
                 None => true,
             })
-            .max_by_key(|a| preference(&a.get_info()));
-        best.cloned().ok_or_else(|| self.none_found())
+            .collect();
+        // Best first; equals keep the enumeration order, which every process
+        // of a machine sees alike, so local ranks split them consistently.
+        matching.sort_by_key(|a| std::cmp::Reverse(preference(&a.get_info())));
+        let Some(best) = matching.first() else {
+            return Err(self.none_found());
+        };
+        match self.local_rank {
+            None | Some(LocalRank { share: true, .. }) => Ok((*best).clone()),
+            Some(LocalRank { index, count, .. }) => {
+                if matching.len() < count {
+                    let names: Vec<String> = matching.iter().map(|a| a.get_info().name).collect();
+                    return Err(Error::NoAdapter(format!(
+                        "{count} ranks run on this machine but only {} adapter(s) match ({}); start at most {} rank(s) per machine, narrow the choice with CMAE_ADAPTER, or set CMAE_SHARE_ADAPTER=1 to let ranks share one adapter",
+                        matching.len(),
+                        names.join(", "),
+                        matching.len()
+                    )));
+                }
+                Ok(matching[index].clone())
+            }
+        }
     }
 
     fn none_found(&self) -> Error {

@@ -84,7 +84,16 @@ pub fn evaluate(
 ) -> Result<Accuracy> {
     let m = &model.cfg;
     let transform = eval_transform(m, set.as_ref());
-    let cfg = LoaderConfig { batch, seed, workers: 0, bad_images: bad, shuffle: false, drop_last: false, prefetch: 2 };
+    let cfg = LoaderConfig {
+        batch,
+        seed,
+        workers: 0,
+        bad_images: bad,
+        shuffle: false,
+        drop_last: false,
+        prefetch: 2,
+        positions: None,
+    };
     let mut loader = Loader::new(set, transform, cfg, 0)?;
     let l = m.num_patches();
     let (mut top1, mut top5, mut occl, mut shuf, mut n) = (0, 0, 0, 0, 0);

@@ -44,6 +44,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Batches decoded ahead of the consumer.
     pub prefetch: u64,
+    /// The positions of every batch this process loads, in this order (a
+    /// data-parallel rank's shard); None: the whole batch.
+    pub positions: Option<Vec<usize>>,
 }
 
 impl LoaderConfig {
@@ -58,6 +61,7 @@ impl LoaderConfig {
             shuffle: true,
             drop_last: true,
             prefetch: 4,
+            positions: None,
         }
     }
 }
@@ -111,16 +115,20 @@ impl Shared {
         let order = &order_cache.as_ref().expect("just set").1;
         let start = pos * self.cfg.batch;
         let end = (start + self.cfg.batch).min(order.len());
+        let picked: Vec<usize> = match &self.cfg.positions {
+            None => order[start..end].to_vec(),
+            Some(p) => p.iter().map(|&p| start + p).filter(|&i| i < end).map(|i| order[i]).collect(),
+        };
         let mut images =
-            Vec::with_capacity((end - start) * self.transform.chans * self.transform.size * self.transform.size);
-        let mut labels = Vec::with_capacity(end - start);
+            Vec::with_capacity(picked.len() * self.transform.chans * self.transform.size * self.transform.size);
+        let mut labels = Vec::with_capacity(picked.len());
         let mut skipped = 0;
-        for &i in &order[start..end] {
+        for &i in &picked {
             let (img, label) = self.sample(i, epoch, &mut skipped)?;
             images.extend_from_slice(&img);
             labels.push(label);
         }
-        Ok(Batch { index: g, size: end - start, images, labels, skipped })
+        Ok(Batch { index: g, size: labels.len(), images, labels, skipped })
     }
 
     fn work(&self, tx: &SyncSender<(u64, Result<Batch>)>) {
@@ -236,10 +244,28 @@ mod tests {
     use crate::data::synthetic::Synthetic;
 
     fn loader(workers: usize, start: u64, shuffle: bool, drop_last: bool) -> Loader {
+        shard_loader(workers, start, shuffle, drop_last, None)
+    }
+
+    fn shard_loader(
+        workers: usize,
+        start: u64,
+        shuffle: bool,
+        drop_last: bool,
+        positions: Option<Vec<usize>>,
+    ) -> Loader {
         let ds: Arc<dyn Dataset> = Arc::new(Synthetic::new(50, 16, Split::Train));
         let t = Transform::new(8, 3, ds.mean_std(), true);
-        let cfg =
-            LoaderConfig { batch: 8, seed: 3, workers, bad_images: BadImages::Abort, shuffle, drop_last, prefetch: 3 };
+        let cfg = LoaderConfig {
+            batch: 8,
+            seed: 3,
+            workers,
+            bad_images: BadImages::Abort,
+            shuffle,
+            drop_last,
+            prefetch: 3,
+            positions,
+        };
         Loader::new(ds, t, cfg, start).unwrap()
     }
 
@@ -259,6 +285,26 @@ mod tests {
         let mut resumed = loader(2, 9, true, true);
         let r = resumed.next_batch().unwrap();
         assert_eq!((r.index, &r.images), (9, &a[9].images));
+    }
+
+    #[test]
+    fn shards_load_their_positions_of_each_global_batch() {
+        let whole: Vec<Batch> = {
+            let mut l = loader(2, 0, true, true);
+            (0..8).map(|_| l.next_batch().unwrap()).collect()
+        };
+        let plane = 3 * 8 * 8;
+        for positions in [vec![0, 1, 2], vec![3, 4, 5, 6, 7], vec![7, 0]] {
+            let mut shard = shard_loader(2, 0, true, true, Some(positions.clone()));
+            for w in &whole {
+                let b = shard.next_batch().unwrap();
+                assert_eq!(b.size, positions.len());
+                for (k, &p) in positions.iter().enumerate() {
+                    assert_eq!(b.labels[k], w.labels[p]);
+                    assert_eq!(b.images[k * plane..(k + 1) * plane], w.images[p * plane..(p + 1) * plane]);
+                }
+            }
+        }
     }
 
     #[test]

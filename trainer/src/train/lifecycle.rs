@@ -6,12 +6,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::checkpoint;
 use super::runner::RunFlags;
+use crate::distributed::world;
 use crate::safetensors_io::write_atomic;
 
 /// Config fields that may differ on resume: logging, checkpoint and
@@ -23,8 +24,25 @@ const MAY_DIFFER: [&str; 3] = ["output", "data.workers", "train.precision"];
 
 /// Prepares `flags.out` for a run of `config` (`text` is its RON, `parse`
 /// reads the saved one back) and returns the step the run starts from: 0 in
-/// a fresh directory, the newest checkpoint's step when resuming.
+/// a fresh directory, the newest checkpoint's step when resuming. Over
+/// several ranks rank 0 does this and tells the others the step.
 pub fn prepare<C: Serialize>(
+    flags: &RunFlags,
+    config: &C,
+    text: &str,
+    parse: impl FnOnce(&str) -> Result<C>,
+) -> Result<u64> {
+    let w = world();
+    let start = if w.is_root() { prepare_dir(flags, config, text, parse)? } else { 0 };
+    if w.size() == 1 {
+        return Ok(start);
+    }
+    let told: [u8; 8] =
+        w.broadcast(start.to_le_bytes().to_vec())?.try_into().map_err(|_| anyhow!("rank 0 sent no step"))?;
+    Ok(u64::from_le_bytes(told))
+}
+
+fn prepare_dir<C: Serialize>(
     flags: &RunFlags,
     config: &C,
     text: &str,

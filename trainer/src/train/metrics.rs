@@ -30,6 +30,22 @@ pub struct MetricsLine {
     /// Optimizer steps skipped so far for an overflowing (non-finite) gradient.
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Data-parallel ranks that computed the step (1 without MPI).
+    #[serde(default = "one_rank")]
+    pub ranks: u64,
+    /// Time the step's gradient sums over ranks took (null on one rank).
+    #[serde(default)]
+    pub allreduce_ms: Option<f64>,
+    /// The share of `allreduce_ms` hidden behind the backward pass.
+    #[serde(default)]
+    pub allreduce_overlap: Option<f64>,
+    /// Gradient bytes each rank sent into the sums.
+    #[serde(default)]
+    pub allreduce_bytes: Option<u64>,
+}
+
+fn one_rank() -> u64 {
+    1
 }
 
 pub struct MetricsLog {

@@ -18,6 +18,7 @@ use crate::config::PretrainConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, DataSpec, Split};
+use crate::distributed::world;
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::rng::{Stream, stream_rng};
@@ -61,24 +62,26 @@ impl Task for PretrainTask<'_> {
     }
 
     fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
-        let m = &self.cfg.model;
+        let (m, global) = (&self.cfg.model, self.cfg.train.batch);
         let batch = self.loader.next_batch()?;
         let imgs = Tensor::from_f32(dev, &batch.images, &[batch.size, m.in_chans, m.img_size, m.img_size])?;
-        let plan = MaskPlan::random(
-            &self.cfg.shots,
-            batch.size,
-            m.num_patches(),
-            &mut mask_rng(self.cfg.train.seed, step, micro),
-        );
+        // The whole batch's masks, of which a rank takes its rows.
+        let plan =
+            MaskPlan::random(&self.cfg.shots, global, m.num_patches(), &mut mask_rng(self.cfg.train.seed, step, micro));
         self.dropped_counts = plan.dropped_counts();
-        let gpu_plan = plan.upload(dev, &self.cfg.shots)?;
+        let shard = world().shard(global);
+        let gpu_plan = if shard.len() == global {
+            plan.upload(dev, &self.cfg.shots)?
+        } else {
+            plan.upload_shard(dev, &self.cfg.shots, shard)?
+        };
         let tape = self.amp.tape(dev, &self.mae.params)?;
         let fwd = self.mae.forward(&tape, &imgs, &gpu_plan, false)?;
         self.amp.backward(dev, &tape, &fwd.loss, grads)?;
         Ok(MicroStep {
             loss: fwd.loss.value().clone(),
             parts: Some(fwd.per_shot),
-            images: batch.size,
+            images: global,
             skipped_images: batch.skipped,
         })
     }
@@ -123,6 +126,7 @@ impl Task for PretrainTask<'_> {
 
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
+    world().check_batch(cfg.train.batch)?;
     let amp = Amp::new(dev, cfg.train.precision, true)?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
@@ -149,7 +153,10 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
         crate::config::shots_to_string(&cfg.shots)
     );
     let transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
-    let loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
+    let mut loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
+    if world().size() > 1 {
+        loader_cfg.positions = Some(world().shard(t.batch).collect());
+    }
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
     let sched =
         Schedule::new(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, loader.batches_per_epoch(), (cfg.lr(), 0.0));

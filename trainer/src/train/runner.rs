@@ -5,12 +5,19 @@
 //! Ctrl-C and `--stop-at`. Under mixed precision a step whose gradients
 //! overflow is skipped on the device and counted, and the run goes on; only
 //! a non-finite loss stops it.
+//!
+//! Over several ranks ([`crate::distributed`]) each micro-batch is a shard
+//! of the global one: the step's gradients are summed over the ranks while
+//! its last backward runs, the losses when they are read, and the ranks agree
+//! on every stop (Ctrl-C, `--stop-at`, a non-finite loss) at the same step.
+//! Rank 0 alone writes and prints.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cmae_engine::kernels::scaler::ScaleState;
 use cmae_engine::{Device, Gradients, PendingRead, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,15 +26,20 @@ use super::checkpoint::{self, Meta};
 use super::metrics::{MetricsLine, MetricsLog, host_rss_mb};
 use super::precision::Amp;
 use super::schedule::{lr_at, schedule_steps};
+use crate::distributed::buckets::{GradientSync, SyncStats};
+use crate::distributed::{Agreed, world};
 use crate::model::ParamStore;
-use crate::safetensors_io::{F32Map, NamedF32};
+use crate::safetensors_io::{self, F32Map, NamedF32};
 
 /// What one micro-batch produced: the loss and, optionally, per-part losses
-/// to report (the per-shot losses of pretraining).
+/// to report (the per-shot losses of pretraining). Over several ranks the
+/// loss is this rank's share of the global batch's mean.
 pub struct MicroStep {
     pub loss: Tensor,
     pub parts: Option<Tensor>,
+    /// Images of the global micro-batch (all ranks).
     pub images: usize,
+    /// Unreadable images this rank replaced.
     pub skipped_images: usize,
 }
 
@@ -54,6 +66,12 @@ pub trait Task {
     /// reconstruction grids; returns a file to announce.
     fn after_step(&mut self, _dev: &Device, _out: &Path, _step: u64, _finishing: bool) -> Result<Option<PathBuf>> {
         Ok(None)
+    }
+    /// Whether every rank computes the whole global batch's loss and
+    /// gradients itself (the linear probe's head, on features gathered from
+    /// all ranks), so nothing is summed over ranks.
+    fn replicated(&self) -> bool {
+        false
     }
 }
 
@@ -123,6 +141,10 @@ struct StepReads {
     parts: Vec<PendingRead<f32>>,
     /// The loss scaler after the step (mixed precision).
     scale: Option<PendingRead<u32>>,
+    skipped_images: usize,
+    /// Whether the losses are this rank's shares, to be summed over ranks.
+    shared: bool,
+    sync: Option<SyncStats>,
 }
 
 /// A finished step as read back.
@@ -131,14 +153,21 @@ struct Settled {
     loss: f64,
     parts: Vec<f64>,
     scale: Option<ScaleState>,
+    /// Unreadable images replaced in this step, over all ranks.
+    skipped_images: u64,
+    sync: Option<SyncStats>,
 }
 
-/// Mean loss and parts of a finished step (waits for the GPU).
+/// Mean loss and parts of a finished step (waits for the GPU), summed over
+/// the ranks' shares.
 fn resolve(reads: StepReads) -> Result<Settled> {
     let micro = reads.loss.len() as f64;
     let mut loss = 0.0;
     for r in reads.loss {
         loss += f64::from(r.wait()?[0]) / micro;
+    }
+    if world().nan_injected(reads.step) {
+        loss = f64::NAN;
     }
     let mut parts: Vec<f64> = Vec::new();
     for r in reads.parts {
@@ -148,8 +177,56 @@ fn resolve(reads: StepReads) -> Result<Settled> {
             *acc += f64::from(x) / micro;
         }
     }
+    let mut skipped_images = reads.skipped_images as f64;
+    if world().size() > 1 {
+        let mut all = vec![if reads.shared { loss } else { 0.0 }, skipped_images];
+        all.extend(parts.iter().map(|&p| if reads.shared { p } else { 0.0 }));
+        let sums = world().sum_f64(all)?;
+        if reads.shared {
+            loss = sums[0];
+            parts.copy_from_slice(&sums[2..]);
+        }
+        skipped_images = sums[1];
+    }
     let scale = reads.scale.map(|r| r.wait().and_then(|w| ScaleState::from_words(&w))).transpose()?;
-    Ok(Settled { step: reads.step, loss, parts, scale })
+    Ok(Settled { step: reads.step, loss, parts, scale, skipped_images: skipped_images as u64, sync: reads.sync })
+}
+
+/// Makes every rank start from rank 0's state: its weights (fresh or
+/// resumed), its optimizer state when resuming, and its step.
+fn share_start(dev: &Device, task: &mut dyn Task, step: u64) -> Result<u64> {
+    const OPTIMIZER: &str = "optimizer/";
+    let w = world();
+    let bytes = if w.is_root() {
+        let mut tensors = task.params().to_host(dev)?;
+        if step > 0 {
+            let state = task.optimizer_state(dev)?;
+            tensors.extend(state.into_iter().map(|(name, shape, v)| (format!("{OPTIMIZER}{name}"), shape, v)));
+        }
+        safetensors_io::f32_bytes(&tensors, HashMap::from([("step".to_string(), step.to_string())]))?
+    } else {
+        Vec::new()
+    };
+    let bytes = w.broadcast(bytes)?;
+    if w.is_root() {
+        return Ok(step);
+    }
+    let what = "rank 0's state";
+    let file = safetensors_io::parse(&bytes, what)?;
+    let step: u64 =
+        file.metadata.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{what} has no step"))?;
+    let (mut weights, mut state) = (F32Map::new(), F32Map::new());
+    for (name, t) in checkpoint::f32_tensors(file, Path::new(what))? {
+        match name.strip_prefix(OPTIMIZER) {
+            Some(n) => state.insert(n.to_string(), t),
+            None => weights.insert(name, t),
+        };
+    }
+    task.load_params(dev, weights)?;
+    if step > 0 {
+        task.load_optimizer_state(dev, step, state)?;
+    }
+    Ok(step)
 }
 
 /// Runs `task` from its newest checkpoint (with `resume`) or from the start.
@@ -162,17 +239,21 @@ pub fn run(
     interrupt: &AtomicBool,
 ) -> Result<Summary> {
     let out = &opts.out;
+    let w = world();
     let mut step = 0;
-    if opts.resume {
+    if opts.resume && w.is_root() {
         let (at, weights, opt_state) = checkpoint::read_latest(out)?;
         task.load_params(dev, weights)?;
         task.load_optimizer_state(dev, at, opt_state)?;
         step = at;
     }
+    if w.size() > 1 {
+        step = share_start(dev, task, step)?;
+    }
     let total = sched.total_steps;
     let end = opts.stop_at.map_or(total, |s| s.min(total));
-    let metrics = MetricsLog::open(out, step)?;
-    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    let metrics = if w.is_root() { Some(MetricsLog::open(out, step)?) } else { None };
+    let bar = if opts.quiet || !w.is_root() { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
             .expect("a valid template")
@@ -190,54 +271,80 @@ pub fn run(
     let mut interrupted = false;
 
     // The loss of step s is read while step s+1 runs; a non-finite value stops
-    // the run before anything computed from it is saved.
-    let settle = |pending: &mut Option<StepReads>, last: &mut Option<Settled>| -> Result<()> {
+    // the run before anything computed from it is saved. Every rank sees the
+    // same summed loss, so all stop at the same step.
+    let settle = |pending: &mut Option<StepReads>, last: &mut Option<Settled>, skipped: &mut u64| -> Result<()> {
         if let Some(reads) = pending.take() {
             let r = resolve(reads)?;
             if !r.loss.is_finite() {
-                let good =
-                    checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string());
-                bail!(
+                let good = if w.is_root() {
+                    checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string())
+                } else {
+                    "on rank 0".to_string()
+                };
+                return Err(Agreed(format!(
                     "the loss became {} at step {}; stopped without saving (the last good checkpoint is {good}). Lower train.blr or check the data",
-                    r.loss,
-                    r.step
-                );
+                    r.loss, r.step
+                ))
+                .into());
             }
+            *skipped += r.skipped_images;
             *last = Some(r);
         }
         Ok(())
     };
 
+    let sum_gradients = w.size() > 1 && !task.replicated();
+    let mut sync: Option<GradientSync> = None;
     while step < end {
         let mut grads = task.new_gradients(dev)?;
-        let mut reads = StepReads { step: step + 1, loss: Vec::new(), parts: Vec::new(), scale: None };
+        let mut reads = StepReads {
+            step: step + 1,
+            loss: Vec::new(),
+            parts: Vec::new(),
+            scale: None,
+            skipped_images: 0,
+            shared: !task.replicated(),
+            sync: None,
+        };
         for micro in 0..sched.accum_iter {
+            if sum_gradients && micro + 1 == sched.accum_iter {
+                sync.get_or_insert_with(|| GradientSync::new(&grads)).arm(&mut grads);
+            }
             let m = task.micro_step(dev, step, micro, &mut grads)?;
-            skipped_total += m.skipped_images as u64;
+            reads.skipped_images += m.skipped_images;
             window.1 += m.images;
             reads.loss.push(m.loss.read_f32(dev)?);
             if let Some(parts) = &m.parts {
                 reads.parts.push(parts.read_f32(dev)?);
             }
         }
+        if let Some(sync) = &sync {
+            reads.sync = Some(sync.finish(dev, &mut grads)?);
+        }
         let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr, sched.min_lr);
         task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
         reads.scale = task.amp().read(dev)?;
         drop(grads);
         dev.flush()?;
-        settle(&mut pending, &mut last)?;
+        settle(&mut pending, &mut last, &mut skipped_total)?;
         pending = Some(reads);
         step += 1;
         bar.set_position(step);
 
-        interrupted = interrupt.load(Ordering::SeqCst) || opts.stop_at == Some(step) && step < total;
+        let stop_asked = interrupt.load(Ordering::SeqCst);
+        let stop_asked = if w.size() > 1 { w.any(stop_asked)? } else { stop_asked };
+        interrupted = stop_asked || opts.stop_at == Some(step) && step < total;
         let finishing = step == end || interrupted;
         let log_now = step.is_multiple_of(cadence.log_every) || finishing;
         let ckpt_now = step.is_multiple_of(cadence.checkpoint_every) || finishing;
         if log_now || ckpt_now {
-            settle(&mut pending, &mut last)?;
+            settle(&mut pending, &mut last, &mut skipped_total)?;
         }
-        if log_now && let Some(Settled { step: s, loss, parts, scale }) = &last {
+        if let Some(metrics) = &metrics
+            && log_now
+            && let Some(Settled { step: s, loss, parts, scale, sync, .. }) = &last
+        {
             let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             window = (Instant::now(), 0);
             let mem = dev.memory();
@@ -255,6 +362,10 @@ pub fn run(
                 elapsed_s: started.elapsed().as_secs_f64(),
                 loss_scale: scale.map(|s| f64::from(s.scale)),
                 skipped_steps: scale.map_or(0, |s| u64::from(s.skipped_steps)),
+                ranks: w.size() as u64,
+                allreduce_ms: sync.map(|s| s.allreduce_ms),
+                allreduce_overlap: sync.map(|s| s.overlap),
+                allreduce_bytes: sync.map(|s| s.bytes),
             };
             metrics.append(&line)?;
             let parts: Vec<String> =
@@ -262,10 +373,12 @@ pub fn run(
             let parts = if parts.is_empty() { String::new() } else { format!(" [{}]", parts.join(" ")) };
             bar.set_message(format!("loss {loss:.4}{parts} lr {lr:.2e} {ips:.1} img/s"));
         }
-        if ckpt_now {
+        if ckpt_now && w.is_root() {
             checkpoint_path = checkpoint::save(dev, out, step, task.params(), &task.optimizer_state(dev)?, meta)?;
         }
-        if let Some(a) = task.after_step(dev, out, step, finishing)? {
+        if w.is_root()
+            && let Some(a) = task.after_step(dev, out, step, finishing)?
+        {
             artifact = Some(a);
         }
         if interrupted {
@@ -273,10 +386,10 @@ pub fn run(
         }
     }
     bar.finish_and_clear();
-    if skipped_total > 0 {
+    if w.is_root() && skipped_total > 0 {
         log::warn!("{skipped_total} unreadable images were skipped");
     }
-    if step == 0 || checkpoint::latest(out)?.is_none() {
+    if step == 0 || w.is_root() && checkpoint::latest(out)?.is_none() {
         bail!("the run made no step; nothing was saved");
     }
     Ok(Summary {
