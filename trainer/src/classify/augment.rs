@@ -285,6 +285,11 @@ impl Mixup {
         t
     }
 
+    /// Whether [`Mixup::apply`] mixes anything (else it only smooths labels).
+    pub fn mixes(&self) -> bool {
+        self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0
+    }
+
     /// Mixes a normalised `[B, C, S, S]` batch with its reverse in place and
     /// returns the soft targets `[B, classes]`.
     pub fn apply(
@@ -294,6 +299,24 @@ impl Mixup {
         chans: usize,
         size: usize,
         classes: usize,
+        rng: &mut impl Rng,
+    ) -> Vec<f32> {
+        let plane = chans * size * size;
+        let partners: Vec<f32> = images.chunks(plane.max(1)).rev().flatten().copied().collect();
+        let partner_labels: Vec<u32> = labels.iter().rev().copied().collect();
+        self.apply_pairs(images, labels, (&partners, &partner_labels), (chans, size, classes), rng)
+    }
+
+    /// [`Mixup::apply`] for part of a batch (a data-parallel rank's shard):
+    /// sample i of `images` is mixed with `partners.0` sample i, its partner
+    /// in the whole batch's reverse, of label `partners.1[i]`. The draws are
+    /// the whole batch's, so every shard mixes as the whole batch would.
+    pub fn apply_pairs(
+        &self,
+        images: &mut [f32],
+        labels: &[u32],
+        (partners, partner_labels): (&[f32], &[u32]),
+        (chans, size, classes): (usize, usize, usize),
         rng: &mut impl Rng,
     ) -> Vec<f32> {
         let b = labels.len();
@@ -306,7 +329,6 @@ impl Mixup {
         };
         let alpha = if use_cutmix { self.cutmix_alpha } else { self.mixup_alpha };
         let mut lam = Beta::new(alpha, alpha).expect("positive alphas").sample(rng);
-        let original = images.to_vec();
         if use_cutmix {
             // A box of area (1 − λ) at a random centre, clipped; λ corrected to the clipped area.
             let cut = (1.0 - lam).sqrt();
@@ -317,12 +339,11 @@ impl Mixup {
             let (x0, x1) =
                 ((cx - cw / 2).clamp(0, size as isize) as usize, (cx + cw / 2).clamp(0, size as isize) as usize);
             for i in 0..b {
-                let j = b - 1 - i;
                 for c in 0..chans {
                     for y in y0..y1 {
                         for x in x0..x1 {
                             let o = (c * size + y) * size + x;
-                            images[i * plane + o] = original[j * plane + o];
+                            images[i * plane + o] = partners[i * plane + o];
                         }
                     }
                 }
@@ -330,24 +351,16 @@ impl Mixup {
             lam = 1.0 - ((y1 - y0) * (x1 - x0)) as f64 / (size * size) as f64;
         } else {
             for i in 0..b {
-                let j = b - 1 - i;
                 for o in 0..plane {
-                    images[i * plane + o] = (lam * f64::from(original[i * plane + o])
-                        + (1.0 - lam) * f64::from(original[j * plane + o]))
+                    images[i * plane + o] = (lam * f64::from(images[i * plane + o])
+                        + (1.0 - lam) * f64::from(partners[i * plane + o]))
                         as f32;
                 }
             }
         }
-        let t = Self::targets(labels, classes, self.smoothing);
-        let mut mixed = vec![0.0f32; t.len()];
-        for i in 0..b {
-            let j = b - 1 - i;
-            for k in 0..classes {
-                mixed[i * classes + k] =
-                    (lam * f64::from(t[i * classes + k]) + (1.0 - lam) * f64::from(t[j * classes + k])) as f32;
-            }
-        }
-        mixed
+        let own = Self::targets(labels, classes, self.smoothing);
+        let other = Self::targets(partner_labels, classes, self.smoothing);
+        own.iter().zip(&other).map(|(&a, &b)| (lam * f64::from(a) + (1.0 - lam) * f64::from(b)) as f32).collect()
     }
 }
 

@@ -218,7 +218,7 @@ impl Classifier {
     }
 
     /// The probe's encoder is frozen: it runs without recording anything.
-    fn frozen_features(&self, dev: &Device, imgs: &Tensor, perturb: &Perturb<'_>) -> Result<Tensor> {
+    pub(crate) fn frozen_features(&self, dev: &Device, imgs: &Tensor, perturb: &Perturb<'_>) -> Result<Tensor> {
         let frozen = Tape::with_precision(dev, false, self.frozen_precision)?;
         let tokens = self.encode(&frozen, imgs, &[], perturb, &mut Taps::default())?;
         self.probe_features(&frozen, &tokens)

@@ -2,21 +2,23 @@
 //! optimizers and their per-layer rules, mixup and stochastic depth, and the
 //! run that ends with an evaluation on the test split.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use cmae_engine::{Device, Gradients, Precision, Tensor};
+use cmae_engine::{Device, Gradients, Precision, Tape, Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::augment::{Mixup, RandAugment};
 use super::evaluation::evaluate;
-use super::{Classifier, ClassifyConfig, Mode, model};
+use super::{Classifier, ClassifyConfig, Mode, Perturb, model};
 use crate::config::ModelConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, DataSpec, Split};
+use crate::distributed::{self, world};
 use crate::model::vit::DropPath;
 use crate::rng::{Stream, stream_rng};
 use crate::safetensors_io::{F32Map, NamedF32, write_atomic};
@@ -63,19 +65,55 @@ struct ClassifyTask<'a> {
 }
 
 impl ClassifyTask<'_> {
-    /// Per-block drop-path scales for one micro-batch (linearly rising rates, as timm).
-    fn drop_path(&self, dev: &Device, b: usize, rng: &mut impl Rng) -> Result<Vec<(Tensor, Tensor)>> {
-        let (depth, rate) = (self.cfg.model.depth, self.cfg.train.drop_path);
+    /// Per-block drop-path scales for `rows` of one micro-batch (linearly
+    /// rising rates, as timm), drawn for the whole batch.
+    fn drop_path(&self, dev: &Device, rows: Range<usize>, rng: &mut impl Rng) -> Result<Vec<(Tensor, Tensor)>> {
+        let (depth, rate, b) = (self.cfg.model.depth, self.cfg.train.drop_path, self.cfg.train.batch);
         if rate <= 0.0 || self.cfg.mode == Mode::Linprobe {
             return Ok(Vec::new());
         }
+        let n = rows.len();
         (0..depth)
             .map(|i| {
                 let p = rate * i as f64 / (depth.max(2) - 1) as f64;
-                let attn = Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?;
-                Ok((attn, Tensor::from_f32(dev, &drop_path_scales(b, p, rng), &[b])?))
+                let attn = Tensor::from_f32(dev, &drop_path_scales(b, p, rng)[rows.clone()], &[n])?;
+                Ok((attn, Tensor::from_f32(dev, &drop_path_scales(b, p, rng)[rows.clone()], &[n])?))
             })
             .collect()
+    }
+
+    fn mixup(&self) -> Mixup {
+        let t = &self.cfg.train;
+        Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing }
+    }
+
+    /// The linear probe's head on the whole global batch: every rank gathers
+    /// all ranks' frozen features and targets and computes the same head
+    /// step (the probe's BatchNorm then normalises over the global batch, as
+    /// PyTorch's SyncBatchNorm would), so nothing is summed afterwards.
+    fn probe_on_global_batch(&mut self, tape: &Tape, imgs: &Tensor, targets: Vec<f32>) -> Result<(Var, Tensor)> {
+        let dev = tape.device();
+        let features = self.model.frozen_features(dev, imgs, &Perturb::default())?;
+        let (n, dim, classes) = (features.dim(0)?, features.dim(1)?, self.cfg.classes);
+        let mut rows = Vec::with_capacity(n * (dim + classes));
+        for (f, t) in features.wait_f32(dev)?.chunks(dim).zip(targets.chunks(classes)) {
+            rows.extend_from_slice(f);
+            rows.extend_from_slice(t);
+        }
+        let w = world();
+        let counts: Vec<usize> = (0..w.size())
+            .map(|r| distributed::shard(self.cfg.train.batch, r, w.size()).len() * (dim + classes))
+            .collect();
+        let all = w.gather_f32(rows, counts)?;
+        let b = all.len() / (dim + classes);
+        let (mut features, mut targets) = (Vec::with_capacity(b * dim), Vec::with_capacity(b * classes));
+        for row in all.chunks(dim + classes) {
+            features.extend_from_slice(&row[..dim]);
+            targets.extend_from_slice(&row[dim..]);
+        }
+        let features = Tensor::from_f32(dev, &features, &[b, dim])?;
+        let logits = self.model.probe_head_train(tape, &features)?;
+        Ok((logits, Tensor::from_f32(dev, &targets, &[b, classes])?))
     }
 }
 
@@ -93,27 +131,45 @@ impl Task for ClassifyTask<'_> {
     }
 
     fn micro_step(&mut self, dev: &Device, step: u64, micro: u64, grads: &mut Gradients) -> Result<MicroStep> {
-        let (m, t) = (&self.cfg.model, &self.cfg.train);
+        let (m, t, classes) = (&self.cfg.model, &self.cfg.train, self.cfg.classes);
+        let global = t.batch;
+        let rows = world().shard(global);
+        let n = rows.len();
         let mut batch = self.loader.next_batch()?;
         let mut rng = stream_rng(Stream::ClassifyStep, &[t.seed, step, micro]);
-        let targets = if self.cfg.mode == Mode::Finetune {
-            let mix =
-                Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing };
-            mix.apply(&mut batch.images, &batch.labels, m.in_chans, m.img_size, self.cfg.classes, &mut rng)
-        } else {
-            Mixup::targets(&batch.labels, self.cfg.classes, t.label_smoothing)
+        let mix = self.mixup();
+        let targets = match self.cfg.mode {
+            Mode::Finetune if n < global && mix.mixes() => {
+                // The loader put each sample's mixing partner after the shard.
+                let plane = m.in_chans * m.img_size * m.img_size;
+                let (own, partners) = batch.images.split_at_mut(n * plane);
+                let (labels, partner_labels) = batch.labels.split_at(n);
+                mix.apply_pairs(own, labels, (partners, partner_labels), (m.in_chans, m.img_size, classes), &mut rng)
+            }
+            Mode::Finetune => mix.apply(&mut batch.images, &batch.labels, m.in_chans, m.img_size, classes, &mut rng),
+            Mode::Linprobe => Mixup::targets(&batch.labels, classes, t.label_smoothing),
         };
-        let b = batch.size;
-        let imgs = Tensor::from_f32(dev, &batch.images, &[b, m.in_chans, m.img_size, m.img_size])?;
-        let targets = Tensor::from_f32(dev, &targets, &[b, self.cfg.classes])?;
-        let weights = Tensor::from_f32(dev, &vec![1.0 / b as f32; b], &[b])?;
-        let scales = self.drop_path(dev, b, &mut rng)?;
-        let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
+        let plane = m.in_chans * m.img_size * m.img_size;
+        let imgs = Tensor::from_f32(dev, &batch.images[..n * plane], &[n, m.in_chans, m.img_size, m.img_size])?;
         let tape = self.amp.tape(dev, &self.model.params)?;
-        let logits = self.model.forward_train(&tape, &imgs, &drop)?;
+        let (logits, targets, b) = if self.replicated() && n < global {
+            let (logits, targets) = self.probe_on_global_batch(&tape, &imgs, targets)?;
+            (logits, targets, global)
+        } else {
+            let scales = self.drop_path(dev, rows, &mut rng)?;
+            let drop: Vec<DropPath<'_>> = scales.iter().map(|(a, m)| DropPath { attn: a, mlp: m }).collect();
+            let logits = self.model.forward_train(&tape, &imgs, &drop)?;
+            (logits, Tensor::from_f32(dev, &targets, &[n, classes])?, n)
+        };
+        // Each sample weighs 1/global: the ranks' shares sum to the batch mean.
+        let weights = Tensor::from_f32(dev, &vec![1.0 / global as f32; b], &[b])?;
         let loss = tape.weighted_cross_entropy(&logits, &targets, &weights)?;
         self.amp.backward(dev, &tape, &loss, grads)?;
-        Ok(MicroStep { loss: loss.value().clone(), parts: None, images: b, skipped_images: batch.skipped })
+        Ok(MicroStep { loss: loss.value().clone(), parts: None, images: global, skipped_images: batch.skipped })
+    }
+
+    fn replicated(&self) -> bool {
+        self.cfg.mode == Mode::Linprobe
     }
 
     fn new_gradients(&self, dev: &Device) -> Result<Gradients> {
@@ -185,6 +241,7 @@ pub fn train(
     interrupt: &AtomicBool,
 ) -> Result<(Summary, Option<ClassifyResults>)> {
     cfg.validate()?;
+    world().check_batch(cfg.train.batch)?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let (m, t) = (&cfg.model, &cfg.train);
@@ -229,7 +286,14 @@ pub fn train(
         transform.randaug = t.randaug.then(RandAugment::default);
         transform.erase = t.reprob;
     }
-    let loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
+    let mut loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
+    if world().size() > 1 {
+        let own: Vec<usize> = world().shard(t.batch).collect();
+        let mixes = cfg.mode == Mode::Finetune && (t.mixup > 0.0 || t.cutmix > 0.0);
+        // Mixup pairs sample i with sample B − 1 − i of the whole batch.
+        let partners = own.iter().map(|&i| t.batch - 1 - i).filter(|_| mixes);
+        loader_cfg.positions = Some(own.iter().copied().chain(partners).collect());
+    }
     let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
     let sched = Schedule::new(
         t.epochs,
@@ -248,7 +312,8 @@ pub fn train(
     };
     let meta = Meta { task: task_name.into(), config: cfg.to_ron(), precision: t.precision };
     let summary = runner::run(dev, &mut task, &sched, &meta, (flags, cadence), interrupt)?;
-    if summary.interrupted {
+    // Rank 0 evaluates and writes the results.
+    if summary.interrupted || !world().is_root() {
         return Ok((summary, None));
     }
     let test_set = data::test_subset(&spec, cfg.data.synthetic_size, m.img_size, cfg.data.test_images)?;

@@ -251,7 +251,8 @@ impl std::fmt::Display for Agreed {
 
 impl std::error::Error for Agreed {}
 
-fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
+/// Rank `rank`'s positions of a global batch of `n` over `size` ranks.
+pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
     let (base, extra) = (n / size, n % size);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
