@@ -178,3 +178,21 @@ fn unknown_autotune_setting_is_named() {
     let line = error_line(&out);
     assert!(line.contains("CMAE_AUTOTUNE=fast") && line.contains("on or off"), "{line}");
 }
+
+/// A build without MPI under a multi-rank launcher refuses to run N
+/// independent copies into one directory. (CI builds the default features
+/// for this test alone: `.ci/run`.)
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_multi_rank_launch_of_a_build_without_mpi_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cmae"))
+        .args(["pretrain", "--preset", "micro", "--data", "synthetic", "--steps", "1"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        error_line(&out),
+        "error: this cmae was launched as one of 2 ranks (OMPI_COMM_WORLD_SIZE=2) but was built without MPI; rebuild with `cargo build --release -p cmae --features mpi` (needs openmpi-bin libopenmpi-dev libclang-dev), or start one process"
+    );
+}
