@@ -537,10 +537,15 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Bench {
             what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile, precision },
         } => {
-            let dev = Device::from_env()?;
+            let dev = distributed::world().open_device()?;
             let opts =
                 bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precisions: precision };
-            bench::pretrain::run(&dev, &opts, started, |line| println!("{line}"))?;
+            let root = distributed::world().is_root();
+            bench::pretrain::run(&dev, &opts, started, |line| {
+                if root {
+                    println!("{line}");
+                }
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -27,13 +27,13 @@ pub fn run(dev: &Device, opts: &Options) -> Result<Vec<TuneEntry>> {
     if !dev.autotune() {
         bail!("autotuning is off (CMAE_AUTOTUNE=off); unset CMAE_AUTOTUNE or set it to on to tune");
     }
-    let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
+    let (mut mae, mut opt, imgs, _) = setup(dev, &opts.preset, opts.batch)?;
     let mut amp = Amp::new(dev, opts.precision, true)?;
     let shots = crate::config::PretrainConfig::preset(&opts.preset)?.shots;
     if opts.retune {
         dev.retune();
     }
-    step(dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut ChaCha8Rng::seed_from_u64(0))?;
+    step(dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut ChaCha8Rng::seed_from_u64(0), &mut None)?;
     dev.sync()?;
     Ok(dev.tune_entries().into_iter().filter(|e| e.met).collect())
 }

@@ -182,7 +182,12 @@ fn two_ranks_train_as_one_and_only_rank_0_writes() {
 #[test]
 fn a_run_started_on_two_ranks_resumes_on_one() {
     let dir = temp("resume");
-    let first = output(mpirun(2, &dir, &[&PRETRAIN[..], &["--steps", "20", "--stop-at", "10", "--out", "split"]].concat(), &[]));
+    let first = output(mpirun(
+        2,
+        &dir,
+        &[&PRETRAIN[..], &["--steps", "20", "--stop-at", "10", "--out", "split"]].concat(),
+        &[],
+    ));
     assert_ok(&first, "10 steps on 2 ranks");
     assert!(text(&first).contains("stopped at step 10/20"), "{}", text(&first));
     let rest = cmae(&dir, &[&PRETRAIN[..], &["--steps", "20", "--out", "split", "--resume"]].concat());

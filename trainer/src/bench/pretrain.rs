@@ -1,5 +1,7 @@
 //! `cmae bench pretrain`: ms per training step for several masking settings,
-//! measured on the same model, batch and adapter in one run.
+//! measured on the same model, batch and adapter in one run. Under `mpirun`
+//! each rank steps on its shard of the batch and sums the gradients over
+//! the ranks, and rank 0 reports what the sums cost.
 
 use std::time::Instant;
 
@@ -10,6 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use crate::config::{ModelConfig, PretrainConfig, Shot, parse_shots, shots_to_string};
+use crate::distributed::buckets::{GradientSync, SyncStats};
+use crate::distributed::world;
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -68,14 +72,16 @@ pub fn step_gflop(m: &ModelConfig, shots: &[Shot], batch: usize) -> f64 {
 }
 
 /// A preset's model and optimizer at `batch` (default the preset's), and a
-/// fixed batch of random images.
-pub(crate) fn setup(dev: &Device, preset: &str, batch: Option<usize>) -> Result<(Mae, AdamW, Tensor)> {
+/// fixed batch of random images (this rank's shard of it), and the whole
+/// batch's size.
+pub(crate) fn setup(dev: &Device, preset: &str, batch: Option<usize>) -> Result<(Mae, AdamW, Tensor, usize)> {
     let mut cfg = PretrainConfig::preset(preset)?;
     if let Some(b) = batch {
         cfg.train.batch = b;
     }
     cfg.validate()?;
-    let (m, batch) = (&cfg.model, cfg.train.batch);
+    world().check_batch(cfg.train.batch)?;
+    let (m, global, batch) = (&cfg.model, cfg.train.batch, world().shard(cfg.train.batch).len());
     let mae = Mae::new(dev, m, &mut init_rng(0))?;
     let opt = AdamW::new(
         dev,
@@ -86,25 +92,32 @@ pub(crate) fn setup(dev: &Device, preset: &str, batch: Option<usize>) -> Result<
     let pixels: Vec<f32> =
         (0..batch * m.in_chans * m.img_size * m.img_size).map(|_| rng.random_range(-1.0..1.0)).collect();
     let imgs = Tensor::from_f32(dev, &pixels, &[batch, m.in_chans, m.img_size, m.img_size])?;
-    Ok((mae, opt, imgs))
+    Ok((mae, opt, imgs, global))
 }
 
-/// One full training step (forward, backward, AdamW, in `amp`'s precision) on a fixed batch.
+/// One full training step (forward, backward, AdamW, in `amp`'s precision)
+/// on a fixed batch; over several ranks the gradients are summed through
+/// `sync` (made on the first step), and what that cost is returned.
 pub(crate) fn step(
     dev: &Device,
     (mae, opt, amp): (&mut Mae, &mut AdamW, &mut Amp),
     imgs: &Tensor,
     shots: &[Shot],
     rng: &mut ChaCha8Rng,
-) -> Result<()> {
+    sync: &mut Option<GradientSync>,
+) -> Result<Option<SyncStats>> {
     let b = imgs.shape()[0];
     let plan = MaskPlan::random(shots, b, mae.cfg.num_patches(), rng).upload(dev, shots)?;
     let tape = amp.tape(dev, &mae.params)?;
     let out = mae.forward(&tape, imgs, &plan, false)?;
     let mut grads = opt.new_gradients(dev, &mae.params)?;
+    if world().size() > 1 {
+        sync.get_or_insert_with(|| GradientSync::new(&grads)).arm(&mut grads);
+    }
     amp.backward(dev, &tape, &out.loss, &mut grads)?;
+    let stats = sync.as_ref().map(|s| s.finish(dev, &mut grads)).transpose()?;
     opt.update(dev, &mut mae.params, &grads, (1e-4, 1.0), |_| 1.0, amp.scaler_mut())?;
-    Ok(())
+    Ok(stats)
 }
 
 /// One timed case: a masking setting in one of the run's precisions.
@@ -118,11 +131,11 @@ struct Case {
 /// line; `started` is when the process began, for the time to the end of
 /// the first step.
 pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(Value)) -> Result<()> {
-    let (mut mae, mut opt, imgs) = setup(dev, &opts.preset, opts.batch)?;
+    let (mut mae, mut opt, imgs, batch) = setup(dev, &opts.preset, opts.batch)?;
+    let mut sync = None;
     let precisions = if opts.precisions.is_empty() { vec![Precision::F32] } else { opts.precisions.clone() };
     let mut amps = precisions.iter().map(|&p| Amp::new(dev, p, true)).collect::<Result<Vec<_>>>()?;
     let m = mae.cfg.clone();
-    let batch = imgs.shape()[0];
     let settings = if opts.settings.is_empty() { default_settings(m.depth) } else { opts.settings.clone() };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let mut cases = Vec::new();
@@ -140,7 +153,7 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
         for _ in 0..opts.warmup.max(1) {
             let dispatches = dev.dispatches();
             dev.reset_peak_memory();
-            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng, &mut sync)?;
             dev.sync()?;
             first_step_s.get_or_insert(started.elapsed().as_secs_f64());
             last = (dev.dispatches() - dispatches, dev.peak_memory_bytes() as f64 / f64::from(1 << 20));
@@ -150,13 +163,15 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
     // Cases take turns, round after round, so drifts in machine speed hit
     // them alike and the per-case medians compare fairly.
     let mut times = vec![Vec::new(); cases.len()];
+    let mut syncs = vec![Vec::new(); cases.len()];
     for _ in 0..opts.steps.max(1) {
-        for (case, t) in cases.iter().zip(&mut times) {
+        for ((case, t), s) in cases.iter().zip(&mut times).zip(&mut syncs) {
             let amp = &mut amps[case.precision];
             let start = Instant::now();
-            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
+            let stats = step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng, &mut sync)?;
             dev.sync()?;
             t.push(start.elapsed().as_secs_f64() * 1e3);
+            s.extend(stats);
         }
     }
     for t in &mut times {
@@ -195,13 +210,15 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
             "dispatches_per_step": dispatches,
             "gpu_peak_mb": (peak_mb * 10.0).round() / 10.0,
             "gpu_peak_vs_f32": vs_f32(&peaks),
+            "ranks": world().size(),
+            "allreduce": allreduce_summary(&syncs[i], ms),
         }));
     }
     if opts.profile {
         for case in &cases {
             let amp = &mut amps[case.precision];
             dev.set_profiling(true)?;
-            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng)?;
+            step(dev, (&mut mae, &mut opt, amp), &imgs, &case.shots, &mut rng, &mut sync)?;
             let profile = dev.take_profile()?;
             dev.set_profiling(false)?;
             let total: f64 = profile.iter().map(|k| k.total_ms).sum();
@@ -218,6 +235,29 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
         }
     }
     Ok(())
+}
+
+/// What summing gradients over ranks cost in a case's timed steps (medians),
+/// and its share of the step; null on one rank.
+fn allreduce_summary(stats: &[SyncStats], step_ms: f64) -> Value {
+    if stats.is_empty() {
+        return Value::Null;
+    }
+    let median = |f: &dyn Fn(&SyncStats) -> f64| {
+        let mut v: Vec<f64> = stats.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ms, exposed) = (median(&|s| s.allreduce_ms), median(&|s| s.exposed_ms));
+    let round = |v: f64, by: f64| (v * by).round() / by;
+    json!({
+        "bytes_per_step": stats[0].bytes,
+        "buckets": stats[0].buckets,
+        "ms_per_step": round(ms, 100.0),
+        "share_of_step": round(ms / step_ms, 1000.0),
+        "overlap": round(median(&|s| s.overlap), 1000.0),
+        "exposed_ms_per_step": round(exposed, 100.0),
+    })
 }
 
 #[cfg(test)]
@@ -257,7 +297,7 @@ mod tests {
         for shots in ["0:0.75", "0:0.5,2:0.3", "0:0.25,1:0.5,4:0.5"] {
             let shots = parse_shots(shots).unwrap();
             let before = dev.matmul_flops();
-            step(&dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut rng).unwrap();
+            step(&dev, (&mut mae, &mut opt, &mut amp), &imgs, &shots, &mut rng, &mut None).unwrap();
             let counted = (dev.matmul_flops() - before) as f64 / 1e9;
             let estimate = step_gflop(&m, &shots, batch);
             assert!(

@@ -32,11 +32,12 @@ pub struct SyncStats {
     pub buckets: usize,
     /// Time the MPI thread spent in the sums.
     pub allreduce_ms: f64,
-    /// The share of that time that ran before backward was recorded to the
-    /// end (hidden behind it).
+    /// The share of that time that ran while the GPU still computed the
+    /// backward pass (before the last bucket's copy landed): hidden behind it.
     pub overlap: f64,
-    /// Time the training thread waited for the sums after backward.
-    pub wait_ms: f64,
+    /// Time the training thread waited for the sums after the GPU finished
+    /// backward: the communication nothing hid.
+    pub exposed_ms: f64,
 }
 
 struct State {
@@ -133,9 +134,9 @@ impl GradientSync {
     /// `grads`.
     pub fn finish(&self, dev: &Device, grads: &mut Gradients) -> Result<SyncStats> {
         grads.on_ready(None);
-        let backward_end = Instant::now();
         let mut s = self.state.borrow_mut();
         s.post_landed(true)?;
+        let backward_end = Instant::now();
         let mut stats = SyncStats { buckets: s.buckets.len(), ..SyncStats::default() };
         let (mut busy, mut hidden) = (0.0, 0.0);
         for (b, sum) in std::mem::take(&mut s.sums) {
@@ -148,7 +149,7 @@ impl GradientSync {
             stats.bytes += done.value.len() as u64 * 4;
             grads.write_packed(dev, s.buckets[b].clone(), &done.value)?;
         }
-        stats.wait_ms = backward_end.elapsed().as_secs_f64() * 1e3;
+        stats.exposed_ms = backward_end.elapsed().as_secs_f64() * 1e3;
         stats.allreduce_ms = busy * 1e3;
         stats.overlap = if busy > 0.0 { hidden / busy } else { 0.0 };
         Ok(stats)

@@ -84,10 +84,13 @@ pub fn launched_ranks() -> Option<(usize, &'static str)> {
 /// without MPI refuses such a launch instead of running N copies that write
 /// one directory. Call once, first thing in `main`.
 pub fn init() -> Result<&'static World> {
-    let world = match launched_ranks() {
+    let mut world = match launched_ranks() {
         Some((n, _)) if n > 1 => World::joined()?,
         _ => World::alone(),
     };
+    if let Ok(v) = std::env::var("CMAE_INJECT_NAN") {
+        world.inject_nan = Some(parse_rank_step(&v)?);
+    }
     Ok(WORLD.get_or_init(|| world))
 }
 
@@ -107,11 +110,7 @@ impl World {
     fn joined() -> Result<Self> {
         let (comm, rank, size, local) = comm::Comm::start()?;
         let share = std::env::var("CMAE_SHARE_ADAPTER").is_ok_and(|v| v.trim() == "1");
-        let inject_nan = match std::env::var("CMAE_INJECT_NAN") {
-            Ok(v) => Some(parse_rank_step(&v)?),
-            Err(_) => None,
-        };
-        Ok(Self { rank, size, local: LocalRank { share, ..local }, comm: Some(comm), inject_nan })
+        Ok(Self { rank, size, local: LocalRank { share, ..local }, comm: Some(comm), inject_nan: None })
     }
 
     #[cfg(not(feature = "mpi"))]
