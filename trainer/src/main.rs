@@ -434,6 +434,20 @@ fn check_fixture(dev: &Device, file: &Path, precision: Precision) -> ExitCode {
 }
 
 fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
+    let ranked = matches!(
+        cli.command,
+        Command::Pretrain { .. }
+            | Command::Linprobe { .. }
+            | Command::Finetune { .. }
+            | Command::Bench { what: BenchCommand::Pretrain { .. } }
+    );
+    let world = distributed::world();
+    if !ranked && world.size() > 1 {
+        bail!(
+            "this command runs as one process, but {} ranks were started; run it without mpirun/srun (pretrain, linprobe, finetune and bench pretrain run on several ranks)",
+            world.size()
+        );
+    }
     match cli.command {
         Command::Info { json } => {
             let dev = Device::from_env()?;
@@ -552,6 +566,8 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Arguments first: `--help` or a typo ends the process before MPI starts.
+    let cli = Cli::parse();
     let world = match distributed::init() {
         Ok(w) => w,
         Err(e) => {
@@ -563,7 +579,7 @@ fn main() -> ExitCode {
     let level = if world.is_root() { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
     let started = Instant::now();
-    match run(Cli::parse(), started) {
+    match run(cli, started) {
         Ok(code) => {
             world.finish();
             code

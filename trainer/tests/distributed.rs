@@ -250,6 +250,22 @@ fn nan_on_one_rank_stops_every_rank_at_that_step() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(kept.iter().all(|k| k.as_str() <= "step-00000004"), "{kept:?}");
+
+    // The linear probe computes its loss on every rank (not summed shares):
+    // a NaN on one rank still stops both at once, not at the collective timeout.
+    let ckpt = dir.join("run/checkpoint.safetensors");
+    let args = ["linprobe", "--checkpoint", ckpt.to_str().unwrap(), "--data", "synthetic", "--steps", "8"];
+    let started = Instant::now();
+    let o = output(mpirun(
+        2,
+        &dir,
+        &[&args[..], &["--batch", "8", "--quiet", "--out", "probe"]].concat(),
+        &[("CMAE_INJECT_NAN", "1:3")],
+    ));
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert_eq!(t.matches("the loss became NaN at step 3").count(), 1, "{t}");
+    assert!(!t.contains("MPI_ABORT") && started.elapsed() < Duration::from_secs(60), "{t}");
 }
 
 /// PIDs of the `cmae` processes whose command line mentions `marker`, by rank.
@@ -341,6 +357,9 @@ fn launch_mistakes_are_named() {
     let args = ["pretrain", "--preset", "micro", "--data", "synthetic", "--batch", "1", "--steps", "2", "--out", "b"];
     let t = text(&output(mpirun(2, &dir, &args, &[])));
     assert!(t.contains("train.batch=1 is smaller than the 2 ranks"), "{t}");
+    // Commands that run as one process refuse a multi-rank launch.
+    let t = text(&output(mpirun(2, &dir, &["info"], &[])));
+    assert!(t.contains("this command runs as one process, but 2 ranks were started"), "{t}");
     // MPI support is reported.
     let info = cmae(&dir, &["info", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();

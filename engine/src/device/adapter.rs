@@ -81,7 +81,7 @@ impl AdapterRequest {
     /// Picks the best of `adapters` that matches the request, or explains why
     /// none does. The viewer hands it the adapters that can draw to its window.
     pub fn pick(&self, adapters: &[wgpu::Adapter]) -> Result<wgpu::Adapter> {
-        let mut matching: Vec<&wgpu::Adapter> = adapters
+        let matching: Vec<&wgpu::Adapter> = adapters
             .iter()
             .filter(|a| self.backends().contains(a.get_info().backend.into()))
             .filter(|a| match &self.name_contains {
@@ -89,15 +89,21 @@ impl AdapterRequest {
                 None => true,
             })
             .collect();
-        // Best first; equals keep the enumeration order, which every process
-        // of a machine sees alike, so local ranks split them consistently.
-        matching.sort_by_key(|a| std::cmp::Reverse(preference(&a.get_info())));
-        let Some(best) = matching.first() else {
+        let Some(best) = matching.iter().max_by_key(|a| preference(&a.get_info())) else {
             return Err(self.none_found());
         };
         match self.local_rank {
             None | Some(LocalRank { share: true, .. }) => Ok((*best).clone()),
             Some(LocalRank { index, count, .. }) => {
+                // Ranks split the best adapters of the best one's kind and
+                // backend, in enumeration order (the same in every process
+                // of a machine): never a GPU and the CPU driver, nor one GPU
+                // seen through two backends.
+                let (kind, backend) = (preference(&best.get_info()), best.get_info().backend);
+                let matching: Vec<&wgpu::Adapter> = matching
+                    .into_iter()
+                    .filter(|a| preference(&a.get_info()) == kind && a.get_info().backend == backend)
+                    .collect();
                 if matching.len() < count {
                     let names: Vec<String> = matching.iter().map(|a| a.get_info().name).collect();
                     return Err(Error::NoAdapter(format!(

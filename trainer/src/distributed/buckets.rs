@@ -6,7 +6,8 @@
 //! member of a bucket, the bucket is copied to the host and the batch so far
 //! is submitted; the MPI thread sums it over ranks as soon as the copy lands,
 //! while the GPU and the training thread go on with the rest of backward.
-//! Buckets are posted in bucket order, the same on every rank. Finally the
+//! Buckets are posted in the order backward completes them, which follows
+//! from the graph alone and so is the same on every rank. Finally the
 //! sums are written back over the local gradients (wgpu cannot copy between
 //! devices: everything is staged through host memory).
 

@@ -70,10 +70,16 @@ impl Comm {
             .name("cmae-mpi".into())
             .spawn(move || {
                 // Multiple: the training thread may abort while this one waits in a collective.
-                let Some((universe, _)) = mpi::initialize_with_threading(Threading::Multiple) else {
+                let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
                     let _ = told.send(Err("MPI was initialised twice".to_string()));
                     return;
                 };
+                if threading != Threading::Multiple {
+                    let _ = told.send(Err(format!(
+                        "this MPI library offers thread support {threading:?}, cmae needs Multiple (MPI_THREAD_MULTIPLE: Open MPI ≥ 3 and MPICH have it); use such a build"
+                    )));
+                    return;
+                }
                 let world = universe.world();
                 let machine = world.split_shared(world.rank());
                 let _ = told.send(Ok((

@@ -179,12 +179,18 @@ fn resolve(reads: StepReads) -> Result<Settled> {
     }
     let mut skipped_images = reads.skipped_images as f64;
     if world().size() > 1 {
-        let mut all = vec![if reads.shared { loss } else { 0.0 }, skipped_images];
+        // Shares are summed; a replicated loss is the same everywhere, but a
+        // non-finite one on any rank must stop every rank all the same.
+        let non_finite = f64::from(u8::from(!loss.is_finite()));
+        let mut all = vec![if reads.shared { loss } else { 0.0 }, skipped_images, non_finite];
         all.extend(parts.iter().map(|&p| if reads.shared { p } else { 0.0 }));
         let sums = world().sum_f64(all)?;
         if reads.shared {
             loss = sums[0];
-            parts.copy_from_slice(&sums[2..]);
+            parts.copy_from_slice(&sums[3..]);
+        }
+        if sums[2] > 0.0 {
+            loss = f64::NAN;
         }
         skipped_images = sums[1];
     }
