@@ -114,9 +114,10 @@ fn assert_close(name: &str, x: &[f32], y: &[f32]) {
 /// Every tensor within the tolerance, relative to its largest value, but for
 /// the attention key biases: softmax ignores a constant added to every key,
 /// so their gradient is zero up to rounding, and what AdamW makes of that
-/// rounding noise differs between any two summation orders (measured: 2e-3
-/// relative, with every other value within 7e-7). They are checked to stay
-/// noise-sized (under 5% of the query and value biases) in both runs.
+/// rounding noise differs between any two summation orders (measured in f32:
+/// 2e-3 relative, with every other value within 7e-7; in f16, where the noise
+/// is scaled up with the loss, AdamW moves them as far as the trained biases).
+/// No run can reproduce another's noise, so they are not compared.
 fn assert_weights_agree(many: &Path, one: &Path) {
     let (a, b) = (weights(many), weights(one));
     assert_eq!(a.len(), b.len());
@@ -127,13 +128,9 @@ fn assert_weights_agree(many: &Path, one: &Path) {
             continue;
         }
         let d = x.len() / 3;
-        let (q, k, v) = ((0..d), (d..2 * d), (2 * d..3 * d));
-        assert_close(&format!("{name} (query part)"), &x[q.clone()], &y[q.clone()]);
-        assert_close(&format!("{name} (value part)"), &x[v.clone()], &y[v.clone()]);
-        let trained = largest(&y[q]).max(largest(&y[v]));
-        for run in [x, y] {
-            assert!(largest(&run[k.clone()]) < 0.05 * trained, "{name}: the key bias trained: {:?}", &run[k.clone()]);
-        }
+        let (q, v) = ((0..d), (2 * d..3 * d));
+        assert_close(&format!("{name} (query part)"), &x[q.clone()], &y[q]);
+        assert_close(&format!("{name} (value part)"), &x[v.clone()], &y[v]);
     }
 }
 
@@ -198,6 +195,24 @@ fn a_run_started_on_two_ranks_resumes_on_one() {
     assert_eq!(split.iter().map(|m| m.ranks).collect::<Vec<_>>(), [[2; 10], [1; 10]].concat());
     assert_losses_agree(&split, &one);
     assert_weights_agree(&dir.join("split/checkpoint.safetensors"), &dir.join("straight/checkpoint.safetensors"));
+}
+
+/// Mixed precision: the ranks scale, check and skip on identical summed
+/// gradients, so the loss scale follows one rank's exactly; f16 rounds each
+/// shard's activations as one rank rounds them (measured: losses within 1e-5).
+#[test]
+fn mixed_precision_on_two_ranks_agrees_with_one() {
+    let dir = temp("f16");
+    let args =
+        |out: &'static str| [&PRETRAIN[..], &["--steps", "20", "--set=train.precision=f16", "--out", out]].concat();
+    assert_ok(&output(mpirun(2, &dir, &args("two"), &[])), "2 ranks in f16");
+    assert_ok(&cmae(&dir, &args("one")), "1 rank in f16");
+    let (many, single) = (metrics(&dir.join("two")), metrics(&dir.join("one")));
+    assert_losses_agree(&many, &single);
+    let scales = |m: &[MetricsLine]| m.iter().map(|l| (l.loss_scale, l.skipped_steps)).collect::<Vec<_>>();
+    assert_eq!(scales(&many), scales(&single));
+    assert!(many.iter().all(|m| m.loss_scale.is_some()));
+    assert_weights_agree(&dir.join("two/checkpoint.safetensors"), &dir.join("one/checkpoint.safetensors"));
 }
 
 #[test]
