@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cmae::safetensors_io::{self, HostTensor};
+use cmae::safetensors_io;
+use cmae::train::checkpoint;
 use cmae::train::metrics::{MetricsLine, MetricsLog};
 
 const TOLERANCE: f64 = 1e-4;
@@ -73,16 +74,10 @@ fn metrics(run: &Path) -> Vec<MetricsLine> {
     MetricsLog::read(&run.join("metrics.jsonl")).unwrap()
 }
 
+/// A checkpoint's tensors, sorted by name.
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<(String, Vec<f32>)> = safetensors_io::read(path)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .map(|(n, t)| match t {
-            HostTensor::F32(_, d) => (n, d),
-            _ => panic!("{n} is not f32"),
-        })
-        .collect();
+    let tensors = checkpoint::f32_tensors(safetensors_io::read(path).unwrap(), path).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = tensors.into_iter().map(|(n, (_, d))| (n, d)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
