@@ -119,6 +119,12 @@ impl AdapterRequest {
     }
 
     fn none_found(&self) -> Error {
+        // A page may not block to list what else exists.
+        if cfg!(target_arch = "wasm32") {
+            return Error::NoAdapter(
+                "this browser gives no WebGPU adapter: open the page in a current Chrome, Edge or Safari (or Firefox with WebGPU enabled) on a machine with a GPU driver".into(),
+            );
+        }
         let all: Vec<String> =
             pollster::block_on(instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()))
                 .iter()
@@ -155,9 +161,11 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 
 /// Enumerates adapters and picks the best one that matches `req`. GL is only
 /// initialised when asked for or to name it in the error: probing it costs
-/// time and logs driver noise on machines without a display.
-pub fn choose(req: &AdapterRequest) -> Result<wgpu::Adapter> {
-    let adapters = pollster::block_on(instance(req.backends()).enumerate_adapters(req.backends()));
+/// time and logs driver noise on machines without a display. Async: the
+/// browser's one WebGPU adapter comes through the same enumeration, and a
+/// page may not block on it.
+pub async fn choose_async(req: &AdapterRequest) -> Result<wgpu::Adapter> {
+    let adapters = instance(req.backends()).enumerate_adapters(req.backends()).await;
     req.pick(&adapters)
 }
 

@@ -168,18 +168,26 @@ impl Device {
     }
 
     pub fn open(req: &AdapterRequest, tune: TuneConfig) -> Result<Self> {
-        let adapter = adapter::choose(req)?;
+        pollster::block_on(Self::open_async(req, tune))
+    }
+
+    /// [`Device::open`] without blocking, for the browser (WebGPU), where
+    /// nothing may wait on the GPU.
+    pub async fn open_async(req: &AdapterRequest, tune: TuneConfig) -> Result<Self> {
+        let adapter = adapter::choose_async(req).await?;
         let info = adapter.get_info();
         adapter::check_limits(&format!("{} ({:?})", info.name, info.backend), &adapter.limits())?;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("cmae"),
-            required_features: adapter::wanted_features(&adapter),
-            required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::NoAdapter(format!("could not open adapter {}: {e}", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("cmae"),
+                required_features: adapter::wanted_features(&adapter),
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("could not open adapter {}: {e}", info.name)))?;
         log::info!(
             "GPU adapter: {} ({:?}, {:?}, driver {} {})",
             info.name,
