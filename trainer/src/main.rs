@@ -159,8 +159,14 @@ enum Command {
         /// Seed of the random masks.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The grid PNG to write.
+        #[arg(long, required_unless_present = "json")]
+        out: Option<PathBuf>,
+        /// Print one JSON line: the model's reconstruction loss over the
+        /// dropped patches (`loss`), each image's (`per_image`), the shots,
+        /// the seed and the adapter.
         #[arg(long)]
-        out: PathBuf,
+        json: bool,
     },
     /// Replay a cmae-fixture-v1 reference file on the GPU and compare
     /// (exit 0: all pass, 1: a check failed, 2: unusable file).
@@ -391,7 +397,7 @@ fn run_reconstruct(
     images: &[PathBuf],
     shots: Option<String>,
     seed: u64,
-    out: &Path,
+    (out, json): (Option<&Path>, bool),
 ) -> Result<()> {
     let dev = Device::from_env()?;
     let loaded = checkpoint::load_model(&dev, checkpoint_path, None)?;
@@ -410,8 +416,23 @@ fn run_reconstruct(
     }
     let plan = MaskPlan::random(&shots, images.len(), m.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
     let r = recon::reconstruct(&dev, &loaded.mae, &pixels, images.len(), &shots, plan)?;
-    recon::save_png(&recon::render(&r, &loaded.mae, &t), out)?;
-    println!("wrote {}", out.display());
+    if let Some(out) = out {
+        recon::save_png(&recon::render(&r, &loaded.mae, &t), out)?;
+        if !json {
+            println!("wrote {}", out.display());
+        }
+    }
+    if json {
+        let (loss, per_image) = r.losses(&shots);
+        let line = serde_json::json!({
+            "loss": loss,
+            "per_image": per_image,
+            "shots": cmae::config::shots_to_string(&shots),
+            "seed": seed,
+            "adapter": dev.info().name,
+        });
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -520,11 +541,11 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Analyze { kind, checkpoints, run, data, images, shots, out } => {
             run_analysis(kind, &checkpoints, run, &data, images, shots.as_deref(), &out)?
         }
-        Command::Reconstruct { checkpoint, images, shots, seed, out } => {
+        Command::Reconstruct { checkpoint, images, shots, seed, out, json } => {
             if images.is_empty() {
                 bail!("--images needs at least one file");
             }
-            run_reconstruct(&checkpoint, &images, shots, seed, &out)?
+            run_reconstruct(&checkpoint, &images, shots, seed, (out.as_deref(), json))?
         }
         Command::CheckFixture { file, precision } => {
             let dev = match Device::from_env() {

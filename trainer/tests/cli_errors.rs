@@ -116,6 +116,20 @@ fn pretrain_then_reconstruct_any_image() {
     let img = image::open(&grid).unwrap();
     // Two rows of original | shot 1 | shot 2 | reconstruction | error, 96-px cells.
     assert_eq!((img.width(), img.height()), (5 * 98 + 2, 2 * 98 + 2));
+    // --json: the model's loss over the dropped patches, and each image's.
+    let json_args = ["reconstruct", "--checkpoint", ckpt.to_str().unwrap(), "--shots", "0:0.5,1:0.5", "--seed", "3"];
+    let other = dir.join("other.png");
+    image::RgbImage::from_fn(30, 30, |x, y| image::Rgb([(x * y) as u8, 20, (y * 8) as u8])).save(&other).unwrap();
+    let printed =
+        cmae(&[&json_args[..], &["--json", "--images", photo.to_str().unwrap(), other.to_str().unwrap()]].concat());
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    let per: Vec<f64> = v["per_image"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let loss = v["loss"].as_f64().unwrap();
+    assert!(per.len() == 2 && loss > 0.0 && per[0] != per[1], "{v}");
+    // Every image drops as many patches: the batch loss is their mean.
+    assert!((loss - (per[0] + per[1]) / 2.0).abs() <= 1e-12 * loss, "{v}");
+    assert_eq!((v["shots"].as_str(), v["seed"].as_u64()), (Some("0:0.5,1:0.5"), Some(3)));
     let bad = cmae(&[&args[..], &[broken.to_str().unwrap()]].concat());
     let line = error_line(&bad);
     assert!(line.contains("broken.jpg") && line.contains("corrupt"), "{line}");

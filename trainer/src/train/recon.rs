@@ -68,6 +68,23 @@ pub fn reconstruct(
     })
 }
 
+impl Reconstruction {
+    /// The model's loss over the batch (its weighting of the dropped
+    /// patches: the union mean, or per-shot weights), and each image's loss
+    /// weighted the same way within that image.
+    pub fn losses(&self, shots: &[Shot]) -> (f64, Vec<f64>) {
+        let l = self.plan.num_patches;
+        let weighted = |weights: &[f32], losses: &[f32]| -> f64 {
+            weights.iter().zip(losses).map(|(&w, &x)| f64::from(w) * f64::from(x)).sum()
+        };
+        let whole = weighted(&self.plan.loss_weights(shots), &self.patch_loss);
+        let per_image = (0..self.batch)
+            .map(|b| weighted(&self.plan.rows(b..b + 1).loss_weights(shots), &self.patch_loss[b * l..(b + 1) * l]))
+            .collect();
+        (whole, per_image)
+    }
+}
+
 /// `[B, L, p·p·C]` (row, col, channel order) → `[B, C, H, W]`.
 pub fn unpatchify(patches: &[f32], batch: usize, chans: usize, p: usize, grid: usize) -> Vec<f32> {
     let side = grid * p;
