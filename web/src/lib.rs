@@ -44,6 +44,8 @@ pub async fn smoke(dev: &Device) -> Result<Value> {
         "kernels": dev.kernel_families().describe(),
         "matmul_shape": [m, k, n],
         "matmul_max_error": worst / largest,
+        // What the adapter computed, to compare adapters by.
+        "matmul_abs_sum": got.iter().map(|&v| f64::from(v.abs())).sum::<f64>(),
     }))
 }
 

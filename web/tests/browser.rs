@@ -145,9 +145,11 @@ fn the_engine_computes_on_webgpu_in_headless_chromium() {
     assert_eq!(report["backend"], "BrowserWebGpu", "{report}");
     let error = report["matmul_max_error"].as_f64().unwrap();
     assert!(error < 1e-6, "{report}");
-    // Same product, same f64 reference, natively on this machine's adapter.
+    // The same product natively on this machine's adapter: the two agree.
     let native = pollster::block_on(async { cmae_web::smoke(&cmae_web::open().await?).await }).unwrap();
     assert_eq!(report["matmul_shape"], native["matmul_shape"]);
+    let (web, here) = (report["matmul_abs_sum"].as_f64().unwrap(), native["matmul_abs_sum"].as_f64().unwrap());
+    assert!((web - here).abs() <= 1e-6 * here, "browser {web}, native {here}");
 }
 
 #[test]

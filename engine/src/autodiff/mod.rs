@@ -311,17 +311,17 @@ impl Gradients {
         self.len() == 0
     }
 
-    /// Takes `name`'s packed member out while an op adds into it.
-    /// Tells the hook that member `i` is complete.
-    fn announce_ready(&mut self, dev: &Device, i: usize) -> Result<()> {
+    /// Tells the hook that members `done` are complete.
+    fn announce_ready(&mut self, dev: &Device, done: impl IntoIterator<Item = usize>) -> Result<()> {
         let Some(mut hook) = self.ready.take() else {
             return Ok(());
         };
-        let told = hook(dev, self, i);
+        let told = done.into_iter().try_for_each(|i| hook(dev, self, i));
         self.ready = Some(hook);
         told
     }
 
+    /// Takes `name`'s packed member out while an op adds into it.
     fn take_sink(&mut self, name: &str) -> Option<TensorMut> {
         self.packed.get_mut(*self.packed_index.get(name)?)?.1.take()
     }
@@ -521,11 +521,11 @@ impl Tape {
         }
         let mut pending: HashMap<usize, Tensor> = HashMap::new();
         pending.insert(loss.id, seed.reshape(loss.shape())?);
-        // completes[n]: packed members whose last addition is node n's backward.
+        // completes[n]: packed members whose last addition is node n's
+        // backward; members no node uses are complete when backward ends.
         let mut completes: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-        let mut announced = vec![false; grads.packed.len()];
+        let mut seen = vec![false; grads.packed.len()];
         if grads.ready.is_some() {
-            let mut seen = vec![false; grads.packed.len()];
             for (n, node) in nodes.iter().enumerate() {
                 for (input, _) in node.inputs.iter().zip(&node.needs).filter(|(_, need)| **need) {
                     if let Some(&i) = params.get(input).and_then(|name| grads.packed_index.get(name))
@@ -539,10 +539,7 @@ impl Tape {
         }
         for (n, node) in nodes.into_iter().enumerate().rev() {
             let Some(grad_out) = pending.remove(&node.output) else {
-                for &i in &completes[n] {
-                    announced[i] = true;
-                    grads.announce_ready(&self.dev, i)?;
-                }
+                grads.announce_ready(&self.dev, completes[n].iter().copied())?;
                 continue;
             };
             // Gradients this op may add into in place: packed parameter
@@ -595,22 +592,14 @@ impl Tape {
                 };
                 pending.insert(*input, sum);
             }
-            for &i in &completes[n] {
-                announced[i] = true;
-                grads.announce_ready(&self.dev, i)?;
-            }
+            grads.announce_ready(&self.dev, completes[n].iter().copied())?;
         }
         for (id, name) in params {
             if let Some(g) = pending.remove(&id) {
                 grads.add(&self.dev, &name, g)?;
             }
         }
-        for (i, done) in announced.into_iter().enumerate() {
-            if !done {
-                grads.announce_ready(&self.dev, i)?;
-            }
-        }
-        Ok(())
+        grads.announce_ready(&self.dev, seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i))
     }
 }
 

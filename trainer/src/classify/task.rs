@@ -82,11 +82,6 @@ impl ClassifyTask<'_> {
             .collect()
     }
 
-    fn mixup(&self) -> Mixup {
-        let t = &self.cfg.train;
-        Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing }
-    }
-
     /// The linear probe's head on the whole global batch: every rank gathers
     /// all ranks' frozen features and targets and computes the same head
     /// step (the probe's BatchNorm then normalises over the global batch, as
@@ -137,7 +132,7 @@ impl Task for ClassifyTask<'_> {
         let n = rows.len();
         let mut batch = self.loader.next_batch()?;
         let mut rng = stream_rng(Stream::ClassifyStep, &[t.seed, step, micro]);
-        let mix = self.mixup();
+        let mix = mixup(t);
         let targets = match self.cfg.mode {
             Mode::Finetune if n < global && mix.mixes() => {
                 // The loader put each sample's mixing partner after the shard.
@@ -289,7 +284,7 @@ pub fn train(
     let mut loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
     if world().size() > 1 {
         let own: Vec<usize> = world().shard(t.batch).collect();
-        let mixes = cfg.mode == Mode::Finetune && (t.mixup > 0.0 || t.cutmix > 0.0);
+        let mixes = cfg.mode == Mode::Finetune && mixup(t).mixes();
         // Mixup pairs sample i with sample B − 1 − i of the whole batch.
         let partners = own.iter().map(|&i| t.batch - 1 - i).filter(|_| mixes);
         loader_cfg.positions = Some(own.iter().copied().chain(partners).collect());
@@ -332,6 +327,11 @@ pub fn train(
     };
     write_atomic(&flags.out.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
     Ok((summary, Some(results)))
+}
+
+/// The run's mixup and cutmix (fine-tuning).
+fn mixup(t: &super::config::ClassifyTrain) -> Mixup {
+    Mixup { mixup_alpha: t.mixup, cutmix_alpha: t.cutmix, switch_prob: 0.5, smoothing: t.label_smoothing }
 }
 
 /// Stochastic-depth scales for one branch: 0 with probability `p`, else 1/(1 − p).

@@ -338,9 +338,8 @@ pub fn run(
         step += 1;
         bar.set_position(step);
 
-        let stop_asked = interrupt.load(Ordering::SeqCst);
-        let stop_asked = if w.size() > 1 { w.any(stop_asked)? } else { stop_asked };
-        interrupted = stop_asked || opts.stop_at == Some(step) && step < total;
+        // Any rank's Ctrl-C stops every rank after this step.
+        interrupted = w.any(interrupt.load(Ordering::SeqCst))? || opts.stop_at == Some(step) && step < total;
         let finishing = step == end || interrupted;
         let log_now = step.is_multiple_of(cadence.log_every) || finishing;
         let ckpt_now = step.is_multiple_of(cadence.checkpoint_every) || finishing;
