@@ -8,7 +8,7 @@ use cmae::config::PretrainConfig;
 use cmae::safetensors_io;
 use cmae::train::checkpoint;
 use cmae::train::metrics::MetricsLog;
-use cmae::train::pretrain::pretrain;
+use cmae::train::pretrain::{Session, pretrain};
 use cmae::train::runner::RunFlags;
 use cmae_tests::{
     assert_resume_is_exact, checkpoint_weights, fresh_temp_dir, micro_pretrain, run_pretrain, shared_device,
@@ -34,6 +34,46 @@ fn thirty_step_tiny_pretrain_loss_falls() {
     }
     assert!(s.checkpoint.is_file() && s.artifact.as_ref().is_some_and(|r| r.is_file()));
     assert!(out.join("config.ron").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The page's way of training (one awaited step at a time, batches built
+/// without threads, the checkpoint as bytes) is `cmae pretrain`'s run: the
+/// same losses step by step and the same checkpoint file.
+#[test]
+fn a_session_driven_step_by_step_is_the_same_run_as_pretrain() {
+    let cfg = {
+        let mut c = micro_pretrain(6);
+        c.shots = cmae::config::parse_shots("0:0.5,1:0.25").unwrap();
+        c
+    };
+    let out = fresh_temp_dir("session");
+    run_pretrain(&cfg, &out, false, None).unwrap();
+    let dev = shared_device();
+    let mut session = Session::new(dev, &cfg).unwrap();
+    assert_eq!((session.step(), session.total_steps()), (0, 6));
+    let clock = std::time::Instant::now();
+    let mut lines = Vec::new();
+    while session.step() < session.total_steps() {
+        lines.push(dev.block_on(session.advance(dev, || clock.elapsed().as_secs_f64())).unwrap());
+    }
+    let native = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
+    let losses = |l: &[cmae::train::metrics::MetricsLine]| -> Vec<(u64, f64, Vec<Option<f64>>)> {
+        l.iter().map(|m| (m.step, m.loss, m.loss_per_shot.clone())).collect()
+    };
+    // The run's lines went through JSON (whose float parsing is not exact): so do these.
+    let lines: Vec<cmae::train::metrics::MetricsLine> =
+        lines.iter().map(|l| serde_json::from_str(&serde_json::to_string(l).unwrap()).unwrap()).collect();
+    assert_eq!(losses(&lines), losses(&native));
+    let bytes = dev.block_on(session.checkpoint(dev)).unwrap();
+    let page = out.join("from-session.safetensors");
+    std::fs::write(&page, &bytes).unwrap();
+    let stable = out.join("checkpoint.safetensors");
+    assert_eq!(checkpoint_weights(&page), checkpoint_weights(&stable));
+    let (a, b) = (safetensors_io::read(&page).unwrap().metadata, safetensors_io::read(&stable).unwrap().metadata);
+    assert_eq!(a, b);
+    let err = dev.block_on(session.advance(dev, || 0.0)).unwrap_err().to_string();
+    assert!(err.contains("all its 6 steps"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -14,6 +14,8 @@ pub mod model;
 pub mod rng;
 pub mod safetensors_io;
 pub mod stats;
+/// The study writes its figures with plotters, native only (see `analysis::plot`).
+#[cfg(not(target_arch = "wasm32"))]
 pub mod study;
 pub mod train;
 pub mod tune;

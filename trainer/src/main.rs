@@ -10,17 +10,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use cmae::classify;
 use cmae::cli::{ClassifyArgs, ConfigArgs};
-use cmae::config::{PretrainConfig, parse_shots, validate_shots};
+use cmae::config::PretrainConfig;
 use cmae::data::DataSpec;
-use cmae::data::augment::Transform;
-use cmae::data::{IMAGENET_MEAN, IMAGENET_STD};
-use cmae::masking::MaskPlan;
 use cmae::train::runner::RunFlags;
-use cmae::train::{checkpoint, pretrain, recon};
+use cmae::train::{pretrain, recon};
 use cmae::{bench, distributed, fixture, info, tune};
 use cmae_engine::{Device, Precision};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 #[derive(Parser)]
 #[command(name = "cmae", version, about = "Conditional MAE on any GPU (wgpu)")]
@@ -400,38 +395,15 @@ fn run_reconstruct(
     (out, json): (Option<&Path>, bool),
 ) -> Result<()> {
     let dev = Device::from_env()?;
-    let loaded = checkpoint::load_model(&dev, checkpoint_path, None)?;
-    let cfg: PretrainConfig = loaded.config;
-    let shots = match shots {
-        Some(s) => parse_shots(&s)?,
-        None => cfg.shots.clone(),
-    };
-    validate_shots(&shots, &cfg.model)?;
-    let m = &cfg.model;
-    // Files are photos: ImageNet statistics, square centre crop, resize.
-    let t = Transform::new(m.img_size, m.in_chans, (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()), false);
-    let mut pixels = Vec::new();
-    for path in images {
-        pixels.extend(t.apply(&cmae::data::open_centre_cropped(path)?, &mut ChaCha8Rng::seed_from_u64(0)));
-    }
-    let plan = MaskPlan::random(&shots, images.len(), m.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
-    let r = recon::reconstruct(&dev, &loaded.mae, &pixels, images.len(), &shots, plan)?;
+    let f = recon::reconstruct_files(&dev, checkpoint_path, images, shots.as_deref(), seed)?;
     if let Some(out) = out {
-        recon::save_png(&recon::render(&r, &loaded.mae, &t), out)?;
+        recon::save_png(&recon::render(&f.result, &f.loaded.mae, &f.transform), out)?;
         if !json {
             println!("wrote {}", out.display());
         }
     }
     if json {
-        let (loss, per_image) = r.losses(&shots);
-        let line = serde_json::json!({
-            "loss": loss,
-            "per_image": per_image,
-            "shots": cmae::config::shots_to_string(&shots),
-            "seed": seed,
-            "adapter": dev.info().name,
-        });
-        println!("{line}");
+        println!("{}", f.result.report(&f.shots, seed, &dev.info().name));
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! The viewer's UI: controls on the left, the chosen panel in the middle.
-//! All model work goes to the worker thread; the UI only draws what came back.
+//! All model work goes to the worker; the UI only draws what came back.
+//! The desktop app and the page (`cmae-web`) draw this same UI; what only a
+//! desktop has (paths, followed run directories, a training thread, saving
+//! PNGs) simply never starts in a page.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use cmae::analysis::plot::Series;
@@ -14,7 +15,8 @@ use eframe::egui;
 use eframe::egui::{Color32, ColorImage, Pos2, Sense, Stroke, TextureHandle, TextureOptions, Vec2};
 use image::RgbImage;
 
-use crate::worker::{Job, ModelInfo, Picture, Reply, Worker};
+use crate::training::Training;
+use crate::worker::{Job, ModelInfo, Picture, Reply, Source, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Panel {
@@ -47,7 +49,6 @@ impl Panel {
 /// own training thread) writes it.
 pub struct Follow {
     pub dir: PathBuf,
-    metrics: Vec<MetricsLine>,
     metrics_seen: Option<SystemTime>,
     checkpoint_seen: Option<SystemTime>,
     last_poll: Option<Instant>,
@@ -55,75 +56,12 @@ pub struct Follow {
 
 impl Follow {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, metrics: Vec::new(), metrics_seen: None, checkpoint_seen: None, last_poll: None }
+        Self { dir, metrics_seen: None, checkpoint_seen: None, last_poll: None }
     }
 }
 
-/// The viewer's own training run (`--train`): a background thread that can be
-/// paused (it checkpoints and stops) and resumed (exactly, from the checkpoint).
-pub struct Training {
-    pub config: cmae::config::PretrainConfig,
-    pub out: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<cmae::train::runner::Summary>>>,
-    device: cmae_engine::Device,
-    pub paused: bool,
-    pub finished: bool,
-    pub error: Option<String>,
-}
-
-impl Training {
-    /// Starts training `config` into `out` (resuming what is there).
-    pub fn start(config: cmae::config::PretrainConfig, out: PathBuf, device: cmae_engine::Device) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut t = Self { config, out, stop, thread: None, device, paused: false, finished: false, error: None };
-        t.resume();
-        t
-    }
-
-    pub fn running(&self) -> bool {
-        self.thread.is_some()
-    }
-
-    pub fn resume(&mut self) {
-        self.stop.store(false, Ordering::SeqCst);
-        // A stream of its own: a training step is never flushed or waited on
-        // by the model worker's reconstructions, nor the other way round.
-        let (dev, cfg, stop) = (self.device.new_stream(), self.config.clone(), self.stop.clone());
-        let resume = cmae::train::checkpoint::latest(&self.out).ok().flatten().is_some();
-        let opts = cmae::train::runner::RunFlags { out: self.out.clone(), resume, quiet: true, stop_at: None };
-        self.thread = Some(std::thread::spawn(move || cmae::train::pretrain::pretrain(&dev, &cfg, &opts, &stop)));
-        self.paused = false;
-    }
-
-    /// Asks the thread to checkpoint and stop; `poll` sees it end.
-    pub fn pause(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.paused = true;
-    }
-
-    /// Notes how the thread ended, once it has.
-    pub fn poll(&mut self) {
-        if self.thread.as_ref().is_some_and(|h| h.is_finished()) {
-            self.join();
-        }
-    }
-
-    /// Stops at a checkpoint and waits for it to be written.
-    pub fn stop_and_wait(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.join();
-    }
-
-    fn join(&mut self) {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(Ok(summary))) => self.finished = !summary.interrupted,
-            Some(Ok(Err(e))) => self.error = Some(format!("training stopped: {e:#}")),
-            Some(Err(_)) => self.error = Some("the training thread panicked".into()),
-            None => {}
-        }
-    }
-}
+/// Offers bytes to the user as a file of the given name.
+pub type Download = Box<dyn Fn(&str, &[u8])>;
 
 pub struct ViewerApp {
     pub worker: Worker,
@@ -143,10 +81,23 @@ pub struct ViewerApp {
     pub error: Option<String>,
     pub follow: Option<Follow>,
     pub training: Option<Training>,
+    /// The loss panel's metrics: of the followed run, or the page's own.
+    pub metrics: Vec<MetricsLine>,
+    /// Saves bytes as a file the user downloads (a page; a desktop writes paths).
+    pub download: Option<Download>,
     /// The layer was chosen on the command line: keep it when a checkpoint loads.
     pub pin_layer: bool,
     /// The shots were chosen on the command line: keep them when a checkpoint loads.
     pub pin_shots: bool,
+    /// Opens the page's file picker (a page cannot read paths); it sends
+    /// the choice to [`Self::file_sender`].
+    pub file_picker: Option<Box<dyn Fn()>>,
+    /// Files chosen or dropped, opened on the next frame.
+    files: (Sender<Source>, Receiver<Source>),
+    /// The last reconstruction's numbers (`Reconstruction::report`).
+    pub last_report: Option<serde_json::Value>,
+    /// The attention map on screen: one weight per patch.
+    pub attention_weights: Option<Vec<f64>>,
     /// Where "save panel as PNG" writes.
     pub save_path: String,
     /// Where the panel's picture was drawn last frame (headless clicks aim at it).
@@ -156,6 +107,8 @@ pub struct ViewerApp {
     stats: Option<(Vec<f64>, Vec<f64>)>,
     reversed_shares: Option<[f64; 3]>,
     pending_picture: Option<Picture>,
+    /// The picture on screen, kept when another checkpoint is opened.
+    current_picture: Option<Picture>,
 }
 
 fn to_texture(ctx: &egui::Context, name: &str, img: &RgbImage) -> TextureHandle {
@@ -181,8 +134,14 @@ impl ViewerApp {
             error: None,
             follow: None,
             training: None,
+            metrics: Vec::new(),
+            download: None,
             pin_layer: false,
             pin_shots: false,
+            file_picker: None,
+            files: std::sync::mpsc::channel(),
+            last_report: None,
+            attention_weights: None,
             save_path: String::new(),
             image_rect: None,
             images: Default::default(),
@@ -190,6 +149,7 @@ impl ViewerApp {
             stats: None,
             reversed_shares: None,
             pending_picture: None,
+            current_picture: None,
         }
     }
 
@@ -201,11 +161,33 @@ impl ViewerApp {
     }
 
     /// Opens a checkpoint; the current picture is reloaded against it.
-    pub fn open(&mut self, path: &Path, picture: Option<Picture>) {
-        self.send(Job::Load(path.to_path_buf()));
+    pub fn open(&mut self, checkpoint: Source, picture: Option<Picture>) {
+        self.status = format!("loading {}", checkpoint.name());
+        self.send(Job::Load(checkpoint));
         let p = picture.unwrap_or(Picture::Dataset { spec: self.data_spec.clone(), index: self.data_index });
         self.pending_picture = Some(p);
-        self.status = format!("loading {}", path.display());
+    }
+
+    /// Shows `p` with the next checkpoint opened (nothing is computed before).
+    pub fn prefer_picture(&mut self, p: Picture) {
+        self.current_picture = Some(p);
+    }
+
+    /// Where a file picker sends what the user chose.
+    pub fn file_sender(&self) -> Sender<Source> {
+        self.files.0.clone()
+    }
+
+    /// A file the user chose or dropped: a checkpoint (`.safetensors`, shown
+    /// with the current picture) or an image.
+    pub fn open_file(&mut self, file: Source) {
+        if file.is_checkpoint() {
+            let picture = self.pending_picture.clone().or_else(|| self.current_picture.clone());
+            self.open(file, picture);
+        } else {
+            self.file_path = file.name();
+            self.choose_picture(Picture::File(file));
+        }
     }
 
     /// Recomputes every view of the current model and picture.
@@ -227,6 +209,7 @@ impl ViewerApp {
     }
 
     fn set_picture(&mut self, p: Picture) {
+        self.current_picture = Some(p.clone());
         self.send(Job::Picture(p));
         self.refresh();
     }
@@ -255,7 +238,10 @@ impl ViewerApp {
                     {
                         self.shots = s.clone();
                     }
-                    self.status = format!("{} (depth {}, {} heads)", info.path.display(), depth, info.config.num_heads);
+                    self.status = format!("{} (depth {}, {} heads)", info.name, depth, info.config.num_heads);
+                    // The numbers shown belong to the model they came from.
+                    self.last_report = None;
+                    self.attention_weights = None;
                     self.info = Some(info);
                     self.error = None;
                     if let Some(p) = self.pending_picture.take() {
@@ -265,8 +251,14 @@ impl ViewerApp {
                     }
                 }
                 Reply::Picture(img) => self.picture = Some(to_texture(ctx, "picture", &img)),
-                Reply::Reconstruction(img) => self.store(ctx, Panel::Reconstruction, img),
-                Reply::Attention(img) => self.store(ctx, Panel::Attention, img),
+                Reply::Reconstruction { image, report } => {
+                    self.last_report = Some(report);
+                    self.store(ctx, Panel::Reconstruction, image);
+                }
+                Reply::Attention { image, weights } => {
+                    self.attention_weights = Some(weights);
+                    self.store(ctx, Panel::Attention, image);
+                }
                 Reply::Reversed { image, to_cls, to_kept, to_dropped } => {
                     self.reversed_shares = Some([to_cls, to_kept, to_dropped]);
                     self.store(ctx, Panel::Reversed, image);
@@ -290,7 +282,7 @@ impl ViewerApp {
     fn charts(&self) -> Vec<Chart> {
         let indexed = |v: &[f64]| v.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect();
         let one = |label: &str, points| vec![Series { label: label.into(), points, dots: true }];
-        match (self.panel, &self.stats, &self.follow) {
+        match (self.panel, &self.stats, &self.metrics) {
             (Panel::Charts, Some((d, e)), _) => vec![
                 Chart {
                     title: "mean attention distance per layer (over the reconstruction images)",
@@ -305,8 +297,8 @@ impl ViewerApp {
                     series: one("entropy", indexed(e)),
                 },
             ],
-            (Panel::Loss, _, Some(f)) if !f.metrics.is_empty() => {
-                let series = cmae::analysis::loss_series(&f.metrics);
+            (Panel::Loss, _, metrics) if !metrics.is_empty() => {
+                let series = cmae::analysis::loss_series(metrics);
                 vec![Chart { title: "pretraining loss", x: "step", y: "loss", series }]
             }
             _ => Vec::new(),
@@ -314,6 +306,7 @@ impl ViewerApp {
     }
 
     /// Saves the current panel as PNG: pictures as drawn, charts via plotters.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_panel(&self, path: &Path) -> anyhow::Result<()> {
         match self.panel {
             Panel::Charts | Panel::Loss => {
@@ -357,7 +350,7 @@ impl ViewerApp {
         {
             f.metrics_seen = Some(t);
             if let Ok(m) = MetricsLog::read(&metrics) {
-                f.metrics = m;
+                self.metrics = m;
             }
         }
         let ckpt = f.dir.join("checkpoint.safetensors");
@@ -366,7 +359,7 @@ impl ViewerApp {
         {
             f.checkpoint_seen = Some(t);
             let picture = Picture::Dataset { spec: self.data_spec.clone(), index: self.data_index };
-            self.open(&ckpt, Some(picture));
+            self.open(Source::Path(ckpt), Some(picture));
         }
     }
 
@@ -375,13 +368,19 @@ impl ViewerApp {
         self.poll_worker(&ctx);
         self.poll_follow();
         if let Some(t) = self.training.as_mut() {
-            t.poll();
+            let news = t.poll();
             if let Some(e) = &t.error {
                 self.error.get_or_insert_with(|| e.clone());
             }
+            self.metrics.extend(news.metrics);
+            if let Some(weights) = news.checkpoint {
+                let picture = self.pending_picture.clone().or_else(|| self.current_picture.clone());
+                self.open(weights, picture);
+            }
         }
-        if dropped_file(&ctx).map(|p| self.file_path = p.display().to_string()).is_some() {
-            self.choose_picture(Picture::File(PathBuf::from(&self.file_path)));
+        take_dropped_files(&ctx, &self.files.0);
+        while let Ok(file) = self.files.1.try_recv() {
+            self.open_file(file);
         }
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
         egui::Panel::left("controls").default_size(300.0).show(ui, |ui| self.controls(ui));
@@ -405,13 +404,16 @@ impl ViewerApp {
             if self.save_path.is_empty() {
                 self.save_path = format!("cmae-{}.png", self.panel.name());
             }
-            ui.add(egui::TextEdit::singleline(&mut self.save_path).desired_width(160.0));
-            if ui.button("save panel as PNG").clicked() {
-                let path = PathBuf::from(&self.save_path);
-                self.status = match self.save_panel(&path) {
-                    Ok(()) => format!("saved {}", path.display()),
-                    Err(e) => format!("could not save: {e:#}"),
-                };
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                ui.add(egui::TextEdit::singleline(&mut self.save_path).desired_width(160.0));
+                if ui.button("save panel as PNG").clicked() {
+                    let path = PathBuf::from(&self.save_path);
+                    self.status = match self.save_panel(&path) {
+                        Ok(()) => format!("saved {}", path.display()),
+                        Err(e) => format!("could not save: {e:#}"),
+                    };
+                }
             }
             if self.worker.busy {
                 ui.spinner();
@@ -438,13 +440,29 @@ impl ViewerApp {
             if ui.add(egui::Slider::new(&mut self.data_index, 0..=999).text("test image")).changed() {
                 self.choose_picture(Picture::Dataset { spec: self.data_spec.clone(), index: self.data_index });
             }
-            ui.horizontal(|ui| {
-                ui.text_edit_singleline(&mut self.file_path)
-                    .on_hover_text("a PNG or JPEG file (or drop one on the window)");
-                if ui.button("open").clicked() {
-                    self.choose_picture(Picture::File(PathBuf::from(&self.file_path)));
+            match &self.file_picker {
+                Some(pick) => {
+                    if ui
+                        .button("open a file…")
+                        .on_hover_text("an image (PNG/JPEG) or a checkpoint (.safetensors); or drop one on the page")
+                        .clicked()
+                    {
+                        pick();
+                    }
+                    if !self.file_path.is_empty() {
+                        ui.label(&self.file_path);
+                    }
                 }
-            });
+                None => {
+                    ui.horizontal(|ui| {
+                        ui.text_edit_singleline(&mut self.file_path)
+                            .on_hover_text("a PNG or JPEG file (or drop one, or a checkpoint, on the window)");
+                        if ui.button("open").clicked() {
+                            self.choose_picture(Picture::File(Source::Path(PathBuf::from(&self.file_path))));
+                        }
+                    });
+                }
+            }
             if let Some(t) = &self.picture {
                 ui.add(egui::Image::new(t).fit_to_exact_size(Vec2::splat(128.0)));
             }
@@ -455,7 +473,7 @@ impl ViewerApp {
             if let Some(t) = self.training.as_mut() {
                 ui.separator();
                 ui.strong("training");
-                ui.label(format!("{} → {}", shots_to_string(&t.config.shots), t.out.display()));
+                ui.label(format!("{} → {}", shots_to_string(&t.config.shots), t.place()));
                 if t.finished {
                     ui.label("finished");
                 } else if t.paused && t.running() {
@@ -466,6 +484,12 @@ impl ViewerApp {
                     }
                 } else if ui.button("pause").clicked() {
                     t.pause();
+                }
+                if let (Some(download), Some((step, bytes))) = (&self.download, t.latest())
+                    && !t.running()
+                    && ui.button(format!("download checkpoint (step {step})")).clicked()
+                {
+                    download(&format!("cmae-pretrain-step-{step:08}.safetensors"), &bytes);
                 }
             }
         });
@@ -566,9 +590,7 @@ impl ViewerApp {
                 self.show_image(ui, Panel::Reversed);
             }
             Panel::Charts | Panel::Loss => {
-                if let Some(f) = self.follow.as_ref().filter(|_| self.panel == Panel::Loss)
-                    && let Some(last) = f.metrics.last()
-                {
+                if let Some(last) = self.metrics.last().filter(|_| self.panel == Panel::Loss) {
                     ui.label(format!("step {} · loss {:.4} · {:.1} images/s", last.step, last.loss, last.images_per_s));
                 }
                 let charts = self.charts();
@@ -599,8 +621,25 @@ impl ViewerApp {
     }
 }
 
-fn dropped_file(ctx: &egui::Context) -> Option<PathBuf> {
-    ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).find(|p| !p.as_os_str().is_empty()))
+/// Files dropped on the window arrive through `files`: by path natively; in
+/// a page by their bytes, which the browser gives only asynchronously.
+fn take_dropped_files(ctx: &egui::Context, files: &Sender<Source>) {
+    for file in ctx.input(|i| i.raw.dropped_files.clone()) {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = files.send(Source::Path(file.path().to_path_buf()));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (files, ctx) = (files.clone(), ctx.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let name = file.path().display().to_string();
+                let _ = files.send(match file.bytes_async().await {
+                    Ok(bytes) => Source::Bytes { name, bytes: bytes.into() },
+                    Err(e) => Source::Unreadable { name, why: e },
+                });
+                ctx.request_repaint();
+            });
+        }
+    }
 }
 
 /// One line chart: on screen via the painter, saved via plotters.

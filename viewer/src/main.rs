@@ -1,10 +1,6 @@
 //! `cmae-viewer`: live reconstructions and attention maps of Conditional MAE
 //! models, on the same GPU (wgpu device) as the model runs.
 
-mod app;
-mod headless;
-mod worker;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -16,8 +12,10 @@ use cmae_engine::Device;
 use cmae_engine::device::AdapterRequest;
 use eframe::{egui, egui_wgpu, wgpu};
 
-use app::{Follow, Panel, Training, ViewerApp};
-use worker::{Picture, Worker};
+use cmae_viewer::app::{Follow, Panel, ViewerApp};
+use cmae_viewer::headless;
+use cmae_viewer::training::Training;
+use cmae_viewer::worker::{Picture, Source, Worker};
 
 #[derive(Parser)]
 #[command(name = "cmae-viewer", version, about = "Watch Conditional MAE models reconstruct and attend")]
@@ -103,7 +101,7 @@ fn configure(app: &mut ViewerApp, cli: &Cli) -> Result<()> {
     let picture = match &cli.image {
         Some(p) => {
             app.file_path = p.display().to_string();
-            Picture::File(p.clone())
+            Picture::File(Source::Path(p.clone()))
         }
         None => Picture::Dataset { spec: app.data_spec.clone(), index: cli.index },
     };
@@ -111,7 +109,7 @@ fn configure(app: &mut ViewerApp, cli: &Cli) -> Result<()> {
         if !c.is_file() {
             bail!("checkpoint {} does not exist", c.display());
         }
-        app.open(c, Some(picture));
+        app.open(Source::Path(c.clone()), Some(picture));
     } else if let Some(r) = &cli.run {
         if !r.is_dir() {
             bail!("run directory {} does not exist", r.display());
@@ -159,12 +157,7 @@ fn wgpu_options(req: AdapterRequest) -> egui_wgpu::WgpuConfiguration {
                     adapters.iter().filter(|a| surface.is_none_or(|s| a.is_surface_supported(s))).cloned().collect();
                 req.pick(&drawable).map_err(|e| e.to_string())
             }));
-        new.device_descriptor = Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
-            label: Some("cmae-viewer"),
-            required_features: cmae_engine::device::wanted_features(adapter),
-            required_limits: adapter.limits(),
-            ..Default::default()
-        });
+        new.device_descriptor = Arc::new(cmae_viewer::device_descriptor);
     }
     cfg
 }

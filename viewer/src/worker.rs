@@ -1,17 +1,22 @@
-//! The model side of the viewer, on a thread of its own so the UI never
-//! waits for the GPU: it owns the loaded checkpoint and the current image,
-//! takes jobs from the UI and sends back pictures. When jobs pile up (a
-//! slider being dragged) only the newest of each kind is done.
+//! The model side of the viewer, apart from the UI so the UI never waits
+//! for the GPU: it owns the loaded checkpoint and the current image, takes
+//! jobs from the UI and sends back pictures. When jobs pile up (a slider
+//! being dragged) only the newest of each kind is done.
+//!
+//! Its work is async (GPU reads are awaited), so the same code runs on a
+//! thread of its own natively (driven by `Device::block_on`) and as a task
+//! of the page's event loop in a browser, which has no threads to give.
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::thread::JoinHandle;
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use anyhow::{Context, Result, bail};
 use cmae::analysis::{self, attention_stats, half_mass_region};
 use cmae::config::{Shot, validate_shots};
 use cmae::data::augment::Transform;
-use cmae::data::{self, DataSpec, IMAGENET_MEAN, IMAGENET_STD, Split};
+use cmae::data::{self, DataSpec, Split};
 use cmae::masking::MaskPlan;
 use cmae::model::vit::Taps;
 use cmae::model::{LoadedEncoder, Mae, Route, VitEncoder};
@@ -22,16 +27,61 @@ use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// A file: a path natively, or bytes (a page's picker, download or drop,
+/// or a file dropped without a path).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Path(PathBuf),
+    Bytes {
+        name: String,
+        bytes: Arc<[u8]>,
+    },
+    /// A file the browser could not read, and why.
+    Unreadable {
+        name: String,
+        why: String,
+    },
+}
+
+impl Source {
+    /// How messages name it.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Path(p) => p.display().to_string(),
+            Source::Bytes { name, .. } | Source::Unreadable { name, .. } => name.clone(),
+        }
+    }
+
+    fn bytes(&self) -> Result<Cow<'_, [u8]>> {
+        match self {
+            Source::Path(p) => {
+                Ok(Cow::Owned(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?))
+            }
+            Source::Bytes { bytes, .. } => Ok(Cow::Borrowed(bytes)),
+            Source::Unreadable { name, why } => bail!("cannot read {name}: {why}"),
+        }
+    }
+
+    /// Whether it is named like a checkpoint rather than an image.
+    pub fn is_checkpoint(&self) -> bool {
+        self.name().to_ascii_lowercase().ends_with(".safetensors")
+    }
+}
+
 /// Where the current image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Picture {
-    Dataset { spec: String, index: usize },
-    File(PathBuf),
+    Dataset {
+        spec: String,
+        index: usize,
+    },
+    /// A photo (PNG/JPEG), read as `cmae reconstruct` reads its images.
+    File(Source),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
-    Load(PathBuf),
+    Load(Source),
     Picture(Picture),
     Reconstruct {
         shots: Vec<Shot>,
@@ -67,7 +117,8 @@ impl Job {
 /// What the loaded checkpoint is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub path: PathBuf,
+    /// The checkpoint's path or name.
+    pub name: String,
     pub config: cmae::config::ModelConfig,
     /// The shots it was pretrained with (None for a classifier).
     pub shots: Option<Vec<Shot>>,
@@ -77,8 +128,17 @@ pub struct ModelInfo {
 pub enum Reply {
     Loaded(ModelInfo),
     Picture(RgbImage),
-    Reconstruction(RgbImage),
-    Attention(RgbImage),
+    Reconstruction {
+        image: RgbImage,
+        /// `Reconstruction::report` of the picture set (the chosen image first).
+        report: serde_json::Value,
+    },
+    Attention {
+        image: RgbImage,
+        /// The map drawn: one weight per patch (row-major), summing to the
+        /// query's attention to patches.
+        weights: Vec<f64>,
+    },
     Reversed {
         image: RgbImage,
         to_cls: f64,
@@ -97,15 +157,59 @@ pub enum Reply {
 pub struct Worker {
     tx: Option<Sender<Job>>,
     pub rx: Receiver<Reply>,
-    handle: Option<JoinHandle<()>>,
+    #[cfg(not(target_arch = "wasm32"))]
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// In a page: starts a task to drain the queue when none is running.
+    #[cfg(target_arch = "wasm32")]
+    kick: Box<dyn Fn()>,
     sent: u64,
     /// Jobs sent and not yet done (an `Idle` counting all of them has not come back).
     pub busy: bool,
 }
 
+/// The queue's end the model side reads, and where it answers.
+struct Queue {
+    jobs: Receiver<Job>,
+    replies: Sender<Reply>,
+    taken: u64,
+}
+
+impl Queue {
+    /// Every job waiting, keeping only the newest of each kind, in the
+    /// order of the kinds; empty when none waits.
+    fn take_newest(&mut self, first: Option<Job>) -> Vec<Job> {
+        let mut batch: Vec<Job> = Vec::new();
+        for job in first.into_iter().chain(std::iter::from_fn(|| self.jobs.try_recv().ok())) {
+            self.taken += 1;
+            match batch.iter_mut().find(|j| j.kind() == job.kind()) {
+                Some(slot) => *slot = job,
+                None => batch.push(job),
+            }
+        }
+        batch.sort_by_key(Job::kind);
+        batch
+    }
+
+    /// Runs `batch`, answering each job; an error once the UI is gone.
+    async fn run(&mut self, state: &mut State, batch: Vec<Job>, wake: &dyn Fn()) -> Result<()> {
+        for job in batch {
+            let reply = state.run(job).await.unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
+            self.replies.send(reply).map_err(|_| anyhow::anyhow!("the viewer closed"))?;
+            wake();
+        }
+        Ok(())
+    }
+
+    fn idle(&self, wake: &dyn Fn()) {
+        let _ = self.replies.send(Reply::Idle(self.taken));
+        wake();
+    }
+}
+
 impl Worker {
-    /// Starts the thread on a stream of its own (see `Training::resume`);
+    /// Starts the model side on a stream of its own (see `Training::resume`);
     /// `wake` is called after each reply (to repaint the UI).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn start(dev: Device, wake: impl Fn() + Send + 'static) -> Self {
         let dev = dev.new_stream();
         let (tx, jobs) = channel::<Job>();
@@ -113,41 +217,51 @@ impl Worker {
         let handle = std::thread::Builder::new()
             .name("cmae-viewer-model".into())
             .spawn(move || {
-                let mut state = State { dev, model: None, picture: None, probs: None };
-                let mut next = jobs.recv().ok();
-                let mut taken = 0u64;
-                while let Some(first) = next {
-                    // Keep only the newest job of each kind, in the order of the kinds.
-                    taken += 1;
-                    let mut batch = vec![first];
-                    while let Ok(more) = jobs.try_recv() {
-                        taken += 1;
-                        match batch.iter_mut().find(|j| j.kind() == more.kind()) {
-                            Some(slot) => *slot = more,
-                            None => batch.push(more),
-                        }
-                    }
-                    batch.sort_by_key(Job::kind);
-                    for job in batch {
-                        let reply = state.run(job).unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
-                        if replies.send(reply).is_err() {
+                let mut queue = Queue { jobs, replies, taken: 0 };
+                let mut state = State::new(dev.clone());
+                while let Ok(first) = queue.jobs.recv() {
+                    let mut batch = queue.take_newest(Some(first));
+                    while !batch.is_empty() {
+                        if dev.block_on(queue.run(&mut state, batch, &wake)).is_err() {
                             return;
                         }
-                        wake();
+                        batch = queue.take_newest(None);
                     }
-                    next = match jobs.try_recv() {
-                        Ok(job) => Some(job),
-                        Err(TryRecvError::Disconnected) => None,
-                        Err(TryRecvError::Empty) => {
-                            let _ = replies.send(Reply::Idle(taken));
-                            wake();
-                            jobs.recv().ok()
-                        }
-                    };
+                    queue.idle(&wake);
                 }
             })
             .expect("a thread can be spawned");
         Self { tx: Some(tx), rx, handle: Some(handle), sent: 0, busy: false }
+    }
+
+    /// Starts the model side as tasks of the page's event loop: a task
+    /// drains the queue whenever jobs arrive and none is running.
+    #[cfg(target_arch = "wasm32")]
+    pub fn start(dev: Device, wake: impl Fn() + 'static) -> Self {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let (tx, jobs) = channel::<Job>();
+        let (replies, rx) = channel::<Reply>();
+        // The queue and state are lent to one task at a time: a task that
+        // finds them taken leaves the jobs to the running one.
+        let side = Rc::new(RefCell::new(Some((Queue { jobs, replies, taken: 0 }, State::new(dev.new_stream())))));
+        let wake: Rc<dyn Fn()> = Rc::new(wake);
+        let kick = Box::new(move || {
+            let Some((mut queue, mut state)) = side.borrow_mut().take() else { return };
+            let (side, wake) = (side.clone(), wake.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let mut batch = queue.take_newest(None);
+                while !batch.is_empty() {
+                    if queue.run(&mut state, batch, &*wake).await.is_err() {
+                        return;
+                    }
+                    batch = queue.take_newest(None);
+                }
+                queue.idle(&*wake);
+                *side.borrow_mut() = Some((queue, state));
+            });
+        });
+        Self { tx: Some(tx), rx, kick, sent: 0, busy: false }
     }
 
     pub fn send(&mut self, job: Job) {
@@ -156,6 +270,8 @@ impl Worker {
         {
             self.sent += 1;
             self.busy = true;
+            #[cfg(target_arch = "wasm32")]
+            (self.kick)();
         }
     }
 
@@ -165,6 +281,7 @@ impl Worker {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Worker {
     fn drop(&mut self) {
         self.tx = None;
@@ -219,6 +336,10 @@ struct State {
 }
 
 impl State {
+    fn new(dev: Device) -> Self {
+        Self { dev, model: None, picture: None, probs: None }
+    }
+
     fn model(&self) -> Result<&Model> {
         self.model.as_ref().context("open a checkpoint first")
     }
@@ -227,19 +348,19 @@ impl State {
         self.picture.as_ref().context("choose an image first")
     }
 
-    fn run(&mut self, job: Job) -> Result<Reply> {
+    async fn run(&mut self, job: Job) -> Result<Reply> {
         match job {
-            Job::Load(path) => self.load(&path),
+            Job::Load(source) => self.load(&source),
             Job::Picture(p) => self.set_picture(&p),
-            Job::Reconstruct { shots, seed } => self.reconstruct(&shots, seed),
-            Job::Attention { layer, head, query } => self.attention(layer, head, query),
-            Job::Reversed { shots, seed } => self.reversed(&shots, seed),
-            Job::Stats => self.stats(),
+            Job::Reconstruct { shots, seed } => self.reconstruct(&shots, seed).await,
+            Job::Attention { layer, head, query } => self.attention(layer, head, query).await,
+            Job::Reversed { shots, seed } => self.reversed(&shots, seed).await,
+            Job::Stats => self.stats().await,
         }
     }
 
-    fn load(&mut self, path: &Path) -> Result<Reply> {
-        let file = CheckpointFile::read(path)?;
+    fn load(&mut self, source: &Source) -> Result<Reply> {
+        let file = CheckpointFile::parse(&source.bytes()?, &source.name())?;
         let model = if file.task.as_deref() == Some("pretrain") {
             let loaded = file.into_mae(&self.dev, None)?;
             Model::Mae(Box::new(loaded.mae), loaded.config.shots)
@@ -247,7 +368,7 @@ impl State {
             Model::Encoder(LoadedEncoder::from_file(&self.dev, file)?)
         };
         let info = ModelInfo {
-            path: path.to_path_buf(),
+            name: source.name(),
             config: model.encoder().cfg.clone(),
             shots: match &model {
                 Model::Mae(_, s) => Some(s.clone()),
@@ -261,47 +382,48 @@ impl State {
 
     fn set_picture(&mut self, p: &Picture) -> Result<Reply> {
         let c = self.model()?.encoder().cfg.clone();
-        let (images, stats) = match p {
+        let (chw, rows, transform) = match p {
             Picture::Dataset { spec, index } => {
                 let set = data::open(&DataSpec::parse(spec)?, Split::Test, 512, c.img_size)?;
                 if set.is_empty() {
                     bail!("{spec} has no test images");
                 }
                 let rows = RECONSTRUCTION_ROWS.min(set.len());
-                let images = (0..rows)
-                    .map(|k| {
-                        let i = (index + k) % set.len();
-                        Ok(set.get(i).with_context(|| set.describe(i))?.0)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (images, set.mean_std())
+                let transform = Transform::new(c.img_size, c.in_chans, set.mean_std(), false);
+                let mut chw = Vec::new();
+                for k in 0..rows {
+                    let i = (index + k) % set.len();
+                    let image = set.get(i).with_context(|| set.describe(i))?.0;
+                    chw.extend(transform.apply(&image, &mut ChaCha8Rng::seed_from_u64(0)));
+                }
+                (chw, rows, transform)
             }
-            Picture::File(path) => {
-                (vec![data::open_centre_cropped(path)?], (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()))
+            Picture::File(source) => {
+                let photo = data::centre_cropped(&source.bytes()?, &source.name())?;
+                let (chw, transform) = recon::photo_batch(&c, &[photo]);
+                (chw, 1, transform)
             }
         };
-        let transform = Transform::new(c.img_size, c.in_chans, stats, false);
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let chw: Vec<f32> = images.iter().flat_map(|img| transform.apply(img, &mut rng)).collect();
-        let picture = LoadedPicture { chw, rows: images.len(), transform };
+        let picture = LoadedPicture { chw, rows, transform };
         let preview = analysis::upscaled(&picture.transform, picture.first(), (256 / c.img_size as u32).max(1));
         self.picture = Some(picture);
         self.probs = None;
         Ok(Reply::Picture(preview))
     }
 
-    fn reconstruct(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
+    async fn reconstruct(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
         let Model::Mae(mae, _) = self.model()? else {
             bail!("reconstructions need a pretrained MAE checkpoint; this one is a classifier");
         };
         validate_shots(shots, &mae.cfg)?;
         let pic = self.picture()?;
         let plan = MaskPlan::random(shots, pic.rows, mae.cfg.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
-        let r = recon::reconstruct(&self.dev, mae, &pic.chw, pic.rows, shots, plan)?;
-        Ok(Reply::Reconstruction(recon::render(&r, mae, &pic.transform)))
+        let r = recon::reconstruct(&self.dev, mae, &pic.chw, pic.rows, shots, plan).await?;
+        let report = r.report(shots, seed, &self.dev.info().name);
+        Ok(Reply::Reconstruction { image: recon::render(&r, mae, &pic.transform), report })
     }
 
-    fn ensure_probs(&mut self) -> Result<()> {
+    async fn ensure_probs(&mut self) -> Result<()> {
         if self.probs.is_some() {
             return Ok(());
         }
@@ -311,14 +433,16 @@ impl State {
         let imgs = Tensor::from_f32(&self.dev, &pic.chw, &[pic.rows, c.in_chans, c.img_size, c.img_size])?;
         let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
         enc.forward(&Tape::no_grad(&self.dev), &imgs, &Route::default(), &mut taps)?;
-        let probs =
-            taps.attention.unwrap_or_default().iter().map(|p| p.wait_f32(&self.dev)).collect::<Result<Vec<_>, _>>()?;
+        let mut probs = Vec::new();
+        for p in taps.attention.unwrap_or_default() {
+            probs.push(p.read_f32(&self.dev)?.await?);
+        }
         self.probs = Some(probs);
         Ok(())
     }
 
-    fn attention(&mut self, layer: usize, head: Option<usize>, query: Option<usize>) -> Result<Reply> {
-        self.ensure_probs()?;
+    async fn attention(&mut self, layer: usize, head: Option<usize>, query: Option<usize>) -> Result<Reply> {
+        self.ensure_probs().await?;
         let c = self.model()?.encoder().cfg.clone();
         let probs = self.probs.as_ref().expect("just computed");
         let p = probs.get(layer).with_context(|| format!("layer {layer} of {}", probs.len()))?;
@@ -341,22 +465,22 @@ impl State {
         if let Some(q) = query {
             mark_patch(&mut img, q.min(l - 1), c.grid());
         }
-        Ok(Reply::Attention(img))
+        Ok(Reply::Attention { image: img, weights: w })
     }
 
-    fn reversed(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
+    async fn reversed(&self, shots: &[Shot], seed: u64) -> Result<Reply> {
         let Model::Mae(mae, _) = self.model()? else {
             bail!("reversed attention needs a pretrained MAE checkpoint");
         };
         validate_shots(shots, &mae.cfg)?;
         let pic = self.picture()?;
-        let r = analysis::reversed_attention_one(&self.dev, mae, pic.first(), &pic.transform, shots, seed)?;
+        let r = analysis::reversed_attention_one(&self.dev, mae, pic.first(), &pic.transform, shots, seed).await?;
         Ok(Reply::Reversed { image: r.0, to_cls: r.1[0], to_kept: r.1[1], to_dropped: r.1[2] })
     }
 
     /// Mean attention distance and entropy per layer over the picture set.
-    fn stats(&mut self) -> Result<Reply> {
-        self.ensure_probs()?;
+    async fn stats(&mut self) -> Result<Reply> {
+        self.ensure_probs().await?;
         let rows = self.picture()?.rows;
         let c = self.model()?.encoder().cfg.clone();
         let probs = self.probs.as_ref().expect("just computed");

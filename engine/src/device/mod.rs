@@ -19,7 +19,9 @@ mod storage;
 mod stream;
 
 pub use abi::{EntryAbi, reflect};
-pub use adapter::{AdapterRequest, INVOCATIONS_PER_WORKGROUP, LocalRank, STORAGE_BUFFERS_PER_STAGE, wanted_features};
+pub use adapter::{
+    AdapterRequest, INVOCATIONS_PER_WORKGROUP, LocalRank, STORAGE_BUFFERS_PER_STAGE, choose_async, wanted_features,
+};
 pub use families::KernelFamilies;
 pub use profile::KernelTime;
 pub use read::PendingRead;

@@ -67,7 +67,12 @@ impl<T: bytemuck::Pod> PendingRead<T> {
     }
 
     /// Blocks until the values are available (submitting the batch if needed).
+    /// A page cannot block (its GPU work completes only when it yields), so
+    /// on wasm32 this is an error naming the fix: await the read.
     pub fn wait(mut self) -> Result<Vec<T>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Gpu("a blocking GPU read in a page: await the read instead".into()));
+        }
         self.submit_if_recorded()?;
         loop {
             self.device.ctx().wait_idle()?;
@@ -131,6 +136,32 @@ impl<T: bytemuck::Pod> Future for PendingRead<T> {
                 }
                 Poll::Pending
             }
+        }
+    }
+}
+
+impl Device {
+    /// Runs the engine's async code (reads, and code that awaits them) to the
+    /// end on this thread, for native callers: between polls it sleeps until
+    /// the GPU has finished what was submitted instead of spinning. So one
+    /// async path serves both native code and a page. A page cannot block
+    /// (its GPU work completes only when it yields): there, work that is not
+    /// done at once is an error naming the fix, like [`PendingRead::wait`].
+    pub fn block_on<T, E: From<Error>>(
+        &self,
+        work: impl Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<T, E> {
+        let mut work = std::pin::pin!(work);
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(out) = work.as_mut().poll(&mut cx) {
+                return out;
+            }
+            if cfg!(target_arch = "wasm32") {
+                return Err(Error::Gpu("blocking on GPU work in a page: await it instead".into()).into());
+            }
+            // A failed wait fails the read's map callback, which its next poll reports.
+            let _ = self.ctx().device.poll(wgpu::PollType::wait_indefinitely());
         }
     }
 }

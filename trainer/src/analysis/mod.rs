@@ -22,7 +22,9 @@ use crate::model::vit::Taps;
 use crate::model::{LoadedEncoder, Mae, Route, VitEncoder};
 use crate::safetensors_io::write_atomic;
 use crate::train::checkpoint::CheckpointFile;
-use crate::train::metrics::{MetricsLine, MetricsLog};
+use crate::train::metrics::MetricsLine;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::train::metrics::MetricsLog;
 use crate::train::recon::save_png;
 use plot::Series;
 
@@ -137,6 +139,7 @@ fn run_encoder(
     Ok(taps)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn label_of(path: &Path) -> String {
     path.parent()
         .and_then(|p| p.file_name())
@@ -144,6 +147,7 @@ fn label_of(path: &Path) -> String {
 }
 
 /// `attention-distance` and `attention-entropy`: per layer and head for each checkpoint.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn attention_layers(
     dev: &Device,
     checkpoints: &[PathBuf],
@@ -178,6 +182,7 @@ pub fn attention_layers(
 }
 
 /// `cka`: linear CKA between every layer of A and every layer of B (tokens as samples).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn cka(dev: &Device, a: &Path, b: &Path, spec: &str, n: usize, out: &Path) -> Result<Value> {
     let (ma, mb) = (encoder(dev, a)?, encoder(dev, b)?);
     if (ma.cfg.img_size, ma.cfg.in_chans, ma.cfg.patch_size) != (mb.cfg.img_size, mb.cfg.in_chans, mb.cfg.patch_size) {
@@ -317,7 +322,8 @@ pub fn attention_maps(dev: &Device, checkpoint: &Path, spec: &str, n: usize, out
 /// Reversed attention for one normalised image: the picture (the attention
 /// the tokens dropped at the first later shot send, over the image, dropped
 /// patches outlined) and the shares sent to cls, kept and dropped tokens.
-pub fn reversed_attention_one(
+/// Async for the page; native code runs it with `Device::block_on`.
+pub async fn reversed_attention_one(
     dev: &Device,
     mae: &Mae,
     chw: &[f32],
@@ -333,7 +339,7 @@ pub fn reversed_attention_one(
     let imgs = Tensor::from_f32(dev, chw, &[1, c.in_chans, c.img_size, c.img_size])?;
     let mut taps = Taps { attention: Some(Vec::new()), hidden: None };
     mae.encode_masked(&Tape::no_grad(dev), &imgs, &plan.upload(dev, shots)?, &mut taps)?;
-    let probs = taps.attention.unwrap_or_default()[shots[k].layer - 1].wait_f32(dev)?;
+    let probs = taps.attention.unwrap_or_default()[shots[k].layer - 1].read_f32(dev)?.await?;
     let sp = &plan.shots[k];
     let (tokens, heads) = (1 + sp.visible, c.num_heads);
     // Original patch ids of the tokens visible before shot k.
@@ -387,7 +393,7 @@ pub fn reversed_attention(
     let mut shares = [0.0; 3];
     for b in 0..n {
         let chw = &images[b * plane..(b + 1) * plane];
-        let (img, s) = reversed_attention_one(dev, &loaded.mae, chw, &t, &shots, b as u64)?;
+        let (img, s) = dev.block_on(reversed_attention_one(dev, &loaded.mae, chw, &t, &shots, b as u64))?;
         for (acc, v) in shares.iter_mut().zip(s) {
             *acc += v / n as f64;
         }
@@ -420,6 +426,7 @@ pub fn loss_series(lines: &[MetricsLine]) -> Vec<Series> {
 }
 
 /// `loss-curves`: total and per-shot pretraining losses from a run's metrics.jsonl.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn loss_curves(metrics: &Path, out: &Path) -> Result<Value> {
     let lines = MetricsLog::read(metrics)?;
     if lines.is_empty() {

@@ -1,14 +1,22 @@
 //! PNG plots (plotters, with a bundled DejaVu Sans so no system fonts are needed).
+//! The chart files are native only: in a page (wasm32) plotters draws text
+//! through a canvas, not the bundled font, and there are no files to write.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Once;
 
+#[cfg(not(target_arch = "wasm32"))]
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
+#[cfg(not(target_arch = "wasm32"))]
 use plotters::style::{FontStyle, register_font};
 
+#[cfg(not(target_arch = "wasm32"))]
 const FONT: &str = "sans-serif";
 
+#[cfg(not(target_arch = "wasm32"))]
 fn ensure_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -17,6 +25,7 @@ fn ensure_font() {
     });
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing a plot: {e}")
 }
@@ -44,6 +53,7 @@ pub struct Series {
 }
 
 /// A line chart with a legend, written to `path`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     ensure_font();
     let all: Vec<(f64, f64)> =
@@ -100,6 +110,7 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
 }
 
 /// A heat map of `values[row][col]` in [lo, hi] (viridis-like ramp), rows top to bottom.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn heatmap(
     path: &Path,
     title: &str,

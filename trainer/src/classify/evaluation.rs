@@ -93,6 +93,7 @@ pub fn evaluate(
         drop_last: false,
         prefetch: 2,
         positions: None,
+        inline: cfg!(target_arch = "wasm32"),
     };
     let mut loader = Loader::new(set, transform, cfg, 0)?;
     let l = m.num_patches();

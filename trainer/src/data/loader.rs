@@ -5,7 +5,8 @@
 //! augmentation RNG is seeded by (seed, e, sample). Workers may finish batches
 //! in any order; the consumer reorders them. So a run is reproducible with any
 //! number of workers, and a resumed run continues with exactly the batch an
-//! uninterrupted run would have used.
+//! uninterrupted run would have used. A page, which has no threads, builds
+//! the same batches on the caller's thread instead (`inline`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +48,9 @@ pub struct LoaderConfig {
     /// The positions of every batch this process loads, in this order (a
     /// data-parallel rank's shard); None: the whole batch.
     pub positions: Option<Vec<usize>>,
+    /// Build each batch on the caller's thread when it is asked for, with
+    /// no workers (a page has no threads); the batches are the same.
+    pub inline: bool,
 }
 
 impl LoaderConfig {
@@ -62,6 +66,7 @@ impl LoaderConfig {
             drop_last: true,
             prefetch: 4,
             positions: None,
+            inline: cfg!(target_arch = "wasm32"),
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct Loader {
     pending: BTreeMap<u64, Result<Batch>>,
     next: u64,
     workers: Vec<JoinHandle<()>>,
+    /// The epoch order an inline loader built last.
+    order: Option<(u64, Vec<usize>)>,
 }
 
 impl Loader {
@@ -171,7 +178,9 @@ impl Loader {
         if batches_per_epoch == 0 {
             bail!("the dataset has {n} images, fewer than one batch of {}; use a smaller --batch", cfg.batch);
         }
-        let workers = if cfg.workers == 0 {
+        let workers = if cfg.inline {
+            0
+        } else if cfg.workers == 0 {
             std::thread::available_parallelism().map_or(1, |p| p.get().saturating_sub(1).max(1))
         } else {
             cfg.workers
@@ -197,7 +206,7 @@ impl Loader {
                     .map_err(|e| anyhow!("cannot start a data thread: {e}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { shared, rx, pending: BTreeMap::new(), next: start, workers: handles })
+        Ok(Self { shared, rx, pending: BTreeMap::new(), next: start, workers: handles, order: None })
     }
 
     pub fn batches_per_epoch(&self) -> u64 {
@@ -207,17 +216,23 @@ impl Loader {
     /// The next batch in order (blocks until it is ready).
     pub fn next_batch(&mut self) -> Result<Batch> {
         let want = self.next;
-        let batch = loop {
+        let batch =
+            if self.shared.cfg.inline { self.shared.build(want, &mut self.order) } else { self.threaded_batch(want)? };
+        self.next += 1;
+        *self.shared.consumed.lock().unwrap_or_else(|p| p.into_inner()) = self.next;
+        self.shared.advanced.notify_all();
+        batch
+    }
+
+    /// Batch `want` from the workers, which may finish batches out of order.
+    fn threaded_batch(&mut self, want: u64) -> Result<Result<Batch>> {
+        Ok(loop {
             if let Some(b) = self.pending.remove(&want) {
                 break b;
             }
             let (g, b) = self.rx.recv().map_err(|_| anyhow!("the data threads stopped"))?;
             self.pending.insert(g, b);
-        };
-        self.next += 1;
-        *self.shared.consumed.lock().unwrap_or_else(|p| p.into_inner()) = self.next;
-        self.shared.advanced.notify_all();
-        batch
+        })
     }
 }
 
@@ -247,6 +262,15 @@ mod tests {
         shard_loader(workers, start, shuffle, drop_last, None)
     }
 
+    /// [`loader`]'s data and settings, without threads.
+    fn inline_loader(start: u64) -> Loader {
+        let threaded = loader(1, start, true, true);
+        let cfg = LoaderConfig { inline: true, ..threaded.shared.cfg.clone() };
+        let l = Loader::new(threaded.shared.dataset.clone(), threaded.shared.transform.clone(), cfg, start).unwrap();
+        assert!(l.workers.is_empty());
+        l
+    }
+
     fn shard_loader(
         workers: usize,
         start: u64,
@@ -265,6 +289,7 @@ mod tests {
             drop_last,
             prefetch: 3,
             positions,
+            inline: false,
         };
         Loader::new(ds, t, cfg, start).unwrap()
     }
@@ -285,6 +310,13 @@ mod tests {
         let mut resumed = loader(2, 9, true, true);
         let r = resumed.next_batch().unwrap();
         assert_eq!((r.index, &r.images), (9, &a[9].images));
+        // A page's loader (no threads) gives the same batches, resumed too.
+        let mut inline = inline_loader(0);
+        for x in &a {
+            let y = inline.next_batch().unwrap();
+            assert_eq!((x.index, &x.labels, &x.images), (y.index, &y.labels, &y.images));
+        }
+        assert_eq!(inline_loader(9).next_batch().unwrap().images, a[9].images);
     }
 
     #[test]

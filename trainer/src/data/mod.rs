@@ -195,11 +195,16 @@ pub fn first_test_images(
 /// A photo from a file (PNG/JPEG), cropped to its centre square; the model's
 /// transform then resizes it without distortion.
 pub fn open_centre_cropped(path: &Path) -> Result<DynamicImage> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    centre_cropped(&bytes, &path.display().to_string())
+}
+
+/// [`open_centre_cropped`] for an image held in memory; `name` names it in errors.
+pub fn centre_cropped(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()?
         .decode()
-        .with_context(|| format!("cannot decode image {}: the file is corrupt or not PNG/JPEG", path.display()))?;
+        .with_context(|| format!("cannot decode image {name}: the file is corrupt or not PNG/JPEG"))?;
     let side = img.width().min(img.height());
     Ok(img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side))
 }

@@ -243,8 +243,19 @@ impl ParamStore {
         self.trainable().map(|(_, t)| t.numel()).sum()
     }
 
-    /// Every tensor downloaded, in order: `(name, shape, values)`.
+    /// Every tensor downloaded, in order: `(name, shape, values)`. All reads
+    /// go in one submission; async, so a page can await them.
+    pub async fn read_to_host(&self, dev: &Device) -> Result<Vec<NamedF32>> {
+        let reads = self.iter().map(|(_, p)| p.tensor.read_f32(dev)).collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(reads.len());
+        for ((name, p), read) in self.iter().zip(reads) {
+            out.push((name.to_string(), p.tensor.shape().to_vec(), read.await?));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::read_to_host`] for native code.
     pub fn to_host(&self, dev: &Device) -> Result<Vec<NamedF32>> {
-        self.iter().map(|(n, p)| Ok((n.to_string(), p.tensor.shape().to_vec(), p.tensor.wait_f32(dev)?))).collect()
+        dev.block_on(self.read_to_host(dev))
     }
 }

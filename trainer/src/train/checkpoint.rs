@@ -51,18 +51,9 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp)?;
-    let metadata = |role: &str| {
-        HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("task".to_string(), meta.task.clone()),
-            ("role".to_string(), role.to_string()),
-            ("step".to_string(), step.to_string()),
-            ("config".to_string(), meta.config.clone()),
-            ("precision".to_string(), meta.precision.name().to_string()),
-        ])
-    };
-    safetensors_io::write_f32(&tmp.join("model.safetensors"), &params.to_host(dev)?, metadata("weights"))?;
-    safetensors_io::write_f32(&tmp.join("optimizer.safetensors"), optimizer, metadata("optimizer"))?;
+    let weights = dev.block_on(weights_bytes(dev, params, step, meta))?;
+    write_atomic(&tmp.join("model.safetensors"), &weights)?;
+    safetensors_io::write_f32(&tmp.join("optimizer.safetensors"), optimizer, metadata(meta, step, "optimizer"))?;
     let dir = step_dir(run, step);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -77,6 +68,25 @@ pub fn save(
         std::fs::remove_dir_all(&old.1).with_context(|| format!("cannot prune {}", old.1.display()))?;
     }
     Ok(stable)
+}
+
+/// What every file of a checkpoint says of itself.
+fn metadata(meta: &Meta, step: u64, role: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("task".to_string(), meta.task.clone()),
+        ("role".to_string(), role.to_string()),
+        ("step".to_string(), step.to_string()),
+        ("config".to_string(), meta.config.clone()),
+        ("precision".to_string(), meta.precision.name().to_string()),
+    ])
+}
+
+/// The weights file of step `step` (`model.safetensors`, and the run's
+/// `checkpoint.safetensors`), as bytes: async, so a page can offer it as a
+/// download.
+pub async fn weights_bytes(dev: &Device, params: &ParamStore, step: u64, meta: &Meta) -> Result<Vec<u8>> {
+    safetensors_io::f32_bytes(&params.read_to_host(dev).await?, metadata(meta, step, "weights"))
 }
 
 /// Complete step directories, oldest first.
@@ -188,7 +198,16 @@ pub struct CheckpointFile {
 
 impl CheckpointFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let mut file = safetensors_io::read(path)?;
+        Self::from_file(safetensors_io::read(path)?, path)
+    }
+
+    /// A checkpoint held in memory (a page's download, picker or drop);
+    /// `name` stands for its path in messages.
+    pub fn parse(bytes: &[u8], name: &str) -> Result<Self> {
+        Self::from_file(safetensors_io::parse(bytes, name)?, Path::new(name))
+    }
+
+    fn from_file(mut file: safetensors_io::SafetensorsFile, path: &Path) -> Result<Self> {
         let mut meta = |key: &str| file.metadata.remove(key);
         let (task, step, config) = (meta("task"), meta("step").and_then(|s| s.parse().ok()), meta("config"));
         Ok(Self { path: path.to_path_buf(), task, step, config, tensors: f32_tensors(file, path)? })

@@ -1,15 +1,18 @@
 //! Pretraining: data → mask plan → Conditional MAE forward/backward → AdamW,
-//! as a task of the shared training loop, plus reconstruction grids.
+//! as a task of the shared training loop, plus reconstruction grids; and
+//! the same run driven one step at a time by a caller ([`Session`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use cmae_engine::{Device, Gradients, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::Meta;
+use super::checkpoint::{self, Meta};
 use super::lifecycle;
+use super::metrics::MetricsLine;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::precision::Amp;
 use super::recon;
@@ -17,7 +20,7 @@ use super::runner::{self, Cadence, MicroStep, RunFlags, Schedule, Summary, Task}
 use crate::config::PretrainConfig;
 use crate::data::augment::Transform;
 use crate::data::loader::{Loader, LoaderConfig};
-use crate::data::{self, DataSpec, Split};
+use crate::data::{self, DataSpec, Dataset, Split};
 use crate::distributed::world;
 use crate::masking::MaskPlan;
 use crate::model::Mae;
@@ -33,8 +36,8 @@ pub fn init_rng(seed: u64) -> ChaCha8Rng {
     stream_rng(Stream::PretrainInit, &[seed])
 }
 
-struct PretrainTask<'a> {
-    cfg: &'a PretrainConfig,
+struct PretrainTask {
+    cfg: PretrainConfig,
     mae: Mae,
     opt: AdamW,
     amp: Amp,
@@ -44,7 +47,62 @@ struct PretrainTask<'a> {
     recon: (Vec<f32>, usize, Transform),
 }
 
-impl Task for PretrainTask<'_> {
+impl PretrainTask {
+    /// The model (initialised from the seed), optimizer and data of `cfg`
+    /// (`train_set`, from `spec`), its data starting at optimizer step
+    /// `start`; and the run's schedule.
+    fn new(
+        dev: &Device,
+        cfg: &PretrainConfig,
+        (spec, train_set): (&DataSpec, Arc<dyn Dataset>),
+        start: u64,
+    ) -> Result<(Self, Schedule)> {
+        let amp = Amp::new(dev, cfg.train.precision, true)?;
+        let (m, t) = (&cfg.model, &cfg.train);
+        let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
+        let opt = AdamW::new(
+            dev,
+            &mae.params,
+            AdamWConfig {
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: 1e-8,
+                weight_decay: t.weight_decay,
+                decays: crate::model::decays,
+            },
+        )?;
+        log::info!(
+            "model: {} trainable parameters, {} patches, shots {}",
+            mae.params.count_trainable(),
+            m.num_patches(),
+            crate::config::shots_to_string(&cfg.shots)
+        );
+        let transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
+        let mut loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
+        if world().size() > 1 {
+            loader_cfg.positions = Some(world().shard(t.batch).collect());
+        }
+        let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
+        let sched = Schedule::new(
+            t.epochs,
+            t.steps,
+            t.warmup_epochs,
+            t.accum_iter,
+            loader.batches_per_epoch(),
+            (cfg.lr(), 0.0),
+        );
+        // The fixed images every reconstruction grid shows.
+        let recon = data::first_test_images(spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
+        let task = Self { cfg: cfg.clone(), mae, opt, amp, loader, dropped_counts: Vec::new(), recon };
+        Ok((task, sched))
+    }
+
+    fn meta(&self) -> Meta {
+        Meta { task: "pretrain".into(), config: self.cfg.to_ron(), precision: self.cfg.train.precision }
+    }
+}
+
+impl Task for PretrainTask {
     fn params(&self) -> &crate::model::ParamStore {
         &self.mae.params
     }
@@ -117,7 +175,7 @@ impl Task for PretrainTask<'_> {
             m.num_patches(),
             &mut stream_rng(Stream::ReconMasks, &[self.cfg.train.seed]),
         );
-        let r = recon::reconstruct(dev, &self.mae, images, *n, &self.cfg.shots, plan)?;
+        let r = dev.block_on(recon::reconstruct(dev, &self.mae, images, *n, &self.cfg.shots, plan))?;
         let path = out.join("recon").join(format!("step-{step:08}.png"));
         recon::save_png(&recon::render(&r, &self.mae, t), &path)?;
         Ok(Some(path))
@@ -127,44 +185,81 @@ impl Task for PretrainTask<'_> {
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
     world().check_batch(cfg.train.batch)?;
-    let amp = Amp::new(dev, cfg.train.precision, true)?;
     // The data first: a run that cannot start leaves no run directory behind.
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     // A resumed run starts its data exactly where the checkpoint stopped.
     let start = lifecycle::prepare(opts, cfg, &cfg.to_ron(), PretrainConfig::from_ron)?;
-    let (m, t) = (&cfg.model, &cfg.train);
-    let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
-    let opt = AdamW::new(
-        dev,
-        &mae.params,
-        AdamWConfig {
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: 1e-8,
-            weight_decay: t.weight_decay,
-            decays: crate::model::decays,
-        },
-    )?;
-    log::info!(
-        "model: {} trainable parameters, {} patches, shots {}",
-        mae.params.count_trainable(),
-        m.num_patches(),
-        crate::config::shots_to_string(&cfg.shots)
-    );
-    let transform = Transform::new(m.img_size, m.in_chans, train_set.mean_std(), true);
-    let mut loader_cfg = LoaderConfig::training(t.batch, t.seed, &cfg.data);
-    if world().size() > 1 {
-        loader_cfg.positions = Some(world().shard(t.batch).collect());
-    }
-    let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
-    let sched =
-        Schedule::new(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, loader.batches_per_epoch(), (cfg.lr(), 0.0));
-    // The fixed images every reconstruction grid shows.
-    let recon = data::first_test_images(&spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
-    let mut task = PretrainTask { cfg, mae, opt, amp, loader, dropped_counts: Vec::new(), recon };
+    let (mut task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), start)?;
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
-    let meta = Meta { task: "pretrain".into(), config: cfg.to_ron(), precision: t.precision };
+    let meta = task.meta();
     runner::run(dev, &mut task, &sched, &meta, (opts, cadence), interrupt)
+}
+
+/// A pretraining run that its caller drives one step at a time: a page,
+/// which cannot block and has no files or threads. The model, data order,
+/// masks, optimizer and schedule are those of [`pretrain`] with the same
+/// config, so its weights after N steps are `cmae pretrain`'s after N.
+pub struct Session {
+    task: PretrainTask,
+    sched: Schedule,
+    step: u64,
+    skipped_images: u64,
+    /// The caller's clock when the last step began, for images per second.
+    last_clock: Option<f64>,
+}
+
+impl Session {
+    /// A fresh run of `cfg`.
+    pub fn new(dev: &Device, cfg: &PretrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        let spec = DataSpec::parse(&cfg.data.spec)?;
+        let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
+        let (task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), 0)?;
+        Ok(Self { task, sched, step: 0, skipped_images: 0, last_clock: None })
+    }
+
+    pub fn config(&self) -> &PretrainConfig {
+        &self.task.cfg
+    }
+
+    /// Optimizer steps done.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.sched.total_steps
+    }
+
+    /// Runs the next optimizer step and reads its loss back; `clock` gives
+    /// the caller's time in seconds (a page has no `Instant`). A non-finite
+    /// loss is an error, and the step counts as not done.
+    pub async fn advance(&mut self, dev: &Device, clock: impl Fn() -> f64) -> Result<MetricsLine> {
+        anyhow::ensure!(self.step < self.sched.total_steps, "the run has done all its {} steps", self.step);
+        let began = clock();
+        let recorded = runner::record_step(dev, &mut self.task, &self.sched, self.step, None)?;
+        let images = recorded.images;
+        let settled = runner::settle(recorded).await?;
+        anyhow::ensure!(
+            settled.loss.is_finite(),
+            "the loss became {} at step {}; lower train.blr",
+            settled.loss,
+            settled.step
+        );
+        self.step += 1;
+        self.skipped_images += settled.skipped_images;
+        let now = clock();
+        let first = *self.last_clock.get_or_insert(began);
+        let rate = images as f64 / (now - began).max(1e-9);
+        let timing = (rate, now - first);
+        Ok(runner::metrics_line(dev, &self.task, &self.sched, &settled, timing, self.skipped_images))
+    }
+
+    /// The weights now, as the run's `checkpoint.safetensors` would hold
+    /// them at this step.
+    pub async fn checkpoint(&self, dev: &Device) -> Result<Vec<u8>> {
+        checkpoint::weights_bytes(dev, &self.task.mae.params, self.step, &self.task.meta()).await
+    }
 }

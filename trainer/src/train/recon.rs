@@ -2,14 +2,19 @@
 //! visible (dropped patches grey) | the reconstruction (visible patches from
 //! the image, dropped ones predicted) | the per-patch error as a heat map.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use cmae_engine::{Device, Tape, Tensor};
-use image::{Rgb, RgbImage};
+use image::{DynamicImage, Rgb, RgbImage};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
 
-use crate::config::Shot;
+use super::checkpoint::Loaded;
+use crate::config::{ModelConfig, Shot, parse_shots, shots_to_string, validate_shots};
 use crate::data::augment::Transform;
+use crate::data::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::masking::MaskPlan;
 use crate::model::Mae;
 use crate::safetensors_io::write_atomic;
@@ -27,8 +32,19 @@ pub struct Reconstruction {
     pub plan: MaskPlan,
 }
 
+/// Photos (files, a page's images) as the model reads them: ImageNet
+/// statistics, the centre square resized, no augmentation. `cmae
+/// reconstruct`, the viewer and the page all go through here, so the same
+/// file gives the same numbers everywhere.
+pub fn photo_batch(m: &ModelConfig, photos: &[DynamicImage]) -> (Vec<f32>, Transform) {
+    let t = Transform::new(m.img_size, m.in_chans, (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()), false);
+    let pixels = photos.iter().flat_map(|p| t.apply(p, &mut ChaCha8Rng::seed_from_u64(0))).collect();
+    (pixels, t)
+}
+
 /// Runs the model without gradients on `images` (`[B, C, H, W]`, normalised).
-pub fn reconstruct(
+/// Async, so a page can await the GPU; native code runs it with `Device::block_on`.
+pub async fn reconstruct(
     dev: &Device,
     mae: &Mae,
     images: &[f32],
@@ -40,8 +56,8 @@ pub fn reconstruct(
     let imgs = Tensor::from_f32(dev, images, &[batch, c.in_chans, c.img_size, c.img_size])?;
     let tape = Tape::no_grad(dev);
     let out = mae.forward(&tape, &imgs, &plan.upload(dev, shots)?, false)?;
-    let mut pred = out.pred.value().wait_f32(dev)?;
-    let patch_loss = out.patch_loss.wait_f32(dev)?;
+    let mut pred = out.pred.value().read_f32(dev)?.await?;
+    let patch_loss = out.patch_loss.read_f32(dev)?.await?;
     let pd = c.patch_dim();
     if c.norm_pix_loss {
         // Undo norm-pix with the statistics of the true patch (MAE's visualisation).
@@ -51,7 +67,8 @@ pub fn reconstruct(
             c.patch_size,
             cmae_engine::kernels::patch::PatchOrder::ChannelLast,
         )?
-        .wait_f32(dev)?;
+        .read_f32(dev)?
+        .await?;
         for (p, t) in pred.chunks_mut(pd).zip(raw.chunks(pd)) {
             let mean = t.iter().sum::<f32>() / pd as f32;
             let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (pd.max(2) - 1) as f32;
@@ -83,6 +100,54 @@ impl Reconstruction {
             .collect();
         (whole, per_image)
     }
+
+    /// What `cmae reconstruct --json` prints and the page logs: the losses
+    /// (see [`Self::losses`]), each image's per-patch MSE (every patch; the
+    /// loss weighs the dropped ones), the shots, seed and adapter.
+    pub fn report(&self, shots: &[Shot], seed: u64, adapter: &str) -> Value {
+        let (loss, per_image) = self.losses(shots);
+        let patch_loss: Vec<&[f32]> = self.patch_loss.chunks(self.plan.num_patches).collect();
+        json!({
+            "loss": loss,
+            "per_image": per_image,
+            "patch_loss": patch_loss,
+            "shots": shots_to_string(shots),
+            "seed": seed,
+            "adapter": adapter,
+        })
+    }
+}
+
+/// `cmae reconstruct`'s work: a checkpoint's reconstructions of photo files.
+pub struct FileReconstruction {
+    pub loaded: Loaded,
+    /// The shots used: those asked for, or the checkpoint's own.
+    pub shots: Vec<Shot>,
+    pub transform: Transform,
+    pub result: Reconstruction,
+}
+
+/// Reconstructs `images` (photo files) with the MAE in `checkpoint`, masked
+/// by `shots` (e.g. `0:0.75,4:0.1`; default: the checkpoint's) drawn from `seed`.
+pub fn reconstruct_files(
+    dev: &Device,
+    checkpoint: &Path,
+    images: &[PathBuf],
+    shots: Option<&str>,
+    seed: u64,
+) -> Result<FileReconstruction> {
+    let loaded = super::checkpoint::load_model(dev, checkpoint, None)?;
+    let shots = match shots {
+        Some(s) => parse_shots(s)?,
+        None => loaded.config.shots.clone(),
+    };
+    let m = &loaded.config.model;
+    validate_shots(&shots, m)?;
+    let photos = images.iter().map(|p| crate::data::open_centre_cropped(p)).collect::<Result<Vec<_>>>()?;
+    let (pixels, transform) = photo_batch(m, &photos);
+    let plan = MaskPlan::random(&shots, images.len(), m.num_patches(), &mut ChaCha8Rng::seed_from_u64(seed));
+    let result = dev.block_on(reconstruct(dev, &loaded.mae, &pixels, images.len(), &shots, plan))?;
+    Ok(FileReconstruction { loaded, shots, transform, result })
 }
 
 /// `[B, L, p·p·C]` (row, col, channel order) → `[B, C, H, W]`.

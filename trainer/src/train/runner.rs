@@ -148,30 +148,90 @@ struct StepReads {
 }
 
 /// A finished step as read back.
-struct Settled {
-    step: u64,
-    loss: f64,
-    parts: Vec<f64>,
+pub struct Settled {
+    /// The step's number, counting from 1.
+    pub step: u64,
+    pub loss: f64,
+    pub parts: Vec<f64>,
     scale: Option<ScaleState>,
     /// Unreadable images replaced in this step, over all ranks.
-    skipped_images: u64,
+    pub skipped_images: u64,
     sync: Option<SyncStats>,
+    /// The step's learning rate.
+    pub lr: f64,
 }
 
-/// Mean loss and parts of a finished step (waits for the GPU), summed over
-/// the ranks' shares.
-fn resolve(reads: StepReads) -> Result<Settled> {
+/// One optimizer step recorded and submitted; its loss is read back later,
+/// while the next step runs.
+pub struct RecordedStep {
+    reads: StepReads,
+    lr: f64,
+    /// Images of the global batch.
+    pub images: usize,
+}
+
+/// Records optimizer step `step` (0-based) of `task`: forward and backward
+/// of each micro-batch (the last one's gradients summed over the ranks while
+/// it runs, when `sync` is given), the update at the schedule's learning
+/// rate, and submits it.
+pub fn record_step(
+    dev: &Device,
+    task: &mut dyn Task,
+    sched: &Schedule,
+    step: u64,
+    mut sync: Option<&mut Option<GradientSync>>,
+) -> Result<RecordedStep> {
+    let mut grads = task.new_gradients(dev)?;
+    let mut reads = StepReads {
+        step: step + 1,
+        loss: Vec::new(),
+        parts: Vec::new(),
+        scale: None,
+        skipped_images: 0,
+        shared: !task.replicated(),
+        sync: None,
+    };
+    let mut images = 0;
+    for micro in 0..sched.accum_iter {
+        if let Some(sync) = sync.as_deref_mut()
+            && micro + 1 == sched.accum_iter
+        {
+            sync.get_or_insert_with(|| GradientSync::new(&grads)).arm(&mut grads);
+        }
+        let m = task.micro_step(dev, step, micro, &mut grads)?;
+        reads.skipped_images += m.skipped_images;
+        images += m.images;
+        reads.loss.push(m.loss.read_f32(dev)?);
+        if let Some(parts) = &m.parts {
+            reads.parts.push(parts.read_f32(dev)?);
+        }
+    }
+    if let Some(Some(sync)) = sync {
+        reads.sync = Some(sync.finish(dev, &mut grads)?);
+    }
+    let lr = lr_at(step, sched.total_steps, sched.warmup_steps, sched.peak_lr, sched.min_lr);
+    task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
+    reads.scale = task.amp().read(dev)?;
+    drop(grads);
+    dev.flush()?;
+    Ok(RecordedStep { reads, lr, images })
+}
+
+/// Mean loss and parts of a recorded step once the GPU has run it, summed
+/// over the ranks' shares. Async, so a page can await the GPU.
+pub async fn settle(recorded: RecordedStep) -> Result<Settled> {
+    let RecordedStep { reads, lr, .. } = recorded;
     let micro = reads.loss.len() as f64;
     let mut loss = 0.0;
     for r in reads.loss {
-        loss += f64::from(r.wait()?[0]) / micro;
+        loss += f64::from(r.await?[0]) / micro;
     }
     if world().nan_injected(reads.step) {
         loss = f64::NAN;
     }
     let mut parts: Vec<f64> = Vec::new();
     for r in reads.parts {
-        let v = r.wait()?;
+        let v = r.await?;
         parts.resize(v.len(), 0.0);
         for (acc, x) in parts.iter_mut().zip(v) {
             *acc += f64::from(x) / micro;
@@ -194,8 +254,43 @@ fn resolve(reads: StepReads) -> Result<Settled> {
         }
         skipped_images = sums[1];
     }
-    let scale = reads.scale.map(|r| r.wait().and_then(|w| ScaleState::from_words(&w))).transpose()?;
-    Ok(Settled { step: reads.step, loss, parts, scale, skipped_images: skipped_images as u64, sync: reads.sync })
+    let scale = match reads.scale {
+        Some(r) => Some(ScaleState::from_words(&r.await?)?),
+        None => None,
+    };
+    Ok(Settled { step: reads.step, loss, parts, scale, skipped_images: skipped_images as u64, sync: reads.sync, lr })
+}
+
+/// The metrics line of a settled step.
+pub fn metrics_line(
+    dev: &Device,
+    task: &dyn Task,
+    sched: &Schedule,
+    settled: &Settled,
+    (images_per_s, elapsed_s): (f64, f64),
+    skipped_images: u64,
+) -> MetricsLine {
+    let Settled { step, loss, parts, scale, sync, lr, .. } = settled;
+    let mem = dev.memory();
+    MetricsLine {
+        step: *step,
+        epoch: (*step * sched.accum_iter) as f64 / sched.batches_per_epoch as f64,
+        loss: *loss,
+        loss_per_shot: task.report_parts(parts),
+        lr: *lr,
+        images_per_s,
+        host_rss_mb: host_rss_mb(),
+        gpu_in_use_mb: mem.in_use_bytes as f64 / 1048576.0,
+        gpu_pooled_mb: mem.pooled_bytes as f64 / 1048576.0,
+        skipped_images,
+        elapsed_s,
+        loss_scale: scale.map(|s| f64::from(s.scale)),
+        skipped_steps: scale.map_or(0, |s| u64::from(s.skipped_steps)),
+        ranks: world().size() as u64,
+        allreduce_ms: sync.map(|s| s.allreduce_ms),
+        allreduce_overlap: sync.map(|s| s.overlap),
+        allreduce_bytes: sync.map(|s| s.bytes),
+    }
 }
 
 /// Makes every rank start from rank 0's state: its weights (fresh or
@@ -269,7 +364,7 @@ pub fn run(
 
     let started = Instant::now();
     let mut window = (Instant::now(), 0usize);
-    let mut pending: Option<StepReads> = None;
+    let mut pending: Option<RecordedStep> = None;
     let mut last: Option<Settled> = None;
     let mut skipped_total = 0u64;
     let mut checkpoint_path = out.join("checkpoint.safetensors");
@@ -279,9 +374,12 @@ pub fn run(
     // The loss of step s is read while step s+1 runs; a non-finite value stops
     // the run before anything computed from it is saved. Every rank sees the
     // same summed loss, so all stop at the same step.
-    let settle = |pending: &mut Option<StepReads>, last: &mut Option<Settled>, skipped: &mut u64| -> Result<()> {
-        if let Some(reads) = pending.take() {
-            let r = resolve(reads)?;
+    let settle_pending = |pending: &mut Option<RecordedStep>,
+                          last: &mut Option<Settled>,
+                          skipped: &mut u64|
+     -> Result<()> {
+        if let Some(recorded) = pending.take() {
+            let r = dev.block_on(settle(recorded))?;
             if !r.loss.is_finite() {
                 let good = if w.is_root() {
                     checkpoint::latest(out)?.map_or_else(|| "none".to_string(), |(_, d)| d.display().to_string())
@@ -303,38 +401,10 @@ pub fn run(
     let sum_gradients = w.size() > 1 && !task.replicated();
     let mut sync: Option<GradientSync> = None;
     while step < end {
-        let mut grads = task.new_gradients(dev)?;
-        let mut reads = StepReads {
-            step: step + 1,
-            loss: Vec::new(),
-            parts: Vec::new(),
-            scale: None,
-            skipped_images: 0,
-            shared: !task.replicated(),
-            sync: None,
-        };
-        for micro in 0..sched.accum_iter {
-            if sum_gradients && micro + 1 == sched.accum_iter {
-                sync.get_or_insert_with(|| GradientSync::new(&grads)).arm(&mut grads);
-            }
-            let m = task.micro_step(dev, step, micro, &mut grads)?;
-            reads.skipped_images += m.skipped_images;
-            window.1 += m.images;
-            reads.loss.push(m.loss.read_f32(dev)?);
-            if let Some(parts) = &m.parts {
-                reads.parts.push(parts.read_f32(dev)?);
-            }
-        }
-        if let Some(sync) = &sync {
-            reads.sync = Some(sync.finish(dev, &mut grads)?);
-        }
-        let lr = lr_at(step, total, sched.warmup_steps, sched.peak_lr, sched.min_lr);
-        task.update(dev, &grads, lr, 1.0 / sched.accum_iter as f32)?;
-        reads.scale = task.amp().read(dev)?;
-        drop(grads);
-        dev.flush()?;
-        settle(&mut pending, &mut last, &mut skipped_total)?;
-        pending = Some(reads);
+        let recorded = record_step(dev, task, sched, step, sum_gradients.then_some(&mut sync))?;
+        window.1 += recorded.images;
+        settle_pending(&mut pending, &mut last, &mut skipped_total)?;
+        pending = Some(recorded);
         step += 1;
         bar.set_position(step);
 
@@ -344,35 +414,18 @@ pub fn run(
         let log_now = step.is_multiple_of(cadence.log_every) || finishing;
         let ckpt_now = step.is_multiple_of(cadence.checkpoint_every) || finishing;
         if log_now || ckpt_now {
-            settle(&mut pending, &mut last, &mut skipped_total)?;
+            settle_pending(&mut pending, &mut last, &mut skipped_total)?;
         }
         if let Some(metrics) = &metrics
             && log_now
-            && let Some(Settled { step: s, loss, parts, scale, sync, .. }) = &last
+            && let Some(settled) = &last
         {
             let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             window = (Instant::now(), 0);
-            let mem = dev.memory();
-            let line = MetricsLine {
-                step: *s,
-                epoch: (*s * sched.accum_iter) as f64 / sched.batches_per_epoch as f64,
-                loss: *loss,
-                loss_per_shot: task.report_parts(parts),
-                lr,
-                images_per_s: ips,
-                host_rss_mb: host_rss_mb(),
-                gpu_in_use_mb: mem.in_use_bytes as f64 / 1048576.0,
-                gpu_pooled_mb: mem.pooled_bytes as f64 / 1048576.0,
-                skipped_images: skipped_total,
-                elapsed_s: started.elapsed().as_secs_f64(),
-                loss_scale: scale.map(|s| f64::from(s.scale)),
-                skipped_steps: scale.map_or(0, |s| u64::from(s.skipped_steps)),
-                ranks: w.size() as u64,
-                allreduce_ms: sync.map(|s| s.allreduce_ms),
-                allreduce_overlap: sync.map(|s| s.overlap),
-                allreduce_bytes: sync.map(|s| s.bytes),
-            };
+            let elapsed = started.elapsed().as_secs_f64();
+            let line = metrics_line(dev, &*task, sched, settled, (ips, elapsed), skipped_total);
             metrics.append(&line)?;
+            let (loss, lr) = (line.loss, line.lr);
             let parts: Vec<String> =
                 line.loss_per_shot.iter().map(|v| v.map_or("-".into(), |v| format!("{v:.4}"))).collect();
             let parts = if parts.is_empty() { String::new() } else { format!(" [{}]", parts.join(" ")) };
