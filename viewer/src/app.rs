@@ -61,7 +61,7 @@ impl Follow {
 }
 
 /// Offers bytes to the user as a file of the given name.
-pub type Download = Box<dyn Fn(&str, &[u8])>;
+pub type Download = Box<dyn Fn(&str, &[u8]) -> anyhow::Result<()>>;
 
 pub struct ViewerApp {
     pub worker: Worker,
@@ -488,8 +488,9 @@ impl ViewerApp {
                 if let (Some(download), Some((step, bytes))) = (&self.download, t.latest())
                     && !t.running()
                     && ui.button(format!("download checkpoint (step {step})")).clicked()
+                    && let Err(e) = download(&format!("cmae-pretrain-step-{step:08}.safetensors"), &bytes)
                 {
-                    download(&format!("cmae-pretrain-step-{step:08}.safetensors"), &bytes);
+                    self.error = Some(format!("{e:#}"));
                 }
             }
         });

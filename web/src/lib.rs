@@ -224,6 +224,7 @@ mod tests {
         assert_eq!((p.train.as_deref(), p.steps, p.download), (Some("micro"), Some(30), true));
         let e = PageParams::from_pairs(pairs(&[("train", "huge")])).unwrap_err().to_string();
         assert!(e.contains("micro or fmnist-small"), "{e}");
-        assert!(PageParams::from_pairs(pairs(&[("shots", "0:1.5")])).is_err());
+        let e = PageParams::from_pairs(pairs(&[("shots", "0-0.75")])).unwrap_err().to_string();
+        assert!(e.contains("0-0.75"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
-use crate::{PAGE_PRESETS, PageParams, adapter_name, page_preset, result_json};
+use crate::{BUNDLED_IMAGES, PAGE_PRESETS, PageParams, adapter_name, bundled_image, page_preset, result_json};
 
 thread_local! {
     /// The running viewer: eframe stops when its runner is dropped.
@@ -152,12 +152,7 @@ impl Page {
         }
         app.seed = params.seed;
         app.file_picker = Some(file_picker(app.file_sender(), ctx.clone())?);
-        let sender = app.file_sender();
-        app.download = Some(Box::new(move |name: &str, bytes: &[u8]| {
-            if let Err(e) = download(name, bytes) {
-                let _ = sender.send(Source::Unreadable { name: name.into(), why: format!("{e:#}") });
-            }
-        }));
+        app.download = Some(Box::new(download));
         let checkpoint = params.train.is_none().then(|| params.checkpoint.clone());
         app.status = format!("fetching {}", checkpoint.as_deref().unwrap_or(&params.image));
         let fetched = Rc::new(RefCell::new(None));
@@ -246,6 +241,23 @@ impl Page {
         if let Some((name, steps)) = start {
             self.start_training(ctx, name, Some(steps));
         }
+        egui::Window::new("bundled images").default_pos([12.0, 480.0]).default_open(false).show(ctx, |ui| {
+            ui.label("Fashion-MNIST test images");
+            ui.horizontal_wrapped(|ui| {
+                for k in 0..BUNDLED_IMAGES {
+                    if ui.button(k.to_string()).clicked() {
+                        let (files, ctx, url) = (self.app.file_sender(), ctx.clone(), bundled_image(k));
+                        spawn_local(async move {
+                            let file = fetch(&url)
+                                .await
+                                .unwrap_or_else(|e| Source::Unreadable { name: url, why: format!("{e:#}") });
+                            let _ = files.send(file);
+                            ctx.request_repaint();
+                        });
+                    }
+                }
+            });
+        });
     }
 
     /// Logs the result line once the first reconstruction and attention map

@@ -49,15 +49,15 @@ struct PretrainTask {
 
 impl PretrainTask {
     /// The model (initialised from the seed), optimizer and data of `cfg`
-    /// (`train_set`, from `spec`), its data starting at optimizer step
-    /// `start`; and the run's schedule.
+    /// (`train_set`, from `spec`) in precision `amp`, its data starting at
+    /// optimizer step `start`; and the run's schedule.
     fn new(
         dev: &Device,
         cfg: &PretrainConfig,
         (spec, train_set): (&DataSpec, Arc<dyn Dataset>),
+        amp: Amp,
         start: u64,
     ) -> Result<(Self, Schedule)> {
-        let amp = Amp::new(dev, cfg.train.precision, true)?;
         let (m, t) = (&cfg.model, &cfg.train);
         let mae = Mae::new(dev, m, &mut init_rng(t.seed))?;
         let opt = AdamW::new(
@@ -83,14 +83,8 @@ impl PretrainTask {
             loader_cfg.positions = Some(world().shard(t.batch).collect());
         }
         let loader = Loader::new(train_set, transform, loader_cfg, start * t.accum_iter as u64)?;
-        let sched = Schedule::new(
-            t.epochs,
-            t.steps,
-            t.warmup_epochs,
-            t.accum_iter,
-            loader.batches_per_epoch(),
-            (cfg.lr(), 0.0),
-        );
+        let per_epoch = loader.batches_per_epoch();
+        let sched = Schedule::new(t.epochs, t.steps, t.warmup_epochs, t.accum_iter, per_epoch, (cfg.lr(), 0.0));
         // The fixed images every reconstruction grid shows.
         let recon = data::first_test_images(spec, cfg.data.synthetic_size, m, cfg.output.recon_images)?;
         let task = Self { cfg: cfg.clone(), mae, opt, amp, loader, dropped_counts: Vec::new(), recon };
@@ -185,12 +179,13 @@ impl Task for PretrainTask {
 pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: &AtomicBool) -> Result<Summary> {
     cfg.validate()?;
     world().check_batch(cfg.train.batch)?;
-    // The data first: a run that cannot start leaves no run directory behind.
+    // The precision and data first: a run that cannot start leaves no run directory behind.
+    let amp = Amp::new(dev, cfg.train.precision, true)?;
     let spec = DataSpec::parse(&cfg.data.spec)?;
     let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
     // A resumed run starts its data exactly where the checkpoint stopped.
     let start = lifecycle::prepare(opts, cfg, &cfg.to_ron(), PretrainConfig::from_ron)?;
-    let (mut task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), start)?;
+    let (mut task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), amp, start)?;
     let cadence =
         Cadence { log_every: cfg.output.log_every as u64, checkpoint_every: cfg.output.checkpoint_every as u64 };
     let meta = task.meta();
@@ -216,7 +211,8 @@ impl Session {
         cfg.validate()?;
         let spec = DataSpec::parse(&cfg.data.spec)?;
         let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
-        let (task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), 0)?;
+        let amp = Amp::new(dev, cfg.train.precision, true)?;
+        let (task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), amp, 0)?;
         Ok(Self { task, sched, step: 0, skipped_images: 0, last_clock: None })
     }
 
