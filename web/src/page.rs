@@ -197,9 +197,10 @@ impl Page {
         }
     }
 
-    /// The form that starts a run in the page, and the run's end: logged as
-    /// `cmae-web trained {json}` (and downloaded, when the URL asks).
-    fn training_window(&mut self, ctx: &egui::Context) {
+    /// The page's own windows (starting a run, the bundled images), and a
+    /// run's end: logged as `cmae-web trained {json}` (and downloaded, when
+    /// the URL asks).
+    fn page_windows(&mut self, ctx: &egui::Context) {
         if let Some(t) = &self.app.training
             && t.finished
             && self.trained.is_none()
@@ -318,7 +319,7 @@ impl eframe::App for Page {
                 Err(e) => self.app.error = Some(format!("{e:#}")),
             }
         }
-        self.training_window(&ui.ctx().clone());
+        self.page_windows(&ui.ctx().clone());
         // The frame after the result's: the result's frame is on the canvas.
         self.log_screenshot();
         self.app.ui(ui);
