@@ -54,9 +54,17 @@ fn a_session_driven_step_by_step_is_the_same_run_as_pretrain() {
     assert_eq!((session.step(), session.total_steps()), (0, 6));
     let clock = std::time::Instant::now();
     let mut lines = Vec::new();
+    // Steps recorded ahead (as the page does between its checkpoints) or one at a time.
     while session.step() < session.total_steps() {
-        lines.push(dev.block_on(session.advance(dev, || clock.elapsed().as_secs_f64())).unwrap());
+        let ahead = session.step() != 2;
+        lines.push(dev.block_on(session.advance(dev, || clock.elapsed().as_secs_f64(), ahead)).unwrap());
+        if session.step() == 2 {
+            assert!(session.is_ahead());
+            let err = dev.block_on(session.checkpoint(dev)).unwrap_err().to_string();
+            assert!(err.contains("step 3 is still running"), "{err}");
+        }
     }
+    assert!(!session.is_ahead());
     let native = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     let losses = |l: &[cmae::train::metrics::MetricsLine]| -> Vec<(u64, f64, Vec<Option<f64>>)> {
         l.iter().map(|m| (m.step, m.loss, m.loss_per_shot.clone())).collect()
@@ -72,7 +80,7 @@ fn a_session_driven_step_by_step_is_the_same_run_as_pretrain() {
     assert_eq!(checkpoint_weights(&page), checkpoint_weights(&stable));
     let (a, b) = (safetensors_io::read(&page).unwrap().metadata, safetensors_io::read(&stable).unwrap().metadata);
     assert_eq!(a, b);
-    let err = dev.block_on(session.advance(dev, || 0.0)).unwrap_err().to_string();
+    let err = dev.block_on(session.advance(dev, || 0.0, true)).unwrap_err().to_string();
     assert!(err.contains("all its 6 steps"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -202,11 +202,21 @@ mod page {
             let every = (self.config.output.recon_every as u64).max(1);
             wasm_bindgen_futures::spawn_local(async move {
                 let outcome = async {
-                    while session.step() < session.total_steps() && !shared.borrow().stop {
-                        let line = session.advance(&dev, &*clock).await?;
+                    while session.step() < session.total_steps() {
+                        // The next step goes to the GPU before this one's loss
+                        // is awaited, except before weights are published or
+                        // the run pauses: those need the weights of this step.
+                        let stop = shared.borrow().stop;
+                        if stop && !session.is_ahead() {
+                            break;
+                        }
+                        let settling = session.step() + 1;
+                        let record_next = !stop && !settling.is_multiple_of(every) && settling < session.total_steps();
+                        let line = session.advance(&dev, &*clock, record_next).await?;
                         shared.borrow_mut().metrics.push(line);
                         let done = session.step() == session.total_steps();
-                        if done || session.step().is_multiple_of(every) || shared.borrow().stop {
+                        let publish_now = done || session.step().is_multiple_of(every) || shared.borrow().stop;
+                        if publish_now && !session.is_ahead() {
                             publish(&shared, &session, &dev).await?;
                         }
                         wake();

@@ -199,10 +199,13 @@ pub fn pretrain(dev: &Device, cfg: &PretrainConfig, opts: &RunFlags, interrupt: 
 pub struct Session {
     task: PretrainTask,
     sched: Schedule,
+    /// Optimizer steps whose loss has been read.
     step: u64,
+    /// The next step, recorded and submitted ahead (see [`Self::advance`]).
+    ahead: Option<runner::RecordedStep>,
     skipped_images: u64,
-    /// The caller's clock when the last step began, for images per second.
-    last_clock: Option<f64>,
+    /// The caller's clock when the first step began, and when the last one ended.
+    clock: Option<(f64, f64)>,
 }
 
 impl Session {
@@ -213,7 +216,7 @@ impl Session {
         let train_set = data::open(&spec, Split::Train, cfg.data.synthetic_size, cfg.model.img_size)?;
         let amp = Amp::new(dev, cfg.train.precision, true)?;
         let (task, sched) = PretrainTask::new(dev, cfg, (&spec, train_set), amp, 0)?;
-        Ok(Self { task, sched, step: 0, skipped_images: 0, last_clock: None })
+        Ok(Self { task, sched, step: 0, ahead: None, skipped_images: 0, clock: None })
     }
 
     pub fn config(&self) -> &PretrainConfig {
@@ -229,15 +232,31 @@ impl Session {
         self.sched.total_steps
     }
 
+    /// Whether the next step is already on the GPU (the weights are then
+    /// ahead of [`Self::step`]).
+    pub fn is_ahead(&self) -> bool {
+        self.ahead.is_some()
+    }
+
     /// Runs the next optimizer step and reads its loss back; `clock` gives
-    /// the caller's time in seconds (a page has no `Instant`). A non-finite
-    /// loss is an error, and the step counts as not done.
-    pub async fn advance(&mut self, dev: &Device, clock: impl Fn() -> f64) -> Result<MetricsLine> {
+    /// the caller's time in seconds (a page has no `Instant`). With
+    /// `record_next`, the step after it is recorded and submitted before the
+    /// loss is awaited, as `cmae pretrain` does, so the GPU does not wait
+    /// for the host in between; the steps are the same either way. A
+    /// non-finite loss is an error, and the step counts as not done.
+    pub async fn advance(&mut self, dev: &Device, clock: impl Fn() -> f64, record_next: bool) -> Result<MetricsLine> {
         anyhow::ensure!(self.step < self.sched.total_steps, "the run has done all its {} steps", self.step);
-        let began = clock();
-        let recorded = runner::record_step(dev, &mut self.task, &self.sched, self.step, None)?;
-        let images = recorded.images;
-        let settled = runner::settle(recorded).await?;
+        let now = clock();
+        let (first, last_end) = *self.clock.get_or_insert((now, now));
+        let current = match self.ahead.take() {
+            Some(recorded) => recorded,
+            None => runner::record_step(dev, &mut self.task, &self.sched, self.step, None)?,
+        };
+        if record_next && self.step + 1 < self.sched.total_steps {
+            self.ahead = Some(runner::record_step(dev, &mut self.task, &self.sched, self.step + 1, None)?);
+        }
+        let images = current.images;
+        let settled = runner::settle(current).await?;
         anyhow::ensure!(
             settled.loss.is_finite(),
             "the loss became {} at step {}; lower train.blr",
@@ -246,16 +265,21 @@ impl Session {
         );
         self.step += 1;
         self.skipped_images += settled.skipped_images;
-        let now = clock();
-        let first = *self.last_clock.get_or_insert(began);
-        let rate = images as f64 / (now - began).max(1e-9);
-        let timing = (rate, now - first);
+        let end = clock();
+        self.clock = Some((first, end));
+        // Steps ahead overlap: a step's time runs from the previous one's end.
+        let timing = (images as f64 / (end - last_end).max(1e-9), end - first);
         Ok(runner::metrics_line(dev, &self.task, &self.sched, &settled, timing, self.skipped_images))
     }
 
     /// The weights now, as the run's `checkpoint.safetensors` would hold
-    /// them at this step.
+    /// them at this step; not while a step is ahead.
     pub async fn checkpoint(&self, dev: &Device) -> Result<Vec<u8>> {
+        anyhow::ensure!(
+            self.ahead.is_none(),
+            "step {} is still running: advance without record_next first",
+            self.step + 1
+        );
         checkpoint::weights_bytes(dev, &self.task.mae.params, self.step, &self.task.meta()).await
     }
 }
