@@ -190,19 +190,22 @@ impl Queue {
         batch
     }
 
-    /// Runs `batch`, answering each job; an error once the UI is gone.
-    async fn run(&mut self, state: &mut State, batch: Vec<Job>, wake: &dyn Fn()) -> Result<()> {
-        for job in batch {
-            let reply = state.run(job).await.unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
-            self.replies.send(reply).map_err(|_| anyhow::anyhow!("the viewer closed"))?;
-            wake();
+    /// Runs `first` and every job waiting (newest of each kind) until none
+    /// waits, answering each, then says the worker is idle; an error once
+    /// the UI is gone.
+    async fn drain(&mut self, state: &mut State, first: Option<Job>, wake: &dyn Fn()) -> Result<()> {
+        let mut batch = self.take_newest(first);
+        while !batch.is_empty() {
+            for job in batch {
+                let reply = state.run(job).await.unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
+                self.replies.send(reply).map_err(|_| anyhow::anyhow!("the viewer closed"))?;
+                wake();
+            }
+            batch = self.take_newest(None);
         }
-        Ok(())
-    }
-
-    fn idle(&self, wake: &dyn Fn()) {
         let _ = self.replies.send(Reply::Idle(self.taken));
         wake();
+        Ok(())
     }
 }
 
@@ -220,14 +223,9 @@ impl Worker {
                 let mut queue = Queue { jobs, replies, taken: 0 };
                 let mut state = State::new(dev.clone());
                 while let Ok(first) = queue.jobs.recv() {
-                    let mut batch = queue.take_newest(Some(first));
-                    while !batch.is_empty() {
-                        if dev.block_on(queue.run(&mut state, batch, &wake)).is_err() {
-                            return;
-                        }
-                        batch = queue.take_newest(None);
+                    if dev.block_on(queue.drain(&mut state, Some(first), &wake)).is_err() {
+                        return;
                     }
-                    queue.idle(&wake);
                 }
             })
             .expect("a thread can be spawned");
@@ -250,15 +248,9 @@ impl Worker {
             let Some((mut queue, mut state)) = side.borrow_mut().take() else { return };
             let (side, wake) = (side.clone(), wake.clone());
             wasm_bindgen_futures::spawn_local(async move {
-                let mut batch = queue.take_newest(None);
-                while !batch.is_empty() {
-                    if queue.run(&mut state, batch, &*wake).await.is_err() {
-                        return;
-                    }
-                    batch = queue.take_newest(None);
+                if queue.drain(&mut state, None, &*wake).await.is_ok() {
+                    *side.borrow_mut() = Some((queue, state));
                 }
-                queue.idle(&*wake);
-                *side.borrow_mut() = Some((queue, state));
             });
         });
         Self { tx: Some(tx), rx, kick, sent: 0, busy: false }

@@ -66,20 +66,10 @@ impl<T: bytemuck::Pod> PendingRead<T> {
         self.take_if_mapped()
     }
 
-    /// Blocks until the values are available (submitting the batch if needed).
-    /// A page cannot block (its GPU work completes only when it yields), so
-    /// on wasm32 this is an error naming the fix: await the read.
-    pub fn wait(mut self) -> Result<Vec<T>> {
-        if cfg!(target_arch = "wasm32") {
-            return Err(Error::Gpu("a blocking GPU read in a page: await the read instead".into()));
-        }
-        self.submit_if_recorded()?;
-        loop {
-            self.device.ctx().wait_idle()?;
-            if let Some(values) = self.take_if_mapped()? {
-                return Ok(values);
-            }
-        }
+    /// Blocks until the values are available (submitting the batch if needed),
+    /// through [`Device::block_on`]: in a page this is an error naming the fix.
+    pub fn wait(self) -> Result<Vec<T>> {
+        self.device.clone().block_on(self)
     }
 
     fn submit_if_recorded(&self) -> Result<()> {
@@ -160,8 +150,7 @@ impl Device {
             if cfg!(target_arch = "wasm32") {
                 return Err(Error::Gpu("blocking on GPU work in a page: await it instead".into()).into());
             }
-            // A failed wait fails the read's map callback, which its next poll reports.
-            let _ = self.ctx().device.poll(wgpu::PollType::wait_indefinitely());
+            self.ctx().wait_idle()?;
         }
     }
 }
