@@ -259,3 +259,111 @@ fn tuned_choices_are_valid_and_compute_what_the_forced_kernel_does() {
     assert_eq!(product(&forced), tuned, "the tuned run is the {winner} kernel, bit for bit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A matmul, a LayerNorm and a fused attention: several pipelines of three shaders.
+fn warm_workload(d: &Device) -> Vec<f32> {
+    let mut out = product(d);
+    let x = Tensor::from_f32(d, &rand_vec(6 * 32, 3), &[6, 32]).unwrap();
+    let gamma = Tensor::from_f32(d, &rand_vec(32, 4), &[32]).unwrap();
+    let beta = Tensor::from_f32(d, &rand_vec(32, 5), &[32]).unwrap();
+    let (y, _) = cmae_engine::kernels::layernorm::layer_norm(d, &x, &gamma, &beta, 1e-6).unwrap();
+    out.extend(y.wait_f32(d).unwrap());
+    let qkv = Tensor::from_f32(d, &rand_vec(2 * 17 * 6 * 16, 6), &[2, 17, 6 * 16]).unwrap();
+    let (o, _) = cmae_engine::kernels::attention::fused_attention(d, &qkv, 2).unwrap();
+    out.extend(o.wait_f32(d).unwrap());
+    out
+}
+
+/// Built pipelines as comparable `shader entry constants` lines.
+fn built(d: &Device) -> Vec<String> {
+    let mut v: Vec<String> =
+        d.built_kernels().iter().map(|k| format!("{} {} {:?}", k.shader.name, k.entry, k.constants)).collect();
+    v.sort();
+    v
+}
+
+fn pipeline_lists(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pipelines-warm-test-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Tuning off, lists kept in `dir`: the pipeline set is the heuristic's, the same every run.
+fn warm_device(dir: &Path) -> Device {
+    let d = open(TuneConfig { enabled: false, cache_dir: Some(dir.to_path_buf()), budget: None });
+    d.warm_start("warm-test");
+    d
+}
+
+/// Waits (bounded) until the device has built at least `want` pipelines.
+fn wait_built(d: &Device, want: &[String]) -> Vec<String> {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = built(d);
+        if want.iter().all(|w| now.contains(w)) || std::time::Instant::now() > until {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_warm_start_builds_the_last_runs_pipelines_before_they_are_asked_for() {
+    let dir = temp("warm");
+    let first = warm_device(&dir);
+    assert!(pipeline_lists(&dir).is_empty(), "nothing is written before a pipeline is used");
+    let expected = warm_workload(&first);
+    let used = built(&first);
+    assert!(used.len() >= 3, "the workload builds several pipelines: {used:?}");
+    let lists = pipeline_lists(&dir);
+    assert_eq!(lists.len(), 1, "one list for the workload on this adapter: {lists:?}");
+    let listed = read_json(&lists[0]);
+    assert_eq!(listed["format"], "cmae-pipelines-1");
+    assert_eq!(listed["entries"].as_array().unwrap().len(), used.len(), "the list holds what the run used");
+    drop(first);
+
+    // The next run builds them on helper threads without being asked...
+    let second = warm_device(&dir);
+    assert_eq!(wait_built(&second, &used), used, "every listed pipeline is built before any kernel runs");
+    assert!(second.checked_kernels().is_empty(), "no wrapper has asked for one yet");
+    // ...and the wrappers then use them (checked on first use), computing the same.
+    assert_eq!(warm_workload(&second), expected);
+    assert_eq!(built(&second), used);
+    assert_eq!(second.checked_kernels().len(), used.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_pipeline_list_is_skipped_and_rewritten() {
+    let dir = temp("warm-bad");
+    let first = warm_device(&dir);
+    let expected = warm_workload(&first);
+    let list = pipeline_lists(&dir).remove(0);
+    drop(first);
+
+    // Entries that name no shader, no entry point of it, or an entry point
+    // the module lacks (a word of its source, not a function): none is built,
+    // no GPU error leaks into the run, and the run computes the same.
+    let mut doc = read_json(&list);
+    let entries = doc["entries"].as_array_mut().unwrap();
+    entries.push(serde_json::json!({"shader": "nope.wgsl", "entry": "main", "constants": []}));
+    entries.push(serde_json::json!({"shader": "layernorm.wgsl", "entry": "no_such_entry", "constants": []}));
+    entries.push(serde_json::json!({"shader": "layernorm.wgsl", "entry": "gamma", "constants": []}));
+    std::fs::write(&list, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let second = warm_device(&dir);
+    assert_eq!(warm_workload(&second), expected);
+    assert!(!built(&second).iter().any(|k| k.contains("gamma") || k.contains("nope")));
+    drop(second);
+
+    // A corrupt file: ignored with a warning, rewritten as a valid list once pipelines are used.
+    std::fs::write(&list, b"{ not json").unwrap();
+    let third = warm_device(&dir);
+    assert_eq!(warm_workload(&third), expected);
+    assert_eq!(read_json(&list)["format"], "cmae-pipelines-1");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -286,7 +286,7 @@ fn run_classify(mode: classify::Mode, args: ClassifyArgs, run: RunArgs, scratch:
         classify::Mode::Finetune => "finetune",
     };
     let flags = run.flags(|| cmae::cli::fresh_run_dir(name))?;
-    let dev = distributed::world().open_device()?;
+    let dev = distributed::world().open_device(name)?;
     let flag = interrupt_flag()?;
     let (s, results) = classify::train(&dev, &cfg, &flags, &flag)?;
     if !distributed::world().is_root() {
@@ -367,7 +367,7 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
 fn run_pretrain(config: ConfigArgs, run: RunArgs) -> Result<()> {
     let cfg = config.build()?;
     let opts = run.flags(|| config.default_out(&cfg))?;
-    let dev = distributed::world().open_device()?;
+    let dev = distributed::world().open_device("pretrain")?;
     let flag = interrupt_flag()?;
     let s = pretrain::pretrain(&dev, &cfg, &opts, &flag)?;
     if !distributed::world().is_root() {
@@ -544,7 +544,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Bench {
             what: BenchCommand::Pretrain { preset, batch, settings, steps, warmup, profile, precision },
         } => {
-            let dev = distributed::world().open_device()?;
+            let dev = distributed::world().open_device("bench-pretrain")?;
             let opts =
                 bench::pretrain::Options { preset, batch, settings, warmup, steps, profile, precisions: precision };
             let root = distributed::world().is_root();

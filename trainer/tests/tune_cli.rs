@@ -32,6 +32,19 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).map(|r| r.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
 }
 
+/// The files in `dir` whose names start with `prefix`.
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let named = |p: &PathBuf| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix));
+    cache_files(dir).into_iter().filter(named).collect()
+}
+
+/// Every `loss` of a run's metrics.jsonl.
+fn losses(run: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let line = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64();
+    text.lines().filter_map(line).collect()
+}
+
 /// The table's rows: lines naming a decision.
 fn rows(table: &str) -> Vec<&str> {
     table.lines().filter(|l| l.starts_with("matmul ") || l.starts_with("attention ")).collect()
@@ -77,9 +90,15 @@ fn a_training_run_tunes_lazily_and_off_times_nothing() {
         ok(&cmae(&dir.join(format!("cache-{autotune}")), autotune, &[&args[..], &[out.to_str().unwrap()]].concat()));
     };
     run("off", "off");
-    assert!(cache_files(&dir.join("cache-off")).is_empty(), "CMAE_AUTOTUNE=off writes no cache");
+    assert!(files_named(&dir.join("cache-off"), "tune-").is_empty(), "CMAE_AUTOTUNE=off writes no tune cache");
+    // The pipelines the run built are listed for the next start, tuning or not,
+    // and the next run, built ahead from the list, computes the same.
+    assert_eq!(files_named(&dir.join("cache-off"), "pipelines-pretrain-").len(), 1);
+    run("off", "off-again");
+    assert_eq!(losses(&dir.join("off-again")), losses(&dir.join("off")));
+    assert!(!losses(&dir.join("off")).is_empty());
     run("on", "on");
-    assert_eq!(cache_files(&dir.join("cache-on")).len(), 1, "the first step's classes were timed and cached");
+    assert_eq!(files_named(&dir.join("cache-on"), "tune-").len(), 1, "the first step's classes were timed and cached");
 
     let off = cmae(&dir.join("cache-off"), "off", &["tune", "--preset", "micro"]);
     assert!(!off.status.success());

@@ -227,6 +227,7 @@ fn run_window(cli: Cli) -> Result<ExitCode> {
                 // The model shares the window's GPU device.
                 let tune = cmae_engine::TuneConfig::from_env()?;
                 let dev = Device::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info(), tune);
+                dev.warm_start(if cli.train.is_some() { "viewer-train" } else { "viewer" });
                 let ctx = cc.egui_ctx.clone();
                 let mut app =
                     ViewerApp::new(Worker::start(dev.clone(), move || ctx.request_repaint()), cli.data.clone());

@@ -207,6 +207,16 @@ impl Device {
         Self { stream: Arc::new(Stream::new(Arc::new(Context::new(device, queue, info, &tune)))) }
     }
 
+    /// Builds, on helper threads, the pipelines the last run of `workload`
+    /// (e.g. `pretrain`) built on this adapter, while this thread goes on,
+    /// and keeps this run's list for the next one (`pipelines-<workload>-…json`
+    /// beside the tune cache). A warm start then compiles on every core
+    /// instead of one pipeline at a time as the first step meets them. Call
+    /// it right after opening; without a cache directory it does nothing.
+    pub fn warm_start(&self, workload: &str) {
+        self.stream.ctx.warm_start(workload);
+    }
+
     /// A handle on the same context that records on a stream of its own.
     /// Give one to each thread that records GPU work independently.
     pub fn new_stream(&self) -> Self {
@@ -387,7 +397,8 @@ impl Device {
         if groups.contains(&0) {
             return Ok(());
         }
-        let pipeline = self.ctx().pipeline(&spec, size_of::<P>(), bindings)?;
+        let submit_recorded = || lock(&self.stream.recorder).submit(self.ctx());
+        let pipeline = self.ctx().pipeline(&spec, size_of::<P>(), bindings, submit_recorded)?;
         self.order_after_writers(bindings.iter().map(|b| b.storage))?;
         let param_bytes = bytemuck::bytes_of(params);
         let param_size = (param_bytes.len() as u64).next_multiple_of(16);

@@ -201,6 +201,7 @@ impl Recorder {
             ctx.wait_idle()?;
             profiler.collect(ctx)?;
         }
+        ctx.keep_pipeline_list();
         ctx.check_gpu_error()
     }
 }

@@ -1,21 +1,31 @@
-//! The tune cache: one JSON file per adapter in the cache directory. Its
-//! header names the adapter, backend, driver and engine version the entries
-//! were timed with; a file that does not parse or whose header is another's
-//! (a driver update, a copied home directory) is ignored with a warning and
-//! rewritten. Writes go to a temporary file renamed into place, so a reader
-//! never sees half a file; a directory that cannot be written is a warning,
-//! and the results stay in memory.
+//! Files kept per adapter in the cache directory: the tune cache (one JSON
+//! file per adapter) and the pipeline lists of `Device::warm_start` (one per
+//! adapter and workload). Each file's header names the adapter, backend,
+//! driver and engine version its entries belong to; a file that does not
+//! parse or whose header is another's (a driver update, a copied home
+//! directory) is ignored with a warning and rewritten. Writes go to a
+//! temporary file renamed into place, so a reader never sees half a file; a
+//! directory that cannot be written is a warning, and the results stay in
+//! memory.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::TuneEntry;
 
-const FORMAT: &str = "cmae-tune-1";
+/// What a file holds: its name's prefix, its format tag and how warnings name it.
+pub(crate) struct Kind {
+    prefix: String,
+    format: &'static str,
+    what: &'static str,
+    /// What goes on without a usable file, for the warnings.
+    without: &'static str,
+}
 
 /// What the timings are valid for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +56,9 @@ impl AdapterKey {
         format!("{} ({}, driver {} {}, cmae {})", self.adapter, self.backend, self.driver, self.driver_info, self.cmae)
     }
 
-    /// `tune-<backend>-<vendor>-<device>-<name>.json`: one file per adapter,
-    /// so two adapters of one machine do not overwrite each other's results.
-    fn file_name(&self) -> String {
+    /// `<prefix>-<backend>-<vendor>-<device>-<name>.json`: one file per
+    /// adapter, so two adapters of one machine do not overwrite each other's results.
+    fn file_name(&self, prefix: &str) -> String {
         let mut slug = String::new();
         for c in self.adapter.chars().flat_map(char::to_lowercase) {
             if c.is_ascii_alphanumeric() {
@@ -58,15 +68,23 @@ impl AdapterKey {
             }
         }
         let slug: String = slug.trim_matches('-').chars().take(48).collect();
-        format!("tune-{}-{:04x}-{:04x}-{slug}.json", self.backend.to_lowercase(), self.vendor, self.device)
+        format!("{prefix}-{}-{:04x}-{:04x}-{slug}.json", self.backend.to_lowercase(), self.vendor, self.device)
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct CacheFile {
+#[derive(Deserialize)]
+struct CacheFile<T> {
     format: String,
     key: AdapterKey,
-    entries: Vec<TuneEntry>,
+    entries: Vec<T>,
+}
+
+/// [`CacheFile`] as written: borrowed, not copied.
+#[derive(Serialize)]
+struct CacheFileOut<'a, T> {
+    format: &'a str,
+    key: &'a AdapterKey,
+    entries: &'a [T],
 }
 
 /// Why an existing file was not used.
@@ -80,14 +98,35 @@ enum Unusable {
 pub(crate) struct Cache {
     path: PathBuf,
     key: AdapterKey,
-    /// A failed write is reported once, not once per tuned class.
+    kind: Kind,
+    /// A failed write is reported once, not once per write.
     write_failed: AtomicBool,
 }
 
 impl Cache {
+    /// The tune cache of this adapter in `dir`.
     pub(crate) fn new(dir: &Path, info: &wgpu::AdapterInfo) -> Self {
+        let kind = Kind {
+            prefix: "tune".into(),
+            format: "cmae-tune-1",
+            what: "tune cache",
+            without: "tuning results stay in memory",
+        };
+        Self::of_kind(dir, info, kind)
+    }
+
+    /// The list of pipelines `workload` built last time on this adapter.
+    pub(crate) fn pipelines(dir: &Path, info: &wgpu::AdapterInfo, workload: &str) -> Self {
+        let slug: String =
+            workload.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(32).collect();
+        let prefix = format!("pipelines-{slug}");
+        let kind = Kind { prefix, format: "cmae-pipelines-1", what: "pipeline list", without: "starting without it" };
+        Self::of_kind(dir, info, kind)
+    }
+
+    fn of_kind(dir: &Path, info: &wgpu::AdapterInfo, kind: Kind) -> Self {
         let key = AdapterKey::of(info);
-        Self { path: dir.join(key.file_name()), key, write_failed: AtomicBool::new(false) }
+        Self { path: dir.join(key.file_name(&kind.prefix)), key, kind, write_failed: AtomicBool::new(false) }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -95,34 +134,36 @@ impl Cache {
     }
 
     /// The file's entries; none when it is missing, unreadable or not ours.
-    pub(crate) fn load(&self) -> Vec<TuneEntry> {
+    pub(crate) fn load<T: Serialize + DeserializeOwned>(&self) -> Vec<T> {
+        let Kind { what, without, .. } = &self.kind;
         match self.read() {
             Ok(entries) => entries,
             Err(Unusable::Unreadable(why)) => {
-                log::warn!("cannot read the tune cache {}: {why}; tuning without it", self.path.display());
+                log::warn!("cannot read the {what} {}: {why}; {without}", self.path.display());
                 Vec::new()
             }
             Err(Unusable::Foreign(why)) => {
-                log::warn!("ignoring the tune cache {}: {why}; rewriting it", self.path.display());
-                self.write(&[]);
+                log::warn!("ignoring the {what} {}: {why}; rewriting it", self.path.display());
+                self.write::<T>(&[]);
                 Vec::new()
             }
         }
     }
 
-    fn read(&self) -> Result<Vec<TuneEntry>, Unusable> {
+    fn read<T: DeserializeOwned>(&self) -> Result<Vec<T>, Unusable> {
+        let Kind { format, what, .. } = &self.kind;
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Unusable::Unreadable(e.to_string())),
         };
-        let file: CacheFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Unusable::Foreign(format!("it is not a cmae tune cache ({e})")))?;
-        if file.format != FORMAT {
-            return Err(Unusable::Foreign(format!("its format is {:?}, not {FORMAT:?}", file.format)));
+        let file: CacheFile<T> =
+            serde_json::from_slice(&bytes).map_err(|e| Unusable::Foreign(format!("it is not a cmae {what} ({e})")))?;
+        if file.format != *format {
+            return Err(Unusable::Foreign(format!("its format is {:?}, not {format:?}", file.format)));
         }
         if file.key != self.key {
-            let why = format!("it was timed on {}, not on {}", file.key.describe(), self.key.describe());
+            let why = format!("it was written for {}, not for {}", file.key.describe(), self.key.describe());
             return Err(Unusable::Foreign(why));
         }
         Ok(file.entries)
@@ -132,25 +173,27 @@ impl Cache {
     /// process tuning side by side keeps its results too).
     pub(crate) fn save(&self, table: &BTreeMap<(String, String), TuneEntry>) {
         let mut all = table.clone();
-        for entry in self.read().unwrap_or_default() {
+        for entry in self.read::<TuneEntry>().unwrap_or_default() {
             all.entry((entry.decision.clone(), entry.class.clone())).or_insert(entry);
         }
         self.write(&all.into_values().collect::<Vec<_>>());
     }
 
-    fn write(&self, entries: &[TuneEntry]) {
+    /// Replaces the file's entries with `entries`.
+    pub(crate) fn write<T: Serialize>(&self, entries: &[T]) {
         if let Err(e) = self.try_write(entries)
             && !self.write_failed.swap(true, Ordering::Relaxed)
         {
-            log::warn!("cannot write the tune cache {}: {e}; tuning results stay in memory", self.path.display());
+            let Kind { what, without, .. } = &self.kind;
+            log::warn!("cannot write the {what} {}: {e}; {without}", self.path.display());
         }
     }
 
-    fn try_write(&self, entries: &[TuneEntry]) -> std::io::Result<()> {
+    fn try_write<T: Serialize>(&self, entries: &[T]) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = CacheFile { format: FORMAT.to_string(), key: self.key.clone(), entries: entries.to_vec() };
+        let file = CacheFileOut { format: self.kind.format, key: &self.key, entries };
         let text = serde_json::to_vec_pretty(&file)?;
         let tmp = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
         std::fs::write(&tmp, text)?;
@@ -228,10 +271,10 @@ mod tests {
     fn entries_round_trip_and_keep_what_another_process_wrote() {
         let dir = temp("round-trip");
         let a = Cache::new(&dir, &info("1.0"));
-        assert!(a.load().is_empty(), "no file yet");
+        assert!(a.load::<TuneEntry>().is_empty(), "no file yet");
         a.save(&table(&[entry("nn m4")]));
         let b = Cache::new(&dir, &info("1.0"));
-        let mut loaded = b.load();
+        let mut loaded = b.load::<TuneEntry>();
         assert_eq!(loaded.len(), 1);
         assert!(!loaded[0].timed_here && !loaded[0].met, "flags are per process, not stored");
         loaded[0].timed_here = true;
@@ -239,7 +282,7 @@ mod tests {
         assert_eq!(loaded[0], entry("nn m4"));
         // Another process saves a table without "nn m4": the file keeps it.
         b.save(&table(&[entry("nt m8")]));
-        let classes: Vec<String> = a.load().into_iter().map(|e| e.class).collect();
+        let classes: Vec<String> = a.load::<TuneEntry>().into_iter().map(|e| e.class).collect();
         assert_eq!(classes, ["nn m4", "nt m8"]);
         assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "no temporary file left behind");
         let _ = std::fs::remove_dir_all(&dir);
@@ -251,15 +294,18 @@ mod tests {
         let ours = Cache::new(&dir, &info("1.0"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(ours.path(), b"{ not json").unwrap();
-        assert!(ours.load().is_empty());
-        assert!(ours.read().is_ok(), "a corrupt file is rewritten as a valid, empty one");
+        assert!(ours.load::<TuneEntry>().is_empty());
+        assert!(ours.read::<TuneEntry>().is_ok(), "a corrupt file is rewritten as a valid, empty one");
 
         // Timed under driver 1.0, read under 2.0: not used, rewritten.
         ours.save(&table(&[entry("nn m4")]));
         let updated = Cache::new(&dir, &info("2.0"));
         assert_eq!(updated.path(), ours.path());
-        assert!(updated.load().is_empty(), "another driver's timings are not used");
-        assert!(matches!(updated.read(), Ok(e) if e.is_empty()), "the file now has the new driver's header");
+        assert!(updated.load::<TuneEntry>().is_empty(), "another driver's timings are not used");
+        assert!(
+            matches!(updated.read::<TuneEntry>(), Ok(e) if e.is_empty()),
+            "the file now has the new driver's header"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -270,7 +316,7 @@ mod tests {
         let c = Cache::new(&dir, &info("1.0"));
         c.save(&table(&[entry("nn m4")]));
         assert!(c.write_failed.load(Ordering::Relaxed));
-        assert!(c.load().is_empty());
+        assert!(c.load::<TuneEntry>().is_empty());
         let _ = std::fs::remove_file(&dir);
     }
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{Device, lock};
 use crate::error::{Error, Result};
-use cache::Cache;
+pub(crate) use cache::Cache;
 
 pub use cache::default_cache_dir;
 
@@ -178,7 +178,7 @@ pub(crate) struct Tuner {
 impl Tuner {
     pub(crate) fn new(config: &TuneConfig, info: &wgpu::AdapterInfo) -> Self {
         let cache = config.cache_dir.as_deref().filter(|_| config.enabled).map(|dir| Cache::new(dir, info));
-        let entries = cache.as_ref().map(Cache::load).unwrap_or_default();
+        let entries = cache.as_ref().map(Cache::load::<TuneEntry>).unwrap_or_default();
         let table = entries.into_iter().map(|e| ((e.decision.clone(), e.class.clone()), e)).collect();
         Self {
             enabled: config.enabled,

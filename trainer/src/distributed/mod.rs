@@ -157,12 +157,16 @@ impl World {
 
     /// Opens this rank's adapter: `CMAE_BACKEND`/`CMAE_ADAPTER` narrow the
     /// machine's adapters, and local rank i takes the i-th best of them.
-    pub fn open_device(&self) -> Result<Device> {
+    /// The pipelines the last run of `workload` built start building at once
+    /// ([`Device::warm_start`]).
+    pub fn open_device(&self, workload: &str) -> Result<Device> {
         let mut req = AdapterRequest::from_env()?;
         if self.size > 1 {
             req.local_rank = Some(self.local);
         }
-        Ok(Device::open(&req, TuneConfig::from_env()?)?)
+        let dev = Device::open(&req, TuneConfig::from_env()?)?;
+        dev.warm_start(workload);
+        Ok(dev)
     }
 
     /// Element-wise sum over ranks.
