@@ -180,3 +180,26 @@ fn kernels_the_adapter_cannot_run_are_refused_by_name() {
     let e = matmul::matmul(&gl, &x, &x, false, false).unwrap_err().to_string();
     assert!(e.contains("8-lane subgroups") && e.contains("matmul_subgroup.wgsl"), "{e}");
 }
+
+/// A profile counts, per kernel label, the bytes its dispatches bound
+/// read-only and writable (a tensor bound twice once), besides their number
+/// and time.
+#[test]
+fn a_profile_counts_the_bytes_each_kernel_binds() {
+    let d = Device::from_env().unwrap();
+    let a = Tensor::from_f32(&d, &vec![1.0; 1000], &[1000]).unwrap();
+    let b = Tensor::from_f32(&d, &vec![2.0; 1000], &[1000]).unwrap();
+    d.set_profiling(true).unwrap();
+    let c = elementwise::add(&d, &a, &b).unwrap();
+    let e = elementwise::add(&d, &c, &a).unwrap();
+    let twice = elementwise::add(&d, &a, &a).unwrap();
+    let profile = d.take_profile().unwrap();
+    d.set_profiling(false).unwrap();
+    assert_eq!(e.wait_f32(&d).unwrap(), vec![4.0; 1000]);
+    assert_eq!(twice.wait_f32(&d).unwrap(), vec![2.0; 1000]);
+    let adds: Vec<_> = profile.iter().filter(|k| k.dispatches > 0 && k.bytes_written > 0).collect();
+    assert_eq!(adds.len(), 1, "{profile:?}");
+    let k = adds[0];
+    assert_eq!((k.dispatches, k.bytes_read, k.bytes_written), (3, 8000 + 8000 + 4000, 3 * 4000), "{profile:?}");
+    assert!(k.total_ms > 0.0, "{profile:?}");
+}

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::shaders::Shader;
 use crate::tune::TuneConfig;
 pub(crate) use context::Context;
-use profile::Profiler;
+use profile::{DispatchCost, Profiler};
 use read::ReadSlot;
 use stream::Stream;
 
@@ -440,7 +440,19 @@ impl Device {
             }
         }
         self.stream.dispatches.fetch_add(1, Ordering::Relaxed);
-        rec.record_dispatch(self.ctx(), spec.label, &pipeline, &bind_group, groups)
+        // A tensor bound twice (a wrapper's stand-in for an unused slot) counts once.
+        let first = |i: usize| {
+            let b = &bindings[i];
+            !bindings[..i]
+                .iter()
+                .any(|o| Arc::ptr_eq(o.storage, b.storage) && o.offset == b.offset && o.bytes == b.bytes)
+        };
+        let bound = |access| {
+            (0..bindings.len()).filter(|&i| bindings[i].access == access && first(i)).map(|i| bindings[i].bytes).sum()
+        };
+        let cost =
+            DispatchCost { label: spec.label, bytes_read: bound(Access::Read), bytes_written: bound(Access::Write) };
+        rec.record_dispatch(self.ctx(), cost, &pipeline, &bind_group, groups)
     }
 
     /// Records a copy of host bytes into a tensor (in order with the dispatches).

@@ -12,12 +12,33 @@ use crate::error::{Error, Result};
 
 const QUERY_CAPACITY: u32 = 4096;
 
-/// Total GPU time spent in one kernel label.
+/// Total GPU time spent in one kernel label, and the bytes of the tensors
+/// its dispatches bound read-only and writable (a writable one may be read
+/// too): the footprint, a lower bound on the memory traffic, since a kernel
+/// may read a value more than once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelTime {
     pub label: String,
     pub dispatches: u64,
     pub total_ms: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// One profiled dispatch: its label and the bytes it binds to read and to write.
+#[derive(Clone, Copy)]
+pub(crate) struct DispatchCost {
+    pub label: &'static str,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    dispatches: u64,
+    ms: f64,
+    bytes_read: u64,
+    bytes_written: u64,
 }
 
 pub(crate) struct Profiler {
@@ -25,9 +46,9 @@ pub(crate) struct Profiler {
     pub inside_passes: bool,
     resolve_buf: wgpu::Buffer,
     read_buf: wgpu::Buffer,
-    labels: Vec<&'static str>,
+    dispatches: Vec<DispatchCost>,
     period_ns: f64,
-    totals: HashMap<&'static str, (u64, f64)>,
+    totals: HashMap<&'static str, Totals>,
 }
 
 impl Profiler {
@@ -60,24 +81,24 @@ impl Profiler {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-            labels: Vec::new(),
+            dispatches: Vec::new(),
             period_ns: f64::from(ctx.queue.get_timestamp_period()),
             totals: HashMap::new(),
         })
     }
 
     pub fn full(&self) -> bool {
-        (self.labels.len() as u32 + 1) * 2 > QUERY_CAPACITY
+        (self.dispatches.len() as u32 + 1) * 2 > QUERY_CAPACITY
     }
 
     /// Reserves the begin/end query indices for the next dispatch.
-    pub fn next_pair(&mut self, label: &'static str) -> u32 {
-        self.labels.push(label);
-        (self.labels.len() as u32 - 1) * 2
+    pub fn next_pair(&mut self, cost: DispatchCost) -> u32 {
+        self.dispatches.push(cost);
+        (self.dispatches.len() as u32 - 1) * 2
     }
 
     pub fn resolve(&mut self, encoder: &mut wgpu::CommandEncoder) {
-        let n = self.labels.len() as u32 * 2;
+        let n = self.dispatches.len() as u32 * 2;
         if n == 0 {
             return;
         }
@@ -87,10 +108,10 @@ impl Profiler {
 
     /// Reads the resolved timestamps of the batch that was just waited for.
     pub fn collect(&mut self, ctx: &Context) -> Result<()> {
-        if self.labels.is_empty() {
+        if self.dispatches.is_empty() {
             return Ok(());
         }
-        let n = self.labels.len() as u64 * 2;
+        let n = self.dispatches.len() as u64 * 2;
         let (tx, rx) = std::sync::mpsc::channel();
         self.read_buf.map_async(wgpu::MapMode::Read, ..n * 8, move |r| {
             let _ = tx.send(r);
@@ -104,15 +125,17 @@ impl Profiler {
         {
             let view = self.read_buf.get_mapped_range(..n * 8).map_err(|e| Error::Gpu(e.to_string()))?;
             let ticks: &[u64] = bytemuck::cast_slice(&view);
-            for (i, label) in self.labels.iter().enumerate() {
+            for (i, d) in self.dispatches.iter().enumerate() {
                 let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period_ns;
-                let entry = self.totals.entry(label).or_insert((0, 0.0));
-                entry.0 += 1;
-                entry.1 += dt * 1e-6;
+                let t = self.totals.entry(d.label).or_default();
+                t.dispatches += 1;
+                t.ms += dt * 1e-6;
+                t.bytes_read += d.bytes_read;
+                t.bytes_written += d.bytes_written;
             }
         }
         self.read_buf.unmap();
-        self.labels.clear();
+        self.dispatches.clear();
         Ok(())
     }
 
@@ -120,7 +143,13 @@ impl Profiler {
         let mut out: Vec<KernelTime> = self
             .totals
             .drain()
-            .map(|(label, (dispatches, total_ms))| KernelTime { label: label.to_string(), dispatches, total_ms })
+            .map(|(label, t)| KernelTime {
+                label: label.to_string(),
+                dispatches: t.dispatches,
+                total_ms: t.ms,
+                bytes_read: t.bytes_read,
+                bytes_written: t.bytes_written,
+            })
             .collect();
         out.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         out

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pool::Pool;
-use super::profile::Profiler;
+use super::profile::{DispatchCost, Profiler};
 use super::read::{MapState, ReadSlot};
 use super::storage::Storage;
 use super::{Context, lock};
@@ -127,7 +127,7 @@ impl Recorder {
     pub(crate) fn record_dispatch(
         &mut self,
         ctx: &Context,
-        label: &'static str,
+        cost: DispatchCost,
         pipeline: &wgpu::ComputePipeline,
         bind_group: &wgpu::BindGroup,
         groups: [u32; 3],
@@ -135,7 +135,8 @@ impl Recorder {
         if self.profiler.as_ref().is_some_and(Profiler::full) {
             self.submit(ctx)?;
         }
-        let query_pair = self.profiler.as_mut().map(|p| p.next_pair(label));
+        let label = cost.label;
+        let query_pair = self.profiler.as_mut().map(|p| p.next_pair(cost));
         let timing = self.profiler.as_ref().map(|p| (p.query_set.clone(), p.inside_passes));
         if let (Some((qs, false)), Some(first)) = (&timing, query_pair) {
             // Timestamps only at pass boundaries: give this dispatch a pass of its own.

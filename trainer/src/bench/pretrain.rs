@@ -230,11 +230,19 @@ pub fn run(dev: &Device, opts: &Options, started: Instant, mut emit: impl FnMut(
                     "dispatches": k.dispatches,
                     "gpu_ms": (k.total_ms * 100.0).round() / 100.0,
                     "share": (k.total_ms / total * 1000.0).round() / 1000.0,
+                    "read_mb": mib(k.bytes_read),
+                    "written_mb": mib(k.bytes_written),
+                    "gb_per_s": ((k.bytes_read + k.bytes_written) as f64 / 1e6 / k.total_ms.max(1e-9) * 100.0).round() / 100.0,
                 }));
             }
         }
     }
     Ok(())
+}
+
+/// Bytes in MiB, two decimals.
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1 << 20) as f64 * 100.0).round() / 100.0
 }
 
 /// What summing gradients over ranks cost in a case's timed steps (medians),
