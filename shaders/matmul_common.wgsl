@@ -132,10 +132,9 @@ fn store(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
 // (same index for the same element).
 //   main_gelu:  C = h, activated = gelu(h): an MLP's fc1, keeping the
 //               pre-activation h for the backward pass.
-//   main_input: C = h + input (INPUT_OP 0: a residual connection), or
-//               C = h · gelu'(input) (INPUT_OP 1: fc2's dX times GELU's
-//               derivative at fc1's pre-activation).
-override INPUT_OP: u32 = 0u;
+//   main_input: C = h + input (a residual connection), or with the
+//               INPUT_GELU_GRAD flag C = h · gelu'(input) (fc2's dX times
+//               GELU's derivative at fc1's pre-activation).
 @group(0) @binding(6) var<storage, read> epilogue_in: array<res>;
 @group(0) @binding(7) var<storage, read_write> activated: array<res>;
 
@@ -159,7 +158,7 @@ fn store_input(acc: mat4x4<f32>, c_base: u32, rows: u32, col: u32) {
         let h = results(acc[i], c_base, r, col);
         var e: vec4<f32>;
         for (var t = 0u; t < 4u; t++) { e[t] = f32(epilogue_in[c_base + r * p.c_row + min(col + t, p.n - 1u)]); }
-        if (INPUT_OP == 0u) { write_c(h + e, c_base, r, col); } else { write_c(h * gelu_grad4(e), c_base, r, col); }
+        if ((p.flags & INPUT_GELU_GRAD) == 0u) { write_c(h + e, c_base, r, col); } else { write_c(h * gelu_grad4(e), c_base, r, col); }
     }
 }
 

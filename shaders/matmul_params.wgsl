@@ -3,7 +3,10 @@
 // engine/src/kernels/matmul.rs mirrors them). beta ≠ 0 adds beta·C to the
 // result (a gradient accumulated in place); with beta = 0, C is never read.
 // flags: ADD_BIAS adds bias[col]; ACCUMULATE_ROW_SUMS makes the *_row_sums
-// entry points add their row sums to what row_sums holds.
+// entry points add their row sums to what row_sums holds; INPUT_GELU_GRAD
+// makes main_input multiply by GELU's derivative at its input instead of
+// adding it (a flag, not an override: one pipeline for both epilogues, since
+// a CPU adapter compiles each pipeline for seconds).
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -17,3 +20,4 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 const ADD_BIAS: u32 = 1u;
 const ACCUMULATE_ROW_SUMS: u32 = 2u;
+const INPUT_GELU_GRAD: u32 = 4u;

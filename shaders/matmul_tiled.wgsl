@@ -39,8 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 
 // Epilogues, as in matmul_common.wgsl (the extra tensors are laid out like C):
 //   main_gelu:  C = h, activated = gelu(h)
-//   main_input: C = h + input (INPUT_OP 0) or h · gelu'(input) (INPUT_OP 1)
-override INPUT_OP: u32 = 0u;
+//   main_input: C = h + input, or h · gelu'(input) with INPUT_GELU_GRAD
 @group(0) @binding(6) var<storage, read> epilogue_in: array<res>;
 @group(0) @binding(7) var<storage, read_write> activated: array<res>;
 
@@ -74,7 +73,7 @@ fn main_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
                 if (at >= 0) { e[t] = f32(epilogue_in[at]); }
             }
             var v: vec4<f32>;
-            if (INPUT_OP == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
+            if ((p.flags & INPUT_GELU_GRAD) == 0u) { v = h + e; } else { v = h * gelu_grad4(e); }
             for (var t = 0u; t < 4u; t++) {
                 let at = element(wg, lid, i, j4 * 4u + t);
                 if (at >= 0) { c[at] = to_res(v[t]); }

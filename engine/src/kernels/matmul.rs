@@ -92,6 +92,7 @@ pub struct RowSums<'a> {
 /// `flags` bits of the shaders' parameters (matmul_params.wgsl).
 const ADD_BIAS: u32 = 1;
 const ACCUMULATE_ROW_SUMS: u32 = 2;
+const INPUT_GELU_GRAD: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -231,7 +232,8 @@ impl Matmul<'_> {
             c: view([self.c.off, self.c.row, self.c.b0, self.c.b1])?,
             alpha: self.alpha,
             flags: if self.bias.is_some() { ADD_BIAS } else { 0 }
-                | if self.row_sums.is_some_and(|s| s.accumulate) { ACCUMULATE_ROW_SUMS } else { 0 },
+                | if self.row_sums.is_some_and(|s| s.accumulate) { ACCUMULATE_ROW_SUMS } else { 0 }
+                | if matches!(self.epilogue, Epilogue::GeluGrad(_)) { INPUT_GELU_GRAD } else { 0 },
             beta: self.beta,
             batches: to_u32(self.outer * self.heads)?,
         };
@@ -256,20 +258,18 @@ impl Matmul<'_> {
     /// epilogue, and the override constants ([`variants`] lists every
     /// combination).
     fn pipeline(&self, kind: MatmulKind, vec: Option<bool>) -> Result<(&'static Shader, &'static str, Constants)> {
-        let (entry, input_op) = self.entry();
         let types = (self.a.t.dtype(), self.c.t.dtype());
         let shader = kind.shader(types).ok_or_else(|| shape_err("matmul", format!("no module for {types:?}")))?;
-        Ok((shader, entry, constants(kind, (self.trans_a, self.trans_b), vec, input_op)))
+        Ok((shader, self.entry(), constants(kind, (self.trans_a, self.trans_b), vec)))
     }
 
-    /// The entry point, and `INPUT_OP` for the input epilogue's.
-    fn entry(&self) -> (&'static str, Option<u32>) {
+    /// The entry point (both input epilogues are `main_input`, told apart by a flag).
+    fn entry(&self) -> &'static str {
         match (self.row_sums, self.epilogue) {
-            (Some(_), _) => ("main_row_sums", None),
-            (None, Epilogue::None) => ("main", None),
-            (None, Epilogue::Gelu { .. }) => ("main_gelu", None),
-            (None, Epilogue::AddInput(_)) => ("main_input", Some(INPUT_ADD)),
-            (None, Epilogue::GeluGrad(_)) => ("main_input", Some(INPUT_GELU_GRAD)),
+            (Some(_), _) => "main_row_sums",
+            (None, Epilogue::None) => "main",
+            (None, Epilogue::Gelu { .. }) => "main_gelu",
+            (None, Epilogue::AddInput(_) | Epilogue::GeluGrad(_)) => "main_input",
         }
     }
 
@@ -319,22 +319,12 @@ impl Matmul<'_> {
 /// A pipeline's override constants by name.
 type Constants = Vec<(&'static str, f64)>;
 
-/// `INPUT_OP` of the `main_input` entry points (matmul_common.wgsl, matmul_tiled.wgsl).
-const INPUT_ADD: u32 = 0;
-const INPUT_GELU_GRAD: u32 = 1;
-
 /// A pipeline's override constants: the transposes, the register kernels'
-/// `VEC` (vector loads), the input epilogue's operation, and the tile shape.
-fn constants(
-    kind: MatmulKind,
-    (trans_a, trans_b): (bool, bool),
-    vec: Option<bool>,
-    input_op: Option<u32>,
-) -> Constants {
+/// `VEC` (vector loads), and the tile shape.
+fn constants(kind: MatmulKind, (trans_a, trans_b): (bool, bool), vec: Option<bool>) -> Constants {
     let flag = |b: bool| f64::from(u8::from(b));
     let mut c = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
     c.extend(vec.map(|v| ("VEC", flag(v))));
-    c.extend(input_op.map(|op| ("INPUT_OP", f64::from(op))));
     if let MatmulKind::Tiled(shape) = kind {
         c.extend([
             ("TM", f64::from(shape.tm)),
@@ -348,13 +338,7 @@ fn constants(
 
 /// Every pipeline [`Matmul::run`] may build.
 pub(crate) fn variants() -> Vec<KernelVariant> {
-    let entries = [
-        ("main", None),
-        ("main_row_sums", None),
-        ("main_gelu", None),
-        ("main_input", Some(INPUT_ADD)),
-        ("main_input", Some(INPUT_GELU_GRAD)),
-    ];
+    let entries = ["main", "main_row_sums", "main_gelu", "main_input"];
     let mut all = Vec::new();
     let precisions = [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::F16, DType::F16)];
     for (kind, types) in MatmulKind::ALL.iter().flat_map(|&k| precisions.map(|p| (k, p))) {
@@ -364,9 +348,9 @@ pub(crate) fn variants() -> Vec<KernelVariant> {
             MatmulKind::Tiled(_) => vec![None],
         };
         for trans in [(false, false), (false, true), (true, false), (true, true)] {
-            for (entry, input_op) in entries {
+            for entry in entries {
                 for &vec in &vecs {
-                    let constants = constants(kind, trans, vec, input_op);
+                    let constants = constants(kind, trans, vec);
                     all.push(KernelVariant { shader, entry: entry.into(), constants });
                 }
             }
