@@ -68,7 +68,7 @@ impl PipelineKey {
     /// the shader's source text (where every entry point and override is
     /// spelt), so keys stay `'static`; a name the source lacks drops it.
     fn listed(p: &ListedPipeline) -> Option<Self> {
-        let shader = shaders::ALL.iter().copied().find(|s| s.name == p.shader)?;
+        let shader = registered(&p.shader)?;
         let name = |n: &str| (!n.is_empty()).then(|| shader.source.find(n).map(|i| &shader.source[i..i + n.len()]))?;
         let constants = p.constants.iter().map(|(n, v)| Some((name(n)?, v.to_bits()))).collect::<Option<_>>()?;
         Some(Self { shader: shader.name, entry: name(&p.entry)?, constants })
@@ -211,8 +211,14 @@ impl Context {
         }
     }
 
+    /// `key`'s slot, made on first sight (the key is copied only then: this
+    /// runs for every dispatch).
     fn slot(&self, key: &PipelineKey) -> Arc<Slot> {
-        lock(&self.pipelines).entry(key.clone()).or_default().clone()
+        let mut pipelines = lock(&self.pipelines);
+        if let Some(slot) = pipelines.get(key) {
+            return slot.clone();
+        }
+        pipelines.entry(key.clone()).or_default().clone()
     }
 
     /// Publishes what a build gave: the pipeline, or a free slot (another
@@ -418,7 +424,12 @@ fn add_signed(counter: &AtomicU64, delta: i64) -> u64 {
     }
 }
 
+/// The registered shader named `name`, if any (a pipeline list may name anything).
+fn registered(name: &str) -> Option<&'static Shader> {
+    shaders::ALL.iter().copied().find(|s| s.name == name)
+}
+
 /// The registered shader named `name` (every key's shader is one).
 fn shader(name: &str) -> &'static Shader {
-    shaders::ALL.iter().copied().find(|s| s.name == name).expect("a registered shader")
+    registered(name).expect("a registered shader")
 }

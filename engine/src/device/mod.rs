@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::shaders::Shader;
 use crate::tune::TuneConfig;
 pub(crate) use context::Context;
-use profile::{DispatchCost, Profiler};
+use profile::Profiler;
 use read::ReadSlot;
 use stream::Stream;
 
@@ -440,19 +440,7 @@ impl Device {
             }
         }
         self.stream.dispatches.fetch_add(1, Ordering::Relaxed);
-        // A tensor bound twice (a wrapper's stand-in for an unused slot) counts once.
-        let first = |i: usize| {
-            let b = &bindings[i];
-            !bindings[..i]
-                .iter()
-                .any(|o| Arc::ptr_eq(o.storage, b.storage) && o.offset == b.offset && o.bytes == b.bytes)
-        };
-        let bound = |access| {
-            (0..bindings.len()).filter(|&i| bindings[i].access == access && first(i)).map(|i| bindings[i].bytes).sum()
-        };
-        let cost =
-            DispatchCost { label: spec.label, bytes_read: bound(Access::Read), bytes_written: bound(Access::Write) };
-        rec.record_dispatch(self.ctx(), cost, &pipeline, &bind_group, groups)
+        rec.record_dispatch(self.ctx(), spec.label, || bound_bytes(bindings), &pipeline, &bind_group, groups)
     }
 
     /// Records a copy of host bytes into a tensor (in order with the dispatches).
@@ -559,6 +547,20 @@ impl Device {
         rec.submit(self.ctx())?;
         Ok(rec.profiler.as_mut().map(Profiler::take).unwrap_or_default())
     }
+}
+
+/// Bytes of the tensors a dispatch binds read-only and writable, for the
+/// profiler; a tensor bound twice (a wrapper's stand-in for an unused slot)
+/// counts once.
+fn bound_bytes(bindings: &[Binding<'_>]) -> (u64, u64) {
+    let first = |i: usize| {
+        let b = &bindings[i];
+        !bindings[..i].iter().any(|o| Arc::ptr_eq(o.storage, b.storage) && o.offset == b.offset && o.bytes == b.bytes)
+    };
+    let bound = |access| {
+        (0..bindings.len()).filter(|&i| bindings[i].access == access && first(i)).map(|i| bindings[i].bytes).sum()
+    };
+    (bound(Access::Read), bound(Access::Write))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -127,7 +127,8 @@ impl Recorder {
     pub(crate) fn record_dispatch(
         &mut self,
         ctx: &Context,
-        cost: DispatchCost,
+        label: &'static str,
+        bound_bytes: impl FnOnce() -> (u64, u64),
         pipeline: &wgpu::ComputePipeline,
         bind_group: &wgpu::BindGroup,
         groups: [u32; 3],
@@ -135,8 +136,11 @@ impl Recorder {
         if self.profiler.as_ref().is_some_and(Profiler::full) {
             self.submit(ctx)?;
         }
-        let label = cost.label;
-        let query_pair = self.profiler.as_mut().map(|p| p.next_pair(cost));
+        // Counting the bound bytes is profiler work: not done otherwise.
+        let query_pair = self.profiler.as_mut().map(|p| {
+            let (bytes_read, bytes_written) = bound_bytes();
+            p.next_pair(DispatchCost { label, bytes_read, bytes_written })
+        });
         let timing = self.profiler.as_ref().map(|p| (p.query_set.clone(), p.inside_passes));
         if let (Some((qs, false)), Some(first)) = (&timing, query_pair) {
             // Timestamps only at pass boundaries: give this dispatch a pass of its own.

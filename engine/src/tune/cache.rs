@@ -59,17 +59,23 @@ impl AdapterKey {
     /// `<prefix>-<backend>-<vendor>-<device>-<name>.json`: one file per
     /// adapter, so two adapters of one machine do not overwrite each other's results.
     fn file_name(&self, prefix: &str) -> String {
-        let mut slug = String::new();
-        for c in self.adapter.chars().flat_map(char::to_lowercase) {
-            if c.is_ascii_alphanumeric() {
-                slug.push(c);
-            } else if !slug.ends_with('-') {
-                slug.push('-');
-            }
-        }
-        let slug: String = slug.trim_matches('-').chars().take(48).collect();
+        let slug = slug(&self.adapter, 48);
         format!("{prefix}-{}-{:04x}-{:04x}-{slug}.json", self.backend.to_lowercase(), self.vendor, self.device)
     }
+}
+
+/// `text` lowercased for a portable file name: runs of anything but ASCII
+/// letters and digits become one `-`, at most `max` characters.
+fn slug(text: &str, max: usize) -> String {
+    let mut slug = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.trim_matches('-').chars().take(max).collect()
 }
 
 #[derive(Deserialize)]
@@ -117,9 +123,7 @@ impl Cache {
 
     /// The list of pipelines `workload` built last time on this adapter.
     pub(crate) fn pipelines(dir: &Path, info: &wgpu::AdapterInfo, workload: &str) -> Self {
-        let slug: String =
-            workload.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(32).collect();
-        let prefix = format!("pipelines-{slug}");
+        let prefix = format!("pipelines-{}", slug(workload, 32));
         let kind = Kind { prefix, format: "cmae-pipelines-1", what: "pipeline list", without: "starting without it" };
         Self::of_kind(dir, info, kind)
     }
